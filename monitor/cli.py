@@ -1,0 +1,160 @@
+"""The ``monitor`` command.
+
+Flags override ``MONITOR_*`` environment variables, which override the YAML
+file given with ``--config``; see :mod:`monitor.config`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from monitor import config as _config
+from monitor.errors import ConfigError, MonitorError
+
+log = logging.getLogger("monitor")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    for noisy in ("kafka", "clickhouse_connect", "grpc", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # kafka-python logs every refused connection at ERROR while the broker is down; our own
+    # warnings say that once with the spool's size instead.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
+def _load(ctx: click.Context, overrides: dict[str, Any]) -> _config.Settings:
+    try:
+        settings = _config.load(ctx.obj.get("config"), overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    _setup_logging(ctx.obj.get("log_level") or settings.log_level)
+    return settings
+
+
+def _run(app_factory, settings: _config.Settings) -> None:
+    from monitor.runtime.apps import run_until_signal
+
+    try:
+        app = app_factory(settings)
+        run_until_signal(app)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc} (is another instance running? choose other ports with the flags)") \
+            from None
+    except MonitorError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+_common = [
+    click.option("--host", default=None, help="Bind address of the OTLP receiver [127.0.0.1]."),
+    click.option("--grpc-port", type=int, default=None, help="OTLP/gRPC port [4317]."),
+    click.option("--http-port", type=int, default=None, help="OTLP/HTTP port [4318]."),
+    click.option("--metrics-port", type=int, default=None, help="Port of this process's /metrics."),
+]
+
+
+def _with(options):
+    def deco(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return deco
+
+
+def _receiver(host, grpc_port, http_port) -> dict[str, Any]:
+    return {"host": host, "grpc_port": grpc_port, "http_port": http_port}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help=f"YAML config file (or ${_config.CONFIG_ENV}).")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default=None)
+@click.version_option(package_name="llm-monitor")
+@click.pass_context
+def main(ctx: click.Context, config_file: str | None, log_level: str | None) -> None:
+    """Observability and drift monitoring for self-hosted model servers."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config_file
+    ctx.obj["log_level"] = log_level.upper() if log_level else None
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="chdb data directory [./monitor-data].")
+@click.option("--retention-days", type=int, default=None, help="TTL of every table [30].")
+@_with(_common)
+@click.pass_context
+def up(ctx, data_dir, retention_days, host, grpc_port, http_port, metrics_port):
+    """Embedded mode: OTLP receiver, ingest and ClickHouse (chdb) in one process."""
+    from monitor.runtime.apps import Embedded
+
+    store: dict[str, Any] = {"retention_days": retention_days}
+    if data_dir is not None:
+        store["url"] = f"chdb://{data_dir}"
+    settings = _load(ctx, {"receiver": _receiver(host, grpc_port, http_port), "store": store,
+                           "telemetry": {"metrics_port": metrics_port}})
+    if not settings.store.is_embedded:
+        raise click.ClickException("`monitor up` is the embedded mode and needs a chdb:// store; "
+                                   "use `monitor ingest --clickhouse URL` for a ClickHouse server")
+    _run(Embedded, settings)
+
+
+@main.command()
+@click.option("--kafka", "bootstrap", default=None, help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT].")
+@click.option("--spool", "spool_path", type=click.Path(dir_okay=False), default=None,
+              help="SQLite spool file [./monitor-spool/spool.sqlite].")
+@_with(_common)
+@click.pass_context
+def sidecar(ctx, bootstrap, spool_path, host, grpc_port, http_port, metrics_port):
+    """Run the OTLP receiver beside a model server and produce to Kafka (spooling while it is away)."""
+    from monitor.runtime.apps import Sidecar
+
+    settings = _load(ctx, {"receiver": _receiver(host, grpc_port, http_port),
+                           "kafka": {"bootstrap_servers": bootstrap}, "spool": {"path": spool_path},
+                           "telemetry": {"metrics_port": metrics_port}})
+    _run(Sidecar, settings)
+
+
+@main.command()
+@click.option("--kafka", "bootstrap", default=None, help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT].")
+@click.option("--clickhouse", "url", default=None,
+              help="chdb:///path or http(s)://user:pass@host:8123/db.")
+@click.option("--group-id", default=None, help="Consumer group [monitor-ingest].")
+@click.option("--metrics-port", type=int, default=None, help="Port of this process's /metrics [9465].")
+@click.pass_context
+def ingest(ctx, bootstrap, url, group_id, metrics_port):
+    """Consume the OTLP topics and write them to ClickHouse (one consumer-group member)."""
+    from monitor.runtime.apps import Ingest
+
+    settings = _load(ctx, {"kafka": {"bootstrap_servers": bootstrap, "group_id": group_id},
+                           "store": {"url": url}, "telemetry": {"metrics_port": metrics_port}})
+    _run(Ingest, settings)
+
+
+@main.command()
+@click.option("--url", default=None, help="A /metrics URL [http://127.0.0.1:9464/metrics].")
+@click.option("--port", type=int, default=None, help="Shorthand for --url http://127.0.0.1:PORT/metrics.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(url, port, as_json):
+    """Print the health of a running monitor (receiver, queue, spool, consumer lag, inserts)."""
+    from monitor.status import fetch, render
+
+    url = url or f"http://127.0.0.1:{port or 9464}/metrics"
+    try:
+        snapshot = fetch(url)
+    except OSError as exc:
+        raise click.ClickException(f"no monitor answers at {url} ({exc}); is it running? "
+                                   "pass --url or --port of its /metrics") from None
+    click.echo(render(snapshot, as_json))
+
+
+if __name__ == "__main__":
+    main()

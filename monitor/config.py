@@ -1,0 +1,270 @@
+"""All settings, in one typed model, loaded once and validated at start.
+
+Sources, highest precedence first:
+
+1. command-line flags (passed to :func:`load` as ``overrides``),
+2. ``MONITOR_*`` environment variables, nested with ``__``
+   (``MONITOR_RECEIVER__HTTP_PORT=14318``, ``MONITOR_KAFKA__BOOTSTRAP_SERVERS=k1:9092,k2:9092``),
+3. one YAML file (``--config monitor.yaml`` or ``MONITOR_CONFIG``),
+4. the defaults below.
+
+Nothing outside this module reads ``os.environ`` for monitor settings.
+``deploy/monitor.example.yaml`` lists every key with its default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from monitor.errors import ConfigError
+
+__all__ = [
+    "Settings",
+    "ReceiverSettings",
+    "KafkaSettings",
+    "SpoolSettings",
+    "StoreSettings",
+    "IngestSettings",
+    "TelemetrySettings",
+    "load",
+    "CONFIG_ENV",
+]
+
+CONFIG_ENV = "MONITOR_CONFIG"
+"""Environment variable naming the YAML config file when ``--config`` is not given."""
+
+MiB = 1024 * 1024
+
+
+class _Section(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+class ReceiverSettings(_Section):
+    """The OTLP receiver (gRPC and HTTP/protobuf+JSON)."""
+
+    host: str = "127.0.0.1"
+    """Bind address. Loopback by default: prompts are sensitive; use 0.0.0.0 in a pod or compose network."""
+    grpc_port: int = Field(4317, ge=0, le=65535)
+    http_port: int = Field(4318, ge=0, le=65535)
+    grpc_enabled: bool = True
+    http_enabled: bool = True
+    max_request_bytes: int = Field(64 * MiB, gt=0)
+    """Largest request accepted, compressed or not (checked after decompression too): 413 past it."""
+    retry_after_s: int = Field(1, ge=1)
+    """Retry-After sent with 503 when the pipeline is saturated."""
+
+
+class KafkaSettings(_Section):
+    """The Kafka transport: producer in the sidecar, consumer group in ingest.
+
+    Topic names and the ``otlp_proto`` encoding match the OpenTelemetry
+    Collector's Kafka exporter and receiver, so a stock Collector can stand on
+    either side.
+    """
+
+    bootstrap_servers: list[str] = Field(default_factory=list)
+    spans_topic: str = "otlp_spans"
+    metrics_topic: str = "otlp_metrics"
+    logs_topic: str = "otlp_logs"
+    dead_letter_suffix: str = "_dlq"
+    """Undecodable messages go to ``<topic><suffix>`` with the reason in the ``monitor.dlq.reason`` header."""
+    encoding: Literal["otlp_proto", "otlp_json"] = "otlp_proto"
+    """What the sidecar produces; ingest accepts both."""
+    compression: Literal["none", "lz4", "gzip", "zstd"] = "lz4"
+    linger_ms: int = Field(5, ge=0)
+    max_message_bytes: int = Field(1_000_000, gt=1024)
+    """Upper bound for one produced message (the broker's message.max.bytes); traces are split to fit."""
+    delivery_timeout_ms: int = Field(30_000, gt=0)
+    client_id: str = "llm-monitor"
+    group_id: str = "monitor-ingest"
+    create_topics: bool = True
+    """Create missing topics at start with ``partitions`` and ``replication_factor``."""
+    partitions: int = Field(3, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+
+    @field_validator("bootstrap_servers", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    def topic(self, signal: str) -> str:
+        return {"traces": self.spans_topic, "metrics": self.metrics_topic, "logs": self.logs_topic}[signal]
+
+    def signal_of(self, topic: str) -> str | None:
+        return {self.spans_topic: "traces", self.metrics_topic: "metrics", self.logs_topic: "logs"}.get(topic)
+
+
+class SpoolSettings(_Section):
+    """The sidecar's durable buffer (SQLite, WAL) between the receiver and Kafka.
+
+    Every accepted request is committed here before the 200 goes out, so an
+    acknowledged span survives a broker outage and a sidecar restart.
+    """
+
+    path: Path = Path("monitor-spool/spool.sqlite")
+    max_bytes: int = Field(1024 * MiB, gt=0)
+    """When full, the receiver answers 503 + Retry-After (senders retry); nothing accepted is dropped."""
+    synchronous: Literal["normal", "full"] = "normal"
+    """``normal`` survives a killed process; ``full`` also a power loss, at one fsync per request."""
+
+
+class StoreSettings(_Section):
+    """ClickHouse: ``chdb:///path`` (embedded, in-process) or ``http(s)://user:pass@host:8123/db``."""
+
+    url: str = "chdb://monitor-data"
+    database: str | None = None
+    """Database name; default: the URL's path for http(s), ``monitor`` for chdb."""
+    retention_days: int = Field(30, ge=1)
+    """TTL on every table; changing it alters existing tables at the next start."""
+    connect_timeout_s: float = 10.0
+    insert_timeout_s: float = 60.0
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        scheme = urlsplit(v).scheme
+        if scheme not in ("chdb", "http", "https"):
+            raise ValueError(f"store url must start with chdb://, http:// or https:// (got {v!r})")
+        return v
+
+    @property
+    def is_embedded(self) -> bool:
+        return urlsplit(self.url).scheme == "chdb"
+
+    def chdb_path(self) -> Path:
+        """Absolute data directory of a ``chdb://`` URL (relative paths resolve against the cwd)."""
+        parts = urlsplit(self.url)
+        raw = parts.netloc + parts.path
+        return Path(raw).expanduser().resolve()
+
+    def database_name(self) -> str:
+        if self.database:
+            return self.database
+        if not self.is_embedded:
+            path = urlsplit(self.url).path.strip("/")
+            if path:
+                return path
+        return "monitor"
+
+
+class IngestSettings(_Section):
+    """Batching from the transport into the store."""
+
+    max_batch_items: int = Field(5000, gt=0)
+    """Spans + data points + log records per insert, at most."""
+    flush_interval_ms: int = Field(200, gt=0)
+    """Longest a received item waits for its batch to fill."""
+    queue_max_requests: int = Field(2000, gt=0)
+    """Embedded mode: requests waiting for ingest before the receiver answers 503."""
+    queue_max_bytes: int = Field(256 * MiB, gt=0)
+    max_poll_records: int = Field(2000, gt=0)
+    retry_backoff_max_s: float = Field(30.0, gt=0)
+
+
+class TelemetrySettings(_Section):
+    """The monitor's own Prometheus /metrics endpoint."""
+
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """None: the command's default (9464 for up and sidecar, 9465 for ingest). 0 picks a free port."""
+
+
+class Settings(BaseSettings):
+    """Everything the monitor reads. See the module docstring for precedence."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MONITOR_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    receiver: ReceiverSettings = ReceiverSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    spool: SpoolSettings = SpoolSettings()
+    store: StoreSettings = StoreSettings()
+    ingest: IngestSettings = IngestSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        if self.ingest.queue_max_bytes < self.receiver.max_request_bytes:
+            raise ValueError(
+                "ingest.queue_max_bytes must be at least receiver.max_request_bytes, "
+                "or a single large request could never be queued")
+        return self
+
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_file = settings_cls.model_config.get("yaml_file")
+        if yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+
+def load(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the settings once; raises :class:`ConfigError` with every problem listed.
+
+    ``overrides`` is a nested dict (``{"receiver": {"http_port": 4318}}``);
+    ``None`` values are ignored so unset CLI flags do not mask env or file values.
+    """
+    path = config_file or os.environ.get(CONFIG_ENV)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+    cls: type[Settings] = Settings
+    if path is not None:
+        cls = type("FileSettings", (Settings,), {
+            "model_config": SettingsConfigDict(**{**Settings.model_config, "yaml_file": str(path)}),
+        })
+    try:
+        return cls(**_drop_none(overrides or {}))
+    except ValidationError as exc:
+        where = f" (config file {path})" if path else ""
+        lines = [f"invalid settings{where}:"]
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            env = "MONITOR_" + "__".join(str(p).upper() for p in err["loc"])
+            lines.append(f"  {loc}: {err['msg']} (YAML key {loc}, env {env})")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _drop_none(v)
+            if v:
+                out[k] = v
+        elif v is not None:
+            out[k] = v
+    return out

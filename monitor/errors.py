@@ -1,0 +1,69 @@
+"""Errors the monitor raises, sorted by what a caller should do about them.
+
+    MonitorError
+    ├── ConfigError          bad settings; raised at start, never mid-run
+    ├── PermanentError       the data itself is bad; retrying cannot help (drop or dead-letter it)
+    │   └── DecodeError      bytes that are not OTLP in the declared encoding
+    │       └── PayloadTooLarge  over the size limit, before or after decompression
+    └── RetryableError       the pipeline or a dependency is unavailable now; retry later
+        ├── Overloaded       a bounded queue or spool is full (maps to 503/UNAVAILABLE + Retry-After)
+        ├── TransportError   Kafka is unreachable or refused the write
+        └── StoreError       ClickHouse is unreachable or refused the insert
+
+Third-party exceptions (kafka-python, clickhouse-connect, grpc) are translated
+into these at the module that imports the client, never further out.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MonitorError",
+    "ConfigError",
+    "PermanentError",
+    "DecodeError",
+    "PayloadTooLarge",
+    "RetryableError",
+    "Overloaded",
+    "TransportError",
+    "StoreError",
+]
+
+
+class MonitorError(Exception):
+    """Base of every error the monitor raises on purpose."""
+
+
+class ConfigError(MonitorError):
+    """Settings are invalid or incomplete; the message says which and how to fix it."""
+
+
+class PermanentError(MonitorError):
+    """Retrying the same data cannot succeed."""
+
+
+class DecodeError(PermanentError):
+    """The payload could not be decoded as OTLP in its declared encoding."""
+
+
+class PayloadTooLarge(DecodeError):
+    """The payload is over the configured limit (compressed or decompressed)."""
+
+
+class RetryableError(MonitorError):
+    """A temporary condition; ``retry_after`` is a hint in seconds (or None)."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Overloaded(RetryableError):
+    """A bounded buffer is full; the sender should back off and retry."""
+
+
+class TransportError(RetryableError):
+    """The transport (Kafka) could not take the data now."""
+
+
+class StoreError(RetryableError):
+    """The store (ClickHouse) could not take or serve the data now."""

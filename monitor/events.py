@@ -1,0 +1,64 @@
+"""The canonical event: one model request, as stored in ``inference_events``.
+
+Every source (OTLP spans in any GenAI dialect, the capture proxy, vLLM's
+engine span) is normalised into an :class:`InferenceEvent`; checks,
+dashboards and alerts read only this shape. Units are fixed here:
+durations in milliseconds, timestamps in nanoseconds since the epoch (UTC),
+token counts as integers. ``None`` means "not reported", never zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+__all__ = ["InferenceEvent", "INFERENCE_EVENT_COLUMNS"]
+
+
+@dataclass(slots=True)
+class InferenceEvent:
+    timestamp: int
+    """Request start (the span's start time), ns since the epoch."""
+    trace_id: str
+    """32 lowercase hex chars."""
+    span_id: str
+    """16 lowercase hex chars."""
+    service_name: str = ""
+    model: str = ""
+    """Response model if reported, else the requested model."""
+    provider: str = ""
+    """gen_ai.provider.name (or legacy gen_ai.system / llm.provider), e.g. ``vllm``, ``openai``."""
+    operation: str = ""
+    """gen_ai.operation.name: ``chat``, ``text_completion``, ``embeddings``, ... (``""`` if unknown)."""
+    source: str = ""
+    """Which dialect the span spoke: ``genai``, ``vllm``, ``openinference``, ``legacy``."""
+    prompt: str = ""
+    """Text of the last user turn (the whole prompt for text completions)."""
+    completion: str = ""
+    """Text of the model's output (all choices joined by a blank line)."""
+    system_prompt: str = ""
+    input_messages: str = ""
+    """Full input as GenAI-convention JSON (``[{"role":..., "parts":[...]}]``), ``""`` if not captured."""
+    output_messages: str = ""
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    ttft_ms: float | None = None
+    latency_ms: float | None = None
+    queue_ms: float | None = None
+    prefill_ms: float | None = None
+    decode_ms: float | None = None
+    inference_ms: float | None = None
+    finish_reason: str = ""
+    """First finish reason (``stop``, ``length``, ``tool_calls``, ...); all of them are in attributes."""
+    status_code: str = "Unset"
+    """The span status: ``Unset``, ``Ok`` or ``Error`` (the OTel Collector's spelling)."""
+    error_type: str = ""
+    request_id: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+    """Every other span attribute, stringified (content attributes excluded: they are in the columns)."""
+
+    def row(self) -> list:
+        return [getattr(self, name) for name in INFERENCE_EVENT_COLUMNS]
+
+
+INFERENCE_EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(InferenceEvent))
+"""Column order of ``inference_events`` inserts (the table's column names)."""

@@ -1,0 +1,1 @@
+"""Ingest: transport messages to ClickHouse rows (embedded queue or Kafka consumer group)."""

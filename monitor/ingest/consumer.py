@@ -1,0 +1,266 @@
+"""Distributed ingest: a Kafka consumer-group member writing OTLP messages to ClickHouse.
+
+Exactly-once into ClickHouse, with at-least-once Kafka delivery underneath:
+
+1. Messages are batched per partition. Before a batch ``[start, end)`` is
+   inserted, the committed offset of its partition is re-committed at
+   ``start`` with the metadata ``{"pending": [start, end]}``.
+2. Every table insert of the batch carries the token
+   ``<topic>/<partition>/<start>-<end>:<table>`` (see :mod:`monitor.store.writer`).
+3. Only after ClickHouse acknowledged every insert is the offset committed at ``end``.
+
+If the process dies between 2 and 3, whoever owns the partition next reads
+the pending range from the commit metadata, rebuilds exactly the same batch,
+and its inserts are dropped as duplicates by ClickHouse. Undecodable
+messages go to ``<topic>_dlq`` (reason in the ``monitor.dlq.reason``
+header) before the offset moves past them; ingest goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+from monitor.backoff import Backoff
+from monitor.config import IngestSettings, KafkaSettings
+from monitor.errors import DecodeError, StoreError, TransportError
+from monitor.otlp.codec import decode_message
+from monitor.otlp.rows import rows_for
+from monitor.selfmetrics import SelfMetrics
+from monitor.store.writer import Writer
+from monitor.transport.kafka_common import all_topics, client_kwargs, dead_letter_topic, ensure_topics
+
+__all__ = ["KafkaIngest"]
+
+log = logging.getLogger("monitor.ingest")
+
+
+class KafkaIngest:
+    def __init__(self, kafka: KafkaSettings, ingest: IngestSettings, writer: Writer, metrics: SelfMetrics):
+        client_kwargs(kafka)  # fail at start on missing bootstrap servers
+        self.kafka = kafka
+        self.settings = ingest
+        self.writer = writer
+        self.metrics = metrics
+        self.topics = all_topics(kafka)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._consumer: Any = None
+        self._dlq: Any = None
+        self._buffers: dict[Any, list[Any]] = defaultdict(list)
+        self._pending: dict[Any, tuple[int, int]] = {}
+        self._first_buffered: float | None = None
+        self.batches_written = 0
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="monitor-kafka-ingest", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Write and commit what was already polled, leave the group, stop."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- rebalance listener (called inside poll) ----------------------------------
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            # The next owner re-reads from the committed offset; drop our copy.
+            self._buffers.pop(tp, None)
+            self._pending.pop(tp, None)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        for tp in assigned:
+            self._buffers.pop(tp, None)
+            self._pending.pop(tp, None)
+            try:
+                committed = self._consumer.committed(tp, metadata=True)
+            except Exception as exc:  # without the metadata we would risk a duplicate: retry later
+                log.warning("could not read committed offset of %s: %s", tp, exc)
+                continue
+            if committed is not None and committed.metadata:
+                try:
+                    start, end = json.loads(committed.metadata)["pending"]
+                    self._pending[tp] = (int(start), int(end))
+                    log.info("%s-%d: replaying unfinished batch [%d, %d) with its original dedup token",
+                             tp.topic, tp.partition, start, end)
+                except (ValueError, KeyError, TypeError):
+                    pass
+        if assigned:
+            log.info("assigned %s", ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(assigned)))
+
+    # -- main loop -------------------------------------------------------------
+    def _connect(self) -> None:
+        from kafka import KafkaConsumer, KafkaProducer
+
+        k = self.kafka
+        ensure_topics(k, self.topics + [dead_letter_topic(k, t) for t in self.topics])
+        self._consumer = KafkaConsumer(
+            **client_kwargs(k),
+            group_id=k.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.settings.max_poll_records,
+            max_poll_interval_ms=600_000,
+            session_timeout_ms=30_000,
+            heartbeat_interval_ms=3_000,
+        )
+        self._consumer.subscribe(self.topics, listener=self)
+        self._dlq = KafkaProducer(**client_kwargs(k), acks="all", enable_idempotence=True)
+        log.info("consuming %s from %s as group %s", ", ".join(self.topics), ",".join(k.bootstrap_servers),
+                 k.group_id)
+
+    def _run(self) -> None:
+        backoff = Backoff(0.5, 10.0)
+        while not self._stop.is_set():
+            try:
+                if self._consumer is None:
+                    self._connect()
+                    backoff.reset()
+                self._step()
+            except (TransportError, Exception) as exc:  # noqa: BLE001 - keep consuming whatever happens
+                from kafka.errors import KafkaError
+                if isinstance(exc, (TransportError, KafkaError)):
+                    log.warning("Kafka unavailable (%s); retrying", exc)
+                else:
+                    log.exception("ingest step failed; retrying")
+                self._close_clients()
+                if not backoff.wait(self._stop):
+                    break
+        try:
+            if self._consumer is not None and any(self._buffers.values()):
+                self._flush(force=True)
+        except Exception:  # uncommitted data is redelivered on the next start: nothing is lost
+            log.exception("final flush failed; the batch will be redelivered")
+        self._close_clients()
+
+    def _close_clients(self) -> None:
+        for c in (self._consumer, self._dlq):
+            if c is not None:
+                try:
+                    c.close()
+                except Exception:
+                    pass
+        self._consumer = self._dlq = None
+        self._buffers.clear()
+        self._pending.clear()
+        self._first_buffered = None
+
+    def _step(self) -> None:
+        s = self.settings
+        polled = self._consumer.poll(timeout_ms=min(200, s.flush_interval_ms), max_records=s.max_poll_records)
+        for tp, msgs in polled.items():
+            if msgs:
+                self._buffers[tp].extend(msgs)
+                if self._first_buffered is None:
+                    self._first_buffered = time.monotonic()
+        self._update_lag()
+        buffered = sum(len(v) for v in self._buffers.values())
+        if buffered and (buffered >= s.max_batch_items or
+                         time.monotonic() - (self._first_buffered or 0) >= s.flush_interval_ms / 1000):
+            self._flush()
+
+    def _update_lag(self) -> None:
+        for tp in self._consumer.assignment():
+            hw = self._consumer.highwater(tp)
+            buf = self._buffers.get(tp)
+            if hw is None:
+                continue
+            try:
+                pos = buf[0].offset if buf else self._consumer.position(tp, timeout_ms=100)
+            except Exception:
+                continue
+            if pos is not None:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - pos))
+
+    # -- one batch per partition ----------------------------------------------------
+    def _flush(self, force: bool = False) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        batches = []
+        for tp, buf in list(self._buffers.items()):
+            if not buf:
+                continue
+            pending = self._pending.get(tp)
+            if pending is not None:
+                start, end = pending
+                if buf[-1].offset + 1 < end and self._consumer.position(tp) < end:
+                    continue  # the replayed range is not complete yet: keep polling
+                chunk = [m for m in buf if m.offset < end]
+                self._buffers[tp] = [m for m in buf if m.offset >= end]
+                del self._pending[tp]
+                if not chunk:
+                    continue
+            else:
+                chunk = buf
+                self._buffers[tp] = []
+                start, end = chunk[0].offset, chunk[-1].offset + 1
+            batches.append((tp, chunk, start, end))
+        self._first_buffered = time.monotonic() if any(self._buffers.values()) else None
+        if not batches:
+            return
+
+        self._commit({tp: OffsetAndMetadata(start, json.dumps({"pending": [start, end]}), -1)
+                      for tp, _, start, end in batches})
+        for tp, chunk, start, end in batches:
+            decoded, dead = [], []
+            for m in chunk:
+                signal = self.kafka.signal_of(m.topic)
+                try:
+                    decoded.append((signal, decode_message(signal, m.value)))
+                except DecodeError as exc:
+                    dead.append((m, str(exc)))
+            if dead:
+                self._dead_letter(dead)
+            self._write_with_retry(rows_for(decoded), f"{tp.topic}/{tp.partition}/{start}-{end}")
+            self.batches_written += 1
+        self._commit({tp: OffsetAndMetadata(end, "", -1) for tp, _, _, end in batches})
+
+    def _write_with_retry(self, rows: Any, token: str) -> None:
+        backoff = Backoff(0.2, self.settings.retry_backoff_max_s)
+        while True:
+            try:
+                self.writer.write(rows, token)
+                return
+            except StoreError as exc:
+                delay = backoff.next_delay(exc.retry_after)
+                log.warning("insert failed (%s); offsets not committed, retrying in %.1fs", exc, delay)
+                # keep group membership alive while the store is away
+                paused = self._consumer.assignment()
+                self._consumer.pause(*paused)
+                end = time.monotonic() + delay
+                while time.monotonic() < end:
+                    self._consumer.poll(timeout_ms=200)
+                    if self._stop.is_set() and time.monotonic() > end:
+                        break
+                self._consumer.resume(*paused)
+
+    def _dead_letter(self, dead: list[tuple[Any, str]]) -> None:
+        futures = []
+        for m, reason in dead:
+            headers = [("monitor.dlq.reason", reason[:1000].encode()),
+                       ("monitor.dlq.source", f"{m.topic}/{m.partition}/{m.offset}".encode())]
+            futures.append(self._dlq.send(dead_letter_topic(self.kafka, m.topic), key=m.key, value=m.value or b"",
+                                          headers=headers))
+            self.metrics.dead_lettered.labels(m.topic).inc()
+            log.warning("dead-lettered %s-%d@%d: %s", m.topic, m.partition, m.offset, reason)
+        self._dlq.flush(timeout=30)
+        for f in futures:
+            if not f.succeeded():
+                raise TransportError(f"could not write to the dead-letter topic: {f.exception}")
+
+    def _commit(self, offsets: dict) -> None:
+        from kafka.errors import CommitFailedError, KafkaError
+
+        try:
+            self._consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # Partitions moved to another member: it will redo the batch with the same tokens.
+            log.warning("offset commit refused after a rebalance (%s); the new owner replays it", exc)
+        except KafkaError as exc:
+            raise TransportError(f"offset commit failed: {exc}") from None

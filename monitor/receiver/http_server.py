@@ -1,0 +1,108 @@
+"""OTLP/HTTP: ``POST /v1/traces``, ``/v1/metrics``, ``/v1/logs`` (aiohttp).
+
+- ``application/x-protobuf`` and ``application/json``; the answer uses the request's type.
+- ``Content-Encoding: gzip``, inflated with a bound (a gzip bomb costs at most the limit).
+- 413 past ``receiver.max_request_bytes`` (compressed or inflated), 400 for undecodable
+  bodies (not retryable), 415 for other media types, 503 + Retry-After when saturated,
+  200 with ``partial_success`` when some items were invalid.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from monitor.errors import DecodeError, Overloaded, PayloadTooLarge, PermanentError, RetryableError
+from monitor.otlp.codec import JSON, PROTOBUF, Signal, UnsupportedMediaType, decode_body, encode_response
+from monitor.receiver.ingress import Ingress
+
+__all__ = ["build_app", "HttpReceiver"]
+
+log = logging.getLogger("monitor.receiver")
+
+_PATHS: dict[str, Signal] = {"/v1/traces": "traces", "/v1/metrics": "metrics", "/v1/logs": "logs"}
+
+
+def _status_body(message: str, as_json: bool) -> bytes:
+    # google.rpc.Status: code (field 1) is left 0, message is field 2.
+    if as_json:
+        import json
+        return json.dumps({"message": message}).encode()
+    from google.rpc import status_pb2
+    return status_pb2.Status(message=message).SerializeToString()
+
+
+def build_app(ingress: Ingress, max_bytes: int, retry_after: int) -> web.Application:
+    # client_max_size guards aiohttp's own readers; the handler enforces the limit itself.
+    app = web.Application(client_max_size=max_bytes + 1)
+
+    async def handle(request: web.Request) -> web.Response:
+        signal = _PATHS[request.path]
+        as_json = (request.content_type or "").lower() == JSON
+        ctype = JSON if as_json else PROTOBUF
+
+        def fail(status: int, message: str, headers: dict | None = None) -> web.Response:
+            ingress.metrics.requests.labels(signal, "http", str(status)).inc()
+            return web.Response(status=status, body=_status_body(message, as_json), content_type=ctype,
+                                headers=headers)
+
+        if request.content_length is not None and request.content_length > max_bytes:
+            return fail(413, f"body of {request.content_length} bytes exceeds the {max_bytes}-byte limit")
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(1 << 16):
+            body += chunk
+            if len(body) > max_bytes:
+                return fail(413, f"body exceeds the {max_bytes}-byte limit")
+        try:
+            msg, as_json = decode_body(signal, bytes(body), request.headers.get("Content-Type"),
+                                       request.headers.get("Content-Encoding"), max_bytes)
+        except PayloadTooLarge as exc:
+            return fail(413, str(exc))
+        except UnsupportedMediaType as exc:
+            return fail(415, str(exc))
+        except DecodeError as exc:
+            return fail(400, str(exc))
+        try:
+            rejected, reason = await ingress.export(signal, msg, "http")
+        except Overloaded as exc:
+            return fail(503, str(exc), {"Retry-After": str(int(exc.retry_after or retry_after))})
+        except PermanentError as exc:
+            return fail(400, str(exc))
+        except RetryableError as exc:
+            return fail(503, str(exc), {"Retry-After": str(int(exc.retry_after or retry_after))})
+        return web.Response(status=200, body=encode_response(signal, rejected, reason, as_json),
+                            content_type=ctype)
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    for path in _PATHS:
+        app.router.add_post(path, handle)
+    app.router.add_get("/health", health)
+    return app
+
+
+class HttpReceiver:
+    """Runs :func:`build_app` on ``host:port`` inside the caller's event loop."""
+
+    def __init__(self, ingress: Ingress, host: str, port: int, max_bytes: int, retry_after: int):
+        self.app = build_app(ingress, max_bytes, retry_after)
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> int:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self.port
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting; in-flight requests get up to ``grace`` seconds to finish."""
+        if self._runner is not None:
+            await self._runner.shutdown()
+            await self._runner.cleanup()
+            self._runner = None

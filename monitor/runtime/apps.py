@@ -1,0 +1,157 @@
+"""The three ways to run, each a start()/stop() pair over the same components.
+
+- :class:`Embedded` (``monitor up``): receiver -> in-process queue -> ingest -> chdb.
+- :class:`Sidecar` (``monitor sidecar``): receiver -> SQLite spool -> Kafka.
+- :class:`Ingest` (``monitor ingest``): Kafka consumer group -> ClickHouse.
+
+Start order is sink first, source last; stop order is the reverse, so what a
+source accepted is always drained into its sink before the sink stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from monitor.config import Settings
+from monitor.ingest.consumer import KafkaIngest
+from monitor.ingest.embedded import EmbeddedIngest
+from monitor.receiver.ingress import Ingress
+from monitor.runtime.receiver_service import ReceiverService
+from monitor.selfmetrics import SelfMetrics
+from monitor.store.client import Store
+from monitor.store.migrate import migrate
+from monitor.store.writer import Writer
+from monitor.transport.inprocess import InProcessTransport
+from monitor.transport.kafka import KafkaTransport
+from monitor.transport.spool import Spool
+
+__all__ = ["App", "Embedded", "Sidecar", "Ingest", "run_until_signal"]
+
+log = logging.getLogger("monitor")
+
+
+class App:
+    default_metrics_port = 9464
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.metrics = SelfMetrics()
+        self.metrics_port: int | None = None
+
+    def _serve_metrics(self) -> None:
+        t = self.settings.telemetry
+        port = t.metrics_port if t.metrics_port is not None else self.default_metrics_port
+        self.metrics_port = self.metrics.serve(t.metrics_host, port)
+        log.info("self-metrics on http://%s:%d/metrics", t.metrics_host, self.metrics_port)
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+def _open_store(settings: Settings) -> Store:
+    store = Store(settings.store)
+    migrate(store, settings.store.retention_days)
+    log.info("store: %s, retention %d days", store.describe(), settings.store.retention_days)
+    return store
+
+
+class Embedded(App):
+    """Everything in one process, nothing to install: ``monitor up``."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        s = settings
+        self.store = _open_store(s)
+        self.writer = Writer(self.store, self.metrics)
+        self.transport = InProcessTransport(s.ingest.queue_max_requests, s.ingest.queue_max_bytes, self.metrics,
+                                            s.receiver.retry_after_s)
+        self.ingest = EmbeddedIngest(self.transport, self.writer, s.ingest)
+        self.receiver = ReceiverService(s.receiver, Ingress(self.transport, self.metrics))
+
+    def start(self) -> None:
+        self._serve_metrics()
+        self.ingest.start()
+        self.receiver.start()
+
+    def stop(self) -> None:
+        log.info("stopping: finishing requests in flight and flushing %d queued", self.transport.pending())
+        self.receiver.stop()
+        if not self.ingest.stop():
+            log.error("the store did not take the last batch; its senders were answered 503 and will retry")
+        self.store.close()
+        self.metrics.close()
+        log.info("stopped; everything accepted was written")
+
+
+class Sidecar(App):
+    """Receiver -> durable spool -> Kafka: ``monitor sidecar --kafka HOST:PORT``."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        s = settings
+        self.spool = Spool(s.spool.path, s.spool.max_bytes, self.metrics, s.spool.synchronous,
+                           s.receiver.retry_after_s)
+        self.transport = KafkaTransport(s.kafka, self.spool, self.metrics)
+        self.receiver = ReceiverService(s.receiver, Ingress(self.transport, self.metrics))
+        log.info("spool: %s (limit %d MiB)", self.spool.path.resolve(), s.spool.max_bytes // (1024 * 1024))
+
+    def start(self) -> None:
+        self._serve_metrics()
+        self.transport.start()
+        self.receiver.start()
+        log.info("forwarding to Kafka at %s (topics %s, %s, %s)", ",".join(self.settings.kafka.bootstrap_servers),
+                 self.settings.kafka.spans_topic, self.settings.kafka.metrics_topic, self.settings.kafka.logs_topic)
+
+    def stop(self) -> None:
+        self.receiver.stop()
+        self.transport.close(timeout=10)
+        self.metrics.close()
+
+
+class Ingest(App):
+    """Kafka consumer group member -> ClickHouse: ``monitor ingest --kafka ... --clickhouse URL``."""
+
+    default_metrics_port = 9465
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        s = settings
+        self.store = _open_store(s)
+        self.writer = Writer(self.store, self.metrics)
+        self.consumer = KafkaIngest(s.kafka, s.ingest, self.writer, self.metrics)
+
+    def start(self) -> None:
+        self._serve_metrics()
+        self.consumer.start()
+
+    def stop(self) -> None:
+        self.consumer.stop()
+        self.store.close()
+        self.metrics.close()
+
+
+def run_until_signal(app: App) -> None:
+    """Start ``app``, wait for SIGINT/SIGTERM, stop it. A second Ctrl-C exits at once."""
+    stop = threading.Event()
+    hits = []
+
+    def _handler(signum, _frame):
+        hits.append(signum)
+        if len(hits) > 1:
+            log.error("second interrupt: exiting without flushing")
+            raise SystemExit(130)
+        log.info("received %s; shutting down (Ctrl-C again to force)", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+    app.start()
+    log.info("ready; Ctrl-C to stop")
+    while not stop.wait(1.0):
+        pass
+    app.stop()

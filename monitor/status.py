@@ -1,0 +1,115 @@
+"""``monitor status``: read a running instance's /metrics and summarise it for a person."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections import defaultdict
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+__all__ = ["fetch", "render", "Snapshot"]
+
+Snapshot = dict[str, list[tuple[dict[str, str], float]]]
+"""Sample name to ``(labels, value)`` pairs."""
+
+
+def fetch(url: str, timeout: float = 5.0) -> Snapshot:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (operator-given URL)
+        text = resp.read().decode()
+    out: Snapshot = defaultdict(list)
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[s.name].append((dict(s.labels), s.value))
+    return dict(out)
+
+
+def _sum(snap: Snapshot, name: str, **match: str) -> float:
+    return sum(v for labels, v in snap.get(name, []) if all(labels.get(k) == x for k, x in match.items()))
+
+
+def _by(snap: Snapshot, name: str, label: str) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for labels, v in snap.get(name, []):
+        out[labels.get(label, "")] += v
+    return dict(out)
+
+
+def _quantile(snap: Snapshot, name: str, q: float) -> float | None:
+    buckets: dict[float, float] = defaultdict(float)
+    for labels, v in snap.get(name + "_bucket", []):
+        buckets[float(labels["le"])] += v
+    if not buckets:
+        return None
+    total = buckets.get(float("inf"), 0)
+    if total == 0:
+        return None
+    for le in sorted(buckets):
+        if buckets[le] >= q * total:
+            return le
+    return None
+
+
+def summary(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "receiver": {
+            "accepted": _by(snap, "monitor_receiver_items_accepted_total", "signal"),
+            "rejected": _by(snap, "monitor_receiver_items_rejected_total", "reason"),
+            "requests": _by(snap, "monitor_receiver_requests_total", "outcome"),
+        },
+        "queue": {"depth": _sum(snap, "monitor_queue_depth"), "bytes": _sum(snap, "monitor_queue_bytes")},
+        "spool": {
+            "messages": _sum(snap, "monitor_spool_messages"), "bytes": _sum(snap, "monitor_spool_bytes"),
+            "capacity_bytes": _sum(snap, "monitor_spool_capacity_bytes"),
+            "oldest_age_s": _sum(snap, "monitor_spool_oldest_age_seconds"),
+            "full": bool(_sum(snap, "monitor_spool_full")),
+        },
+        "kafka": {
+            "produced": _sum(snap, "monitor_kafka_produced_messages_total"),
+            "produce_errors": _sum(snap, "monitor_kafka_produce_errors_total"),
+            "broker_up": _sum(snap, "monitor_kafka_broker_up") if "monitor_kafka_broker_up" in snap else None,
+            "consumer_lag": _sum(snap, "monitor_ingest_consumer_lag"),
+            "dead_lettered": _sum(snap, "monitor_ingest_dead_lettered_messages_total"),
+        },
+        "store": {
+            "rows_written": _by(snap, "monitor_store_rows_written_total", "table"),
+            "insert_p50_s": _quantile(snap, "monitor_store_insert_seconds", 0.5),
+            "insert_p95_s": _quantile(snap, "monitor_store_insert_seconds", 0.95),
+            "insert_errors": _sum(snap, "monitor_store_errors_total"),
+        },
+    }
+
+
+def render(snap: Snapshot, as_json: bool = False) -> str:
+    s = summary(snap)
+    if as_json:
+        return json.dumps(s, indent=2, sort_keys=True)
+
+    def kv(d: dict[str, float]) -> str:
+        return ", ".join(f"{k or '-'}={v:g}" for k, v in sorted(d.items())) or "0"
+
+    r, q, sp, k, st = s["receiver"], s["queue"], s["spool"], s["kafka"], s["store"]
+    lines = [
+        f"receiver   accepted: {kv(r['accepted'])}",
+        f"           rejected: {kv(r['rejected'])}",
+        f"           requests: {kv(r['requests'])}",
+        f"queue      depth {q['depth']:g} requests, {q['bytes'] / 1e6:.1f} MB",
+        f"spool      {sp['messages']:g} messages, {sp['bytes'] / 1e6:.1f} of {sp['capacity_bytes'] / 1e6:.0f} MB, "
+        f"oldest {sp['oldest_age_s']:.0f}s{'  FULL (answering 503)' if sp['full'] else ''}",
+        f"kafka      produced {k['produced']:g}, errors {k['produce_errors']:g}, "
+        f"broker {'up' if k['broker_up'] else 'down' if k['broker_up'] is not None else '-'}; "
+        f"consumer lag {k['consumer_lag']:g}, dead-lettered {k['dead_lettered']:g}",
+        f"store      rows: {kv(st['rows_written'])}",
+        f"           insert p50 {_fmt_s(st['insert_p50_s'])}, p95 {_fmt_s(st['insert_p95_s'])}, "
+        f"errors {st['insert_errors']:g}",
+    ]
+    return "\n".join(lines)
+
+
+def _fmt_s(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v == float("inf"):
+        return ">30s"
+    return f"<={v * 1000:.0f}ms"

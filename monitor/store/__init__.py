@@ -1,0 +1,1 @@
+"""ClickHouse: the client (chdb or server), versioned schema, batched idempotent inserts."""

@@ -1,0 +1,135 @@
+"""The one place that opens ClickHouse: chdb (in-process) or an HTTP(S) server.
+
+Only :mod:`monitor.store` imports ``clickhouse_connect``; its exceptions are
+translated into :class:`~monitor.errors.StoreError` (retryable) here.
+
+chdb allows one process per data directory and one data directory per
+process; :func:`connect` turns the engine's lock error into a message that
+says which process to stop or which command to use instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from monitor.config import StoreSettings
+from monitor.errors import ConfigError, StoreError
+
+__all__ = ["Store", "connect"]
+
+log = logging.getLogger("monitor.store")
+
+_chdb_lock = threading.Lock()
+
+
+class Store:
+    """A ClickHouse client bound to one database, safe to share between threads.
+
+    HTTP clients are created per thread (clickhouse-connect sessions are not
+    concurrent); chdb clients share the process's one engine.
+    """
+
+    def __init__(self, settings: StoreSettings):
+        self.settings = settings
+        self.database = settings.database_name()
+        self.embedded = settings.is_embedded
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._lock = threading.Lock()
+        self.client()  # fail at start, not on the first insert
+
+    def describe(self) -> str:
+        if self.embedded:
+            return f"chdb {self.settings.chdb_path()} (database {self.database})"
+        p = urlsplit(self.settings.url)
+        return f"{p.scheme}://{p.hostname}:{p.port or (8443 if p.scheme == 'https' else 8123)} (database {self.database})"
+
+    def client(self) -> Any:
+        c = getattr(self._local, "client", None)
+        if c is None:
+            c = self._open()
+            self._local.client = c
+            with self._lock:
+                self._clients.append(c)
+        return c
+
+    def _open(self) -> Any:
+        import clickhouse_connect
+        from clickhouse_connect.driver.exceptions import ClickHouseError
+
+        s = self.settings
+        try:
+            if self.embedded:
+                path = s.chdb_path()
+                path.mkdir(parents=True, exist_ok=True)
+                with _chdb_lock:
+                    c = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+                c.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+                c.database = self.database
+                return c
+            p = urlsplit(s.url)
+            c = clickhouse_connect.get_client(
+                interface=p.scheme, host=p.hostname or "localhost",
+                port=p.port or (8443 if p.scheme == "https" else 8123),
+                username=unquote(p.username or "default"), password=unquote(p.password or ""),
+                connect_timeout=s.connect_timeout_s, send_receive_timeout=s.insert_timeout_s,
+                autogenerate_session_id=False,
+            )
+            c.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+            c.database = self.database
+            return c
+        except ClickHouseError as exc:
+            text = str(exc)
+            if "Cannot lock file" in text or "Another server instance" in text:
+                raise ConfigError(
+                    f"the chdb data directory {s.chdb_path()} is held by another process "
+                    "(chdb allows one process per directory). Stop the other `monitor up`, "
+                    "use another --data-dir, or point this command at the running instance.") from None
+            raise StoreError(f"cannot reach ClickHouse at {self.describe()}: {_first_line(text)}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot reach ClickHouse at {self.describe()}: {exc}") from None
+
+    def command(self, sql: str, parameters: dict | None = None, settings: dict | None = None) -> Any:
+        return self._call("command", sql, parameters=parameters, settings=settings)
+
+    def query(self, sql: str, parameters: dict | None = None, settings: dict | None = None) -> Any:
+        return self._call("query", sql, parameters=parameters, settings=settings)
+
+    def query_rows(self, sql: str, parameters: dict | None = None) -> list[tuple]:
+        return self.query(sql, parameters).result_rows
+
+    def insert(self, table: str, rows: list[list], columns: tuple[str, ...] | list[str],
+               settings: dict | None = None) -> None:
+        self._call("insert", table, rows, column_names=list(columns), settings=settings)
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        from clickhouse_connect.driver.exceptions import ClickHouseError
+
+        try:
+            return getattr(self.client(), method)(*args, **kwargs)
+        except ClickHouseError as exc:
+            raise StoreError(f"ClickHouse {method} failed: {_first_line(str(exc))}") from exc
+        except OSError as exc:
+            raise StoreError(f"ClickHouse {method} failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Close every client this store opened (safe to call more than once)."""
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for c in clients:
+            try:
+                c.close()
+            except Exception:  # closing is best effort
+                pass
+        self._local = threading.local()
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:500] if text.strip() else text
+
+
+def connect(settings: StoreSettings) -> Store:
+    return Store(settings)

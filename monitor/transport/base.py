@@ -1,0 +1,42 @@
+"""The transport contract between the receiver and ingest.
+
+``publish`` returns only once the data is durable in the transport's sense
+(stored in ClickHouse for the in-process transport, committed to the SQLite
+spool for Kafka), so an OTLP 200 always means "will not be lost". When a
+bounded buffer is full it raises :class:`~monitor.errors.Overloaded` and the
+receiver answers 503/UNAVAILABLE with Retry-After; it never blocks the
+caller indefinitely and never grows without bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from google.protobuf.message import Message
+
+from monitor.otlp.codec import Signal
+
+__all__ = ["Accepted", "Transport"]
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What the transport took: items it could not take are counted in ``rejected`` (partial success)."""
+
+    rejected: int = 0
+    reason: str = ""
+
+
+class Transport(Protocol):
+    async def publish(self, signal: Signal, msg: Message) -> Accepted:
+        """Hand one validated export request over; returns when it is durable."""
+        ...
+
+    def start(self) -> None:
+        """Start background work (forwarders, ingest workers)."""
+        ...
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush what was accepted, then stop. Safe to call without start() and more than once."""
+        ...

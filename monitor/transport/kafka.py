@@ -1,0 +1,188 @@
+"""Sidecar transport: spool every accepted request to disk, forward it to Kafka in order.
+
+``publish`` cuts a request into Collector-compatible messages (spans keyed by
+trace id, see :mod:`monitor.otlp.split`), commits them to the
+:class:`~monitor.transport.spool.Spool` and returns: the receiver's 200
+follows a durable write, whatever the broker's state. A forwarder thread
+reads the spool from its head, produces with ``acks=all`` and idempotence,
+and deletes what the broker acknowledged. While the broker is unreachable the
+spool grows (bounded) and the forwarder retries with backoff; when it comes
+back the backlog is replayed oldest first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from google.protobuf.message import Message
+
+from monitor.backoff import Backoff
+from monitor.config import KafkaSettings
+from monitor.errors import TransportError
+from monitor.otlp.codec import Signal
+from monitor.otlp.split import split_for_kafka
+from monitor.selfmetrics import SelfMetrics
+from monitor.transport.base import Accepted
+from monitor.transport.kafka_common import all_topics, client_kwargs, ensure_topics
+from monitor.transport.spool import Spool, SpooledMessage
+
+__all__ = ["KafkaTransport"]
+
+log = logging.getLogger("monitor.kafka")
+
+_CHUNK_MESSAGES = 2000
+_CHUNK_BYTES = 16 * 1024 * 1024
+
+
+class KafkaTransport:
+    def __init__(self, settings: KafkaSettings, spool: Spool, metrics: SelfMetrics):
+        client_kwargs(settings)  # fail at start on missing bootstrap servers
+        self.settings = settings
+        self.spool = spool
+        self.metrics = metrics
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="monitor-spool")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._producer = None
+        self._down_since: float | None = None
+        self._last_down_log = 0.0
+
+    # -- receiver side -------------------------------------------------------------
+    async def publish(self, signal: Signal, msg: Message) -> Accepted:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._spool, signal, msg)
+
+    def _spool(self, signal: Signal, msg: Message) -> Accepted:
+        s = self.settings
+        split = split_for_kafka(signal, msg, s.max_message_bytes, s.encoding)
+        if split.messages:
+            topic = s.topic(signal)
+            self.spool.append([(topic, k, v) for k, v in split.messages])
+        return Accepted(split.rejected, split.reason)
+
+    # -- forwarder -------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._forward_loop, name="monitor-kafka-forwarder", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Forward what is spooled for up to ``timeout`` s; the rest stays on disk for the next start."""
+        self._pool.shutdown(wait=True)
+        deadline = time.monotonic() + timeout
+        while self._thread is not None and self._thread.is_alive() and time.monotonic() < deadline:
+            if self.spool.stats()[0] == 0:
+                break
+            time.sleep(0.05)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(max(1.0, deadline - time.monotonic()))
+        left = self.spool.stats()[0]
+        if left:
+            log.warning("stopping with %d messages still in the spool %s; they are sent at the next start",
+                        left, self.spool.path)
+        self._drop_producer(timeout=5)
+        self.spool.close()
+
+    def _drop_producer(self, timeout: float = 0) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=timeout)
+            except Exception:  # closing is best effort; the spool keeps the data
+                pass
+            self._producer = None
+
+    def _connect(self):
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        s = self.settings
+        try:
+            ensure_topics(s, all_topics(s))
+            producer = KafkaProducer(
+                **client_kwargs(s),
+                acks="all",
+                enable_idempotence=True,
+                compression_type=None if s.compression == "none" else s.compression,
+                linger_ms=s.linger_ms,
+                batch_size=1024 * 1024,
+                max_request_size=max(s.max_message_bytes + 4096, 1024 * 1024),
+                delivery_timeout_ms=s.delivery_timeout_ms,
+                request_timeout_ms=min(30_000, s.delivery_timeout_ms),
+                max_block_ms=10_000,
+            )
+        except KafkaError as exc:
+            raise TransportError(f"cannot reach Kafka at {','.join(s.bootstrap_servers)}: {exc}") from None
+        log.info("connected to Kafka at %s", ",".join(s.bootstrap_servers))
+        return producer
+
+    def _forward_loop(self) -> None:
+        backoff = Backoff(0.2, 10.0)
+        while not self._stop.is_set():
+            if not self.spool.wait(0.5):
+                self.spool.refresh_gauges()
+                continue
+            try:
+                if self._producer is None:
+                    self._producer = self._connect()
+                chunk = self.spool.head(_CHUNK_MESSAGES, _CHUNK_BYTES)
+                done, error = self._send(chunk)
+                self.spool.delete(done)
+                if error is not None:
+                    # An idempotent producer with expired batches must not be reused: start afresh.
+                    self._drop_producer()
+                    raise error
+                if self._down_since is not None:
+                    log.info("Kafka is back after %.0fs; replaying the spool (%d messages left)",
+                             time.time() - self._down_since, self.spool.stats()[0])
+                    self._down_since = None
+                self.metrics.broker_up.set(1)
+                backoff.reset()
+            except TransportError as exc:
+                self.metrics.broker_up.set(0)
+                self._note_down(exc)
+                if not backoff.wait(self._stop):
+                    return
+            except Exception:  # never let the forwarder die: the spool keeps everything
+                log.exception("unexpected error in the Kafka forwarder; retrying")
+                if not backoff.wait(self._stop):
+                    return
+
+    def _send(self, chunk: list[SpooledMessage]) -> tuple[list[SpooledMessage], TransportError | None]:
+        """Produce ``chunk`` and wait for the acks; returns what was acknowledged and the first error."""
+        from kafka.errors import KafkaError
+
+        producer = self._producer
+        futures = []
+        try:
+            for m in chunk:
+                futures.append((m, producer.send(m[1], key=m[2], value=m[3])))
+            producer.flush(timeout=self.settings.delivery_timeout_ms / 1000 + 5)
+        except KafkaError as exc:
+            err = TransportError(f"produce failed: {exc}")
+        else:
+            err = None
+        done = []
+        for m, fut in futures:
+            if fut.succeeded():
+                done.append(m)
+                self.metrics.produced.labels(m[1]).inc()
+            elif err is None:
+                exc = fut.exception if fut.is_done else None
+                err = TransportError(f"produce failed: {exc or 'no acknowledgement'}")
+        if err is not None:
+            self.metrics.produce_errors.inc(len(chunk) - len(done))
+        return done, err
+
+    def _note_down(self, exc: Exception) -> None:
+        now = time.time()
+        if self._down_since is None:
+            self._down_since = now
+        if now - self._last_down_log > 10:
+            n, size, age = self.spool.stats()
+            log.warning("Kafka unavailable (%s); spooling to %s: %d messages, %d bytes, oldest %.0fs",
+                        exc, self.spool.path, n, size, age)
+            self._last_down_log = now
