@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 __all__ = ["SelfMetrics"]
 
@@ -20,8 +20,11 @@ _INSERT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class SelfMetrics:
-    def __init__(self) -> None:
+    def __init__(self, role: str = "") -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        from monitor import __version__
+        Info("monitor", "Which monitor command this process runs", registry=r).info(
+            {"role": role, "version": __version__})
         self.received = Counter(
             "monitor_receiver_items_accepted", "Spans, data points and log records accepted (answered 200)",
             ["signal", "protocol"], registry=r)

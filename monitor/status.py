@@ -83,6 +83,8 @@ def summary(snap: Snapshot) -> dict[str, Any]:
 
 def render(snap: Snapshot, as_json: bool = False) -> str:
     s = summary(snap)
+    role = next((labels.get("role", "") for labels, _ in snap.get("monitor_info", [])), "")
+    s["role"] = role
     if as_json:
         return json.dumps(s, indent=2, sort_keys=True)
 
@@ -90,20 +92,30 @@ def render(snap: Snapshot, as_json: bool = False) -> str:
         return ", ".join(f"{k or '-'}={v:g}" for k, v in sorted(d.items())) or "0"
 
     r, q, sp, k, st = s["receiver"], s["queue"], s["spool"], s["kafka"], s["store"]
-    lines = [
-        f"receiver   accepted: {kv(r['accepted'])}",
-        f"           rejected: {kv(r['rejected'])}",
-        f"           requests: {kv(r['requests'])}",
-        f"queue      depth {q['depth']:g} requests, {q['bytes'] / 1e6:.1f} MB",
-        f"spool      {sp['messages']:g} messages, {sp['bytes'] / 1e6:.1f} of {sp['capacity_bytes'] / 1e6:.0f} MB, "
-        f"oldest {sp['oldest_age_s']:.0f}s{'  FULL (answering 503)' if sp['full'] else ''}",
-        f"kafka      produced {k['produced']:g}, errors {k['produce_errors']:g}, "
-        f"broker {'up' if k['broker_up'] else 'down' if k['broker_up'] is not None else '-'}; "
-        f"consumer lag {k['consumer_lag']:g}, dead-lettered {k['dead_lettered']:g}",
-        f"store      rows: {kv(st['rows_written'])}",
-        f"           insert p50 {_fmt_s(st['insert_p50_s'])}, p95 {_fmt_s(st['insert_p95_s'])}, "
-        f"errors {st['insert_errors']:g}",
-    ]
+    lines = [f"monitor {role or '?'}"]
+    if role in ("up", "sidecar", ""):
+        lines += [
+            f"receiver   accepted: {kv(r['accepted'])}",
+            f"           rejected: {kv(r['rejected'])}",
+            f"           requests: {kv(r['requests'])}",
+        ]
+    if role in ("up", ""):
+        lines.append(f"queue      depth {q['depth']:g} requests, {q['bytes'] / 1e6:.1f} MB")
+    if role in ("sidecar", ""):
+        lines += [
+            f"spool      {sp['messages']:g} messages, {sp['bytes'] / 1e6:.1f} of {sp['capacity_bytes'] / 1e6:.0f} MB, "
+            f"oldest {sp['oldest_age_s']:.0f}s{'  FULL (answering 503)' if sp['full'] else ''}",
+            f"kafka      produced {k['produced']:g}, errors {k['produce_errors']:g}, "
+            f"broker {'up' if k['broker_up'] else 'down'}",
+        ]
+    if role in ("ingest", ""):
+        lines.append(f"kafka      consumer lag {k['consumer_lag']:g}, dead-lettered {k['dead_lettered']:g}")
+    if role in ("up", "ingest", ""):
+        lines += [
+            f"store      rows: {kv(st['rows_written'])}",
+            f"           insert p50 {_fmt_s(st['insert_p50_s'])}, p95 {_fmt_s(st['insert_p95_s'])}, "
+            f"errors {st['insert_errors']:g}",
+        ]
     return "\n".join(lines)
 
 

@@ -225,6 +225,17 @@ class KafkaBroker:
             self.proc.wait()
         self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL the broker (a crash, not a shutdown); the log dir is kept."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def start_again(self, timeout: float = 60.0) -> None:
+        """Start a stopped or killed broker on the same ports and log dir."""
+        self._launch(timeout)
+
     def restart(self, timeout: float = 60.0) -> None:
         self.stop()
         self._launch(timeout)

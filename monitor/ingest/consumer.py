@@ -36,6 +36,24 @@ from monitor.transport.kafka_common import all_topics, client_kwargs, dead_lette
 
 __all__ = ["KafkaIngest"]
 
+
+def _listener_base() -> type:
+    from kafka import ConsumerRebalanceListener
+    return ConsumerRebalanceListener
+
+
+class _Listener(_listener_base()):  # type: ignore[misc]
+    """Forwards kafka-python's rebalance callbacks to the ingest."""
+
+    def __init__(self, ingest: "KafkaIngest"):
+        self.ingest = ingest
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.ingest.on_partitions_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.ingest.on_partitions_assigned(assigned)
+
 log = logging.getLogger("monitor.ingest")
 
 
@@ -53,6 +71,7 @@ class KafkaIngest:
         self._dlq: Any = None
         self._buffers: dict[Any, list[Any]] = defaultdict(list)
         self._pending: dict[Any, tuple[int, int]] = {}
+        self._unchecked: set[Any] = set()
         self._first_buffered: float | None = None
         self.batches_written = 0
 
@@ -73,26 +92,31 @@ class KafkaIngest:
             # The next owner re-reads from the committed offset; drop our copy.
             self._buffers.pop(tp, None)
             self._pending.pop(tp, None)
+            self._unchecked.discard(tp)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        # kafka-python runs this on its network thread, where blocking calls are refused:
+        # the pending ranges are read from the main loop before anything is flushed.
         for tp in assigned:
             self._buffers.pop(tp, None)
             self._pending.pop(tp, None)
-            try:
-                committed = self._consumer.committed(tp, metadata=True)
-            except Exception as exc:  # without the metadata we would risk a duplicate: retry later
-                log.warning("could not read committed offset of %s: %s", tp, exc)
-                continue
-            if committed is not None and committed.metadata:
-                try:
-                    start, end = json.loads(committed.metadata)["pending"]
-                    self._pending[tp] = (int(start), int(end))
-                    log.info("%s-%d: replaying unfinished batch [%d, %d) with its original dedup token",
-                             tp.topic, tp.partition, start, end)
-                except (ValueError, KeyError, TypeError):
-                    pass
+            self._unchecked.add(tp)
         if assigned:
             log.info("assigned %s", ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(assigned)))
+
+    def _load_pending(self) -> None:
+        for tp in list(self._unchecked):
+            committed = self._consumer.committed(tp, metadata=True)
+            self._unchecked.discard(tp)
+            if committed is None or not committed.metadata:
+                continue
+            try:
+                start, end = json.loads(committed.metadata)["pending"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            self._pending[tp] = (int(start), int(end))
+            log.info("%s-%d: replaying unfinished batch [%d, %d) with its original dedup token",
+                     tp.topic, tp.partition, start, end)
 
     # -- main loop -------------------------------------------------------------
     def _connect(self) -> None:
@@ -110,7 +134,7 @@ class KafkaIngest:
             session_timeout_ms=30_000,
             heartbeat_interval_ms=3_000,
         )
-        self._consumer.subscribe(self.topics, listener=self)
+        self._consumer.subscribe(self.topics, listener=_Listener(self))
         self._dlq = KafkaProducer(**client_kwargs(k), acks="all", enable_idempotence=True)
         log.info("consuming %s from %s as group %s", ", ".join(self.topics), ",".join(k.bootstrap_servers),
                  k.group_id)
@@ -149,6 +173,7 @@ class KafkaIngest:
         self._consumer = self._dlq = None
         self._buffers.clear()
         self._pending.clear()
+        self._unchecked.clear()
         self._first_buffered = None
 
     def _step(self) -> None:
@@ -159,6 +184,7 @@ class KafkaIngest:
                 self._buffers[tp].extend(msgs)
                 if self._first_buffered is None:
                     self._first_buffered = time.monotonic()
+        self._load_pending()
         self._update_lag()
         buffered = sum(len(v) for v in self._buffers.values())
         if buffered and (buffered >= s.max_batch_items or

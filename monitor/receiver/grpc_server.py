@@ -1,7 +1,8 @@
 """OTLP/gRPC: TraceService, MetricsService and LogsService ``Export`` (grpc.aio).
 
-INVALID_ARGUMENT never reaches a client for a decodable request (bad items
-are reported as partial success); UNAVAILABLE (retryable) when saturated;
+INVALID_ARGUMENT for bytes that are not the request message (bad items of a
+decodable request are reported as partial success); UNAVAILABLE (retryable)
+when saturated;
 messages over ``receiver.max_request_bytes`` are refused by gRPC itself
 with RESOURCE_EXHAUSTED. gzip is negotiated by gRPC.
 """
@@ -11,12 +12,10 @@ from __future__ import annotations
 import logging
 
 import grpc
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+from google.protobuf.message import DecodeError as _PbDecodeError
 
 from monitor.errors import Overloaded, PermanentError, RetryableError
-from monitor.otlp.codec import Signal, response_type
+from monitor.otlp.codec import Signal, request_type, response_type
 from monitor.receiver.ingress import Ingress
 
 __all__ = ["GrpcReceiver"]
@@ -24,46 +23,45 @@ __all__ = ["GrpcReceiver"]
 log = logging.getLogger("monitor.receiver")
 
 
-async def _export(ingress: Ingress, signal: Signal, request, context: grpc.aio.ServicerContext):
-    try:
-        rejected, reason = await ingress.export(signal, request, "grpc")
-    except Overloaded as exc:
-        ingress.metrics.requests.labels(signal, "grpc", "UNAVAILABLE").inc()
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-    except PermanentError as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    except RetryableError as exc:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-    resp = response_type(signal)()
-    if rejected:
-        field = {"traces": "rejected_spans", "metrics": "rejected_data_points", "logs": "rejected_log_records"}[signal]
-        setattr(resp.partial_success, field, rejected)
-        resp.partial_success.error_message = reason
-    return resp
+_SERVICES: dict[Signal, str] = {
+    "traces": "opentelemetry.proto.collector.trace.v1.TraceService",
+    "metrics": "opentelemetry.proto.collector.metrics.v1.MetricsService",
+    "logs": "opentelemetry.proto.collector.logs.v1.LogsService",
+}
 
 
-class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, ingress: Ingress):
-        self.ingress = ingress
+def _handler(ingress: Ingress, signal: Signal) -> grpc.RpcMethodHandler:
+    """An ``Export`` handler that decodes the bytes itself, so corrupt input is INVALID_ARGUMENT
+    (gRPC's own deserializer would answer UNKNOWN)."""
+    req_type = request_type(signal)
 
-    async def Export(self, request, context):  # noqa: N802 (gRPC method name)
-        return await _export(self.ingress, "traces", request, context)
+    async def export(data: bytes, context: grpc.aio.ServicerContext):
+        request = req_type()
+        try:
+            request.ParseFromString(data)
+        except _PbDecodeError as exc:
+            ingress.metrics.requests.labels(signal, "grpc", "INVALID_ARGUMENT").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"not a valid {req_type.DESCRIPTOR.name}: {exc}")
+        try:
+            rejected, reason = await ingress.export(signal, request, "grpc")
+        except Overloaded as exc:
+            ingress.metrics.requests.labels(signal, "grpc", "UNAVAILABLE").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except PermanentError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except RetryableError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        resp = response_type(signal)()
+        if rejected:
+            field = {"traces": "rejected_spans", "metrics": "rejected_data_points",
+                     "logs": "rejected_log_records"}[signal]
+            setattr(resp.partial_success, field, rejected)
+            resp.partial_success.error_message = reason
+        return resp
 
-
-class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def __init__(self, ingress: Ingress):
-        self.ingress = ingress
-
-    async def Export(self, request, context):  # noqa: N802
-        return await _export(self.ingress, "metrics", request, context)
-
-
-class _Logs(logs_service_pb2_grpc.LogsServiceServicer):
-    def __init__(self, ingress: Ingress):
-        self.ingress = ingress
-
-    async def Export(self, request, context):  # noqa: N802
-        return await _export(self.ingress, "logs", request, context)
+    return grpc.unary_unary_rpc_method_handler(
+        export, request_deserializer=None, response_serializer=lambda m: m.SerializeToString())
 
 
 class GrpcReceiver:
@@ -80,9 +78,10 @@ class GrpcReceiver:
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ])
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(self.ingress), server)
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(self.ingress), server)
-        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Logs(self.ingress), server)
+        server.add_generic_rpc_handlers([
+            grpc.method_handlers_generic_handler(service, {"Export": _handler(self.ingress, signal)})
+            for signal, service in _SERVICES.items()
+        ])
         host = f"[{self.host}]" if ":" in self.host else self.host
         port = server.add_insecure_port(f"{host}:{self.port}")
         if port == 0:

@@ -34,10 +34,11 @@ log = logging.getLogger("monitor")
 
 class App:
     default_metrics_port = 9464
+    role = ""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.metrics = SelfMetrics()
+        self.metrics = SelfMetrics(self.role)
         self.metrics_port: int | None = None
 
     def _serve_metrics(self) -> None:
@@ -62,6 +63,8 @@ def _open_store(settings: Settings) -> Store:
 
 class Embedded(App):
     """Everything in one process, nothing to install: ``monitor up``."""
+
+    role = "up"
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
@@ -91,6 +94,8 @@ class Embedded(App):
 class Sidecar(App):
     """Receiver -> durable spool -> Kafka: ``monitor sidecar --kafka HOST:PORT``."""
 
+    role = "sidecar"
+
     def __init__(self, settings: Settings):
         super().__init__(settings)
         s = settings
@@ -117,6 +122,7 @@ class Ingest(App):
     """Kafka consumer group member -> ClickHouse: ``monitor ingest --kafka ... --clickhouse URL``."""
 
     default_metrics_port = 9465
+    role = "ingest"
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
@@ -150,7 +156,11 @@ def run_until_signal(app: App) -> None:
 
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
-    app.start()
+    try:
+        app.start()
+    except BaseException:
+        app.stop()
+        raise
     log.info("ready; Ctrl-C to stop")
     while not stop.wait(1.0):
         pass

@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 
 from monitor.backoff import Backoff
 from monitor.config import KafkaSettings
-from monitor.errors import TransportError
+from monitor.errors import ConfigError, TransportError
 from monitor.otlp.codec import Signal
 from monitor.otlp.split import split_for_kafka
 from monitor.selfmetrics import SelfMetrics
@@ -97,7 +97,7 @@ class KafkaTransport:
 
     def _connect(self):
         from kafka import KafkaProducer
-        from kafka.errors import KafkaError
+        from kafka.errors import KafkaConfigurationError, KafkaError
 
         s = self.settings
         try:
@@ -111,9 +111,12 @@ class KafkaTransport:
                 batch_size=1024 * 1024,
                 max_request_size=max(s.max_message_bytes + 4096, 1024 * 1024),
                 delivery_timeout_ms=s.delivery_timeout_ms,
-                request_timeout_ms=min(30_000, s.delivery_timeout_ms),
+                # kafka-python requires delivery_timeout > linger + request_timeout
+                request_timeout_ms=max(1000, min(10_000, s.delivery_timeout_ms - s.linger_ms - 1000)),
                 max_block_ms=10_000,
             )
+        except KafkaConfigurationError as exc:
+            raise ConfigError(f"invalid Kafka producer settings: {exc}") from None
         except KafkaError as exc:
             raise TransportError(f"cannot reach Kafka at {','.join(s.bootstrap_servers)}: {exc}") from None
         log.info("connected to Kafka at %s", ",".join(s.bootstrap_servers))

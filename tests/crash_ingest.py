@@ -1,0 +1,36 @@
+"""Run ingest until its first insert is acknowledged by ClickHouse, then die before committing offsets.
+
+``python tests/crash_ingest.py BOOTSTRAP CHDB_DIR GROUP SPANS_TOPIC`` exits with status 9
+(os._exit: no cleanup, no commit, like kill -9) right after the first batch is stored.
+"""
+
+import os
+import sys
+import time
+
+from monitor.config import load
+from monitor.runtime.apps import Ingest
+
+bootstrap, chdb_dir, group, topic = sys.argv[1:5]
+settings = load(overrides={
+    "kafka": {"bootstrap_servers": bootstrap, "group_id": group, "spans_topic": topic,
+              "metrics_topic": topic + "_m", "logs_topic": topic + "_l"},
+    "store": {"url": f"chdb://{chdb_dir}"},
+    "ingest": {"max_poll_records": 50, "max_batch_items": 50, "flush_interval_ms": 50},
+    "telemetry": {"metrics_port": 0},
+})
+app = Ingest(settings)
+real_write = app.writer.write
+
+
+def write_then_die(rows, token):
+    n = real_write(rows, token)
+    print(f"inserted {len(rows.get('otel_traces', []))} spans with token {token}; dying before commit", flush=True)
+    os._exit(9)
+
+
+app.writer.write = write_then_die
+app.start()
+time.sleep(120)
+print("no batch arrived", flush=True)
+sys.exit(1)
