@@ -134,6 +134,9 @@ class StoreSettings(_Section):
     """Database name; default: the URL's path for http(s), ``monitor`` for chdb."""
     retention_days: int = Field(30, ge=1)
     """TTL on every table; changing it alters existing tables at the next start."""
+    apply_schema: bool = True
+    """Apply schemas/clickhouse/ at start. Set false on a cluster whose tables were created from
+    deploy/clickhouse/cluster/ (ON CLUSTER DDL); the monitor then only checks that they exist."""
     connect_timeout_s: float = 10.0
     insert_timeout_s: float = 60.0
 

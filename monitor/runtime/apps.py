@@ -21,7 +21,7 @@ from monitor.receiver.ingress import Ingress
 from monitor.runtime.receiver_service import ReceiverService
 from monitor.selfmetrics import SelfMetrics
 from monitor.store.client import Store
-from monitor.store.migrate import migrate
+from monitor.store.migrate import check_schema, migrate
 from monitor.store.writer import Writer
 from monitor.transport.inprocess import InProcessTransport
 from monitor.transport.kafka import KafkaTransport
@@ -56,7 +56,10 @@ class App:
 
 def _open_store(settings: Settings) -> Store:
     store = Store(settings.store)
-    migrate(store, settings.store.retention_days)
+    if settings.store.apply_schema:
+        migrate(store, settings.store.retention_days)
+    else:
+        check_schema(store)
     log.info("store: %s, retention %d days", store.describe(), settings.store.retention_days)
     return store
 

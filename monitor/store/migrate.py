@@ -18,7 +18,7 @@ from string import Template
 
 from monitor.store.client import Store
 
-__all__ = ["migrate", "schema_dir", "migration_files"]
+__all__ = ["migrate", "check_schema", "schema_dir", "migration_files"]
 
 log = logging.getLogger("monitor.store")
 
@@ -87,3 +87,17 @@ def _apply_retention(store: Store, days: int) -> None:
             f"ALTER TABLE `{store.database}`.`{name}` MODIFY TTL {m.group(1)} + toIntervalDay({int(days)})",
             settings={"materialize_ttl_after_modify": 0})
         log.info("retention of %s changed from %s to %d days", name, m.group(2), days)
+
+
+def check_schema(store: Store) -> None:
+    """With ``store.apply_schema: false``: fail at start, with what to do, if a table is missing."""
+    from monitor.errors import ConfigError
+    from monitor.otlp.rows import TABLE_COLUMNS
+
+    have = {r[0] for r in store.query_rows(
+        "SELECT name FROM system.tables WHERE database = {db:String}", {"db": store.database})}
+    missing = sorted(set(TABLE_COLUMNS) - have)
+    if missing:
+        raise ConfigError(
+            f"store.apply_schema is false but {store.describe()} lacks {', '.join(missing)}: apply "
+            "deploy/clickhouse/cluster/*.sql (see its README) or set store.apply_schema: true")

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The one test command (README "Tests"): installs the project and its test dependencies into a
+# virtualenv cached outside the checkout, resolves the real Kafka broker's jars from Maven Central
+# (cached in ~/.m2 and ~/.cache/llm-monitor), then runs the whole suite. The tests start the broker
+# themselves (a session fixture per worker, plus private brokers for the fault tests).
+#
+#   tests/run.sh                 # everything
+#   tests/run.sh -k kafka -x     # extra arguments go to pytest
+#
+# MONITOR_CACHE_DIR (default ~/.cache/llm-monitor) holds the venv and the broker jars;
+# PYTEST_WORKERS (default 2) sets pytest-xdist's worker count.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${MONITOR_CACHE_DIR:-$HOME/.cache/llm-monitor}"
+VENV="${MONITOR_VENV:-$CACHE/venv}"
+mkdir -p "$CACHE"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "creating virtualenv $VENV" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+fi
+echo "installing llm-monitor[test] into $VENV" >&2
+"$VENV/bin/python" -m pip install -q -e '.[test]'
+echo "resolving the Kafka broker jars (Maven Central, cached)" >&2
+python3 deploy/kafka/broker.py resolve >&2
+export HF_HUB_OFFLINE=1
+exec "$VENV/bin/python" -m pytest -n "${PYTEST_WORKERS:-2}" -W ignore::DeprecationWarning "$@"

@@ -1,0 +1,145 @@
+"""Pure pieces: codec, Kafka splitting, values, config precedence, schema migrations."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from conftest import otlp_request
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from monitor.config import load
+from monitor.errors import ConfigError, DecodeError, PayloadTooLarge
+from monitor.otlp import codec
+from monitor.otlp.split import split_for_kafka
+from monitor.otlp.values import to_str
+
+
+def test_json_ids_are_hex_both_ways():
+    msg = codec.decode_message("traces", otlp_request(7, spans=2))
+    text = codec.to_json(msg)
+    data = json.loads(text)
+    span = data["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    assert span["traceId"] == f"{15:032x}" and span["spanId"] == f"{15:016x}"
+    assert codec.decode_message("traces", text) == msg  # otlp_json on Kafka is detected and parsed
+
+
+def test_gunzip_is_bounded():
+    assert codec.gunzip_bounded(gzip.compress(b"a" * 1000), 1000) == b"a" * 1000
+    with pytest.raises(PayloadTooLarge):
+        codec.gunzip_bounded(gzip.compress(b"a" * 1001), 1000)
+    with pytest.raises(DecodeError):
+        codec.gunzip_bounded(gzip.compress(b"a" * 1000)[:-5], 1000)
+
+
+def test_decode_errors_name_the_problem():
+    with pytest.raises(codec.UnsupportedMediaType, match="text/plain"):
+        codec.decode_body("traces", b"", "text/plain", None, 100)
+    with pytest.raises(DecodeError, match="not valid JSON"):
+        codec.decode_body("traces", b"{", "application/json", None, 100)
+    with pytest.raises(DecodeError, match="empty message"):
+        codec.decode_message("traces", b"")
+
+
+def test_split_keys_messages_by_trace_and_keeps_resource_and_scope():
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.add(key="service.name", value=common_pb2.AnyValue(string_value="api"))
+    ss = rs.scope_spans.add()
+    ss.scope.name = "lib"
+    for trace in (1, 2, 1, 3, 2):
+        ss.spans.add(trace_id=trace.to_bytes(16, "big"), span_id=len(ss.spans).__add__(1).to_bytes(8, "big"))
+    split = split_for_kafka("traces", req, 1_000_000)
+    assert split.rejected == 0
+    by_key = {k: trace_pb2.TracesData.FromString(v) for k, v in split.messages}
+    assert sorted(int.from_bytes(k, "big") for k in by_key) == [1, 2, 3]
+    one = by_key[(1).to_bytes(16, "big")]
+    assert one.resource_spans[0].resource.attributes[0].value.string_value == "api"
+    assert one.resource_spans[0].scope_spans[0].scope.name == "lib"
+    assert len(one.resource_spans[0].scope_spans[0].spans) == 2
+
+
+def test_split_breaks_large_traces_and_rejects_single_oversized_spans():
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    ss = req.resource_spans.add().scope_spans.add()
+    for i in range(4):
+        ss.spans.add(trace_id=b"\x01" * 16, span_id=(i + 1).to_bytes(8, "big"), name="x" * 3000)
+    ss.spans.add(trace_id=b"\x01" * 16, span_id=b"\x09" * 8, name="y" * 20_000)
+    split = split_for_kafka("traces", req, 10_000)
+    assert split.rejected == 1 and "exceeds kafka.max_message_bytes" in split.reason
+    assert len(split.messages) == 4 and all(len(v) <= 10_000 for _, v in split.messages)
+
+
+@pytest.mark.parametrize("value,expected", [
+    (common_pb2.AnyValue(string_value="a"), "a"),
+    (common_pb2.AnyValue(bool_value=True), "true"),
+    (common_pb2.AnyValue(int_value=-3), "-3"),
+    (common_pb2.AnyValue(double_value=0.2), "0.2"),
+    (common_pb2.AnyValue(double_value=1e-7), "0.0000001"),
+    (common_pb2.AnyValue(double_value=3.0), "3"),
+    (common_pb2.AnyValue(array_value=common_pb2.ArrayValue(values=[common_pb2.AnyValue(string_value="stop")])),
+     '["stop"]'),
+])
+def test_attribute_values_are_stringified_like_the_collector(value, expected):
+    assert to_str(value) == expected
+
+
+def test_config_precedence_flags_over_env_over_file(tmp_path, monkeypatch):
+    cfg = tmp_path / "monitor.yaml"
+    cfg.write_text("receiver:\n  http_port: 1111\n  grpc_port: 2222\nkafka:\n  bootstrap_servers: a:1,b:2\n"
+                   "store:\n  retention_days: 9\n")
+    monkeypatch.setenv("MONITOR_RECEIVER__GRPC_PORT", "3333")
+    monkeypatch.setenv("MONITOR_STORE__URL", "http://u:p@ch:8123/obs")
+    s = load(cfg, {"receiver": {"http_port": None, "host": "0.0.0.0"}})
+    assert (s.receiver.http_port, s.receiver.grpc_port, s.receiver.host) == (1111, 3333, "0.0.0.0")
+    assert s.kafka.bootstrap_servers == ["a:1", "b:2"]
+    assert (s.store.retention_days, s.store.database_name(), s.store.is_embedded) == (9, "obs", False)
+    s = load(cfg, {"receiver": {"http_port": 4444}})
+    assert s.receiver.http_port == 4444
+
+
+def test_config_errors_say_where_to_fix(tmp_path, monkeypatch):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("receiver:\n  http_port: not-a-port\nstore:\n  url: mysql://x\n")
+    with pytest.raises(ConfigError) as err:
+        load(cfg)
+    text = str(err.value)
+    assert "receiver.http_port" in text and "MONITOR_RECEIVER__HTTP_PORT" in text
+    assert "chdb://" in text and str(cfg) in text
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "missing.yaml")
+    monkeypatch.setenv("MONITOR_RECEIVER__NO_SUCH_KEY", "1")
+    with pytest.raises(ConfigError, match="no_such_key"):
+        load()
+
+
+def test_example_config_is_valid_and_complete():
+    """deploy/monitor.example.yaml loads and names every setting."""
+    from pathlib import Path
+
+    import yaml
+
+    from monitor.config import Settings
+    path = Path(__file__).resolve().parents[1] / "deploy" / "monitor.example.yaml"
+    s = load(path)
+    doc = yaml.safe_load(path.read_text())
+    for section, model in Settings.model_fields.items():
+        if hasattr(model.annotation, "model_fields"):
+            assert set(doc[section]) == set(model.annotation.model_fields), section
+    assert s.model_dump() == Settings().model_dump()  # the example spells out the defaults
+
+
+def test_migrations_are_recorded_once_and_retention_is_altered(store):
+    from monitor.store.migrate import migrate, migration_files
+
+    versions = [v for v, _, _ in migration_files()]
+    assert [r[0] for r in store.query_rows("SELECT version FROM schema_migrations ORDER BY version")] == versions
+    assert migrate(store, 30) == []
+    migrate(store, 7)
+    ddl = store.query_rows("SELECT create_table_query FROM system.tables WHERE database = {d:String} "
+                           "AND name = 'inference_events'", {"d": store.database})[0][0]
+    assert "toIntervalDay(7)" in ddl
+    assert store.query_rows("SELECT count() FROM schema_migrations")[0][0] == len(versions)
