@@ -168,6 +168,12 @@ class KafkaBroker:
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "true",
             "log.flush.interval.messages": "1",
+            # A single local node: no reason to wait out the default 9 s broker session after a
+            # crash before the restarted broker is unfenced.
+            "broker.heartbeat.interval.ms": "500",
+            "broker.session.timeout.ms": "2000",
+            "controller.quorum.election.timeout.ms": "500",
+            "controller.quorum.fetch.timeout.ms": "1000",
         }
         (self.data_dir / "server.properties").write_text(
             "".join(f"{k}={v}\n" for k, v in props.items()))

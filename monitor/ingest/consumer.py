@@ -131,7 +131,7 @@ class KafkaIngest:
             auto_offset_reset="earliest",
             max_poll_records=self.settings.max_poll_records,
             max_poll_interval_ms=600_000,
-            session_timeout_ms=30_000,
+            session_timeout_ms=10_000,  # heartbeats run on a background thread: a long insert is fine
             heartbeat_interval_ms=3_000,
         )
         self._consumer.subscribe(self.topics, listener=_Listener(self))
