@@ -152,7 +152,7 @@ def test_ingest_killed_between_insert_and_commit(kafka, tmp_path):
     assert chdb_query(chdb, "SELECT count(), uniqExact(span_id) FROM inference_events")[0] == [400, 400]
 
 
-def test_sidecar_killed_with_the_broker_down_loses_nothing(own_kafka, settings, store, tmp_path):
+def test_sidecar_killed_twice_loses_and_duplicates_nothing(own_kafka, settings, store, tmp_path):
     settings.kafka.bootstrap_servers = [own_kafka.bootstrap]
     own_kafka.kill()
     http_port, spool = free_port(), tmp_path / "sidecar-spool.sqlite"
@@ -171,6 +171,12 @@ def test_sidecar_killed_with_the_broker_down_loses_nothing(own_kafka, settings, 
         proc.kill()  # SIGKILL: no flush, no goodbye
         proc.communicate(timeout=30)
     own_kafka.start_again()
+    # Second crash: the broker acknowledged the spooled messages, the sidecar dies before deleting them.
+    crash = subprocess.run([sys.executable, str(ROOT / "tests" / "crash_sidecar.py"), own_kafka.bootstrap,
+                            str(spool), settings.kafka.spans_topic, settings.kafka.metrics_topic,
+                            settings.kafka.logs_topic], capture_output=True, text=True, timeout=180)
+    assert crash.returncode == 9, crash.stdout + crash.stderr
+    assert "kafka acknowledged 200 messages" in crash.stdout
     ingest = Ingest(settings)
     ingest.start()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
@@ -184,6 +190,7 @@ def test_sidecar_killed_with_the_broker_down_loses_nothing(own_kafka, settings, 
         _, err = proc.communicate(timeout=60)
         ingest.stop()
     assert "from an earlier run" in err
+    assert "200 of the 200 messages in flight when the last attempt ended were already in Kafka" in err
 
 
 def test_monitor_up_subprocess_flushes_everything_accepted_on_sigint(tmp_path):

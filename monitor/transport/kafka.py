@@ -120,7 +120,63 @@ class KafkaTransport:
         except KafkaError as exc:
             raise TransportError(f"cannot reach Kafka at {','.join(s.bootstrap_servers)}: {exc}") from None
         log.info("connected to Kafka at %s", ",".join(s.bootstrap_servers))
+        if self.spool.in_flight() is not None:
+            self._reconcile()
         return producer
+
+    def _reconcile(self) -> None:
+        """Drop from the spool what an earlier attempt got into Kafka without deleting it here.
+
+        The forwarder marks each chunk in flight before producing it and clears the mark with the
+        delete. A mark found now means a crash (or an unknown outcome) in between: the messages
+        produced since the mark carry ``<spool id>:<seq>`` in the ``monitor.spool`` header, so the
+        ones already in Kafka are found and not sent twice.
+        """
+        from kafka import KafkaConsumer, TopicPartition
+        from kafka.errors import KafkaError
+
+        mark = self.spool.in_flight()
+        if mark is None:
+            return
+        first, last = mark["first"], mark["last"]
+        prefix = f"{self.spool.id}:".encode()
+        found: set[int] = set()
+        try:
+            consumer = KafkaConsumer(**client_kwargs(self.settings), group_id=None, enable_auto_commit=False)
+            try:
+                consumer.topics()
+                tps = [TopicPartition(t, p) for t in all_topics(self.settings)
+                       for p in sorted(consumer.partitions_for_topic(t) or ())]
+                consumer.assign(tps)
+                start = consumer.offsets_for_times({tp: mark["since_ms"] for tp in tps})
+                end = consumer.end_offsets(tps)
+                todo = {}
+                for tp in tps:
+                    if start.get(tp) is not None and start[tp].offset < end[tp]:
+                        consumer.seek(tp, start[tp].offset)
+                        todo[tp] = end[tp]
+                deadline = time.monotonic() + 60
+                while todo and time.monotonic() < deadline:
+                    for tp, msgs in consumer.poll(timeout_ms=500).items():
+                        for m in msgs:
+                            for key, value in m.headers or ():
+                                if key == "monitor.spool" and value.startswith(prefix):
+                                    seq = int(value[len(prefix):])
+                                    if first <= seq <= last:
+                                        found.add(seq)
+                    for tp in list(todo):
+                        if consumer.position(tp) >= todo[tp]:
+                            del todo[tp]
+                if todo:
+                    raise TransportError("could not read back the in-flight messages in time")
+            finally:
+                consumer.close()
+        except KafkaError as exc:
+            raise TransportError(f"cannot check which in-flight messages reached Kafka: {exc}") from None
+        already = [m for m in self.spool.head(last - first + 1, 1 << 62) if m[0] in found]
+        self.spool.delete(already, clear_in_flight=True)
+        log.info("%d of the %d messages in flight when the last attempt ended were already in Kafka; "
+                 "they are not sent again", len(already), last - first + 1)
 
     def _forward_loop(self) -> None:
         backoff = Backoff(0.2, 10.0)
@@ -133,7 +189,7 @@ class KafkaTransport:
                     self._producer = self._connect()
                 chunk = self.spool.head(_CHUNK_MESSAGES, _CHUNK_BYTES)
                 done, error = self._send(chunk)
-                self.spool.delete(done)
+                self.spool.delete(done, clear_in_flight=error is None)
                 if error is not None:
                     # An idempotent producer with expired batches must not be reused: start afresh.
                     self._drop_producer()
@@ -160,9 +216,13 @@ class KafkaTransport:
 
         producer = self._producer
         futures = []
+        spool_id = self.spool.id
+        # 5 s of slack for clock differences between this host and the broker's log timestamps
+        self.spool.mark_in_flight(chunk[0][0], chunk[-1][0], int(time.time() * 1000) - 5000)
         try:
             for m in chunk:
-                futures.append((m, producer.send(m[1], key=m[2], value=m[3])))
+                futures.append((m, producer.send(m[1], key=m[2], value=m[3],
+                                                 headers=[("monitor.spool", f"{spool_id}:{m[0]}".encode())])))
             producer.flush(timeout=self.settings.delivery_timeout_ms / 1000 + 5)
         except KafkaError as exc:
             err = TransportError(f"produce failed: {exc}")

@@ -10,10 +10,12 @@ answers 503 with Retry-After (the sender keeps the data and retries).
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from monitor.errors import Overloaded
@@ -43,6 +45,10 @@ class Spool:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
             "key BLOB, value BLOB NOT NULL, enqueued_at REAL NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (uuid.uuid4().hex,))
+        self.id: str = self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0]
+        """Stable identity of this spool; forwarded messages carry ``<id>:<seq>`` in a header."""
         count, size, oldest = self._db.execute(
             "SELECT count(*), coalesce(sum(length(value)), 0), min(enqueued_at) FROM spool").fetchone()
         self._count, self._bytes = count, size
@@ -103,16 +109,34 @@ class Spool:
                 self._added.wait(timeout)
             return self._count > 0
 
-    def delete(self, done: list[SpooledMessage]) -> None:
-        """Forget messages Kafka acknowledged."""
-        if not done:
-            return
+    def mark_in_flight(self, first_seq: int, last_seq: int, since_ms: int) -> None:
+        """Record, before producing, which messages may reach Kafka without being deleted here
+        (a crash between the broker's ack and :meth:`delete`). See :meth:`in_flight`."""
         with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('in_flight', ?)",
+                             (json.dumps({"first": first_seq, "last": last_seq, "since_ms": since_ms}),))
+
+    def in_flight(self) -> dict | None:
+        """The range marked by the last run if it did not finish deleting it, else None."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'in_flight'").fetchone()
+        return json.loads(row[0]) if row else None
+
+    def delete(self, done: list[SpooledMessage], clear_in_flight: bool = True) -> None:
+        """Forget messages Kafka acknowledged; with ``clear_in_flight``, drop the in-flight mark in the
+        same transaction (keep it when some sends failed: their outcome may be unknown)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            if clear_in_flight:
+                self._db.execute("DELETE FROM meta WHERE key = 'in_flight'")
             seqs = [m[0] for m in done]
-            if seqs == list(range(seqs[0], seqs[0] + len(seqs))):
+            if not seqs:
+                pass
+            elif seqs == list(range(seqs[0], seqs[0] + len(seqs))):
                 self._db.execute("DELETE FROM spool WHERE seq BETWEEN ? AND ?", (seqs[0], seqs[-1]))
             else:
                 self._db.executemany("DELETE FROM spool WHERE seq = ?", [(s,) for s in seqs])
+            self._db.execute("COMMIT")
             self._count -= len(done)
             self._bytes -= sum(len(m[3]) for m in done)
             row = self._db.execute("SELECT enqueued_at FROM spool ORDER BY seq LIMIT 1").fetchone()
