@@ -27,7 +27,7 @@ import re
 from typing import Any
 
 from monitor.events import InferenceEvent
-from monitor.otlp.values import attrs_to_python, to_python
+from monitor.otlp.values import attrs_to_str_map, to_python
 
 __all__ = ["span_to_event", "is_model_request"]
 
@@ -71,9 +71,14 @@ def is_model_request(name: str, attrs: dict[str, Any]) -> str | None:
     return None
 
 
-def span_to_event(span: Any, service_name: str) -> InferenceEvent | None:
-    """Map one ``opentelemetry.proto.trace.v1.Span``; None if it is not a model request."""
-    attrs = attrs_to_python(span.attributes)
+def span_to_event(span: Any, service_name: str, attrs: dict[str, str] | None = None) -> InferenceEvent | None:
+    """Map one ``opentelemetry.proto.trace.v1.Span``; None if it is not a model request.
+
+    ``attrs`` is the span's attributes as the Collector stringifies them (arrays and maps as
+    JSON); pass it when already computed for ``otel_traces`` so the work is done once.
+    """
+    if attrs is None:
+        attrs = attrs_to_str_map(span.attributes)
     dialect = is_model_request(span.name, attrs)
     if dialect is None:
         return None
@@ -116,7 +121,7 @@ def span_to_event(span: Any, service_name: str) -> InferenceEvent | None:
     if not ev.error_type and ev.status_code == "Error":
         ev.error_type = _exception_type(span) or "error"
 
-    inputs, outputs, system = _content(span, attrs, dialect)
+    inputs, outputs, system, raw_in, raw_out = _content(span, attrs, dialect)
     if not reasons:
         reasons = [m["finish_reason"] for m in outputs if m.get("finish_reason")]
     ev.finish_reason = reasons[0] if reasons else ""
@@ -125,11 +130,11 @@ def span_to_event(span: Any, service_name: str) -> InferenceEvent | None:
     ev.prompt = _text(user[-1]) if user else "\n".join(_text(m) for m in inputs if m.get("role") != "system")
     ev.completion = "\n\n".join(t for t in (_text(m) for m in outputs) if t)
     if inputs:
-        ev.input_messages = json.dumps(inputs, ensure_ascii=False, separators=(",", ":"))
+        ev.input_messages = raw_in or json.dumps(inputs, ensure_ascii=False, separators=(",", ":"))
     if outputs:
-        ev.output_messages = json.dumps(outputs, ensure_ascii=False, separators=(",", ":"))
+        ev.output_messages = raw_out or json.dumps(outputs, ensure_ascii=False, separators=(",", ":"))
 
-    ev.attributes = {k: _str(v) for k, v in attrs.items()
+    ev.attributes = {k: v for k, v in attrs.items()
                      if k not in _CONTENT_KEYS and not k.startswith(_CONTENT_PREFIXES)}
     if len(reasons) > 1:
         ev.attributes["gen_ai.response.finish_reasons"] = json.dumps(reasons)
@@ -164,7 +169,10 @@ def _first_int(attrs: dict[str, Any], *keys: str) -> int | None:
         try:
             return int(v)
         except (TypeError, ValueError):
-            continue
+            try:
+                return int(float(v))
+            except (TypeError, ValueError):
+                continue
     return None
 
 
@@ -208,10 +216,13 @@ def _exception_type(span: Any) -> str:
 
 # -- content ---------------------------------------------------------------------
 
-def _content(span: Any, attrs: dict[str, Any], dialect: str) -> tuple[list[dict], list[dict], str]:
-    """Input messages, output messages and system instructions, in GenAI-convention shape."""
-    inputs = _messages(attrs.get("gen_ai.input.messages"))
-    outputs = _messages(attrs.get("gen_ai.output.messages"))
+def _content(span: Any, attrs: dict[str, Any], dialect: str
+             ) -> tuple[list[dict], list[dict], str, str | None, str | None]:
+    """Input messages, output messages and system instructions, in GenAI-convention shape, plus the
+    sender's own JSON text of each list when it already had that shape (stored as sent)."""
+    raw_in, raw_out = attrs.get("gen_ai.input.messages"), attrs.get("gen_ai.output.messages")
+    inputs, canon_in = _messages(raw_in)
+    outputs, canon_out = _messages(raw_out)
     system = _system(attrs.get("gen_ai.system_instructions"))
     if not inputs and not outputs:
         inputs, outputs = _from_events(span)
@@ -220,7 +231,7 @@ def _content(span: Any, attrs: dict[str, Any], dialect: str) -> tuple[list[dict]
     if not inputs and not outputs and dialect == "openinference":
         inputs = _from_value(attrs.get("input.value"), "user")
         outputs = _from_value(attrs.get("output.value"), "assistant")
-    return inputs, outputs, system
+    return inputs, outputs, system, raw_in if canon_in else None, raw_out if canon_out else None
 
 
 def _parse_json(v: Any) -> Any:
@@ -234,21 +245,28 @@ def _parse_json(v: Any) -> Any:
     return v
 
 
-def _messages(v: Any) -> list[dict]:
+def _messages(v: Any) -> tuple[list[dict], bool]:
+    """Normalised messages, and whether ``v`` already was GenAI-convention JSON."""
     v = _parse_json(v)
     if v is None or v == "":
-        return []
+        return [], False
     if isinstance(v, dict):
         v = [v]
     if isinstance(v, str):
-        return [{"role": "user", "parts": [{"type": "text", "content": v}]}]
+        return [{"role": "user", "parts": [{"type": "text", "content": v}]}], False
+    if not isinstance(v, list):
+        return [], False
     out = []
-    for m in v if isinstance(v, list) else []:
+    canonical = True
+    for m in v:
         if isinstance(m, dict):
+            if "role" not in m or not isinstance(m.get("parts"), list) or "content" in m or "message" in m:
+                canonical = False
             out.append(_normalise_message(m))
         elif isinstance(m, str):
+            canonical = False
             out.append({"role": "user", "parts": [{"type": "text", "content": m}]})
-    return out
+    return out, canonical and bool(out)
 
 
 def _normalise_message(m: dict, role: str | None = None) -> dict:
@@ -318,10 +336,10 @@ def _from_events(span: Any) -> tuple[list[dict], list[dict]]:
                     "assistant"))
         elif e.name == "gen_ai.content.prompt":
             v = {kv.key: to_python(kv.value) for kv in e.attributes}.get("gen_ai.prompt")
-            inputs.extend(_messages(v))
+            inputs.extend(_messages(v)[0])
         elif e.name == "gen_ai.content.completion":
             v = {kv.key: to_python(kv.value) for kv in e.attributes}.get("gen_ai.completion")
-            outputs.extend(_normalise_message(m, "assistant") for m in _messages(v))
+            outputs.extend(_normalise_message(m, "assistant") for m in _messages(v)[0])
     return inputs, outputs
 
 

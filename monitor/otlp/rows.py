@@ -85,16 +85,17 @@ def traces_rows(data: Any, out: Rows | None = None) -> Rows:
                     l_state.append(link.trace_state)
                     l_attrs.append(attrs_to_str_map(link.attributes))
                 duration = span.end_time_unix_nano - span.start_time_unix_nano
+                span_attrs = attrs_to_str_map(span.attributes)
                 traces.append([
                     span.start_time_unix_nano, span.trace_id.hex(), span.span_id.hex(),
                     span.parent_span_id.hex(), span.trace_state, span.name,
                     _SPAN_KIND[span.kind] if span.kind < len(_SPAN_KIND) else "Unspecified",
-                    service, res, scope_name, scope_version, attrs_to_str_map(span.attributes),
+                    service, res, scope_name, scope_version, span_attrs,
                     duration if duration > 0 else 0,
                     _STATUS[span.status.code] if span.status.code < len(_STATUS) else "Unset",
                     span.status.message, ev_ts, ev_name, ev_attrs, l_tid, l_sid, l_state, l_attrs,
                 ])
-                event = span_to_event(span, service)
+                event = span_to_event(span, service, span_attrs)
                 if event is not None:
                     events.append(event.row())
     return out
