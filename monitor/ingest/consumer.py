@@ -190,6 +190,7 @@ class KafkaIngest:
         if buffered and (buffered >= s.max_batch_items or
                          time.monotonic() - (self._first_buffered or 0) >= s.flush_interval_ms / 1000):
             self._flush()
+            self._update_lag()
 
     def _update_lag(self) -> None:
         for tp in self._consumer.assignment():

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections import defaultdict
 
 from monitor.backoff import Backoff
 from monitor.config import IngestSettings
-from monitor.errors import PermanentError, RetryableError, StoreError
-from monitor.otlp.rows import rows_for
+from monitor.errors import RetryableError, StoreError
+from monitor.otlp.rows import Rows
 from monitor.store.writer import Writer
 from monitor.transport.inprocess import InProcessTransport, Pending
 
@@ -62,21 +63,10 @@ class EmbeddedIngest:
             self._write(batch)
 
     def _write(self, batch: list[Pending]) -> None:
-        good: list[Pending] = []
-        rows = None
-        try:
-            rows = rows_for((p.signal, p.msg) for p in batch)
-            good = batch
-        except Exception:
-            # A request our mapping cannot handle must not take its batch-mates down with it.
-            for p in batch:
-                try:
-                    rows_for([(p.signal, p.msg)])
-                    good.append(p)
-                except Exception as exc:
-                    log.exception("could not convert a %s request; answering 400", p.signal)
-                    p.settle(PermanentError(f"request could not be processed: {exc}"))
-            rows = rows_for((p.signal, p.msg) for p in good)
+        rows: Rows = defaultdict(list)
+        for p in batch:
+            for table, table_rows in p.rows.items():
+                rows[table].extend(table_rows)
         self._seq += 1
         token = f"embedded:{self._run}:{self._seq}"
         backoff = Backoff(0.1, self.settings.retry_backoff_max_s)
@@ -86,11 +76,11 @@ class EmbeddedIngest:
                 break
             except StoreError as exc:
                 if self._abandon.is_set():
-                    for p in good:
+                    for p in batch:
                         p.settle(RetryableError("store unavailable", retry_after=5))
                     return
                 delay = backoff.next_delay(exc.retry_after)
                 log.warning("insert failed (%s); retrying in %.1fs with the same dedup token", exc, delay)
                 self._abandon.wait(delay)
-        for p in good:
+        for p in batch:
             p.settle()
