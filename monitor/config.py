@@ -36,6 +36,10 @@ __all__ = [
     "SpoolSettings",
     "StoreSettings",
     "IngestSettings",
+    "ProxySettings",
+    "RedactionSettings",
+    "ScrapeSettings",
+    "GpuSettings",
     "TelemetrySettings",
     "load",
     "CONFIG_ENV",
@@ -64,6 +68,8 @@ class ReceiverSettings(_Section):
     """Largest request accepted, compressed or not (checked after decompression too): 413 past it."""
     retry_after_s: int = Field(1, ge=1)
     """Retry-After sent with 503 when the pipeline is saturated."""
+    auth_token: str | None = None
+    """When set, OTLP requests must carry ``Authorization: Bearer <token>`` (401 otherwise)."""
 
 
 class KafkaSettings(_Section):
@@ -182,6 +188,61 @@ class IngestSettings(_Section):
     retry_backoff_max_s: float = Field(30.0, gt=0)
 
 
+class ProxySettings(_Section):
+    """The OpenAI-compatible capture proxy in front of the model server."""
+
+    upstream: str | None = None
+    """Model server base URL (``http://127.0.0.1:8000``); the proxy runs only when set."""
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    service_name: str = "llm-proxy"
+    """service.name of the spans the proxy emits."""
+    auth_token: str | None = None
+    """When set, clients must send ``Authorization: Bearer <token>``; the header is not forwarded then."""
+    capture_content: dict[str, bool] = Field(default_factory=dict)
+    """Per-route content capture, e.g. ``{"/v1/embeddings": false}``; routes not listed capture."""
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of requests whose prompt and completion are kept (timings and tokens are always kept)."""
+    max_field_bytes: int = Field(32_768, ge=256)
+    """Longest stored prompt/completion/message field; longer ones end in a truncation marker."""
+    upstream_timeout_s: float = Field(600.0, gt=0)
+    queue_max_spans: int = Field(10_000, gt=0)
+    """Spans waiting to be exported; past it spans are dropped and counted, requests never wait."""
+
+
+class RedactionSettings(_Section):
+    """PII and secret redaction of content, in the sidecar, before data leaves the host."""
+
+    enabled: bool = True
+    detectors: list[str] = Field(default_factory=lambda: [
+        "email", "phone", "card", "ip", "api_key", "bearer_token"])
+    """Built-in detectors to run (all by default)."""
+    custom: dict[str, str] = Field(default_factory=dict)
+    """Extra ``NAME: regex`` rules; matches become ``[NAME]``."""
+
+
+class ScrapeSettings(_Section):
+    """Scraping the model server's Prometheus /metrics into OTel metrics."""
+
+    url: str | None = None
+    """E.g. ``http://127.0.0.1:8000/metrics``; off when unset."""
+    interval_s: float = Field(10.0, gt=0)
+    engine: Literal["auto", "vllm", "tgi", "sglang", "llamacpp"] = "auto"
+
+
+class GpuSettings(_Section):
+    """NVML sampling and GPU cost."""
+
+    enabled: bool = True
+    interval_s: float = Field(5.0, gt=0)
+    server_pid: int | None = None
+    """PID of the model server, to report its own GPU memory; default: any process on the GPU."""
+    price_per_gpu_hour: float = Field(0.0, ge=0)
+    """Cost of one GPU-hour in your currency; 0 leaves cost columns empty."""
+    gpus_per_request: int | None = Field(None, ge=1)
+    """GPUs one request occupies (tensor parallel size); default: the devices NVML sees, else 1."""
+
+
 class TelemetrySettings(_Section):
     """The monitor's own Prometheus /metrics endpoint."""
 
@@ -205,6 +266,10 @@ class Settings(BaseSettings):
     spool: SpoolSettings = SpoolSettings()
     store: StoreSettings = StoreSettings()
     ingest: IngestSettings = IngestSettings()
+    proxy: ProxySettings = ProxySettings()
+    redaction: RedactionSettings = RedactionSettings()
+    scrape: ScrapeSettings = ScrapeSettings()
+    gpu: GpuSettings = GpuSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

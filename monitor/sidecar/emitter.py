@@ -1,0 +1,124 @@
+"""How in-process sources hand OTLP data to the pipeline without ever waiting on it.
+
+:meth:`Emitter.emit` is non-blocking and thread-safe: it returns False (and
+counts the loss) when the bounded queue is full, so a source in a request
+path -- the capture proxy -- never slows down or fails because monitoring is
+saturated or broken. A worker on the receiver's event loop feeds the queue
+into :meth:`Ingress.export`, the same path OTLP requests take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from typing import Protocol
+
+from google.protobuf.message import Message
+
+from monitor.errors import MonitorError, Overloaded
+from monitor.otlp.codec import Signal, item_count
+
+__all__ = ["Emitter", "LocalEmitter", "MemoryEmitter"]
+
+log = logging.getLogger("monitor.sidecar")
+
+
+class Emitter(Protocol):
+    def emit(self, signal: Signal, msg: Message) -> bool:
+        """Queue ``msg`` (an ``Export*ServiceRequest``) for the pipeline; False if it was dropped."""
+        ...
+
+
+class MemoryEmitter:
+    """Test double: keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.emitted: list[tuple[Signal, Message]] = []
+
+    def emit(self, signal: Signal, msg: Message) -> bool:
+        self.emitted.append((signal, msg))
+        return True
+
+
+class LocalEmitter:
+    """Bounded queue in front of an Ingress, drained on the receiver's event loop."""
+
+    def __init__(self, ingress, loop: asyncio.AbstractEventLoop, max_pending: int = 1000):
+        self.ingress = ingress
+        self.loop = loop
+        self.max_pending = max_pending
+        self._queue: deque[tuple[Signal, Message]] = deque()
+        self._lock = threading.Lock()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._last_warning = 0.0
+        self._busy = False
+
+    def start(self) -> None:
+        def _start() -> None:
+            self._wake = asyncio.Event()
+            self._task = self.loop.create_task(self._drain())
+        self.loop.call_soon_threadsafe(_start)
+
+    def emit(self, signal: Signal, msg: Message) -> bool:
+        with self._lock:
+            if len(self._queue) >= self.max_pending:
+                self._dropped(signal, msg, "queue full")
+                return False
+            self._queue.append((signal, msg))
+        try:
+            self.loop.call_soon_threadsafe(self._notify)
+        except RuntimeError:  # loop closed: shutting down
+            return False
+        return True
+
+    def _notify(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _dropped(self, signal: Signal, msg: Message, why: str) -> None:
+        n = item_count(signal, msg)
+        self.ingress.metrics.rejected.labels(signal, "internal", "dropped").inc(n)
+        now = time.monotonic()
+        if now - self._last_warning > 10:
+            self._last_warning = now
+            log.warning("monitoring data dropped (%s): %d %s items; the model server is not affected", why, n, signal)
+
+    async def _drain(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        break
+                    signal, msg = self._queue.popleft()
+                    self._busy = True
+                try:
+                    await self.ingress.export(signal, msg, "internal")
+                except Overloaded as exc:
+                    # Keep it (the queue stays bounded: new items are dropped while it is full).
+                    with self._lock:
+                        self._queue.appendleft((signal, msg))
+                    await asyncio.sleep(exc.retry_after or 1.0)
+                except MonitorError as exc:
+                    self._dropped(signal, msg, str(exc))
+                except Exception:  # never let a bug stop the drain
+                    log.exception("internal export failed")
+                    self._dropped(signal, msg, "internal error")
+                finally:
+                    self._busy = False
+
+    async def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything emitted so far has been exported (for shutdown)."""
+        deadline = self.loop.time() + timeout
+        while self.loop.time() < deadline:
+            with self._lock:
+                if not self._queue and not self._busy:
+                    return True
+            await asyncio.sleep(0.01)
+        return False
