@@ -42,7 +42,9 @@ class InferenceEvent:
     input_tokens: int | None = None
     output_tokens: int | None = None
     ttft_ms: float | None = None
+    """Time to first token as the client saw it (capture proxy), else the engine's."""
     latency_ms: float | None = None
+    """End-to-end latency as the client saw it (capture proxy), else the engine's, else the span's."""
     queue_ms: float | None = None
     prefill_ms: float | None = None
     decode_ms: float | None = None
@@ -53,6 +55,16 @@ class InferenceEvent:
     """The span status: ``Unset``, ``Ok`` or ``Error`` (the OTel Collector's spelling)."""
     error_type: str = ""
     request_id: str = ""
+    engine_ttft_ms: float | None = None
+    """The engine's own time to first token (vLLM ``gen_ai.latency.time_to_first_token``)."""
+    engine_latency_ms: float | None = None
+    """The engine's own end-to-end time (vLLM ``gen_ai.latency.e2e``)."""
+    itl_ms: float | None = None
+    """Mean inter-token latency of a streamed response, as the client saw it."""
+    gpu_seconds: float | None = None
+    """Engine time x GPUs per request (an upper bound under continuous batching)."""
+    gpu_cost: float | None = None
+    """gpu_seconds x price per GPU-hour / 3600, when a price is configured."""
     attributes: dict[str, str] = field(default_factory=dict)
     """Every other span attribute, stringified (content attributes excluded: they are in the columns)."""
 

@@ -63,6 +63,14 @@ class SelfMetrics:
             "monitor_store_rows_written", "Rows written to ClickHouse", ["table"], registry=r)
         self.store_errors = Counter(
             "monitor_store_errors", "Failed inserts (retried; offsets not committed)", registry=r)
+        self.proxy_requests = Counter(
+            "monitor_proxy_requests", "Requests through the capture proxy by route and HTTP status",
+            ["route", "status"], registry=r)
+        self.proxy_capture_errors = Counter(
+            "monitor_proxy_capture_errors", "Capture steps that failed (the request itself went on unmonitored)",
+            registry=r)
+        self.redactions = Counter(
+            "monitor_redactions", "Redacted findings in content, by kind", ["kind"], registry=r)
         self._server: WSGIServer | None = None
 
     def serve(self, host: str, port: int) -> int:

@@ -80,8 +80,8 @@ def span_to_event(span: Any, service_name: str, attrs: dict[str, str] | None = N
     if attrs is None:
         attrs = attrs_to_str_map(span.attributes)
     dialect = is_model_request(span.name, attrs)
-    if dialect is None:
-        return None
+    if dialect is None or "monitor.joined_into" in attrs:
+        return None  # not a model request, or an engine span already joined into the proxy's event
 
     ev = InferenceEvent(
         timestamp=span.start_time_unix_nano,
@@ -105,15 +105,31 @@ def span_to_event(span: Any, service_name: str, attrs: dict[str, str] | None = N
                                   "llm.token_count.completion")
 
     duration_ns = span.end_time_unix_nano - span.start_time_unix_nano
-    ev.latency_ms = _seconds_ms(attrs, "gen_ai.latency.e2e")
-    if ev.latency_ms is None and span.end_time_unix_nano and duration_ns >= 0:
-        ev.latency_ms = duration_ns / 1e6
-    ev.ttft_ms = _seconds_ms(attrs, "gen_ai.latency.time_to_first_token", "gen_ai.server.time_to_first_token",
-                             "gen_ai.response.time_to_first_chunk")
+    span_ms = duration_ns / 1e6 if span.end_time_unix_nano and duration_ns >= 0 else None
+    ev.engine_latency_ms = _seconds_ms(attrs, "gen_ai.latency.e2e")
+    ev.engine_ttft_ms = _seconds_ms(attrs, "gen_ai.latency.time_to_first_token", "gen_ai.server.time_to_first_token")
+    if attrs.get("monitor.proxy") == "true":
+        # The capture proxy measured what the client saw; the engine's figures stay in engine_*.
+        ev.latency_ms = span_ms
+        ev.ttft_ms = _seconds_ms(attrs, "monitor.client.time_to_first_token")
+        ev.itl_ms = _seconds_ms(attrs, "monitor.client.time_per_output_token")
+    else:
+        ev.latency_ms = ev.engine_latency_ms if ev.engine_latency_ms is not None else span_ms
+        ev.ttft_ms = ev.engine_ttft_ms if ev.engine_ttft_ms is not None else _seconds_ms(
+            attrs, "gen_ai.response.time_to_first_chunk")
     ev.queue_ms = _seconds_ms(attrs, "gen_ai.latency.time_in_queue")
     ev.prefill_ms = _seconds_ms(attrs, "gen_ai.latency.time_in_model_prefill")
     ev.decode_ms = _seconds_ms(attrs, "gen_ai.latency.time_in_model_decode")
     ev.inference_ms = _seconds_ms(attrs, "gen_ai.latency.time_in_model_inference")
+
+    gpus = _first_int(attrs, "monitor.gpu.count")
+    if gpus:
+        engine_ms = next((v for v in (ev.inference_ms, ev.engine_latency_ms, ev.latency_ms) if v is not None), None)
+        if engine_ms is not None:
+            ev.gpu_seconds = engine_ms / 1000 * gpus
+            price = _first_float(attrs, "monitor.gpu.price_per_hour")
+            if price:
+                ev.gpu_cost = ev.gpu_seconds * price / 3600
 
     reasons = _finish_reasons(attrs.get("gen_ai.response.finish_reasons"))
     ev.status_code = _STATUS.get(span.status.code, "Unset")
@@ -176,16 +192,22 @@ def _first_int(attrs: dict[str, Any], *keys: str) -> int | None:
     return None
 
 
-def _seconds_ms(attrs: dict[str, Any], *keys: str) -> float | None:
+def _first_float(attrs: dict[str, Any], *keys: str) -> float | None:
     for k in keys:
         v = attrs.get(k)
         if v is None or isinstance(v, bool):
             continue
         try:
-            return float(v) * 1000.0
+            return float(v)
         except (TypeError, ValueError):
             continue
     return None
+
+
+def _seconds_ms(attrs: dict[str, Any], *keys: str) -> float | None:
+    """The first of ``keys`` present, read as seconds and returned in milliseconds."""
+    v = _first_float(attrs, *keys)
+    return None if v is None else v * 1000.0
 
 
 def _finish_reasons(v: Any) -> list[str]:

@@ -19,6 +19,7 @@ from monitor.ingest.consumer import KafkaIngest
 from monitor.ingest.embedded import EmbeddedIngest
 from monitor.receiver.ingress import Ingress
 from monitor.runtime.receiver_service import ReceiverService
+from monitor.runtime.sources import SidecarSources
 from monitor.selfmetrics import SelfMetrics
 from monitor.store.client import Store
 from monitor.store.migrate import check_schema, migrate
@@ -77,15 +78,19 @@ class Embedded(App):
         self.transport = InProcessTransport(s.ingest.queue_max_requests, s.ingest.queue_max_bytes, self.metrics,
                                             s.receiver.retry_after_s)
         self.ingest = EmbeddedIngest(self.transport, self.writer, s.ingest)
-        self.receiver = ReceiverService(s.receiver, Ingress(self.transport, self.metrics))
+        self.sources = SidecarSources(s, self.metrics)
+        self.ingress = Ingress(self.transport, self.metrics, self.sources.processors())
+        self.receiver = ReceiverService(s.receiver, self.ingress)
 
     def start(self) -> None:
         self._serve_metrics()
         self.ingest.start()
         self.receiver.start()
+        self.sources.start(self.ingress, self.receiver.loop)
 
     def stop(self) -> None:
         log.info("stopping: finishing requests in flight and flushing %d queued", self.transport.pending())
+        self.sources.stop()
         self.receiver.stop()
         if not self.ingest.stop():
             log.error("the store did not take the last batch; its senders were answered 503 and will retry")
@@ -105,17 +110,21 @@ class Sidecar(App):
         self.spool = Spool(s.spool.path, s.spool.max_bytes, self.metrics, s.spool.synchronous,
                            s.receiver.retry_after_s)
         self.transport = KafkaTransport(s.kafka, self.spool, self.metrics)
-        self.receiver = ReceiverService(s.receiver, Ingress(self.transport, self.metrics))
+        self.sources = SidecarSources(s, self.metrics)
+        self.ingress = Ingress(self.transport, self.metrics, self.sources.processors())
+        self.receiver = ReceiverService(s.receiver, self.ingress)
         log.info("spool: %s (limit %d MiB)", self.spool.path.resolve(), s.spool.max_bytes // (1024 * 1024))
 
     def start(self) -> None:
         self._serve_metrics()
         self.transport.start()
         self.receiver.start()
+        self.sources.start(self.ingress, self.receiver.loop)
         log.info("forwarding to Kafka at %s (topics %s, %s, %s)", ",".join(self.settings.kafka.bootstrap_servers),
                  self.settings.kafka.spans_topic, self.settings.kafka.metrics_topic, self.settings.kafka.logs_topic)
 
     def stop(self) -> None:
+        self.sources.stop()
         self.receiver.stop()
         self.transport.close(timeout=10)
         self.metrics.close()

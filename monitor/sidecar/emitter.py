@@ -113,6 +113,14 @@ class LocalEmitter:
                 finally:
                     self._busy = False
 
+    async def aclose(self, timeout: float = 10.0) -> bool:
+        """Export what is queued (up to ``timeout``), then stop draining."""
+        done = await self.flush(timeout)
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        return done
+
     async def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything emitted so far has been exported (for shutdown)."""
         deadline = self.loop.time() + timeout

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible (and Ollama) capture proxy: forwards every byte, records one GenAI span per request."""
