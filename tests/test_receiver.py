@@ -164,3 +164,33 @@ def test_grpc_unavailable_when_saturated():
             await receiver.stop(1)
 
     assert asyncio.run(main()) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_receiver_bearer_auth(settings, store):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from otel_clients import span_exporter
+
+    settings.receiver.auth_token = "s3cret"
+    app = Embedded(settings)
+    app.start()
+    try:
+        body = _valid_pb(1)
+        assert _post(settings.receiver.http_port, body, {"Content-Type": "application/x-protobuf"})[0] == 401
+        assert _post(settings.receiver.http_port, body, {"Content-Type": "application/x-protobuf",
+                                                         "Authorization": "Bearer s3cret"})[0] == 200
+        for protocol, port in (("grpc", settings.receiver.grpc_port), ("http", settings.receiver.http_port)):
+            provider = TracerProvider()
+            provider.add_span_processor(SimpleSpanProcessor(span_exporter(
+                protocol, port, headers={"authorization": "Bearer s3cret"})))
+            with provider.get_tracer("t").start_as_current_span("chat m") as s:
+                s.set_attribute("gen_ai.operation.name", "chat")
+            provider.shutdown()
+        stub = trace_service_pb2_grpc.TraceServiceStub(grpc.insecure_channel(f"127.0.0.1:{settings.receiver.grpc_port}"))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Export(trace_service_pb2.ExportTraceServiceRequest.FromString(body), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        wait_until(lambda: _count(store, "otel_traces") == 3, message="the 3 authenticated spans")
+    finally:
+        app.stop()

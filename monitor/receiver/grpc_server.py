@@ -30,12 +30,16 @@ _SERVICES: dict[Signal, str] = {
 }
 
 
-def _handler(ingress: Ingress, signal: Signal) -> grpc.RpcMethodHandler:
+def _handler(ingress: Ingress, signal: Signal, auth_token: str | None = None) -> grpc.RpcMethodHandler:
     """An ``Export`` handler that decodes the bytes itself, so corrupt input is INVALID_ARGUMENT
     (gRPC's own deserializer would answer UNKNOWN)."""
     req_type = request_type(signal)
 
     async def export(data: bytes, context: grpc.aio.ServicerContext):
+        if auth_token is not None and dict(context.invocation_metadata() or ()).get(
+                "authorization") != f"Bearer {auth_token}":
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing or invalid bearer token (receiver.auth_token is set)")
         request = req_type()
         try:
             request.ParseFromString(data)
@@ -65,8 +69,9 @@ def _handler(ingress: Ingress, signal: Signal) -> grpc.RpcMethodHandler:
 
 
 class GrpcReceiver:
-    def __init__(self, ingress: Ingress, host: str, port: int, max_bytes: int):
+    def __init__(self, ingress: Ingress, host: str, port: int, max_bytes: int, auth_token: str | None = None):
         self.ingress = ingress
+        self.auth_token = auth_token
         self.host = host
         self.port = port
         self.max_bytes = max_bytes
@@ -79,7 +84,7 @@ class GrpcReceiver:
             ("grpc.so_reuseport", 0),
         ])
         server.add_generic_rpc_handlers([
-            grpc.method_handlers_generic_handler(service, {"Export": _handler(self.ingress, signal)})
+            grpc.method_handlers_generic_handler(service, {"Export": _handler(self.ingress, signal, self.auth_token)})
             for signal, service in _SERVICES.items()
         ])
         host = f"[{self.host}]" if ":" in self.host else self.host

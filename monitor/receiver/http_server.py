@@ -33,7 +33,7 @@ def _status_body(message: str, as_json: bool) -> bytes:
     return status_pb2.Status(message=message).SerializeToString()
 
 
-def build_app(ingress: Ingress, max_bytes: int, retry_after: int) -> web.Application:
+def build_app(ingress: Ingress, max_bytes: int, retry_after: int, auth_token: str | None = None) -> web.Application:
     # client_max_size guards aiohttp's own readers; the handler enforces the limit itself.
     app = web.Application(client_max_size=max_bytes + 1)
 
@@ -47,6 +47,8 @@ def build_app(ingress: Ingress, max_bytes: int, retry_after: int) -> web.Applica
             return web.Response(status=status, body=_status_body(message, as_json), content_type=ctype,
                                 headers=headers)
 
+        if auth_token is not None and request.headers.get("Authorization") != f"Bearer {auth_token}":
+            return fail(401, "missing or invalid bearer token (receiver.auth_token is set)")
         if request.content_length is not None and request.content_length > max_bytes:
             return fail(413, f"body of {request.content_length} bytes exceeds the {max_bytes}-byte limit")
         body = bytearray()
@@ -86,8 +88,9 @@ def build_app(ingress: Ingress, max_bytes: int, retry_after: int) -> web.Applica
 class HttpReceiver:
     """Runs :func:`build_app` on ``host:port`` inside the caller's event loop."""
 
-    def __init__(self, ingress: Ingress, host: str, port: int, max_bytes: int, retry_after: int):
-        self.app = build_app(ingress, max_bytes, retry_after)
+    def __init__(self, ingress: Ingress, host: str, port: int, max_bytes: int, retry_after: int,
+                 auth_token: str | None = None):
+        self.app = build_app(ingress, max_bytes, retry_after, auth_token)
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None

@@ -41,11 +41,12 @@ class ReceiverService:
     async def _start(self) -> None:
         s = self.settings
         if s.grpc_enabled:
-            self.grpc = GrpcReceiver(self.ingress, s.host, s.grpc_port, s.max_request_bytes)
+            self.grpc = GrpcReceiver(self.ingress, s.host, s.grpc_port, s.max_request_bytes, s.auth_token)
             port = await self.grpc.start()
             log.info("OTLP/gRPC listening on %s:%d", s.host, port)
         if s.http_enabled:
-            self.http = HttpReceiver(self.ingress, s.host, s.http_port, s.max_request_bytes, s.retry_after_s)
+            self.http = HttpReceiver(self.ingress, s.host, s.http_port, s.max_request_bytes, s.retry_after_s,
+                                     s.auth_token)
             port = await self.http.start()
             log.info("OTLP/HTTP listening on http://%s:%d (/v1/traces, /v1/metrics, /v1/logs)", s.host, port)
 
