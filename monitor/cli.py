@@ -56,6 +56,8 @@ _common = [
     click.option("--upstream", default=None,
                  help="Model server to put the capture proxy in front of, e.g. http://127.0.0.1:8000."),
     click.option("--proxy-port", type=int, default=None, help="Port of the capture proxy [8080]."),
+    click.option("--scrape", "scrape_url", default=None,
+                 help="The model server's Prometheus /metrics URL to scrape (vLLM, TGI, SGLang, llama.cpp)."),
     click.option("--host", default=None, help="Bind address of the OTLP receiver [127.0.0.1]."),
     click.option("--grpc-port", type=int, default=None, help="OTLP/gRPC port [4317]."),
     click.option("--http-port", type=int, default=None, help="OTLP/HTTP port [4318]."),
@@ -95,7 +97,7 @@ def main(ctx: click.Context, config_file: str | None, log_level: str | None) -> 
 @click.option("--retention-days", type=int, default=None, help="TTL of every table [30].")
 @_with(_common)
 @click.pass_context
-def up(ctx, data_dir, retention_days, upstream, proxy_port, host, grpc_port, http_port, metrics_port):
+def up(ctx, data_dir, retention_days, upstream, proxy_port, scrape_url, host, grpc_port, http_port, metrics_port):
     """Embedded mode: OTLP receiver, ingest and ClickHouse (chdb) in one process."""
     from monitor.runtime.apps import Embedded
 
@@ -103,7 +105,7 @@ def up(ctx, data_dir, retention_days, upstream, proxy_port, host, grpc_port, htt
     if data_dir is not None:
         store["url"] = f"chdb://{data_dir}"
     settings = _load(ctx, {"receiver": _receiver(host, grpc_port, http_port), "store": store,
-                           "proxy": {"upstream": upstream, "port": proxy_port},
+                           "proxy": {"upstream": upstream, "port": proxy_port}, "scrape": {"url": scrape_url},
                            "telemetry": {"metrics_port": metrics_port}})
     if not settings.store.is_embedded:
         raise click.ClickException("`monitor up` is the embedded mode and needs a chdb:// store; "
@@ -117,13 +119,14 @@ def up(ctx, data_dir, retention_days, upstream, proxy_port, host, grpc_port, htt
               help="SQLite spool file [./monitor-spool/spool.sqlite].")
 @_with(_common)
 @click.pass_context
-def sidecar(ctx, bootstrap, spool_path, upstream, proxy_port, host, grpc_port, http_port, metrics_port):
+def sidecar(ctx, bootstrap, spool_path, upstream, proxy_port, scrape_url, host, grpc_port, http_port,
+            metrics_port):
     """Run the OTLP receiver beside a model server and produce to Kafka (spooling while it is away)."""
     from monitor.runtime.apps import Sidecar
 
     settings = _load(ctx, {"receiver": _receiver(host, grpc_port, http_port),
                            "kafka": {"bootstrap_servers": bootstrap}, "spool": {"path": spool_path},
-                           "proxy": {"upstream": upstream, "port": proxy_port},
+                           "proxy": {"upstream": upstream, "port": proxy_port}, "scrape": {"url": scrape_url},
                            "telemetry": {"metrics_port": metrics_port}})
     _run(Sidecar, settings)
 

@@ -19,7 +19,9 @@ from monitor.receiver.ingress import Ingress, Processor
 from monitor.selfmetrics import SelfMetrics
 from monitor.sidecar.cost import cost_processor
 from monitor.sidecar.emitter import LocalEmitter
+from monitor.sidecar.gpu import NvmlSampler
 from monitor.sidecar.proxy.join import EngineJoin
+from monitor.sidecar.scrape import MetricsScraper
 
 __all__ = ["SidecarSources"]
 
@@ -34,10 +36,16 @@ class SidecarSources:
         self.join = EngineJoin(window_s=10.0) if settings.proxy.upstream else None
         self.emitter: LocalEmitter | None = None
         self.proxy = None
+        self.scraper: MetricsScraper | None = None
+        self.gpu: NvmlSampler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def gpus_per_request(self) -> int:
-        return self.settings.gpu.gpus_per_request or 1
+        """Configured tensor-parallel size, else the GPUs NVML sees, else 1."""
+        if self.settings.gpu.gpus_per_request:
+            return self.settings.gpu.gpus_per_request
+        seen = self.gpu.device_count() if self.gpu is not None else 0
+        return seen or 1
 
     def processors(self) -> list[Processor]:
         """In order: join engine spans (needs them raw), stamp GPU cost inputs."""
@@ -53,6 +61,13 @@ class SidecarSources:
         self._loop = loop
         self.emitter = LocalEmitter(ingress, loop, max_pending=1000)
         self.emitter.start()
+        if self.settings.gpu.enabled:
+            self.gpu = NvmlSampler(self.settings.gpu, self.emitter, self.resource)
+            self.gpu.start()  # without NVML it says so once and stays off
+        if self.settings.scrape.url:
+            self.scraper = MetricsScraper(self.settings.scrape, self.emitter, self.resource)
+            self.scraper.start()
+            log.info("scraping %s every %gs", self.settings.scrape.url, self.settings.scrape.interval_s)
         if self.join is not None:
             self.proxy = ProxyService(self.settings.proxy, self.emitter, self.metrics, self.join)
             self.proxy.start()
@@ -61,6 +76,9 @@ class SidecarSources:
         """Stop the sources, then wait (briefly) until what they emitted reached the transport."""
         if self.proxy is not None:
             self.proxy.stop()
+        for source in (self.scraper, self.gpu):
+            if source is not None:
+                source.stop()
         if self.emitter is not None and self._loop is not None and self._loop.is_running():
             try:
                 if not asyncio.run_coroutine_threadsafe(self.emitter.aclose(10), self._loop).result(15):
