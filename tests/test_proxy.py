@@ -88,6 +88,20 @@ def test_chat_streaming_passes_chunks_through_and_measures_ttft(stack, store):
     assert ev["latency_ms"] > ev["ttft_ms"]
 
 
+def test_content_is_redacted_before_it_leaves_the_host(stack, store):
+    _, upstream, client, _ = stack
+    prompt = ("Hi, I'm Jane (jane.doe@example.com, +49 30 1234 5678). Charge card 4111 1111 1111 1111 "
+              "and use key sk-proj-abcDEF1234567890abcDEF1234567890 from 10.20.30.40.")
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": prompt}])
+    assert upstream.requests[-1]["body"]["messages"][0]["content"] == prompt  # the server gets it unchanged
+    wait_until(lambda: _count(store, "inference_events") == 1, message="the event")
+    stored = _events(store)[0]["prompt"]
+    assert stored == ("Hi, I'm Jane ([EMAIL], [PHONE]). Charge card [CARD] and use key [API_KEY] from [IP].")
+    raw = store.query_rows("SELECT SpanAttributes['gen_ai.input.messages'] FROM otel_traces "
+                           "WHERE SpanName = 'chat m'")[0][0]
+    assert "jane.doe" not in raw and "4111" not in raw and "[CARD]" in raw
+
+
 def test_usage_requested_by_the_client_is_passed_on(stack, store):
     _, upstream, client, _ = stack
     chunks = list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}],

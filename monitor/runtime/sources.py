@@ -16,6 +16,7 @@ import socket
 
 from monitor.config import Settings
 from monitor.receiver.ingress import Ingress, Processor
+from monitor.redaction import Redactor, make_processor
 from monitor.selfmetrics import SelfMetrics
 from monitor.sidecar.cost import cost_processor
 from monitor.sidecar.emitter import LocalEmitter
@@ -48,11 +49,18 @@ class SidecarSources:
         return seen or 1
 
     def processors(self) -> list[Processor]:
-        """In order: join engine spans (needs them raw), stamp GPU cost inputs."""
+        """In order: join engine spans (needs them raw), stamp GPU cost inputs, redact content.
+        Bad redaction settings raise ConfigError here, at start."""
         out: list[Processor] = []
         if self.join is not None:
             out.append(self.join.process)
         out.append(cost_processor(self.gpus_per_request, self.settings.gpu.price_per_gpu_hour))
+        redactor = Redactor(self.settings.redaction)
+        if self.settings.redaction.enabled:
+            def count(counts: dict[str, int]) -> None:
+                for kind, n in counts.items():
+                    self.metrics.redactions.labels(kind).inc(n)
+            out.append(make_processor(redactor, on_counts=count))
         return out
 
     def start(self, ingress: Ingress, loop: asyncio.AbstractEventLoop) -> None:

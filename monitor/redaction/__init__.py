@@ -1,0 +1,32 @@
+"""PII and secret redaction of prompt and completion content, in the sidecar, before data leaves the host.
+
+``Redactor(settings.redaction)`` compiles the chosen detectors once;
+``make_processor(redactor)`` is the receiver processor that applies
+:func:`redact_request` to every accepted request. Findings become typed
+placeholders: ``[EMAIL]``, ``[PHONE]``, ``[CARD]``, ``[IP]``, ``[API_KEY]``,
+``[BEARER_TOKEN]`` and ``[NAME]`` for each custom rule.
+"""
+
+from monitor.redaction.detectors import DETECTORS, KINDS, PRIORITY, Detector, luhn_ok
+from monitor.redaction.redact import (
+    CONTENT_KEYS,
+    CONTENT_PREFIXES,
+    Finding,
+    Redactor,
+    make_processor,
+    redact_request,
+)
+
+__all__ = [
+    "Redactor",
+    "Finding",
+    "redact_request",
+    "make_processor",
+    "Detector",
+    "DETECTORS",
+    "KINDS",
+    "PRIORITY",
+    "CONTENT_KEYS",
+    "CONTENT_PREFIXES",
+    "luhn_ok",
+]
