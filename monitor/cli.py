@@ -147,6 +147,27 @@ def ingest(ctx, bootstrap, url, group_id, metrics_port):
     _run(Ingest, settings)
 
 
+@main.command("demo-server")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--otlp-endpoint", default=None,
+              help="Where to send its vLLM-shaped llm_request spans (OTLP/gRPC), e.g. http://127.0.0.1:4317.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--model-name", default="monitor-demo-tiny", show_default=True)
+@click.option("--slowdown", type=float, default=1.0, show_default=True,
+              help="Multiply the compute per token (a latency regression); also POST /admin/slowdown.")
+@click.option("--blocked-topics", default=None, help="Comma-separated topics the server refuses.")
+def demo_server(host, port, otlp_endpoint, seed, model_name, slowdown, blocked_topics):
+    """A small torch language model behind an OpenAI-compatible API, traced and measured like vLLM."""
+    _setup_logging("INFO")
+    from monitor.demo.server import DEFAULT_BLOCKED_TOPICS, serve
+
+    topics = tuple(t.strip() for t in blocked_topics.split(",") if t.strip()) if blocked_topics else \
+        DEFAULT_BLOCKED_TOPICS
+    serve(host=host, port=port, otlp_endpoint=otlp_endpoint, seed=seed, model_name=model_name,
+          slowdown=slowdown, blocked_topics=topics)
+
+
 @main.command()
 @click.option("--url", default=None, help="A /metrics URL [http://127.0.0.1:9464/metrics].")
 @click.option("--port", type=int, default=None, help="Shorthand for --url http://127.0.0.1:PORT/metrics.")

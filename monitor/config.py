@@ -208,6 +208,9 @@ class ProxySettings(_Section):
     upstream_timeout_s: float = Field(600.0, gt=0)
     queue_max_spans: int = Field(10_000, gt=0)
     """Spans waiting to be exported; past it spans are dropped and counted, requests never wait."""
+    engine_join_window_s: float = Field(10.0, ge=0)
+    """How long a proxy span waits for the engine's own span (vLLM ``llm_request``) to put both
+    timings in one event; 0 turns joining off. Only once the upstream has been seen tracing."""
 
 
 class RedactionSettings(_Section):

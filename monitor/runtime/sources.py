@@ -34,7 +34,7 @@ class SidecarSources:
         self.settings = settings
         self.metrics = metrics
         self.resource = {"service.name": "llm-monitor-sidecar", "host.name": socket.gethostname()}
-        self.join = EngineJoin(window_s=10.0) if settings.proxy.upstream else None
+        self.join = EngineJoin(settings.proxy.engine_join_window_s) if settings.proxy.upstream else None
         self.emitter: LocalEmitter | None = None
         self.proxy = None
         self.scraper: MetricsScraper | None = None

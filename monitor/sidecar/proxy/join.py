@@ -8,15 +8,19 @@ most ``window_s``; then it copies the engine's timings onto its span and
 marks the engine span ``monitor.joined_into``, so ingest writes one event
 for the request and keeps both spans in ``otel_traces``.
 
-Waiting starts only once the upstream has shown that it traces (an engine
-span joined once): in front of a server that emits no spans, the proxy's
-spans are never held back.
+Waiting starts only once the upstream has shown that it traces: in front of
+a server that emits no spans, the proxy's spans are never held back. The
+first engine span to arrive for a proxy span that did not wait teaches the
+join that the upstream traces; that one request keeps a single event (the
+proxy's, without engine timings) and every later one gets both.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +29,10 @@ from google.protobuf.message import Message
 from monitor.otlp.codec import Signal
 
 __all__ = ["EngineJoin", "ENGINE_KEYS"]
+
+log = logging.getLogger("monitor.proxy")
+
+_RECENT_MAX = 10_000
 
 ENGINE_KEYS = (
     "gen_ai.latency.time_in_queue", "gen_ai.latency.time_to_first_token", "gen_ai.latency.e2e",
@@ -50,6 +58,8 @@ class EngineJoin:
         self.upstream_traces = False
         """Set once an engine span joined: from then on proxy spans wait for theirs."""
         self._open: dict[bytes, _Open] = {}
+        self._recent: OrderedDict[bytes, float] = OrderedDict()
+        """Proxy spans that ended without waiting (span id -> expiry), to recognise late engine spans."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -85,6 +95,10 @@ class EngineJoin:
             entry.end_ns = end_ns
             if entry.engine_seen or not self.upstream_traces or self.window_s <= 0:
                 del self._open[key]
+                if not entry.engine_seen and self.window_s > 0:
+                    self._recent[key] = time.monotonic() + self.window_s
+                    while len(self._recent) > _RECENT_MAX:
+                        self._recent.popitem(last=False)
             else:
                 entry.deadline = time.monotonic() + self.window_s
                 return
@@ -92,13 +106,33 @@ class EngineJoin:
 
     # -- receiver side: an Ingress processor -------------------------------------------
     def process(self, signal: Signal, msg: Message) -> None:
-        if signal != "traces" or not self._open:
+        if signal != "traces" or not (self._open or self._recent):
             return
         for rs in msg.resource_spans:
             for ss in rs.scope_spans:
                 for span in ss.spans:
-                    if span.parent_span_id and span.parent_span_id in self._open:
+                    parent = span.parent_span_id
+                    if not parent:
+                        continue
+                    if parent in self._open:
                         self._join(span)
+                    elif parent in self._recent:
+                        self._learn(span)
+
+    def _learn(self, engine_span: Any) -> None:
+        """An engine span for a proxy span that already ended: the upstream traces."""
+        if not any(kv.key in ENGINE_KEYS for kv in engine_span.attributes):
+            return
+        with self._lock:
+            self._recent.pop(engine_span.parent_span_id, None)
+            first = not self.upstream_traces
+            self.upstream_traces = True
+        mark = engine_span.attributes.add()  # one event per request: the proxy's is already written
+        mark.key = "monitor.joined_into"
+        mark.value.string_value = engine_span.parent_span_id.hex()
+        if first:
+            log.info("the upstream traces its requests: proxy spans now wait up to %gs for the engine's "
+                     "span to record both timings in one event", self.window_s)
 
     def _join(self, engine_span: Any) -> None:
         with self._lock:
@@ -138,6 +172,8 @@ class EngineJoin:
             with self._lock:
                 expired = [k for k, e in self._open.items() if e.deadline is not None and e.deadline <= now]
                 entries = [self._open.pop(k) for k in expired]
+                while self._recent and next(iter(self._recent.values())) <= now:
+                    self._recent.popitem(last=False)
             for e in entries:
                 self._end(e)
 
