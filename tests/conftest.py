@@ -28,10 +28,25 @@ _spec.loader.exec_module(kafka_broker)  # type: ignore[union-attr]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+_PORT_BASE = 20000 + 2500 * (int(_WORKER[2:] or 0) % 4)
+_next_port = [_PORT_BASE + (os.getpid() * 7) % 2000]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range (32768+), in a block of this xdist
+    worker's own: a port picked here cannot be taken meanwhile by an outgoing connection or by the
+    other worker, which an OS-assigned ephemeral port could."""
+    for _ in range(2500):
+        port = _next_port[0]
+        _next_port[0] = _PORT_BASE + (port - _PORT_BASE + 1) % 2500
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in this worker's block")
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, message: str = "condition"):
@@ -48,7 +63,8 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, message:
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory):
     """One real Apache Kafka 4.x broker (KRaft) for the session (per xdist worker)."""
-    broker = kafka_broker.KafkaBroker.start(tmp_path_factory.mktemp("kafka"))
+    broker = kafka_broker.KafkaBroker.start(tmp_path_factory.mktemp("kafka"), port=free_port(),
+                                            controller_port=free_port())
     yield broker
     broker.stop()
 

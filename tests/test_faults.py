@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def own_kafka(tmp_path):
     """A broker of this test's own: these tests kill it."""
-    broker = kafka_broker.KafkaBroker.start(tmp_path / "kafka")
+    broker = kafka_broker.KafkaBroker.start(tmp_path / "kafka", port=free_port(), controller_port=free_port())
     yield broker
     broker.stop()
 

@@ -125,10 +125,11 @@ class KafkaBroker:
     tests rely on that).
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None, log_level: str = "WARN"):
+    def __init__(self, data_dir: Path, port: int | None = None, log_level: str = "WARN",
+                 controller_port: int | None = None):
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
-        self.controller_port = free_port()
+        self.controller_port = controller_port or free_port()
         self.log_level = log_level
         self.proc: subprocess.Popen | None = None
         self.libs = resolve()
@@ -139,8 +140,8 @@ class KafkaBroker:
 
     @classmethod
     def start(cls, data_dir: Path, port: int | None = None, log_level: str = "WARN",
-              timeout: float = 60.0) -> "KafkaBroker":
-        broker = cls(data_dir, port, log_level)
+              timeout: float = 60.0, controller_port: int | None = None) -> "KafkaBroker":
+        broker = cls(data_dir, port, log_level, controller_port)
         broker._configure()
         broker._launch(timeout)
         return broker
@@ -180,7 +181,8 @@ class KafkaBroker:
         (self.data_dir / "log4j2.properties").write_text(LOG4J2.format(level=self.log_level))
         if not (logs / "meta.properties").exists():
             proc = subprocess.run(
-                self._java_cmd("kafka.tools.StorageTool", "format", "-t", _cluster_id(),
+                # "--cluster-id=..." in one argument: a base64url id may start with "-"
+                self._java_cmd("kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}",
                                "-c", str(self.data_dir / "server.properties")),
                 capture_output=True, text=True)
             if proc.returncode != 0:
