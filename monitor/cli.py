@@ -147,6 +147,33 @@ def ingest(ctx, bootstrap, url, group_id, metrics_port):
     _run(Ingest, settings)
 
 
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="chdb data directory [./monitor-data].")
+@click.option("--server-port", type=int, default=8000, show_default=True, help="Port of the reference server.")
+@click.option("--rate", type=float, default=2.0, show_default=True, help="Demo requests per second.")
+@click.option("--phase-seconds", type=float, default=60.0, show_default=True,
+              help="Length of each traffic phase (baseline, topic shift, long prompts, language, refusals, "
+                   "latency).")
+@click.option("--once", is_flag=True, help="Play the phases once, then keep serving without traffic.")
+@_with(_common[1:])
+@click.pass_context
+def demo(ctx, data_dir, server_port, rate, phase_seconds, once, proxy_port, scrape_url, host, grpc_port,
+         http_port, metrics_port):
+    """`monitor up` with the reference model server behind the capture proxy and phased demo traffic."""
+    from monitor.runtime.demo import Demo
+
+    store: dict[str, Any] = {}
+    if data_dir is not None:
+        store["url"] = f"chdb://{data_dir}"
+    settings = _load(ctx, {"receiver": _receiver(host, grpc_port, http_port), "store": store,
+                           "proxy": {"port": proxy_port},
+                           "scrape": {"url": scrape_url or f"http://127.0.0.1:{server_port}/metrics"},
+                           "telemetry": {"metrics_port": metrics_port}})
+    _run(lambda s: Demo(s, server_port=server_port, rate=rate, phase_seconds=phase_seconds, loop=not once),
+         settings)
+
+
 @main.command("demo-server")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)

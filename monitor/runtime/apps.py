@@ -153,7 +153,7 @@ class Ingest(App):
         self.metrics.close()
 
 
-def run_until_signal(app: App) -> None:
+def run_until_signal(app) -> None:
     """Start ``app``, wait for SIGINT/SIGTERM, stop it. A second Ctrl-C exits at once."""
     stop = threading.Event()
     hits = []
