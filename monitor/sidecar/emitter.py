@@ -25,6 +25,9 @@ __all__ = ["Emitter", "LocalEmitter", "MemoryEmitter"]
 
 log = logging.getLogger("monitor.sidecar")
 
+_CONCURRENCY = 8
+"""Exports in flight at once from in-process sources."""
+
 
 class Emitter(Protocol):
     def emit(self, signal: Signal, msg: Message) -> bool:
@@ -55,7 +58,8 @@ class LocalEmitter:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._last_warning = 0.0
-        self._busy = False
+        self._busy = 0
+        self._in_flight: set[asyncio.Task] = set()
 
     def start(self) -> None:
         def _start() -> None:
@@ -88,37 +92,49 @@ class LocalEmitter:
             log.warning("monitoring data dropped (%s): %d %s items; the model server is not affected", why, n, signal)
 
     async def _drain(self) -> None:
+        """Export queued items, a few at a time: each export waits for its durable write (an insert
+        in embedded mode), so exporting one by one would leave the batching of ingest idle."""
         assert self._wake is not None
+        in_flight = self._in_flight
         while True:
             await self._wake.wait()
             self._wake.clear()
             while True:
                 with self._lock:
-                    if not self._queue:
+                    if not self._queue or len(in_flight) >= _CONCURRENCY:
                         break
-                    signal, msg = self._queue.popleft()
-                    self._busy = True
-                try:
-                    await self.ingress.export(signal, msg, "internal")
-                except Overloaded as exc:
-                    # Keep it (the queue stays bounded: new items are dropped while it is full).
-                    with self._lock:
-                        self._queue.appendleft((signal, msg))
-                    await asyncio.sleep(exc.retry_after or 1.0)
-                except MonitorError as exc:
-                    self._dropped(signal, msg, str(exc))
-                except Exception:  # never let a bug stop the drain
-                    log.exception("internal export failed")
-                    self._dropped(signal, msg, "internal error")
-                finally:
-                    self._busy = False
+                    item = self._queue.popleft()
+                    self._busy += 1
+                task = asyncio.ensure_future(self._export(*item))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                task.add_done_callback(lambda _t: self._notify())
+
+    async def _export(self, signal: Signal, msg: Message) -> None:
+        try:
+            await self.ingress.export(signal, msg, "internal")
+        except Overloaded as exc:
+            # Keep it (the queue stays bounded: new items are dropped while it is full).
+            await asyncio.sleep(exc.retry_after or 1.0)
+            with self._lock:
+                self._queue.appendleft((signal, msg))
+        except MonitorError as exc:
+            self._dropped(signal, msg, str(exc))
+        except Exception:  # never let a bug stop the drain
+            log.exception("internal export failed")
+            self._dropped(signal, msg, "internal error")
+        finally:
+            with self._lock:
+                self._busy -= 1
 
     async def aclose(self, timeout: float = 10.0) -> bool:
         """Export what is queued (up to ``timeout``), then stop draining."""
         done = await self.flush(timeout)
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        for task in [self._task, *self._in_flight]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        self._task = None
         return done
 
     async def flush(self, timeout: float = 10.0) -> bool:

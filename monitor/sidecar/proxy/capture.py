@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 __all__ = ["Capture", "ROUTES", "operation_of", "truncate"]
 
 ROUTES = {
@@ -85,8 +87,8 @@ class Capture:
     # -- request ---------------------------------------------------------------------
     def read_request(self, body: bytes) -> None:
         try:
-            req = json.loads(body) if body else {}
-        except ValueError:
+            req = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
             req = {}
         self.request = req if isinstance(req, dict) else {}
         self.stream = bool(self.request.get("stream", self.api == "ollama" and self.operation != "embeddings"))
@@ -136,8 +138,8 @@ class Capture:
     def read_response(self, body: bytes) -> None:
         """A whole (non-streamed) response body."""
         try:
-            data = json.loads(body)
-        except ValueError:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
             self.error_body = body[:2000].decode("utf-8", errors="replace")
             return
         if not isinstance(data, dict):
@@ -151,29 +153,31 @@ class Capture:
         """One streamed chunk as it came from upstream; returns the bytes to send to the client:
         the same bytes, except that a usage chunk the proxy asked for on the client's behalf is
         left out (then events are re-framed with ``\n\n``, which SSE treats the same)."""
-        self._buffer += chunk
-        out = bytearray()
-        while True:
-            event, sep = self._next_event()
-            if event is None:
-                break
-            if self._event(event):
-                out += event + sep
-        return bytes(out) if self.usage_requested else chunk
-
-    def _next_event(self) -> tuple[bytes | None, bytes]:
+        buf = self._buffer + chunk if self._buffer else chunk
+        out = bytearray() if self.usage_requested else None
+        pos = 0
         if self.api == "ollama":
-            i = self._buffer.find(b"\n")
-            if i < 0:
-                return None, b""
-            event, self._buffer = self._buffer[:i], self._buffer[i + 1:]
-            return event, b"\n"
-        cands = [(i, s) for s in (b"\n\n", b"\r\n\r\n") if (i := self._buffer.find(s)) >= 0]
-        if not cands:
-            return None, b""
-        i, sep = min(cands)
-        event, self._buffer = self._buffer[:i], self._buffer[i + len(sep):]
-        return event, sep
+            while (i := buf.find(b"\n", pos)) >= 0:
+                self._event(buf[pos:i])
+                pos = i + 1
+        else:
+            crlf = b"\r" in buf
+            while True:
+                i = buf.find(b"\n\n", pos)
+                sep = 2
+                if crlf:
+                    j = buf.find(b"\r\n\r\n", pos)
+                    if j >= 0 and (i < 0 or j < i):
+                        i, sep = j, 4
+                if i < 0:
+                    break
+                event = buf[pos:i]
+                keep = self._event(event)
+                if out is not None and keep:
+                    out += event + b"\n\n"
+                pos = i + sep
+        self._buffer = buf[pos:]
+        return bytes(out) if out is not None else chunk
 
     def flush(self) -> bytes:
         """What is left of the stream when it ends without a final separator."""
@@ -188,17 +192,21 @@ class Capture:
             line = event.strip()
             if line:
                 try:
-                    self._ollama_object(json.loads(line))
-                except ValueError:
-                    pass
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    return True
+                if isinstance(obj, dict):
+                    self._ollama_object(obj)
             return True
-        data = b"".join(line[5:].strip() + b"\n" for line in event.splitlines() if line.startswith(b"data:"))
-        data = data.strip()
+        if event.startswith(b"data:") and b"\n" not in event:  # the common case: one data line
+            data = event[5:].strip()
+        else:
+            data = b"\n".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
         if not data or data == b"[DONE]":
             return True
         try:
-            obj = json.loads(data)
-        except ValueError:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
             return True
         if not isinstance(obj, dict):
             return True
