@@ -24,7 +24,7 @@ real_write = app.writer.write
 
 
 def write_then_die(rows, token):
-    n = real_write(rows, token)
+    real_write(rows, token)
     print(f"inserted {len(rows.get('otel_traces', []))} spans with token {token}; dying before commit", flush=True)
     os._exit(9)
 

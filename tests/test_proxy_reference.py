@@ -7,7 +7,6 @@ from __future__ import annotations
 import openai
 import pytest
 from conftest import free_port, wait_until
-from test_embedded import _count
 
 from monitor.runtime.apps import Embedded
 

@@ -40,7 +40,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor import __version__
-from monitor.otlp.metrics_builder import CUMULATIVE, Hist, MetricsBuilder
+from monitor.otlp.metrics_builder import Hist, MetricsBuilder
 
 __all__ = [
     "page_to_otlp", "detect_engine", "MetricsScraper", "NORMALISED", "ENGINES",
