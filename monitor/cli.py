@@ -62,6 +62,7 @@ _common = [
     click.option("--grpc-port", type=int, default=None, help="OTLP/gRPC port [4317]."),
     click.option("--http-port", type=int, default=None, help="OTLP/HTTP port [4318]."),
     click.option("--metrics-port", type=int, default=None, help="Port of this process's /metrics."),
+    click.option("--metrics-host", default=None, help="Bind address of /metrics [127.0.0.1]."),
 ]
 
 
@@ -91,13 +92,19 @@ def main(ctx: click.Context, config_file: str | None, log_level: str | None) -> 
     ctx.obj["log_level"] = log_level.upper() if log_level else None
 
 
+_admin_port = click.option("--admin-port", type=int, default=None,
+                           help="Local port `monitor check` and `monitor baseline` use to reach this process [9466].")
+
+
 @main.command()
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="chdb data directory [./monitor-data].")
 @click.option("--retention-days", type=int, default=None, help="TTL of every table [30].")
+@_admin_port
 @_with(_common)
 @click.pass_context
-def up(ctx, data_dir, retention_days, upstream, proxy_port, scrape_url, host, grpc_port, http_port, metrics_port):
+def up(ctx, data_dir, retention_days, admin_port, upstream, proxy_port, scrape_url, host, grpc_port, http_port,
+       metrics_port, metrics_host):
     """Embedded mode: OTLP receiver, ingest and ClickHouse (chdb) in one process."""
     from monitor.runtime.apps import Embedded
 
@@ -106,7 +113,7 @@ def up(ctx, data_dir, retention_days, upstream, proxy_port, scrape_url, host, gr
         store["url"] = f"chdb://{data_dir}"
     settings = _load(ctx, {"receiver": _receiver(host, grpc_port, http_port), "store": store,
                            "proxy": {"upstream": upstream, "port": proxy_port}, "scrape": {"url": scrape_url},
-                           "telemetry": {"metrics_port": metrics_port}})
+                           "checks": {"admin_port": admin_port}, "telemetry": {"metrics_port": metrics_port, "metrics_host": metrics_host}})
     if not settings.store.is_embedded:
         raise click.ClickException("`monitor up` is the embedded mode and needs a chdb:// store; "
                                    "use `monitor ingest --clickhouse URL` for a ClickHouse server")
@@ -120,14 +127,14 @@ def up(ctx, data_dir, retention_days, upstream, proxy_port, scrape_url, host, gr
 @_with(_common)
 @click.pass_context
 def sidecar(ctx, bootstrap, spool_path, upstream, proxy_port, scrape_url, host, grpc_port, http_port,
-            metrics_port):
+            metrics_port, metrics_host):
     """Run the OTLP receiver beside a model server and produce to Kafka (spooling while it is away)."""
     from monitor.runtime.apps import Sidecar
 
     settings = _load(ctx, {"receiver": _receiver(host, grpc_port, http_port),
                            "kafka": {"bootstrap_servers": bootstrap}, "spool": {"path": spool_path},
                            "proxy": {"upstream": upstream, "port": proxy_port}, "scrape": {"url": scrape_url},
-                           "telemetry": {"metrics_port": metrics_port}})
+                           "telemetry": {"metrics_port": metrics_port, "metrics_host": metrics_host}})
     _run(Sidecar, settings)
 
 
@@ -137,13 +144,14 @@ def sidecar(ctx, bootstrap, spool_path, upstream, proxy_port, scrape_url, host, 
               help="chdb:///path or http(s)://user:pass@host:8123/db.")
 @click.option("--group-id", default=None, help="Consumer group [monitor-ingest].")
 @click.option("--metrics-port", type=int, default=None, help="Port of this process's /metrics [9465].")
+@click.option("--metrics-host", default=None, help="Bind address of /metrics [127.0.0.1].")
 @click.pass_context
-def ingest(ctx, bootstrap, url, group_id, metrics_port):
+def ingest(ctx, bootstrap, url, group_id, metrics_port, metrics_host):
     """Consume the OTLP topics and write them to ClickHouse (one consumer-group member)."""
     from monitor.runtime.apps import Ingest
 
     settings = _load(ctx, {"kafka": {"bootstrap_servers": bootstrap, "group_id": group_id},
-                           "store": {"url": url}, "telemetry": {"metrics_port": metrics_port}})
+                           "store": {"url": url}, "telemetry": {"metrics_port": metrics_port, "metrics_host": metrics_host}})
     _run(Ingest, settings)
 
 
@@ -156,10 +164,11 @@ def ingest(ctx, bootstrap, url, group_id, metrics_port):
               help="Length of each traffic phase (baseline, topic shift, long prompts, language, refusals, "
                    "latency).")
 @click.option("--once", is_flag=True, help="Play the phases once, then keep serving without traffic.")
+@_admin_port
 @_with(_common[1:])
 @click.pass_context
-def demo(ctx, data_dir, server_port, rate, phase_seconds, once, proxy_port, scrape_url, host, grpc_port,
-         http_port, metrics_port):
+def demo(ctx, data_dir, server_port, rate, phase_seconds, once, admin_port, proxy_port, scrape_url, host,
+         grpc_port, http_port, metrics_port, metrics_host):
     """`monitor up` with the reference model server behind the capture proxy and phased demo traffic."""
     from monitor.runtime.demo import Demo
 
@@ -169,9 +178,135 @@ def demo(ctx, data_dir, server_port, rate, phase_seconds, once, proxy_port, scra
     settings = _load(ctx, {"receiver": _receiver(host, grpc_port, http_port), "store": store,
                            "proxy": {"port": proxy_port},
                            "scrape": {"url": scrape_url or f"http://127.0.0.1:{server_port}/metrics"},
-                           "telemetry": {"metrics_port": metrics_port}})
+                           "checks": {"admin_port": admin_port}, "telemetry": {"metrics_port": metrics_port, "metrics_host": metrics_host}})
     _run(lambda s: Demo(s, server_port=server_port, rate=rate, phase_seconds=phase_seconds, loop=not once),
          settings)
+
+
+def _store_overrides(url: str | None, data_dir: str | None) -> dict[str, Any]:
+    if url and data_dir:
+        raise click.UsageError("give --clickhouse or --data-dir, not both")
+    return {"url": url if url else (f"chdb://{data_dir}" if data_dir else None)}
+
+
+@main.command()
+@click.option("--model", default=None, help="Only this model (default: every model with events).")
+@click.option("--window", default=None, help="Current window, e.g. 30m, 1h, 1d [checks.window].")
+@click.option("--reference", type=click.Choice(["auto", "baseline", "day", "week"]), default=None,
+              help="Reference window [checks.reference].")
+@click.option("--only", default=None, help="Comma-separated checks: feature_drift,semantic_drift,quality,slo.")
+@click.option("--clickhouse", "url", default=None, help="chdb:///path or http(s)://user:pass@host:8123/db.")
+@click.option("--data-dir", default=None, help="Shorthand for --clickhouse chdb://DIR.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--verbose", is_flag=True, help="List passing checks too.")
+@click.pass_context
+def check(ctx, model, window, reference, only, url, data_dir, as_json, verbose):
+    """Run the checks once and print them; exit 1 when a check fails (for cron and CI).
+
+    While `monitor up` holds the embedded store, this asks it through its admin endpoint."""
+    import json as _json
+
+    from monitor.checks.admin import admin_available, admin_call
+    from monitor.checks.report import render
+
+    settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
+    only_list = [c.strip() for c in only.split(",")] if only else None
+    try:
+        if settings.store.is_embedded and admin_available(settings):
+            report = admin_call(settings, "/admin/check", {"model": model, "window": window,
+                                                           "reference": reference, "only": only_list})
+        else:
+            from monitor.checks.runner import CheckRunner
+            from monitor.runtime.apps import open_store
+            store = open_store(settings)
+            try:
+                report = CheckRunner(store, settings).run(model=model, window=window, reference=reference,
+                                                          only=only_list).as_dict()
+            finally:
+                store.close()
+    except MonitorError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(_json.dumps(report, indent=2, default=str) if as_json else render(report, verbose))
+    if report["status"] == "fail":
+        sys.exit(1)
+
+
+@main.group()
+def baseline():
+    """Pin or list reference windows for the checks."""
+
+
+@baseline.command("pin")
+@click.option("--model", required=True)
+@click.option("--from", "start", required=True, help="ISO 8601 time (UTC if no zone) or -2h.")
+@click.option("--to", "end", required=True, help="ISO 8601 time, -30m or now.")
+@click.option("--group", default="", help="Only for this group, e.g. url.path=/v1/chat/completions.")
+@click.option("--note", default="")
+@click.option("--clickhouse", "url", default=None)
+@click.option("--data-dir", default=None)
+@click.pass_context
+def baseline_pin(ctx, model, start, end, group, note, url, data_dir):
+    """Use [--from, --to) of MODEL as the reference of its checks."""
+    from monitor.checks.admin import admin_available, admin_call, parse_time
+    from monitor.checks.windows import pin_baseline
+
+    settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
+    try:
+        if settings.store.is_embedded and admin_available(settings):
+            admin_call(settings, "/admin/baseline", {"model": model, "from": start, "to": end, "group": group,
+                                                     "note": note})
+        else:
+            from monitor.runtime.apps import open_store
+            store = open_store(settings)
+            try:
+                pin_baseline(store, model, parse_time(start), parse_time(end), group, note)
+            finally:
+                store.close()
+    except MonitorError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"baseline of {model}{' [' + group + ']' if group else ''}: {start} .. {end}")
+
+
+@baseline.command("list")
+@click.option("--clickhouse", "url", default=None)
+@click.option("--data-dir", default=None)
+@click.pass_context
+def baseline_list(ctx, url, data_dir):
+    """Show the pinned baselines."""
+    from monitor.checks.admin import admin_available, admin_call
+
+    settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
+    try:
+        if settings.store.is_embedded and admin_available(settings):
+            rows = admin_call(settings, "/admin/baselines")
+        else:
+            from monitor.runtime.apps import open_store
+            store = open_store(settings)
+            try:
+                rows = [dict(zip(("model", "group", "from", "to", "pinned_at", "note"), r)) for r in store.query_rows(
+                    "SELECT model, group, start, end, pinned_at, note FROM baselines FINAL ORDER BY model, group")]
+            finally:
+                store.close()
+    except MonitorError as exc:
+        raise click.ClickException(str(exc)) from None
+    for r in rows:
+        click.echo(f"{r['model']}{' [' + r['group'] + ']' if r['group'] else ''}: {r['from']} .. {r['to']} "
+                   f"(pinned {r['pinned_at']}){' ' + r['note'] if r['note'] else ''}")
+    if not rows:
+        click.echo("no baselines pinned; checks compare with the same window a day earlier")
+
+
+@main.command()
+@click.option("--clickhouse", "url", default=None, help="chdb:///path or http(s)://user:pass@host:8123/db.")
+@click.option("--metrics-port", type=int, default=None, help="Port of this process's /metrics [9467].")
+@click.option("--metrics-host", default=None, help="Bind address of /metrics [127.0.0.1].")
+@click.pass_context
+def checks(ctx, url, metrics_port, metrics_host):
+    """Run the checks on a schedule (distributed mode), writing results to ClickHouse."""
+    from monitor.runtime.apps import ChecksService
+
+    settings = _load(ctx, {"store": {"url": url}, "telemetry": {"metrics_port": metrics_port, "metrics_host": metrics_host}})
+    _run(ChecksService, settings)
 
 
 @main.command("demo-server")

@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -55,6 +58,20 @@ CONFIG_ENV = "MONITOR_CONFIG"
 MiB = 1024 * 1024
 
 
+def _split_commas(v: Any) -> Any:
+    if isinstance(v, str):
+        s = v.strip()
+        if s.startswith("["):  # JSON list in an env var also works
+            import json
+            return json.loads(s)
+        return [item.strip() for item in s.split(",") if item.strip()]
+    return v
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
+"""A list setting that env vars may give as ``a,b,c`` (or a JSON list)."""
+
+
 class _Section(BaseModel):
     model_config = {"extra": "forbid"}
 
@@ -84,7 +101,7 @@ class KafkaSettings(_Section):
     either side.
     """
 
-    bootstrap_servers: list[str] = Field(default_factory=list)
+    bootstrap_servers: CommaList = Field(default_factory=list)
     spans_topic: str = "otlp_spans"
     metrics_topic: str = "otlp_metrics"
     logs_topic: str = "otlp_logs"
@@ -107,13 +124,6 @@ class KafkaSettings(_Section):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: str | None = None
-
-    @field_validator("bootstrap_servers", mode="before")
-    @classmethod
-    def _split(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [s.strip() for s in v.split(",") if s.strip()]
-        return v
 
     def topic(self, signal: str) -> str:
         return {"traces": self.spans_topic, "metrics": self.metrics_topic, "logs": self.logs_topic}[signal]
@@ -223,7 +233,7 @@ class RedactionSettings(_Section):
     """PII and secret redaction of content, in the sidecar, before data leaves the host."""
 
     enabled: bool = True
-    detectors: list[str] = Field(default_factory=lambda: [
+    detectors: CommaList = Field(default_factory=lambda: [
         "email", "phone", "card", "ip", "api_key", "bearer_token"])
     """Built-in detectors to run (all by default)."""
     custom: dict[str, str] = Field(default_factory=dict)
@@ -308,7 +318,7 @@ class ChecksSettings(_Section):
     reference: Literal["auto", "baseline", "day", "week"] = "auto"
     """``baseline``: the pinned one; ``day`` / ``week``: the same window a day / week earlier;
     ``auto``: the pinned baseline when there is one, else a day earlier."""
-    group_by: list[str] = Field(default_factory=list)
+    group_by: CommaList = Field(default_factory=list)
     """Event attributes to check separately per value, e.g. ``["url.path", "tenant"]``."""
     min_samples: int = Field(100, ge=1)
     """Below this many events in either window a check reports ``insufficient_data``."""

@@ -86,6 +86,7 @@ def settings(chdb_dir, tmp_path):
         "spool": {"path": str(tmp_path / "spool.sqlite")},
         "telemetry": {"metrics_port": 0},
         "ingest": {"flush_interval_ms": 100},
+        "checks": {"enabled": False, "admin_port": 0},
         "kafka": {"spans_topic": f"s_{uid}", "metrics_topic": f"m_{uid}", "logs_topic": f"l_{uid}",
                   "group_id": f"g_{uid}"},
     })

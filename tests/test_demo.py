@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -17,9 +18,10 @@ def test_monitor_demo_plays_every_phase_and_shows_data_within_a_minute(tmp_path)
     t0 = time.monotonic()
     proc = subprocess.Popen([*MONITOR, "demo", "--data-dir", str(data), "--server-port", str(free_port()),
                              "--proxy-port", str(free_port()), "--grpc-port", str(free_port()),
-                             "--http-port", str(free_port()), "--metrics-port", str(mport),
+                             "--http-port", str(free_port()), "--metrics-port", str(mport), "--admin-port", str(free_port()),
                              "--phase-seconds", "4", "--rate", "6", "--once"],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, MONITOR_CHECKS__ENABLED="false"))
     try:
         from monitor.status import fetch, summary
 

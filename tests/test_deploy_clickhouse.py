@@ -99,12 +99,18 @@ SHARDING_KEYS = {
     "otel_traces_trace_id_ts": "cityHash64(TraceId)",
     "inference_events": "cityHash64(trace_id)",
     "otel_logs": "cityHash64(ServiceName, Timestamp)",
+    "check_results": "cityHash64(model)",
+    "check_distributions": "cityHash64(model)",
+    "baselines": "cityHash64(model)",
+    "embedding_cache": "cityHash64(text_hash)",
 }
 # Metrics: deterministic per point, so a retried insert splits over the shards as the first try did.
 DEFAULT_SHARDING_KEY = "cityHash64(ServiceName, MetricName, TimeUnix)"
 
 ON_CLUSTER = re.compile(r"\s+ON\s+CLUSTER\s+'\{cluster\}'")
-REPLICATED = re.compile(r"ReplicatedMergeTree\(\s*'([^']*)'\s*,\s*'([^']*)'\s*\)")
+# ReplicatedMergeTree('path', 'replica') or a variant with engine arguments after them, e.g.
+# ReplicatedReplacingMergeTree('path', 'replica', version).
+REPLICATED = re.compile(r"Replicated(\w*)MergeTree\(\s*'([^']*)'\s*,\s*'([^']*)'\s*(?:,\s*([^)]*))?\)")
 DISTRIBUTED = re.compile(r"ENGINE\s*=\s*Distributed\((.*)\)\s*$", re.S)
 CREATE = re.compile(
     r"^CREATE\s+(TABLE|MATERIALIZED\s+VIEW|DATABASE)\s+IF\s+NOT\s+EXISTS\s+(?:`[^`]+`\.)?`?(\w+)`?", re.I)
@@ -165,7 +171,7 @@ def cluster_to_chdb(stmt: str) -> str:
     keeps its columns (from AS) and proves that the table it names exists.
     """
     stmt = ON_CLUSTER.sub("", stmt)
-    stmt = REPLICATED.sub("MergeTree", stmt)
+    stmt = REPLICATED.sub(lambda m: f"{m.group(1)}MergeTree({m.group(4) or ''})", stmt)
     m = DISTRIBUTED.search(stmt)
     if m:
         _cluster, database, table, _key = split_args(m.group(1))
@@ -401,7 +407,7 @@ def test_cluster_ddl_shape():
             repl = REPLICATED.search(stmt)
             if name.endswith("_local"):
                 expected = f"/clickhouse/tables/{{shard}}/{{database}}/{name}"
-                if not repl or repl.groups() != (expected, "{replica}"):
+                if not repl or repl.group(2, 3) != (expected, "{replica}"):
                     problems.append(f"{where}: engine is not ReplicatedMergeTree('{expected}', '{{replica}}')")
             elif dist:
                 cluster, database, table, *key = split_args(dist.group(1))
@@ -481,7 +487,7 @@ def _norm(text: str, db: str) -> str:
 def compare(single: dict, cluster: dict, single_db: str, cluster_db: str) -> list[str]:
     """Differences between the single-node schema and the cluster DDL as ClickHouse built them."""
     problems = []
-    merge_trees = {n for n, t in single.items() if t["engine"] == "MergeTree"}
+    merge_trees = {n for n, t in single.items() if t["engine"].endswith("MergeTree")}
     views = {n for n, t in single.items() if t["engine"] == "MaterializedView"}
     expected = merge_trees | {f"{n}_local" for n in merge_trees} | views
     if set(cluster) != expected:

@@ -196,7 +196,7 @@ def test_sidecar_killed_twice_loses_and_duplicates_nothing(own_kafka, settings, 
 def test_monitor_up_subprocess_flushes_everything_accepted_on_sigint(tmp_path):
     data, http_port, grpc_port, mport = tmp_path / "data", free_port(), free_port(), free_port()
     proc = subprocess.Popen([*MONITOR, "up", "--data-dir", str(data), "--http-port", str(http_port),
-                             "--grpc-port", str(grpc_port), "--metrics-port", str(mport)],
+                             "--grpc-port", str(grpc_port), "--metrics-port", str(mport), "--admin-port", str(free_port())],
                             stderr=subprocess.PIPE, text=True)
     statuses: list[int] = []
     try:

@@ -101,6 +101,16 @@ def test_config_precedence_flags_over_env_over_file(tmp_path, monkeypatch):
     assert s.receiver.http_port == 4444
 
 
+def test_list_settings_from_env_take_commas_or_json(monkeypatch):
+    monkeypatch.setenv("MONITOR_KAFKA__BOOTSTRAP_SERVERS", "kafka-0:9092, kafka-1:9092")
+    monkeypatch.setenv("MONITOR_REDACTION__DETECTORS", "email,card")
+    monkeypatch.setenv("MONITOR_CHECKS__GROUP_BY", '["url.path", "tenant"]')
+    s = load()
+    assert s.kafka.bootstrap_servers == ["kafka-0:9092", "kafka-1:9092"]
+    assert s.redaction.detectors == ["email", "card"]
+    assert s.checks.group_by == ["url.path", "tenant"]
+
+
 def test_config_errors_say_where_to_fix(tmp_path, monkeypatch):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("receiver:\n  http_port: not-a-port\nstore:\n  url: mysql://x\n")

@@ -55,6 +55,11 @@ class App:
         raise NotImplementedError
 
 
+def open_store(settings: Settings) -> Store:
+    """The store, with its schema applied (or checked, with ``store.apply_schema: false``)."""
+    return _open_store(settings)
+
+
 def _open_store(settings: Settings) -> Store:
     store = Store(settings.store)
     if settings.store.apply_schema:
@@ -81,15 +86,31 @@ class Embedded(App):
         self.sources = SidecarSources(s, self.metrics)
         self.ingress = Ingress(self.transport, self.metrics, self.sources.processors())
         self.receiver = ReceiverService(s.receiver, self.ingress)
+        from monitor.checks.admin import AdminServer
+        from monitor.checks.runner import CheckRunner, CheckScheduler
+        self.check_runner = CheckRunner(self.store, s)
+        self.scheduler = CheckScheduler(self.check_runner, s.checks.interval_s) if s.checks.enabled else None
+        self.admin = AdminServer(self.check_runner, s.checks.admin_host, s.checks.admin_port)
 
     def start(self) -> None:
+        import asyncio
         self._serve_metrics()
         self.ingest.start()
         self.receiver.start()
         self.sources.start(self.ingress, self.receiver.loop)
+        port = asyncio.run_coroutine_threadsafe(self.admin.start(), self.receiver.loop).result(30)
+        log.info("admin endpoint for `monitor check` / `monitor baseline` on http://%s:%d",
+                 self.settings.checks.admin_host, port)
+        if self.scheduler is not None:
+            self.scheduler.start()
 
     def stop(self) -> None:
+        import asyncio
         log.info("stopping: finishing requests in flight and flushing %d queued", self.transport.pending())
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.receiver.loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.admin.stop(), self.receiver.loop).result(30)
         self.sources.stop()
         self.receiver.stop()
         if not self.ingest.stop():
@@ -149,6 +170,29 @@ class Ingest(App):
 
     def stop(self) -> None:
         self.consumer.stop()
+        self.store.close()
+        self.metrics.close()
+
+
+class ChecksService(App):
+    """The check scheduler as a service of its own: ``monitor checks --clickhouse URL``."""
+
+    default_metrics_port = 9467
+    role = "checks"
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        from monitor.checks.runner import CheckRunner, CheckScheduler
+        self.store = _open_store(settings)
+        self.scheduler = CheckScheduler(CheckRunner(self.store, settings), settings.checks.interval_s,
+                                        first_delay_s=1.0)
+
+    def start(self) -> None:
+        self._serve_metrics()
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
         self.store.close()
         self.metrics.close()
 

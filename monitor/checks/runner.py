@@ -1,0 +1,153 @@
+"""Run every check for every scope, write the results, and (as a service) do it on a schedule."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from monitor.checks.base import Check, CheckContext, Result, Scope, Window, worst
+from monitor.checks.results import write_results
+from monitor.checks.windows import current_window, reference_window, scopes
+
+__all__ = ["CheckRunner", "RunReport", "CheckScheduler", "default_checks"]
+
+log = logging.getLogger("monitor.checks")
+
+
+def default_checks(settings) -> list[Check]:
+    """Feature drift, quality and SLO always; semantic drift when enabled (it loads torch)."""
+    from monitor.checks.quality import QualityCheck
+    from monitor.checks.slo import SloCheck
+    from monitor.checks.stat_drift import FeatureDriftCheck
+
+    checks: list[Check] = [FeatureDriftCheck(settings.checks), QualityCheck(), SloCheck()]
+    if settings.checks.semantic.enabled:
+        from monitor.checks.semantic import SemanticDriftCheck
+        checks.append(SemanticDriftCheck(settings.checks))
+    return checks
+
+
+@dataclass
+class ScopeReport:
+    scope: Scope
+    current: Window
+    reference: Window
+    results: list[Result] = field(default_factory=list)
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    at: datetime
+    scopes: list[ScopeReport] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        return worst([r.status for s in self.scopes for r in s.results])
+
+    def failed(self) -> list[tuple[Scope, Result]]:
+        return [(s.scope, r) for s in self.scopes for r in s.results if r.status == "fail"]
+
+    def as_dict(self) -> dict:
+        return {
+            "run_id": self.run_id, "at": self.at.isoformat(), "status": self.status, "seconds": self.seconds,
+            "scopes": [{
+                "model": s.scope.model, "group": s.scope.label(), "current": s.current.iso(),
+                "reference": s.reference.iso(), "reference_kind": s.reference.label,
+                "results": [{k: getattr(r, k) for k in ("check", "metric", "status", "value", "reference_value",
+                                                       "threshold", "p_value", "method", "current_n",
+                                                       "reference_n", "details")} for r in s.results],
+            } for s in self.scopes],
+        }
+
+
+class CheckRunner:
+    def __init__(self, store, settings, checks: list[Check] | None = None):
+        self.store = store
+        self.settings = settings
+        self._checks = checks
+        self._lock = threading.Lock()
+
+    @property
+    def checks(self) -> list[Check]:
+        if self._checks is None:
+            self._checks = default_checks(self.settings)
+        return self._checks
+
+    def run(self, model: str | None = None, window: str | None = None, reference: str | None = None,
+            now: datetime | None = None, only: list[str] | None = None, write: bool = True) -> RunReport:
+        """One pass over every scope with events in the current window. Thread-safe (serialised)."""
+        with self._lock:
+            return self._run(model, window, reference, now, only, write)
+
+    def _run(self, model, window, reference, now, only, write) -> RunReport:
+        c = self.settings.checks
+        t0 = time.monotonic()
+        at = now or datetime.now(timezone.utc)
+        report = RunReport(uuid.uuid4().hex[:16], at)
+        cur = current_window(window or c.window, at)
+        for scope in scopes(self.store, cur, c.group_by, model):
+            ref, _kind = reference_window(self.store, scope, cur, reference or c.reference)
+            ctx = CheckContext(self.store, scope, cur, ref, c)
+            sr = ScopeReport(scope, cur, ref)
+            for check in self.checks:
+                if only and check.name not in only:
+                    continue
+                try:
+                    results = check.run(ctx)
+                except Exception as exc:  # one broken check must not hide the others
+                    log.exception("check %s failed on %s", check.name, scope)
+                    results = [Result(check=check.name, metric="error", status="warn",
+                                      details={"error": f"{type(exc).__name__}: {exc}",
+                                               "traceback": traceback.format_exc(limit=5)})]
+                sr.results.extend(results)
+                if write and results:
+                    write_results(self.store, report.run_id, at, ctx, results)
+            report.scopes.append(sr)
+        report.seconds = time.monotonic() - t0
+        fails = report.failed()
+        log.info("checks run %s: %d scopes, %d results, %d failing (%.1fs)%s", report.run_id, len(report.scopes),
+                 sum(len(s.results) for s in report.scopes), len(fails), report.seconds,
+                 "".join(f"\n  FAIL {s.model}{'/' + s.label() if s.group else ''} {r.check}:{r.metric}"
+                         for s, r in fails[:20]))
+        return report
+
+
+class CheckScheduler:
+    """Runs :meth:`CheckRunner.run` every ``checks.interval_s`` in a daemon thread."""
+
+    def __init__(self, runner: CheckRunner, interval_s: float, first_delay_s: float = 30.0):
+        self.runner = runner
+        self.interval_s = interval_s
+        self.first_delay_s = first_delay_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last: RunReport | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="monitor-checks", daemon=True)
+        self._thread.start()
+        log.info("checks every %gs (window %s, reference %s)", self.interval_s, self.runner.settings.checks.window,
+                 self.runner.settings.checks.reference)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        if self._stop.wait(self.first_delay_s):
+            return
+        while not self._stop.is_set():
+            try:
+                self.last = self.runner.run()
+            except Exception:
+                log.exception("scheduled checks failed; next try in %gs", self.interval_s)
+            if self._stop.wait(self.interval_s):
+                return

@@ -1,0 +1,14 @@
+-- Quality signals computed at ingest for every request (monitor.quality.analyse), so rates over
+-- any window are SQL aggregates: detected languages, refusal, empty output, truncation, JSON
+-- validity where JSON was requested (NULL otherwise), PII placeholders in the output, repetition.
+ALTER TABLE $database.inference_events
+    ADD COLUMN IF NOT EXISTS prompt_language LowCardinality(String),
+    ADD COLUMN IF NOT EXISTS completion_language LowCardinality(String),
+    ADD COLUMN IF NOT EXISTS refusal UInt8,
+    ADD COLUMN IF NOT EXISTS empty_output UInt8,
+    ADD COLUMN IF NOT EXISTS truncated UInt8,
+    ADD COLUMN IF NOT EXISTS json_valid Nullable(UInt8),
+    ADD COLUMN IF NOT EXISTS pii_in_output UInt16,
+    ADD COLUMN IF NOT EXISTS repetition Float32,
+    ADD COLUMN IF NOT EXISTS degenerate UInt8,
+    ADD COLUMN IF NOT EXISTS language_mismatch UInt8;
