@@ -65,6 +65,23 @@ class InferenceEvent:
     """Engine time x GPUs per request (an upper bound under continuous batching)."""
     gpu_cost: float | None = None
     """gpu_seconds x price per GPU-hour / 3600, when a price is configured."""
+    prompt_language: str = ""
+    """ISO 639-1 code of the prompt (``""`` when too short or uncertain); see :mod:`monitor.quality`."""
+    completion_language: str = ""
+    refusal: int = 0
+    """1 when the completion is a refusal (multilingual patterns)."""
+    empty_output: int = 0
+    truncated: int = 0
+    """1 when generation stopped on the token limit."""
+    json_valid: int | None = None
+    """1/0 when JSON output was requested (and matched the schema, if one was given); None otherwise."""
+    pii_in_output: int = 0
+    """Redaction placeholders the model produced in its output."""
+    repetition: float = 0.0
+    """Share of repeated n-grams in the completion, 0..1."""
+    degenerate: int = 0
+    """1 when the completion loops or repeats itself degenerately."""
+    language_mismatch: int = 0
     attributes: dict[str, str] = field(default_factory=dict)
     """Every other span attribute, stringified (content attributes excluded: they are in the columns)."""
 

@@ -167,3 +167,37 @@ def test_mapping_is_pure_and_rejects_non_model_spans():
     kv2 = span.attributes.add()
     kv2.key, kv2.value.string_value = "gen_ai.input.messages", "plain prompt text"
     assert span_to_event(span, "svc").prompt == "plain prompt text"
+
+
+def test_quality_columns_are_filled_at_ingest(up, store, settings):
+    cases = [
+        ("Wie lange dauert die Rückerstattung für meine Bestellung?", "I'm sorry, but I can't help with that.",
+         "stop", {}),
+        ("Return the user as JSON with name and age.", '{"name": "Ada", "age": "unknown"',
+         "length", {"gen_ai.output.type": "json"}),
+        ("Tell me a story about a dragon who learns to fly over the mountains.",
+         "the dragon the dragon the dragon the dragon the dragon the dragon the dragon the dragon", "stop", {}),
+        ("What is the capital of France?", "The capital of France is Paris. Contact [EMAIL] for more.", "stop", {}),
+    ]
+    ids = []
+    with tracer("http", settings.receiver.http_port) as tr:
+        for prompt, completion, reason, extra in cases:
+            with tr.start_as_current_span("chat m") as span:
+                span.set_attribute("gen_ai.operation.name", "chat")
+                span.set_attribute("gen_ai.request.model", "m")
+                span.set_attribute("gen_ai.response.finish_reasons", [reason])
+                span.set_attribute("gen_ai.input.messages", json.dumps([{"role": "user", "content": prompt}]))
+                span.set_attribute("gen_ai.output.messages", json.dumps([{"role": "assistant", "content": completion}]))
+                for k, v in extra.items():
+                    span.set_attribute(k, v)
+                ids.append(_ids(span)[1])
+    wait_until(lambda: _count(store, "inference_events") == len(cases), message="the quality events")
+    cols = ("prompt_language", "completion_language", "language_mismatch", "refusal", "truncated", "json_valid",
+            "degenerate", "pii_in_output", "empty_output")
+    got = [tuple(_row(store, i)[c] for c in cols) for i in ids]
+    assert got == [
+        ("de", "en", 1, 1, 0, None, 0, 0, 0),
+        ("en", "", 0, 0, 1, 0, 0, 0, 0),
+        ("en", "en", 0, 0, 0, None, 1, 0, 0),
+        ("en", "en", 0, 0, 0, None, 0, 1, 0),
+    ]

@@ -140,6 +140,8 @@ class KafkaIngest:
                  k.group_id)
 
     def _run(self) -> None:
+        from monitor.quality import warm_up
+        warm_up()  # load the language model now, not on the first batch
         backoff = Backoff(0.5, 10.0)
         while not self._stop.is_set():
             try:

@@ -53,6 +53,8 @@ class EmbeddedIngest:
         return True
 
     def _loop(self) -> None:
+        from monitor.quality import warm_up
+        warm_up()  # load the language model now, not on the first request
         s = self.settings
         while True:
             batch = self.transport.take(s.max_batch_items, s.flush_interval_ms / 1000, self._stop)

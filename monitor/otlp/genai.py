@@ -28,6 +28,7 @@ from typing import Any
 
 from monitor.events import InferenceEvent
 from monitor.otlp.values import attrs_to_str_map, to_python
+from monitor.quality import analyse
 
 __all__ = ["span_to_event", "is_model_request"]
 
@@ -150,11 +151,24 @@ def span_to_event(span: Any, service_name: str, attrs: dict[str, str] | None = N
     if outputs:
         ev.output_messages = raw_out or json.dumps(outputs, ensure_ascii=False, separators=(",", ":"))
 
+    if ev.operation != "embeddings" and ev.status_code != "Error" and attrs.get("monitor.content.captured") != "false":
+        _quality(ev, attrs)
+
     ev.attributes = {k: v for k, v in attrs.items()
                      if k not in _CONTENT_KEYS and not k.startswith(_CONTENT_PREFIXES)}
     if len(reasons) > 1:
         ev.attributes["gen_ai.response.finish_reasons"] = json.dumps(reasons)
     return ev
+
+
+def _quality(ev: InferenceEvent, attrs: dict[str, str]) -> None:
+    """The quality columns (languages, refusal, empty, truncated, JSON validity, PII, repetition)."""
+    q = analyse(ev.prompt, ev.completion, ev.finish_reason, attrs, system_prompt=ev.system_prompt)
+    ev.prompt_language, ev.completion_language = q.prompt_language, q.completion_language
+    ev.refusal, ev.empty_output, ev.truncated = int(q.refusal), int(q.empty), int(q.truncated)
+    ev.json_valid = None if q.json_valid is None else int(q.json_valid)
+    ev.pii_in_output, ev.repetition = q.pii_in_output, q.repetition
+    ev.degenerate, ev.language_mismatch = int(q.degenerate), int(q.language_mismatch)
 
 
 # -- attribute helpers ---------------------------------------------------------

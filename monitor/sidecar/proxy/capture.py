@@ -315,6 +315,15 @@ class Capture:
         if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
             attrs["gen_ai.request.stop_sequences"] = stop
         attrs["gen_ai.request.stream"] = self.stream
+        # Structured output: OpenAI response_format {type: json_object | json_schema}, Ollama format "json" | schema
+        fmt = r.get("response_format") if self.api == "openai" else r.get("format")
+        if isinstance(fmt, dict) and (fmt.get("type") in ("json_object", "json_schema") or self.api == "ollama"):
+            attrs["gen_ai.output.type"] = "json"
+            attrs["monitor.request.response_format"] = json.dumps(
+                fmt if self.api == "openai" else {"type": "json_schema", "json_schema": {"schema": fmt}},
+                separators=(",", ":"))
+        elif fmt == "json":
+            attrs["gen_ai.output.type"] = "json"
         return attrs
 
     def response_attributes(self) -> dict[str, Any]:
