@@ -25,6 +25,7 @@ from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_v
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
+    SettingsError,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -290,7 +291,8 @@ class SemanticSettings(_Section):
     clusters: int = Field(8, ge=2)
     examples: int = Field(3, ge=1)
     """Example texts reported per cluster that grew or shrank."""
-    fields: list[Literal["prompt", "completion"]] = Field(default_factory=lambda: ["prompt", "completion"])
+    fields: Annotated[list[Literal["prompt", "completion"]], NoDecode, BeforeValidator(_split_commas)] = Field(
+        default_factory=lambda: ["prompt", "completion"])
 
 
 class SloThresholds(_Section):
@@ -411,6 +413,9 @@ def load(config_file: str | Path | None = None, overrides: dict[str, Any] | None
         })
     try:
         return cls(**_drop_none(overrides or {}))
+    except SettingsError as exc:
+        raise ConfigError(f"invalid setting from the environment or {path or 'the config file'}: {exc}; "
+                          "lists may be given as a,b,c or as JSON, maps as JSON") from None
     except ValidationError as exc:
         where = f" (config file {path})" if path else ""
         lines = [f"invalid settings{where}:"]
