@@ -42,7 +42,7 @@ def test_monitor_demo_plays_every_phase_and_shows_data_within_a_minute(tmp_path)
     for phase in ("baseline", "topic_shift", "long_prompts", "language", "refusals", "latency"):
         assert f"demo phase {phase}" in err
     rows = chdb_query(data, "SELECT count(), countIf(completion LIKE 'I''m sorry%'), "
-                            "countIf(prompt LIKE '%Bestellung%' OR prompt LIKE '%commande%'), "
+                            "countIf(prompt_language IN ('de', 'fr')), "
                             "countIf(prompt LIKE '%Kubernetes%' OR prompt LIKE '%PostgreSQL%' OR prompt LIKE '%Helm%' "
                             "OR prompt LIKE '%MySQL%' OR prompt LIKE '%Redis%' OR prompt LIKE '%pod%' "
                             "OR prompt LIKE '%database%' OR prompt LIKE '%StatefulSet%'), "

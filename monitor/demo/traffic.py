@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["PHASES", "Phase", "TrafficGenerator"]
 
@@ -68,20 +69,28 @@ _REFUSED = [
 
 @dataclass(frozen=True)
 class Phase:
+    """One demo phase: ``prompts`` (the usual traffic) mixed with ``shifted`` in ``shift_share``.
+
+    The mix is deterministic, not drawn: the first request of a phase is a shifted one and the
+    running share stays within one request of ``shift_share``, so even a short phase on a slow
+    machine shows the change.
+    """
+
     name: str
     description: str
     prompts: list[str]
+    shifted: list[str] = field(default_factory=list)
+    shift_share: float = 0.0
     long: bool = False
     slowdown: float = 1.0
-    refusal_share: float = 0.0
 
 
 PHASES: list[Phase] = [
     Phase("baseline", "English questions about orders and accounts", _SHOP),
-    Phase("topic_shift", "questions about Kubernetes and databases appear", _SHOP[:3] + _INFRA),
+    Phase("topic_shift", "questions about Kubernetes and databases appear", _SHOP, _INFRA, 0.7),
     Phase("long_prompts", "customers paste long context before the question", _SHOP, long=True),
-    Phase("language", "German and French customers", _SHOP[:3] + _OTHER_LANGUAGE),
-    Phase("refusals", "more requests the server's policy refuses", _SHOP, refusal_share=0.35),
+    Phase("language", "German and French customers", _SHOP, _OTHER_LANGUAGE, 0.65),
+    Phase("refusals", "more requests the server's policy refuses", _SHOP, _REFUSED, 0.35),
     Phase("latency", "the model server slows down 3x", _SHOP, slowdown=3.0),
 ]
 
@@ -126,10 +135,11 @@ class TrafficGenerator:
         except OSError as exc:
             log.warning("could not set the server's slowdown: %s", exc)
 
-    def prompt(self, phase: Phase) -> str:
-        if phase.refusal_share and self.rng.random() < phase.refusal_share:
-            return self.rng.choice(_REFUSED)
-        text = self.rng.choice(phase.prompts).format(n=self.rng.randint(10000, 99999))
+    def prompt(self, phase: Phase, index: int) -> str:
+        """The ``index``-th prompt of ``phase`` (shifted when ``ceil(share * i)`` steps up)."""
+        share = phase.shift_share
+        shifted = bool(phase.shifted) and math.ceil(share * (index + 1)) > math.ceil(share * index)
+        text = self.rng.choice(phase.shifted if shifted else phase.prompts).format(n=self.rng.randint(10000, 99999))
         if phase.long:
             text = _CONTEXT * self.rng.randint(3, 6) + text
         return text
@@ -143,16 +153,17 @@ class TrafficGenerator:
                 log.info("demo phase %s: %s (%gs)", phase.name, phase.description, self.phase_seconds)
                 if self.on_phase is not None:
                     self.on_phase(phase)
-                end = time.monotonic() + self.phase_seconds
+                end, index = time.monotonic() + self.phase_seconds, 0
                 while time.monotonic() < end and not self._stop.is_set():
-                    self._one(phase)
+                    self._one(phase, index)
+                    index += 1
                     self._stop.wait(self.rng.expovariate(self.rate))
             if not self.loop:
                 return
 
-    def _one(self, phase: Phase) -> None:
+    def _one(self, phase: Phase, index: int) -> None:
         messages = [{"role": "system", "content": "You are the support assistant of an online shop."},
-                    {"role": "user", "content": self.prompt(phase)}]
+                    {"role": "user", "content": self.prompt(phase, index)}]
         try:
             if self.rng.random() < 0.5:
                 for _ in self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=48,
