@@ -257,6 +257,10 @@ class GpuSettings(_Section):
     interval_s: float = Field(5.0, gt=0)
     server_pid: int | None = None
     """PID of the model server, to report its own GPU memory; default: any process on the GPU."""
+    devices: CommaList = Field(default_factory=list)
+    """The GPUs to sample, as NVML indices (``nvidia-smi``'s order) or UUIDs (``GPU-...``); default:
+    every device NVML sees (in a container: the ones allocated to it). For hosts that run several
+    model servers, each on its own GPUs."""
     price_per_gpu_hour: float = Field(0.0, ge=0)
     """Cost of one GPU-hour in your currency; 0 leaves cost columns empty."""
     gpus_per_request: int | None = Field(None, ge=1)

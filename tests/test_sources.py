@@ -609,6 +609,34 @@ def test_nvml_sampler_server_pid():
     assert [(a["hw.gpu.index"], a["process.pid"], dp.as_double) for a, dp in pts] == [(0, 4242, 58 * FakeNvml.GIB)]
 
 
+@pytest.mark.parametrize("devices, expected", [
+    (["1"], [1]),
+    (["GPU-7f3a9c1e-0000-1111-2222-333344445555"], [0]),
+    (["0", "GPU-0b1c2d3e-aaaa-bbbb-cccc-ddddeeeeffff"], [0, 1]),
+])
+def test_nvml_sampler_device_filter(devices, expected):
+    """gpu.devices keeps the named GPUs (NVML index or UUID) and only those."""
+    sampler, emitter = started(GpuSettings(interval_s=30, devices=devices), FakeNvml())
+    try:
+        assert sampler.start() and sampler.device_count() == len(expected)
+        wait_for(lambda: emitter.emitted, 2, "a GPU sample")
+    finally:
+        sampler.stop()
+    util = sorted(a["hw.gpu.index"] for a, _ in points(emitter.emitted[0][1], "hw.gpu.utilization"))
+    assert util == expected
+
+
+def test_nvml_sampler_device_filter_matching_nothing(caplog):
+    caplog.set_level(logging.INFO, logger="monitor.sidecar")
+    nvml = FakeNvml()
+    sampler, emitter = started(GpuSettings(interval_s=30, devices="5"), nvml)  # env form: a comma list
+    assert sampler.start() is False
+    assert nvml.calls == ["init", "shutdown"] and not emitter.emitted
+    warning, = gpu_logs(caplog, logging.WARNING)
+    assert "['5'] not found" in warning.getMessage() and "GPU-7f3a9c1e" in warning.getMessage()
+    assert any("no GPU of gpu.devices" in r.getMessage() for r in gpu_logs(caplog))
+
+
 def test_nvml_missing_logs_once_and_emits_nothing(caplog):
     caplog.set_level(logging.INFO, logger="monitor.sidecar")
     nvml = FakeNvml(init_error=FakeNvml.NVMLError_LibraryNotFound("NVML Shared Library Not Found"))

@@ -110,8 +110,17 @@ class NvmlSampler:
                 "hw.gpu.index": index,
             }
             self._devices.append((handle, attrs))
+        wanted = [str(d).strip() for d in getattr(self.settings, "devices", None) or [] if str(d).strip()]
+        if wanted:
+            seen = {str(a["hw.gpu.index"]) for _, a in self._devices} | {a["hw.id"] for _, a in self._devices}
+            missing = [w for w in wanted if w not in seen]
+            if missing:
+                log.warning("gpu.devices %s not found; NVML sees %s", missing,
+                            ", ".join(f"{a['hw.gpu.index']} ({a['hw.id']})" for _, a in self._devices) or "none")
+            self._devices = [(h, a) for h, a in self._devices
+                             if str(a["hw.gpu.index"]) in wanted or a["hw.id"] in wanted]
         if not self._devices:
-            log.info("GPU metrics off: NVML sees no GPU")
+            log.info("GPU metrics off: NVML sees no GPU%s", " of gpu.devices" if wanted else "")
             self._shutdown()
             return False
         log.info("GPU metrics on: %d device(s) (%s), every %gs", len(self._devices),
