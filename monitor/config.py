@@ -228,6 +228,11 @@ class ProxySettings(_Section):
     engine_join_window_s: float = Field(10.0, ge=0)
     """How long a proxy span waits for the engine's own span (vLLM ``llm_request``) to put both
     timings in one event; 0 turns joining off. Only once the upstream has been seen tracing."""
+    upstream_traces: Literal["auto", "yes", "no"] = "auto"
+    """Does the upstream export its own spans to this sidecar? ``auto``: learn it from the first
+    engine span (that one request keeps the client-seen timings only); ``yes``: wait for the
+    engine span from the first request (vLLM started with ``--otlp-traces-endpoint``); ``no``:
+    never wait."""
 
 
 class RedactionSettings(_Section):

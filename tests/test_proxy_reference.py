@@ -67,3 +67,25 @@ def test_openai_sdk_through_the_proxy_to_the_reference_server(stack, store):
     nonstream, stream = rows
     assert nonstream["ttft_ms"] is None and stream["ttft_ms"] > 0 and stream["itl_ms"] > 0
     assert stream["ttft_ms"] < stream["latency_ms"]
+
+
+def test_upstream_known_to_trace_joins_from_the_first_request(settings, store):
+    """proxy.upstream_traces: yes -- no warm-up request: the very first event has both timings."""
+    settings.proxy.port = free_port()
+    settings.proxy.upstream_traces = "yes"
+    server = DemoServer(port=0, otlp_endpoint=f"http://127.0.0.1:{settings.receiver.grpc_port}").start()
+    settings.proxy.upstream = server.url
+    app = Embedded(settings)
+    app.start()
+    try:
+        via = openai.OpenAI(base_url=f"http://127.0.0.1:{settings.proxy.port}/v1", api_key="x", max_retries=0)
+        model = via.models.list().data[0].id
+        via.chat.completions.create(model=model, messages=[{"role": "user", "content": "first"}], max_tokens=4)
+        wait_until(lambda: store.query_rows("SELECT count() FROM inference_events")[0][0] == 1, timeout=30,
+                   message="the first request's event")
+        (source, engine_span, prefill, engine_latency), = store.query_rows(
+            "SELECT source, attributes['monitor.engine.span_id'], prefill_ms, engine_latency_ms FROM inference_events")
+        assert source == "genai" and engine_span != "" and prefill > 0 and engine_latency > 0
+    finally:
+        server.stop()
+        app.stop()

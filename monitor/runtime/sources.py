@@ -34,7 +34,8 @@ class SidecarSources:
         self.settings = settings
         self.metrics = metrics
         self.resource = {"service.name": "llm-monitor-sidecar", "host.name": socket.gethostname()}
-        self.join = EngineJoin(settings.proxy.engine_join_window_s) if settings.proxy.upstream else None
+        self.join = EngineJoin(settings.proxy.engine_join_window_s, settings.proxy.upstream_traces) \
+            if settings.proxy.upstream else None
         self.emitter: LocalEmitter | None = None
         self.proxy = None
         self.scraper: MetricsScraper | None = None

@@ -12,7 +12,9 @@ Waiting starts only once the upstream has shown that it traces: in front of
 a server that emits no spans, the proxy's spans are never held back. The
 first engine span to arrive for a proxy span that did not wait teaches the
 join that the upstream traces; that one request keeps a single event (the
-proxy's, without engine timings) and every later one gets both.
+proxy's, without engine timings) and every later one gets both. Where the
+upstream is known to trace (``proxy.upstream_traces: yes``), spans wait from the
+first request; ``no`` never waits.
 """
 
 from __future__ import annotations
@@ -53,10 +55,13 @@ class _Open:
 
 
 class EngineJoin:
-    def __init__(self, window_s: float = 10.0):
+    def __init__(self, window_s: float = 10.0, upstream_traces: str = "auto"):
+        if upstream_traces not in ("auto", "yes", "no"):
+            raise ValueError(f"upstream_traces must be auto, yes or no, not {upstream_traces!r}")
         self.window_s = window_s
-        self.upstream_traces = False
-        """Set once an engine span joined: from then on proxy spans wait for theirs."""
+        self.mode = upstream_traces
+        self.upstream_traces = upstream_traces == "yes"
+        """Proxy spans wait for their engine span: from the start (``yes``), or once one joined (``auto``)."""
         self._open: dict[bytes, _Open] = {}
         self._recent: OrderedDict[bytes, float] = OrderedDict()
         """Proxy spans that ended without waiting (span id -> expiry), to recognise late engine spans."""
@@ -125,8 +130,8 @@ class EngineJoin:
             return
         with self._lock:
             self._recent.pop(engine_span.parent_span_id, None)
-            first = not self.upstream_traces
-            self.upstream_traces = True
+            first = not self.upstream_traces and self.mode == "auto"
+            self.upstream_traces = self.upstream_traces or first
         mark = engine_span.attributes.add()  # one event per request: the proxy's is already written
         mark.key = "monitor.joined_into"
         mark.value.string_value = engine_span.parent_span_id.hex()
@@ -143,7 +148,8 @@ class EngineJoin:
             if not any(k in attrs for k in ENGINE_KEYS):
                 return  # some other child span, not the engine's request span
             entry.engine_seen = True
-            self.upstream_traces = True
+            if self.mode == "auto":
+                self.upstream_traces = True
             done = entry.end_ns is not None
             if done:
                 del self._open[engine_span.parent_span_id]
