@@ -5,7 +5,15 @@ from __future__ import annotations
 import random
 import threading
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "full_jitter"]
+
+
+def full_jitter(attempt: int, initial: float, maximum: float) -> float:
+    """Delay before retry number ``attempt`` (1-based): uniform in [0, min(maximum, initial * 2**(attempt-1))].
+
+    Stateless, for retries whose attempt count is stored (the alert outbox); full jitter spreads
+    the retries of many notifications that failed together."""
+    return random.uniform(0.0, min(maximum, initial * (2 ** max(0, min(attempt - 1, 60)))))
 
 
 class Backoff:

@@ -94,6 +94,14 @@ def main(ctx: click.Context, config_file: str | None, log_level: str | None) -> 
 
 _admin_port = click.option("--admin-port", type=int, default=None,
                            help="Local port `monitor check` and `monitor baseline` use to reach this process [9466].")
+_dashboard = [
+    click.option("--dashboard-port", type=int, default=None, help="Port of the dashboards [8501]; 0 = any free one."),
+    click.option("--no-dashboard", is_flag=True, default=False, help="Do not serve the dashboards in this process."),
+]
+
+
+def _dashboard_overrides(port: int | None, off: bool) -> dict[str, Any]:
+    return {"port": port, "enabled": False if off else None}
 
 
 @main.command()
@@ -101,10 +109,11 @@ _admin_port = click.option("--admin-port", type=int, default=None,
               help="chdb data directory [./monitor-data].")
 @click.option("--retention-days", type=int, default=None, help="TTL of every table [30].")
 @_admin_port
+@_with(_dashboard)
 @_with(_common)
 @click.pass_context
-def up(ctx, data_dir, retention_days, admin_port, upstream, proxy_port, scrape_url, host, grpc_port, http_port,
-       metrics_port, metrics_host):
+def up(ctx, data_dir, retention_days, admin_port, dashboard_port, no_dashboard, upstream, proxy_port, scrape_url, host,
+       grpc_port, http_port, metrics_port, metrics_host):
     """Embedded mode: OTLP receiver, ingest and ClickHouse (chdb) in one process."""
     from monitor.runtime.apps import Embedded
 
@@ -113,7 +122,8 @@ def up(ctx, data_dir, retention_days, admin_port, upstream, proxy_port, scrape_u
         store["url"] = f"chdb://{data_dir}"
     settings = _load(ctx, {"receiver": _receiver(host, grpc_port, http_port), "store": store,
                            "proxy": {"upstream": upstream, "port": proxy_port}, "scrape": {"url": scrape_url},
-                           "checks": {"admin_port": admin_port}, "telemetry": {"metrics_port": metrics_port, "metrics_host": metrics_host}})
+                           "checks": {"admin_port": admin_port}, "telemetry": {"metrics_port": metrics_port, "metrics_host": metrics_host},
+                           "dashboard": _dashboard_overrides(dashboard_port, no_dashboard)})
     if not settings.store.is_embedded:
         raise click.ClickException("`monitor up` is the embedded mode and needs a chdb:// store; "
                                    "use `monitor ingest --clickhouse URL` for a ClickHouse server")
@@ -165,10 +175,11 @@ def ingest(ctx, bootstrap, url, group_id, metrics_port, metrics_host):
                    "latency).")
 @click.option("--once", is_flag=True, help="Play the phases once, then keep serving without traffic.")
 @_admin_port
+@_with(_dashboard)
 @_with(_common[1:])
 @click.pass_context
-def demo(ctx, data_dir, server_port, rate, phase_seconds, once, admin_port, proxy_port, scrape_url, host,
-         grpc_port, http_port, metrics_port, metrics_host):
+def demo(ctx, data_dir, server_port, rate, phase_seconds, once, admin_port, dashboard_port, no_dashboard, proxy_port,
+         scrape_url, host, grpc_port, http_port, metrics_port, metrics_host):
     """`monitor up` with the reference model server behind the capture proxy and phased demo traffic."""
     from monitor.runtime.demo import Demo
 
@@ -178,7 +189,8 @@ def demo(ctx, data_dir, server_port, rate, phase_seconds, once, admin_port, prox
     settings = _load(ctx, {"receiver": _receiver(host, grpc_port, http_port), "store": store,
                            "proxy": {"port": proxy_port},
                            "scrape": {"url": scrape_url or f"http://127.0.0.1:{server_port}/metrics"},
-                           "checks": {"admin_port": admin_port}, "telemetry": {"metrics_port": metrics_port, "metrics_host": metrics_host}})
+                           "checks": {"admin_port": admin_port}, "telemetry": {"metrics_port": metrics_port, "metrics_host": metrics_host},
+                           "dashboard": _dashboard_overrides(dashboard_port, no_dashboard)})
     _run(lambda s: Demo(s, server_port=server_port, rate=rate, phase_seconds=phase_seconds, loop=not once),
          settings)
 
@@ -307,6 +319,113 @@ def checks(ctx, url, metrics_port, metrics_host):
 
     settings = _load(ctx, {"store": {"url": url}, "telemetry": {"metrics_port": metrics_port, "metrics_host": metrics_host}})
     _run(ChecksService, settings)
+
+
+@main.group()
+def alerts():
+    """Alert channels and rules (see the `alerts` section of the config)."""
+
+
+@alerts.command("test")
+@click.option("--channel", required=True, help="A channel name from alerts.channels.")
+@click.option("--wait", "wait_s", type=float, default=30.0, show_default=True,
+              help="Seconds to keep retrying before giving up.")
+@click.option("--clickhouse", "url", default=None)
+@click.option("--data-dir", default=None)
+@click.pass_context
+def alerts_test(ctx, channel, wait_s, url, data_dir):
+    """Send a test notification to CHANNEL and print the outcome; exit 1 when it was not delivered.
+
+    While `monitor up` holds the embedded store, it sends it (through its admin endpoint)."""
+    from monitor.checks.admin import admin_available, admin_call
+
+    settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
+    if channel not in settings.alerts.channels:
+        raise click.ClickException(f"no alert channel {channel!r} in the config; configured: "
+                                   f"{', '.join(sorted(settings.alerts.channels)) or 'none'}")
+    try:
+        if settings.store.is_embedded and admin_available(settings):
+            out = admin_call(settings, "/admin/alerts/test", {"channel": channel, "wait_s": wait_s},
+                             timeout=wait_s + 120)
+        else:
+            from monitor.alerts.service import AlertService
+            from monitor.runtime.apps import open_store
+            store = open_store(settings)
+            try:
+                out = AlertService(store, settings).send_test(channel, wait_s)
+            finally:
+                store.close()
+    except MonitorError as exc:
+        raise click.ClickException(str(exc)) from None
+    if out["status"] == "delivered":
+        click.echo(f"delivered to {channel} (notification {out['notification_id']}, "
+                   f"{out['attempts']} attempt{'s' if out['attempts'] != 1 else ''})")
+        return
+    click.echo(f"NOT delivered to {channel} after {out['attempts']} attempt(s): {out['error']}", err=True)
+    sys.exit(1)
+
+
+@alerts.command("list")
+@click.option("--history", type=int, default=20, show_default=True, help="Recent alert events to show.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--clickhouse", "url", default=None)
+@click.option("--data-dir", default=None)
+@click.pass_context
+def alerts_list(ctx, history, as_json, url, data_dir):
+    """Firing alerts, recent fire/resolve/test events, and the notification outbox."""
+    import json as _json
+
+    from monitor.checks.admin import admin_available, admin_call
+
+    settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
+    try:
+        if settings.store.is_embedded and admin_available(settings):
+            out = admin_call(settings, f"/admin/alerts?history={int(history)}")
+        else:
+            from monitor.alerts.service import list_alerts
+            from monitor.runtime.apps import open_store
+            store = open_store(settings)
+            try:
+                out = list_alerts(store, history)
+            finally:
+                store.close()
+    except MonitorError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(_json.dumps(out, indent=2))
+        return
+    click.echo(f"firing ({len(out['firing'])}):")
+    for a in out["firing"]:
+        click.echo(f"  [{a['severity']}] {a['rule']} {a['model']}{' [' + a['group'] + ']' if a['group'] else ''}"
+                   f" since {a['since']}: {a['summary']}")
+    click.echo("recent:")
+    for e in out["recent"]:
+        click.echo(f"  {e['timestamp']} {e['event']:<7} {e['summary']}")
+    if out["outbox"]:
+        click.echo("outbox: " + ", ".join(f"{o['channel']} {o['status']} {o['count']}" for o in out["outbox"]))
+    for d in out["dead"]:
+        click.echo(f"  dead: {d['channel']} {d['event']} {d['notification_id']} after {d['attempts']} "
+                   f"attempt(s): {d['error']}")
+
+
+@main.command()
+@click.option("--clickhouse", "url", default=None,
+              help="http(s)://user:pass@host:8123/db (a read-only user: deploy/clickhouse/users.d) or chdb:///path.")
+@click.option("--data-dir", default=None, help="Shorthand for --clickhouse chdb://DIR (not while `monitor up` holds it).")
+@click.option("--host", default=None, help="Bind address [127.0.0.1]; 0.0.0.0 in a container.")
+@click.option("--port", type=int, default=None, help="Port [8501].")
+@click.option("--metrics-port", type=int, default=None, help="Port of this process's /metrics [9468].")
+@click.option("--metrics-host", default=None, help="Bind address of /metrics [127.0.0.1].")
+@click.pass_context
+def dashboard(ctx, url, data_dir, host, port, metrics_port, metrics_host):
+    """Serve the dashboards (Streamlit) over a ClickHouse store, read-only (distributed mode).
+
+    `monitor up` serves them itself; use this against a ClickHouse server."""
+    from monitor.dashboard.server import DashboardApp
+
+    settings = _load(ctx, {"store": _store_overrides(url, data_dir), "dashboard": {"host": host, "port": port},
+                           "telemetry": {"metrics_port": metrics_port, "metrics_host": metrics_host}})
+    _run(DashboardApp, settings)
 
 
 @main.command("demo-server")

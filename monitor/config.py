@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, Field, SecretStr, ValidationError, field_validator,
+                      model_validator)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -49,6 +50,11 @@ __all__ = [
     "SloThresholds",
     "FeatureOverride",
     "TelemetrySettings",
+    "DashboardSettings",
+    "AlertsSettings",
+    "AlertChannel",
+    "AlertRule",
+    "AlertRetrySettings",
     "load",
     "CONFIG_ENV",
 ]
@@ -348,6 +354,128 @@ class ChecksSettings(_Section):
     """``monitor up`` answers ``monitor check`` / ``monitor baseline`` here (it holds the chdb lock)."""
 
 
+class AlertChannel(_Section):
+    """Where notifications go. URLs come from here only (never from a request).
+
+    ``webhook``: JSON, signed with HMAC-SHA256 over ``"{timestamp}.{body}"`` (``secret`` required);
+    ``slack``: an incoming-webhook URL; ``pagerduty``: Events API v2 (``routing_key`` required).
+    Secrets may come from the environment: ``MONITOR_ALERTS__CHANNELS__<NAME>__SECRET``.
+    """
+
+    type: Literal["webhook", "slack", "pagerduty"]
+    url: str | None = None
+    """http(s) URL; default for pagerduty: https://events.pagerduty.com/v2/enqueue."""
+    secret: SecretStr | None = None
+    """webhook: the HMAC key receivers verify with (``monitor.alerts.verify``)."""
+    routing_key: SecretStr | None = None
+    """pagerduty: the integration's routing key."""
+    timeout_s: float = Field(10.0, gt=0, le=300)
+    """Per request (connect + response); a timeout is retried like a 5xx."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Extra request headers (e.g. an Authorization the receiver wants)."""
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            parts = urlsplit(v)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"channel url must be an http:// or https:// URL with a host (got {v!r})")
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> "AlertChannel":
+        if self.type == "pagerduty":
+            self.url = self.url or "https://events.pagerduty.com/v2/enqueue"
+            if self.routing_key is None or not self.routing_key.get_secret_value():
+                raise ValueError("a pagerduty channel needs routing_key")
+        elif not self.url:
+            raise ValueError(f"a {self.type} channel needs url")
+        if self.type == "webhook" and (self.secret is None or not self.secret.get_secret_value()):
+            raise ValueError("a webhook channel needs secret (receivers verify the signature with it); "
+                             "set it in the file or as MONITOR_ALERTS__CHANNELS__<NAME>__SECRET")
+        return self
+
+
+class AlertRule(_Section):
+    """Fire when check results match; one alert per (rule, model, group), resolved when they clear.
+
+    A result matches when its check is ``check``, its metric matches the glob ``metric``, its model
+    one of ``models`` (globs; all when empty), and its status is ``status`` or worse -- or, with
+    ``above`` set, when its value is over ``above`` (a quality rate over a threshold) with at least
+    ``checks.min_samples`` events in the current window.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    check: Literal["feature_drift", "semantic_drift", "quality", "slo"]
+    metric: str = "*"
+    """Feature, quality signal, SLO or semantic field; shell-style glob (``*_rate``, ``latency_ms*``)."""
+    status: Literal["fail", "warn"] = "fail"
+    """``warn`` matches warn and fail."""
+    above: float | None = None
+    """Match on ``value > above`` instead of the status (e.g. ``refusal_rate`` above 0.05)."""
+    severity: Literal["info", "warning", "error", "critical"] = "warning"
+    for_s: float = Field(0.0, ge=0)
+    """Fire only once the condition has held this long (across check runs); 0: on the first match."""
+    cooldown_s: float = Field(3600.0, ge=0)
+    """After a resolve, the same alert does not fire again (or notify) until this has passed."""
+    models: CommaList = Field(default_factory=list)
+    channels: CommaList = Field(min_length=1)
+    send_resolved: bool = True
+    """Notify the channels when the alert clears, too."""
+
+
+class AlertRetrySettings(_Section):
+    """Delivery retries: exponential backoff with full jitter, until ``max_age_s`` after enqueueing."""
+
+    initial_s: float = Field(5.0, gt=0)
+    max_s: float = Field(300.0, gt=0)
+    max_age_s: float = Field(86400.0, gt=0)
+    """After this long undelivered, a notification is marked dead (with its last error)."""
+
+
+class AlertsSettings(_Section):
+    """Alert rules over check results, and the channels they notify (see README "Alerts")."""
+
+    enabled: bool = True
+    """Evaluate rules after each scheduled check run and deliver the outbox (when rules exist)."""
+    channels: dict[str, AlertChannel] = Field(default_factory=dict)
+    rules: list[AlertRule] = Field(default_factory=list)
+    retry: AlertRetrySettings = AlertRetrySettings()
+    poll_interval_s: float = Field(5.0, gt=0)
+    """How often the dispatcher looks for due notifications (new ones wake it at once)."""
+    source: str = "llm-monitor"
+    """Named as the source in PagerDuty events and Slack messages."""
+
+    @model_validator(mode="after")
+    def _references(self) -> "AlertsSettings":
+        names = [r.name for r in self.rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"alert rule names must be unique: {', '.join(dupes)}")
+        for r in self.rules:
+            missing = [c for c in r.channels if c not in self.channels]
+            if missing:
+                raise ValueError(f"rule {r.name!r} names unknown channel(s) {', '.join(missing)}; "
+                                 f"defined: {', '.join(sorted(self.channels)) or 'none'}")
+        if self.retry.max_s < self.retry.initial_s:
+            raise ValueError("alerts.retry.max_s must be at least alerts.retry.initial_s")
+        return self
+
+
+class DashboardSettings(_Section):
+    """The Streamlit dashboards: inside ``monitor up`` (sharing its chdb handle) or ``monitor dashboard``."""
+
+    enabled: bool = True
+    """Serve them inside ``monitor up`` (``monitor dashboard`` always does)."""
+    host: str = "127.0.0.1"
+    """Bind address. Loopback by default: the pages show prompts and completions."""
+    port: int = Field(8501, ge=0, le=65535)
+    """0 picks a free port (the log says which)."""
+    refresh_s: float = Field(10.0, ge=0)
+    """Auto-refresh interval of the Overview page; 0 turns it off."""
+
+
 class TelemetrySettings(_Section):
     """The monitor's own Prometheus /metrics endpoint."""
 
@@ -377,6 +505,8 @@ class Settings(BaseSettings):
     gpu: GpuSettings = GpuSettings()
     checks: ChecksSettings = ChecksSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    dashboard: DashboardSettings = DashboardSettings()
+    alerts: AlertsSettings = AlertsSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

@@ -71,6 +71,15 @@ class SelfMetrics:
             registry=r)
         self.redactions = Counter(
             "monitor_redactions", "Redacted findings in content, by kind", ["kind"], registry=r)
+        self.alerts_fired = Counter(
+            "monitor_alerts_fired", "Alerts that fired, by rule and severity", ["rule", "severity"], registry=r)
+        self.alerts_resolved = Counter(
+            "monitor_alerts_resolved", "Alerts that resolved, by rule", ["rule"], registry=r)
+        self.alert_notifications = Counter(
+            "monitor_alert_notifications", "Notification delivery attempts by channel and outcome "
+            "(delivered, retry, dead)", ["channel", "outcome"], registry=r)
+        self.alert_outbox_pending = Gauge(
+            "monitor_alert_outbox_pending", "Notifications waiting in the outbox, by channel", ["channel"], registry=r)
         self._server: WSGIServer | None = None
 
     def serve(self, host: str, port: int) -> int:

@@ -26,6 +26,9 @@ kafka_broker = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kafka_broker)  # type: ignore[union-attr]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# `monitor up` serves the dashboards on 8501 by default; the many tests that start it (in-process or as a
+# subprocess inheriting this environment) run without them. The dashboard tests turn them on with a free port.
+os.environ.setdefault("MONITOR_DASHBOARD__ENABLED", "false")
 
 
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
@@ -87,6 +90,7 @@ def settings(chdb_dir, tmp_path):
         "telemetry": {"metrics_port": 0},
         "ingest": {"flush_interval_ms": 100},
         "checks": {"enabled": False, "admin_port": 0},
+        "dashboard": {"enabled": False, "port": 0},
         "kafka": {"spans_topic": f"s_{uid}", "metrics_topic": f"m_{uid}", "logs_topic": f"l_{uid}",
                   "group_id": f"g_{uid}"},
     })

@@ -4,6 +4,7 @@
 (os._exit: no cleanup, no commit, like kill -9) right after the first batch is stored.
 """
 
+import logging
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ settings = load(overrides={
     "ingest": {"max_poll_records": 50, "max_batch_items": 50, "flush_interval_ms": 50},
     "telemetry": {"metrics_port": 0},
 })
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 app = Ingest(settings)
 real_write = app.writer.write
 
@@ -31,6 +33,6 @@ def write_then_die(rows, token):
 
 app.writer.write = write_then_die
 app.start()
-time.sleep(120)
+time.sleep(150)  # a loaded CI machine: the group join and the first fetch can take a while
 print("no batch arrived", flush=True)
 sys.exit(1)

@@ -22,6 +22,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 echo "installing llm-monitor[test] into $VENV" >&2
 "$VENV/bin/python" -m pip install -q -e '.[test]'
+if ! command -v chromium >/dev/null 2>&1; then  # the dashboard browser test drives Debian's chromium
+  echo "installing chromium (apt)" >&2
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null 2>&1 &&
+    $SUDO apt-get install -y -q chromium >/dev/null 2>&1; } || echo "could not install chromium; the browser test will fail" >&2
+fi
 echo "resolving the Kafka broker jars (Maven Central, cached)" >&2
 python3 deploy/kafka/broker.py resolve >&2
 export HF_HUB_OFFLINE=1

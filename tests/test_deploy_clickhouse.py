@@ -103,6 +103,10 @@ SHARDING_KEYS = {
     "check_distributions": "cityHash64(model)",
     "baselines": "cityHash64(model)",
     "embedding_cache": "cityHash64(text_hash)",
+    "alert_events": "cityHash64(alert_id)",
+    "alert_outbox": "cityHash64(notification_id)",
+    "alert_deliveries": "cityHash64(notification_id)",
+    "alert_state": "cityHash64(alert_id)",
 }
 # Metrics: deterministic per point, so a retried insert splits over the shards as the first try did.
 DEFAULT_SHARDING_KEY = "cityHash64(ServiceName, MetricName, TimeUnix)"

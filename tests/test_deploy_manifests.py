@@ -61,10 +61,10 @@ KUSTOMIZATION = K8S / "kustomization.yaml"
 MONITOR_IMAGE = "llm-monitor"
 FUTURE_ANNOTATION = "llm-monitor/requires"
 FUTURE_PROFILE = "future"
-FUTURE_COMMANDS = {"dashboard"}
+FUTURE_COMMANDS: set[str] = set()  # `monitor dashboard` exists now; the exemption is empty
 # The only objects allowed to carry the exemption.
-FUTURE_K8S = {("Deployment", "llm-monitor-dashboard")}
-FUTURE_COMPOSE = {"dashboard"}
+FUTURE_K8S: set[tuple[str, str]] = set()
+FUTURE_COMPOSE: set[str] = set()
 COMPOSE_SERVICES = {"kafka", "clickhouse", "ingest", "vllm", "sidecar", "checks", "dashboard"}
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
@@ -601,6 +601,8 @@ def listeners(sub: str, s: Settings, app: object = None) -> dict[int, Listener]:
     out[port] = Listener("self-metrics", s.telemetry.metrics_host)
     if sub == "up" and getattr(s, "checks", None) is not None and hasattr(s.checks, "admin_port"):
         out[s.checks.admin_port] = Listener("admin endpoint", s.checks.admin_host)
+    if sub == "dashboard" or (sub == "up" and getattr(getattr(s, "dashboard", None), "enabled", False)):
+        out[s.dashboard.port] = Listener("dashboards", s.dashboard.host)
     if sub in ("up", "sidecar"):
         if s.receiver.grpc_enabled:
             out[s.receiver.grpc_port] = Listener("OTLP/gRPC receiver", s.receiver.host)

@@ -42,10 +42,12 @@ def parse_time(text: str) -> datetime:
 
 
 class AdminServer:
-    """Serves ``/admin/check``, ``/admin/baseline`` and ``/admin/baselines`` on the given loop."""
+    """Serves ``/admin/check``, ``/admin/baseline``, ``/admin/baselines`` and ``/admin/alerts[/test]``
+    on the given loop."""
 
-    def __init__(self, runner, host: str, port: int):
+    def __init__(self, runner, host: str, port: int, alerts=None):
         self.runner = runner
+        self.alerts = alerts  # the AlertService, when alerts are configured (else None)
         self.host, self.port = host, port
         self._runner: web.AppRunner | None = None
 
@@ -55,6 +57,8 @@ class AdminServer:
         app.router.add_post("/admin/check", self._check)
         app.router.add_post("/admin/baseline", self._pin)
         app.router.add_get("/admin/baselines", self._list)
+        app.router.add_post("/admin/alerts/test", self._alert_test)
+        app.router.add_get("/admin/alerts", self._alerts)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
@@ -94,6 +98,26 @@ class AdminServer:
             "SELECT model, group, start, end, pinned_at, note FROM baselines FINAL ORDER BY model, group"))
         return web.Response(text=json.dumps([dict(zip(("model", "group", "from", "to", "pinned_at", "note"), r))
                                              for r in rows], default=str), content_type="application/json")
+
+
+    async def _alert_test(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if self.alerts is None:
+            return web.json_response({"error": "this monitor has no alert channels configured (alerts.channels)"},
+                                     status=400)
+        try:
+            out = await asyncio.get_running_loop().run_in_executor(None, lambda: self.alerts.send_test(
+                str(body["channel"]), float(body.get("wait_s", 30))))
+        except (MonitorError, KeyError, ValueError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(out)
+
+    async def _alerts(self, request: web.Request) -> web.Response:
+        from monitor.alerts.service import list_alerts
+
+        n = int(request.query.get("history", "20"))
+        out = await asyncio.get_running_loop().run_in_executor(None, lambda: list_alerts(self.runner.store, n))
+        return web.json_response(out)
 
 
 def _url(settings, path: str) -> str:

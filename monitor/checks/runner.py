@@ -9,6 +9,7 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Callable
 
 from monitor.checks.base import Check, CheckContext, Result, Scope, Window, worst
 from monitor.checks.results import write_results
@@ -120,7 +121,11 @@ class CheckRunner:
 
 
 class CheckScheduler:
-    """Runs :meth:`CheckRunner.run` every ``checks.interval_s`` in a daemon thread."""
+    """Runs :meth:`CheckRunner.run` every ``checks.interval_s`` in a daemon thread.
+
+    Listeners (:meth:`add_listener`, e.g. the alert manager) get each scheduled run's report, in
+    the scheduler's thread; one that raises is logged and does not stop the others or the schedule.
+    """
 
     def __init__(self, runner: CheckRunner, interval_s: float, first_delay_s: float = 30.0):
         self.runner = runner
@@ -129,6 +134,10 @@ class CheckScheduler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last: RunReport | None = None
+        self._listeners: list[Callable[[RunReport], None]] = []
+
+    def add_listener(self, listener: Callable[[RunReport], None]) -> None:
+        self._listeners.append(listener)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="monitor-checks", daemon=True)
@@ -149,5 +158,11 @@ class CheckScheduler:
                 self.last = self.runner.run()
             except Exception:
                 log.exception("scheduled checks failed; next try in %gs", self.interval_s)
+            else:
+                for listener in self._listeners:
+                    try:
+                        listener(self.last)
+                    except Exception:
+                        log.exception("check run listener %r failed", listener)
             if self._stop.wait(self.interval_s):
                 return

@@ -89,8 +89,14 @@ class Embedded(App):
         from monitor.checks.admin import AdminServer
         from monitor.checks.runner import CheckRunner, CheckScheduler
         self.check_runner = CheckRunner(self.store, s)
-        self.scheduler = CheckScheduler(self.check_runner, s.checks.interval_s) if s.checks.enabled else None
-        self.admin = AdminServer(self.check_runner, s.checks.admin_host, s.checks.admin_port)
+        self.scheduler = CheckScheduler(self.check_runner, s.checks.interval_s,
+                                        first_delay_s=min(30.0, s.checks.interval_s)) if s.checks.enabled else None
+        self.alerts = _alerts(self.store, s, self.metrics, self.scheduler)
+        self.admin = AdminServer(self.check_runner, s.checks.admin_host, s.checks.admin_port, self.alerts)
+        self.dashboard = None
+        if s.dashboard.enabled:  # Streamlit in a thread of this process, over this store (one chdb handle)
+            from monitor.dashboard.server import DashboardServer
+            self.dashboard = DashboardServer(s.dashboard.host, s.dashboard.port, self.store, s.dashboard.refresh_s)
 
     def start(self) -> None:
         import asyncio
@@ -101,14 +107,22 @@ class Embedded(App):
         port = asyncio.run_coroutine_threadsafe(self.admin.start(), self.receiver.loop).result(30)
         log.info("admin endpoint for `monitor check` / `monitor baseline` on http://%s:%d",
                  self.settings.checks.admin_host, port)
+        if self.alerts is not None:
+            self.alerts.start()
         if self.scheduler is not None:
             self.scheduler.start()
+        if self.dashboard is not None:
+            log.info("dashboard on %s", self.dashboard.start())
 
     def stop(self) -> None:
         import asyncio
         log.info("stopping: finishing requests in flight and flushing %d queued", self.transport.pending())
+        if self.dashboard is not None:  # first: no page queries while the store closes
+            self.dashboard.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
+        if self.alerts is not None:
+            self.alerts.stop()
         if self.receiver.loop.is_running():
             asyncio.run_coroutine_threadsafe(self.admin.stop(), self.receiver.loop).result(30)
         self.sources.stop()
@@ -186,15 +200,32 @@ class ChecksService(App):
         self.store = _open_store(settings)
         self.scheduler = CheckScheduler(CheckRunner(self.store, settings), settings.checks.interval_s,
                                         first_delay_s=1.0)
+        self.alerts = _alerts(self.store, settings, self.metrics, self.scheduler)
 
     def start(self) -> None:
         self._serve_metrics()
+        if self.alerts is not None:
+            self.alerts.start()
         self.scheduler.start()
 
     def stop(self) -> None:
         self.scheduler.stop()
+        if self.alerts is not None:
+            self.alerts.stop()
         self.store.close()
         self.metrics.close()
+
+
+def _alerts(store: Store, settings: Settings, metrics: SelfMetrics, scheduler):
+    """The alert service when rules or channels are configured, fed by the scheduler's runs."""
+    from monitor.alerts.service import AlertService
+
+    if not AlertService.wanted(settings):
+        return None
+    service = AlertService(store, settings, metrics)
+    if scheduler is not None:
+        scheduler.add_listener(service.on_report)
+    return service
 
 
 def run_until_signal(app) -> None:

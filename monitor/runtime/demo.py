@@ -47,6 +47,8 @@ class Demo:
         log.info("demo ready in %.0fs: reference server %s, capture proxy %s (try: curl %s/v1/models); "
                  "data in %s; `monitor status` shows progress", time.monotonic() - t0, self.server.url, proxy,
                  proxy, self.settings.store.chdb_path())
+        if self.embedded.dashboard is not None:
+            log.info("demo dashboards: open %s", self.embedded.dashboard.url)
 
     def stop(self) -> None:
         if self.traffic is not None:

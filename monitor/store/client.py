@@ -32,10 +32,12 @@ class Store:
     concurrent); chdb clients share the process's one engine.
     """
 
-    def __init__(self, settings: StoreSettings):
+    def __init__(self, settings: StoreSettings, readonly: bool = False):
         self.settings = settings
         self.database = settings.database_name()
         self.embedded = settings.is_embedded
+        self.readonly = readonly
+        """Open without ``CREATE DATABASE`` (a read-only user could not run it); for the dashboards."""
         self._local = threading.local()
         self._clients: list[Any] = []
         self._lock = threading.Lock()
@@ -67,7 +69,8 @@ class Store:
                 path.mkdir(parents=True, exist_ok=True)
                 with _chdb_lock:
                     c = clickhouse_connect.get_client(dsn=f"chdb://{path}")
-                c.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+                if not self.readonly:
+                    c.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
                 c.database = self.database
                 return c
             p = urlsplit(s.url)
@@ -78,7 +81,8 @@ class Store:
                 connect_timeout=s.connect_timeout_s, send_receive_timeout=s.insert_timeout_s,
                 autogenerate_session_id=False,
             )
-            c.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+            if not self.readonly:
+                c.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
             c.database = self.database
             return c
         except ClickHouseError as exc:

@@ -1,0 +1,76 @@
+"""What every dashboard query is narrowed by: a time range, models, status, text search.
+
+The time bucket of a chart is chosen from the range (:func:`bucket_seconds`), so a chart has at
+most about :data:`MAX_POINTS` points whatever range is picked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+__all__ = ["Filters", "RANGES", "MAX_POINTS", "bucket_seconds", "preset", "Status"]
+
+Status = Literal["all", "ok", "error"]
+
+RANGES: dict[str, timedelta] = {
+    "Last 15 minutes": timedelta(minutes=15),
+    "Last hour": timedelta(hours=1),
+    "Last 6 hours": timedelta(hours=6),
+    "Last 24 hours": timedelta(days=1),
+    "Last 7 days": timedelta(days=7),
+    "Last 30 days": timedelta(days=30),
+}
+"""The sidebar's presets (plus a custom range)."""
+
+MAX_POINTS = 180
+_STEPS = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
+
+
+def bucket_seconds(start: datetime, end: datetime, max_points: int = MAX_POINTS) -> int:
+    """The smallest step from a fixed ladder (10 s ... 1 week) giving at most ``max_points`` buckets."""
+    span = max(1.0, (end - start).total_seconds())
+    for step in _STEPS:
+        if span / step <= max_points:
+            return step
+    return _STEPS[-1]
+
+
+@dataclass(frozen=True)
+class Filters:
+    """``[start, end)`` in UTC, optionally only some models, one status, a text search.
+
+    ``status`` and ``search`` narrow the Requests page (and the Quality examples); the other
+    pages aggregate every status (error rates need both).
+    """
+
+    start: datetime
+    end: datetime
+    models: tuple[str, ...] = ()
+    status: Status = "all"
+    search: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        for t in (self.start, self.end):
+            if t.tzinfo is None:
+                raise ValueError("Filters times must be timezone-aware")
+        if self.end <= self.start:
+            raise ValueError(f"empty time range {self.start} .. {self.end}")
+        if self.status not in ("all", "ok", "error"):
+            raise ValueError(f"status must be all, ok or error (got {self.status!r})")
+
+    @property
+    def seconds(self) -> float:
+        return (self.end - self.start).total_seconds()
+
+    @property
+    def step(self) -> int:
+        return bucket_seconds(self.start, self.end)
+
+
+def preset(name: str, now: datetime | None = None, **kw: Any) -> Filters:
+    """Filters for one of :data:`RANGES` ending now (to the second)."""
+    end = (now or datetime.now(timezone.utc)).replace(microsecond=0) + timedelta(seconds=1)
+    return Filters(start=end - RANGES[name], end=end, **kw)

@@ -1,0 +1,10 @@
+"""The dashboards' queries: one function per panel, each taking a (read-only) store and a
+:class:`~monitor.dashboard.filters.Filters` and returning a small frame or list.
+
+Every aggregate is computed by ClickHouse; no query loads rows to aggregate them in Python.
+Values reach SQL only as ``{name:Type}`` parameters.
+"""
+
+from monitor.dashboard.queries import alerts, drift, latency, overview, quality, requests
+
+__all__ = ["overview", "latency", "drift", "quality", "requests", "alerts"]

@@ -1,0 +1,83 @@
+"""Alerts: what is firing, the history of fire / resolve events, the delivery log per channel.
+
+The tables come from schema 0009 (monitor/alerts/); a store without them (an older schema, a
+server whose cluster DDL predates it) reads as "no alerts", and :func:`available` says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from monitor.dashboard.filters import Filters
+from monitor.dashboard.queries._sql import TS, frame
+
+__all__ = ["TABLES", "available", "firing", "history", "deliveries", "delivery_summary", "outbox"]
+
+TABLES = ("alert_events", "alert_outbox", "alert_deliveries")
+
+
+def available(store) -> set[str]:
+    return store.tables() & set(TABLES)
+
+
+def _models(f: Filters, p: dict[str, Any]) -> str:
+    if not f.models:
+        return ""
+    p["models"] = list(f.models)
+    return " AND model IN {models:Array(String)}"
+
+
+def firing(store, f: Filters) -> pd.DataFrame:
+    """Alerts whose latest event is ``fire`` (whatever the time range: firing means now)."""
+    p: dict[str, Any] = {}
+    having_models = ""
+    if f.models:
+        p["models"] = list(f.models)
+        having_models = " AND model IN {models:Array(String)}"
+    return frame(store.query(
+        "SELECT alert_id, argMax(rule, timestamp) AS rule, argMax(severity, timestamp) AS severity, "
+        "argMax(model, timestamp) AS model, argMax(group, timestamp) AS group, max(timestamp) AS since, "
+        "argMax(summary, timestamp) AS summary, argMax(event, timestamp) AS last_event "
+        "FROM alert_events WHERE event IN ('fire', 'resolve') GROUP BY alert_id "
+        f"HAVING last_event = 'fire'{having_models} ORDER BY since DESC", p))
+
+
+def history(store, f: Filters, limit: int = 500) -> pd.DataFrame:
+    p: dict[str, Any] = {"start": f.start, "end": f.end, "limit": int(limit)}
+    cond = _models(f, p)
+    return frame(store.query(
+        "SELECT timestamp, event, rule, severity, model, group, summary, alert_id, notification_id "
+        f"FROM alert_events WHERE timestamp >= {{start:{TS}}} AND timestamp < {{end:{TS}}}{cond} "
+        "ORDER BY timestamp DESC LIMIT {limit:UInt32}", p))
+
+
+def deliveries(store, f: Filters, channel: str | None = None, limit: int = 500) -> pd.DataFrame:
+    p: dict[str, Any] = {"start": f.start, "end": f.end, "limit": int(limit)}
+    cond = ""
+    if channel:
+        cond = " AND channel = {channel:String}"
+        p["channel"] = channel
+    return frame(store.query(
+        "SELECT timestamp, channel, outcome, attempt, http_status, duration_ms, error, notification_id "
+        f"FROM alert_deliveries WHERE timestamp >= {{start:{TS}}} AND timestamp < {{end:{TS}}}{cond} "
+        "ORDER BY timestamp DESC LIMIT {limit:UInt32}", p))
+
+
+def delivery_summary(store, f: Filters) -> pd.DataFrame:
+    """Per channel in the range: attempts, delivered, retries, dead, median duration, last error."""
+    return frame(store.query(
+        "SELECT channel, count() AS attempts, countIf(outcome = 'delivered') AS delivered, "
+        "countIf(outcome = 'retry') AS retries, countIf(outcome = 'dead') AS dead, "
+        "quantile(0.5)(duration_ms) AS median_ms, max(timestamp) AS last_attempt, "
+        "argMaxIf(error, timestamp, error != '') AS last_error FROM alert_deliveries "
+        f"WHERE timestamp >= {{start:{TS}}} AND timestamp < {{end:{TS}}} GROUP BY channel ORDER BY channel",
+        {"start": f.start, "end": f.end}))
+
+
+def outbox(store) -> pd.DataFrame:
+    """Notifications per channel and status now (the outbox read with FINAL)."""
+    return frame(store.query(
+        "SELECT channel, status, count() AS notifications, min(created_at) AS oldest, max(attempts) AS max_attempts "
+        "FROM alert_outbox FINAL GROUP BY channel, status ORDER BY channel, status"))

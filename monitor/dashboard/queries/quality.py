@@ -1,0 +1,68 @@
+"""Quality: refusal, empty, truncated, invalid-JSON, PII, repetition, language-mismatch rates."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from monitor.dashboard.filters import Filters
+from monitor.dashboard.queries._sql import EVENTS, bucket, events_where, frame
+
+__all__ = ["SIGNALS", "rates", "rates_over_time", "examples"]
+
+SIGNALS: dict[str, tuple[str, str, str]] = {
+    "refusal": ("Refusals", "sum(refusal)", "count()"),
+    "empty": ("Empty outputs", "sum(empty_output)", "count()"),
+    "truncated": ("Truncated", "sum(truncated)", "count()"),
+    "invalid_json": ("Invalid JSON (where JSON was requested)", "countIf(json_valid = 0)",
+                     "countIf(json_valid IS NOT NULL)"),
+    "pii": ("PII in output", "countIf(pii_in_output > 0)", "count()"),
+    "repetition": ("Degenerate repetition", "sum(degenerate)", "count()"),
+    "language_mismatch": ("Language mismatch", "sum(language_mismatch)", "count()"),
+}
+"""signal -> (title, numerator, denominator): the same definitions as the quality check's rates."""
+
+_CONDITION = {
+    "refusal": "refusal = 1", "empty": "empty_output = 1", "truncated": "truncated = 1",
+    "invalid_json": "json_valid = 0", "pii": "pii_in_output > 0", "repetition": "degenerate = 1",
+    "language_mismatch": "language_mismatch = 1",
+}
+_AGG = ", ".join(f"{num} AS {k}_n, {den} AS {k}_d" for k, (_, num, den) in SIGNALS.items())
+
+
+def _rates(df: pd.DataFrame) -> pd.DataFrame:
+    for k in SIGNALS:
+        df[k] = df[f"{k}_n"] / df[f"{k}_d"].where(df[f"{k}_d"] > 0)
+    return df
+
+
+def rates(store, f: Filters) -> pd.DataFrame:
+    """Per model over the range: requests, and per signal the count (``<signal>_n``), the
+    denominator (``<signal>_d``) and the rate (``<signal>``)."""
+    where, p = events_where(f)
+    df = frame(store.query(f"SELECT model, count() AS requests, {_AGG} FROM {EVENTS} WHERE {where} "
+                           "GROUP BY model ORDER BY requests DESC, model", p))
+    return _rates(df) if not df.empty else df
+
+
+def rates_over_time(store, f: Filters) -> pd.DataFrame:
+    """Per bucket over the selected models: each signal's rate."""
+    where, p = events_where(f)
+    df = frame(store.query(f"SELECT {bucket()} AS t, count() AS requests, {_AGG} FROM {EVENTS} WHERE {where} "
+                           "GROUP BY t ORDER BY t", {**p, "step": f.step}))
+    if df.empty:
+        return df
+    df["t"] = pd.to_datetime(df["t"], utc=True)
+    return _rates(df)
+
+
+def examples(store, f: Filters, signal: str, limit: int = 20) -> pd.DataFrame:
+    """The latest requests flagged with ``signal`` (one of :data:`SIGNALS`), prompts and
+    completions cut at 2,000 characters; the sidebar's text search applies."""
+    if signal not in _CONDITION:
+        raise ValueError(f"unknown quality signal {signal!r}")
+    where, p = events_where(f, status=True, search=True)
+    return frame(store.query(
+        f"SELECT timestamp, model, leftUTF8(prompt, 2000) AS prompt_preview, leftUTF8(completion, 2000) AS completion_preview, "
+        f"finish_reason, prompt_language, completion_language, trace_id, span_id FROM {EVENTS} "
+        f"WHERE {where} AND {_CONDITION[signal]} ORDER BY timestamp DESC LIMIT {{limit:UInt32}}",
+        {**p, "limit": int(limit)}))

@@ -1,0 +1,105 @@
+"""Requests: a filtered list, one request's full record and its trace's spans."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pandas as pd
+
+from monitor.dashboard.filters import Filters
+from monitor.dashboard.queries._sql import EVENTS, events_where, frame
+
+__all__ = ["requests", "count", "listing", "detail", "spans"]
+
+PREVIEW_CHARS = 200
+COUNT_CAP = 10_000
+"""With a text search, matches are counted up to this many (the count stops reading there)."""
+_SEARCH_STEPS = (timedelta(hours=1), timedelta(hours=6), timedelta(days=1), timedelta(days=7))
+
+
+def requests(store, f: Filters, limit: int = 200) -> pd.DataFrame:
+    """The latest ``limit`` requests matching every filter (model, status, time, text in the prompt
+    or completion, case-insensitive), newest first, prompt and completion cut for the list."""
+    where, p = events_where(f, status=True, search=True)
+    return frame(store.query(
+        "SELECT timestamp, model, status_code AS status, error_type, latency_ms, ttft_ms, input_tokens, "
+        f"output_tokens, finish_reason, leftUTF8(prompt, {PREVIEW_CHARS}) AS prompt_preview, "
+        f"leftUTF8(completion, {PREVIEW_CHARS}) AS completion_preview, trace_id, span_id "
+        f"FROM {EVENTS} WHERE {where} ORDER BY timestamp DESC LIMIT {{limit:UInt32}}", {**p, "limit": int(limit)}))
+
+
+def count(store, f: Filters, cap: int | None = None) -> int:
+    """Requests matching every filter; with ``cap``, counting stops there (no full scan for a
+    common search term)."""
+    where, p = events_where(f, status=True, search=True)
+    if cap is None:
+        return int(store.query_rows(f"SELECT count() FROM {EVENTS} WHERE {where}", p)[0][0])
+    return int(store.query_rows(f"SELECT count() FROM (SELECT 1 FROM {EVENTS} WHERE {where} LIMIT {{cap:UInt32}})",
+                                {**p, "cap": int(cap)})[0][0])
+
+
+def listing(store, f: Filters, limit: int = 200) -> tuple[pd.DataFrame, int, bool]:
+    """The Requests page's list: ``(rows, count, exact)``.
+
+    Without a text search this is :func:`requests` and an exact :func:`count` (both read only the
+    ordering columns). With one, the text of every request in the range may have to be read, so the
+    range is searched newest first in growing windows (the last hour, 6 hours, day, week, the rest)
+    until ``limit`` rows are found: a common term stops in the first window; a rare one reads the
+    whole range once, and then its count is exact for free. A common term's count is capped at
+    :data:`COUNT_CAP` (``exact`` False)."""
+    if not f.search.strip():
+        rows = requests(store, f, limit)
+        return rows, count(store, f) if len(rows) >= limit else len(rows), True
+    parts: list[pd.DataFrame] = []
+    hi = f.end
+    for step in (*_SEARCH_STEPS, None):
+        lo = f.start if step is None else max(f.start, f.end - step)
+        if lo >= hi:
+            continue
+        have = sum(len(x) for x in parts)
+        got = requests(store, replace(f, start=lo, end=hi), limit - have)
+        if len(got):
+            parts.append(got)
+        hi = lo
+        if have + len(got) >= limit or lo <= f.start:
+            break
+    rows = pd.concat(parts, ignore_index=True) if parts else requests(store, f, 0)
+    if len(rows) < limit:
+        return rows, len(rows), True
+    n = count(store, f, cap=COUNT_CAP)
+    return rows, n, n < COUNT_CAP
+
+
+def detail(store, trace_id: str, span_id: str) -> dict[str, Any] | None:
+    """Every column of one request (``attributes`` as a dict)."""
+    res = store.query(f"SELECT * FROM {EVENTS} WHERE trace_id = {{t:String}} AND span_id = {{s:String}} LIMIT 1",
+                      {"t": trace_id, "s": span_id})
+    if not res.result_rows:
+        return None
+    return dict(zip(res.column_names, res.result_rows[0]))
+
+
+def spans(store, trace_id: str) -> pd.DataFrame:
+    """The spans of one trace (otel_traces), in start order, with offsets from the trace's start."""
+    bounds = store.query_rows("SELECT min(Start), max(End) FROM otel_traces_trace_id_ts WHERE TraceId = {t:String}",
+                              {"t": trace_id})
+    p: dict[str, Any] = {"t": trace_id}
+    cond = "TraceId = {t:String}"
+    if bounds and bounds[0][0] is not None and bounds[0][0].year > 1970:
+        # The companion table narrows the time range, so the main table reads a few parts only.
+        cond += (" AND toDateTime(Timestamp) >= {lo:DateTime} - INTERVAL 1 SECOND"
+                 " AND toDateTime(Timestamp) <= {hi:DateTime} + INTERVAL 1 SECOND")
+        p.update(lo=bounds[0][0], hi=bounds[0][1])
+    df = frame(store.query(
+        "SELECT Timestamp AS start, SpanName AS name, ServiceName AS service, SpanKind AS kind, "
+        "Duration / 1e6 AS duration_ms, StatusCode AS status, StatusMessage AS status_message, SpanId AS span_id, "
+        f"ParentSpanId AS parent_span_id, SpanAttributes AS attributes FROM otel_traces WHERE {cond} "
+        "ORDER BY Timestamp, SpanId", p))
+    if not df.empty:
+        t0 = df["start"].min()
+        df.insert(1, "offset_ms", [(t - t0).total_seconds() * 1000 for t in df["start"]])
+        df["attributes"] = [json.dumps(dict(a), ensure_ascii=False, sort_keys=True) for a in df["attributes"]]
+    return df

@@ -1,0 +1,146 @@
+"""Streamlit served from a background thread of this process.
+
+``monitor up`` keeps the main thread for its signal handling (Ctrl-C stops the dashboard first,
+then drains and flushes everything accepted, as before), so Streamlit's server runs on an event
+loop of its own in a daemon thread. This is what ``streamlit.web.bootstrap.run`` does, minus
+what only a process of its own may do: installing signal handlers, rewriting ``sys.argv``,
+watching files. The pages read the process's store (:func:`monitor.dashboard.store.register`),
+so inside ``monitor up`` they share the one chdb handle.
+
+:class:`DashboardApp` is ``monitor dashboard``: the same server over a read-only store of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from monitor.dashboard.store import register, unregister
+from monitor.runtime.apps import App
+
+__all__ = ["DashboardServer", "DashboardApp", "app_path"]
+
+log = logging.getLogger("monitor.dashboard")
+
+
+def app_path() -> Path:
+    """dashboards/app.py in a source checkout (or editable install), else the copy in the wheel."""
+    repo = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
+    if repo.is_file():
+        return repo
+    return Path(str(resources.files("monitor") / "_dashboards" / "app.py"))
+
+
+class DashboardServer:
+    """Start/stop Streamlit's server (``streamlit.web.server.Server``) on a thread of its own.
+
+    Streamlit allows one server per process (its ``Runtime`` is a singleton): start it once.
+    """
+
+    def __init__(self, host: str, port: int, store: Any, refresh_s: float = 10.0):
+        self.host, self.port = host, port
+        self.store = store
+        self.refresh_s = refresh_s
+        self.url: str | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: Any = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Serve; returns the URL once Streamlit accepts connections. Raises OSError when the port
+        is taken."""
+        from streamlit import config as st_config
+
+        register(self.store, refresh_s=self.refresh_s)
+        for key, value in {
+            "server.headless": True, "server.address": self.host, "server.port": self.port,
+            "browser.gatherUsageStats": False, "server.fileWatcherType": "none", "server.runOnSave": False,
+            "global.developmentMode": False, "client.toolbarMode": "viewer", "client.showErrorDetails": "type",
+            "browser.serverAddress": self.host, "browser.serverPort": self.port,
+        }.items():
+            st_config.set_option(key, value)
+        self._thread = threading.Thread(target=self._run, name="monitor-dashboard", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise OSError(f"the dashboard did not start within {timeout:.0f} s")
+        if self._error is not None:
+            err = self._error
+            if isinstance(err, SystemExit):  # Streamlit exits when a manually set port is taken
+                raise OSError(f"dashboard port {self.host}:{self.port} is not available "
+                              "(--dashboard-port, or --no-dashboard)") from None
+            raise OSError(f"the dashboard did not start: {err}") from err
+        self.port = int(st_config.get_option("server.port"))  # the real one when 0 was asked for
+        shown = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        self.url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{self.port}"
+        return self.url
+
+    def _run(self) -> None:
+        from streamlit.web import bootstrap
+        from streamlit.web.server import Server
+
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            server = Server(str(app_path()), False)
+            loop.run_until_complete(server.start())
+            bootstrap.prepare_streamlit_environment(str(app_path()))
+            self._server = server
+        except BaseException as exc:  # SystemExit included: Streamlit exits on a taken port
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_until_complete(server.stopped)
+        except Exception:
+            log.exception("the dashboard server failed")
+        finally:
+            loop.close()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop serving (open sessions end; their queries finish first). Safe to call twice."""
+        loop, server, thread = self._loop, self._server, self._thread
+        if loop is not None and server is not None and thread is not None and thread.is_alive():
+            try:
+                loop.call_soon_threadsafe(server.stop)
+            except RuntimeError:  # the loop already closed
+                pass
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("the dashboard did not stop within %.0f s; leaving its daemon thread", timeout)
+        self._server = None
+        unregister()
+
+
+class DashboardApp(App):
+    """``monitor dashboard --clickhouse URL``: the dashboards over a read-only store of their own."""
+
+    default_metrics_port = 9468
+    role = "dashboard"
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        from monitor.store.client import Store
+
+        self.store = Store(settings.store, readonly=True)
+        d = settings.dashboard
+        self.server = DashboardServer(d.host, d.port, self.store, d.refresh_s)
+
+    def start(self) -> None:
+        self._serve_metrics()
+        log.info("store: %s (read-only)", self.store.describe())
+        url = self.server.start()
+        log.info("dashboard on %s", url)
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.store.close()
+        self.metrics.close()

@@ -1,0 +1,188 @@
+"""Rendering helpers shared by the pages in ``dashboards/``: the sidebar filters, empty states,
+plain-text display of user content, number formats, plotly charts.
+
+User content (prompts, completions, attributes, error texts) is only ever shown with
+:func:`plain` (``st.code``: literal text, no markdown, no HTML) or inside ``st.dataframe`` (a
+canvas grid of plain strings). ``st.markdown`` here only renders this module's own constant text.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time as dtime, timedelta, timezone
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from monitor.dashboard.filters import RANGES, Filters, preset
+from monitor.dashboard.store import get_store, options
+
+__all__ = ["store", "sidebar", "filters", "require_events", "plain", "table", "line_chart", "fmt_ms", "fmt_rate",
+           "fmt_pct", "fmt_num", "md_escape", "CUSTOM", "NO_DATA_HELP"]
+
+CUSTOM = "Custom"
+_STATE = "monitor_filters"
+_DEFAULT_RANGE = "Last 24 hours"
+
+NO_DATA_HELP = """
+**No requests recorded yet.** Point a model server or its clients at the monitor:
+
+- **Clients through the capture proxy** (prompts, completions, client-seen TTFT): start
+  `monitor up --upstream http://127.0.0.1:8000` and use `http://127.0.0.1:8080/v1` as the
+  OpenAI base URL instead of the server's own.
+- **The server's own traces**: vLLM `--otlp-traces-endpoint http://127.0.0.1:4317`, or any
+  OpenTelemetry SDK with `OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318`.
+- **Engine metrics** (KV cache, queue depth): add `--scrape http://127.0.0.1:8000/metrics`.
+- **Just looking?** `monitor demo` runs a small model server with traffic in front of it.
+
+See the README's *Quick start*.
+"""
+
+
+def store():
+    """The read-only store (see :mod:`monitor.dashboard.store`)."""
+    return get_store()
+
+
+# -- filters ---------------------------------------------------------------------------------------
+
+
+def sidebar() -> None:
+    """The filters every page shares, in the sidebar (rendered by ``dashboards/app.py`` on every
+    page, so a choice survives switching pages)."""
+    from monitor.dashboard.queries import overview
+
+    sb = st.sidebar
+    sb.title("llm-monitor")
+    names = [*RANGES, CUSTOM]
+    choice = sb.selectbox("Time range", names, index=names.index(_DEFAULT_RANGE), key="f_range")
+    custom = None
+    if choice == CUSTOM:
+        today = datetime.now(timezone.utc).date()
+        picked = sb.date_input("From / to (UTC, inclusive)", value=(today - timedelta(days=1), today), key="f_dates")
+        if isinstance(picked, (tuple, list)) and len(picked) == 2:
+            custom = (picked[0], picked[1])
+    sel = _selection(choice, custom, (), "all", "")
+    try:
+        available = overview.models(store(), _build(sel))
+    except Exception as exc:  # an unreachable store: the page says so
+        available = []
+        sb.caption(f"cannot list models: {type(exc).__name__}")
+    chosen = sb.multiselect("Models", sorted(set(available) | set(st.session_state.get("f_models", []))),
+                            key="f_models", placeholder="all models")
+    status = sb.radio("Status", ["all", "ok", "error"], horizontal=True, key="f_status",
+                      help="Requests page and quality examples")
+    search = sb.text_input("Search prompts and completions", key="f_search",
+                           help="Case-insensitive substring; Requests page and quality examples")
+    st.session_state[_STATE] = _selection(choice, custom, tuple(chosen), status, search)
+    sb.caption(md_escape(f"store: {store().describe()} (read-only)"))
+
+
+def _selection(choice, custom, models, status, search) -> dict[str, Any]:
+    return {"range": choice, "custom": custom, "models": tuple(models), "status": status, "search": search}
+
+
+def _build(sel: dict[str, Any]) -> Filters:
+    kw = {"models": tuple(sel.get("models") or ()), "status": sel.get("status") or "all",
+          "search": sel.get("search") or ""}
+    if sel.get("range") == CUSTOM and sel.get("custom"):
+        a, b = sel["custom"]
+        start = datetime.combine(a, dtime.min, tzinfo=timezone.utc)
+        end = datetime.combine(b, dtime.min, tzinfo=timezone.utc) + timedelta(days=1)
+        return Filters(start=start, end=max(end, start + timedelta(seconds=1)), **kw)
+    name = sel.get("range") if sel.get("range") in RANGES else _DEFAULT_RANGE
+    return preset(name, **kw)
+
+
+def filters() -> Filters:
+    """The sidebar's filters as of now (a preset range ends at the current second, so an
+    auto-refreshing fragment calling this again moves with time)."""
+    return _build(st.session_state.get(_STATE) or {})
+
+
+def refresh_interval() -> float | None:
+    s = float(options().get("refresh_s", 10.0))
+    return s if s > 0 else None
+
+
+def require_events(s) -> None:
+    """Stop the page with instructions when nothing was ever recorded."""
+    from monitor.dashboard.queries import overview
+
+    if not overview.has_events(s):
+        st.info(NO_DATA_HELP, icon=":material/info:")
+        st.stop()
+
+
+def no_rows(f: Filters, what: str = "requests") -> None:
+    st.info(f"No {what} between {f.start:%Y-%m-%d %H:%M} and {f.end:%Y-%m-%d %H:%M} UTC"
+            f"{' for the selected models' if f.models else ''}. Widen the time range or clear the model filter.",
+            icon=":material/search_off:")
+
+
+# -- display ----------------------------------------------------------------------------------------
+
+
+def plain(label: str, text: Any, empty: str = "(empty)") -> None:
+    """``text`` exactly as stored: a code block (no markdown, no HTML), wrapped."""
+    st.caption(label)
+    value = "" if text is None else str(text)
+    st.code(value if value else empty, language=None, wrap_lines=True)
+
+
+def md_escape(text: Any) -> str:
+    """``text`` for a place that renders markdown (expander and widget labels): every markdown
+    and HTML character escaped, so stored text can never become a link, an image or a tag."""
+    return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in str(text)).replace("\n", " ")
+
+
+_MD_SPECIAL = set("\\`*_{}[]()<>#+-.!|~$:&")
+
+
+def table(df: pd.DataFrame, **kw: Any) -> None:
+    st.dataframe(df, hide_index=True, width="stretch", **kw)
+
+
+def line_chart(df: pd.DataFrame, y: str, color: str | None, title: str, y_title: str, percent: bool = False,
+               key: str | None = None) -> None:
+    import plotly.express as px
+
+    fig = px.line(df, x="t", y=y, color=color, markers=len(df) < 40, title=title)
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10), legend_title_text="", xaxis_title=None,
+                      yaxis_title=y_title)
+    f = filters()  # the whole selected range on the time axis, however few buckets have data
+    fig.update_xaxes(range=[_naive_utc(f.start), _naive_utc(f.end)])
+    if percent:
+        fig.update_yaxes(tickformat=".1%")
+    st.plotly_chart(fig, width="stretch", key=key)
+
+
+def _naive_utc(t: datetime) -> datetime:
+    """plotly.js has no time zones: UTC wall time, as the queries return it."""
+    return t.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def fmt_ms(v: Any) -> str:
+    if v is None or v != v:
+        return "–"
+    return f"{v / 1000:,.2f} s" if v >= 10_000 else f"{v:,.0f} ms"
+
+
+def fmt_rate(v: Any, unit: str = "/s") -> str:
+    if v is None or v != v:
+        return "–"
+    if v >= 100:
+        return f"{v:,.0f}{unit}"
+    return f"{v:,.2f}{unit}" if v >= 1 or v == 0 else f"{v:.3g}{unit}"
+
+
+def fmt_pct(v: Any) -> str:
+    if v is None or v != v:
+        return "–"
+    return f"{v * 100:.2f}%"
+
+
+def fmt_num(v: Any) -> str:
+    if v is None or v != v:
+        return "–"
+    return f"{int(v):,}"

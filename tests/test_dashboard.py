@@ -1,0 +1,331 @@
+"""The dashboards against a seeded store (Streamlit's AppTest, in-process): every page renders
+without an exception and shows the numbers the seeded rows imply; prompts with HTML and markdown
+are shown literally; the read-only guard refuses writes; queries are parameterised."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor.dashboard.filters import Filters, bucket_seconds
+from monitor.dashboard.store import ReadOnlyError, ReadOnlyStore, register, unregister
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "dashboards" / "app.py"
+INJECTION = "<script>alert(1)</script> and [click](http://evil) **bold**"
+COMPLETION_INJECTION = "<img src=x onerror=alert(2)> [more](javascript:alert(3))"
+
+ALERT_DDL = [
+    "CREATE TABLE IF NOT EXISTS alert_events (timestamp DateTime64(3), alert_id String, rule LowCardinality(String), "
+    "severity LowCardinality(String), model LowCardinality(String), group String, event LowCardinality(String), "
+    "notification_id String, summary String, details String) ENGINE = MergeTree ORDER BY (rule, model, group, timestamp)",
+    "CREATE TABLE IF NOT EXISTS alert_outbox (notification_id String, channel LowCardinality(String), alert_id String, "
+    "event LowCardinality(String), created_at DateTime64(3), updated_at DateTime64(3), status LowCardinality(String), "
+    "attempts UInt32, next_attempt_at DateTime64(3), last_error String, payload String) "
+    "ENGINE = ReplacingMergeTree(updated_at) ORDER BY (notification_id, channel)",
+    "CREATE TABLE IF NOT EXISTS alert_deliveries (timestamp DateTime64(3), notification_id String, "
+    "channel LowCardinality(String), attempt UInt32, outcome LowCardinality(String), http_status Nullable(UInt16), "
+    "error String, duration_ms Float64) ENGINE = MergeTree ORDER BY (channel, timestamp)",
+]
+
+EVENT_COLUMNS = ("timestamp", "trace_id", "span_id", "service_name", "model", "operation", "source", "prompt",
+                 "completion", "input_tokens", "output_tokens", "ttft_ms", "latency_ms", "queue_ms", "prefill_ms",
+                 "decode_ms", "engine_latency_ms", "gpu_seconds", "gpu_cost", "finish_reason", "status_code",
+                 "error_type", "refusal", "empty_output", "truncated", "json_valid", "pii_in_output", "degenerate",
+                 "language_mismatch", "prompt_language", "completion_language", "attributes")
+
+
+def _events(now: datetime) -> list[list]:
+    """alpha: 300 requests, latency 10..3000 ms, TTFT 1..300 ms, 100 + 50 tokens, every 30th an error,
+    every 10th a refusal; beta: 60 requests at 5000 ms / 500 ms, 10 + 10 tokens, the latest one carrying
+    the injection strings. All within the last hour."""
+    rows = []
+    for i in range(300):
+        err = i % 30 == 0
+        rows.append([now - timedelta(seconds=10 + i * 9), f"{i:032x}", f"{i:016x}", "svc", "alpha", "chat", "proxy",
+                     f"alpha prompt {i}", "" if i == 5 else f"alpha answer {i}", 100, 50, float(i + 1),
+                     float(10 * (i + 1)), 5.0, 20.0, 10.0 * (i + 1) - 40, 10.0 * (i + 1) - 10, 1.0, 0.001,
+                     "stop", "Error" if err else "Ok", "500" if err else "", int(i % 10 == 0), int(i == 5), 0,
+                     None, 0, 0, 0, "en", "en", {}])
+    for i in range(60):
+        latest = i == 0
+        rows.append([now - timedelta(seconds=2 + i * 50), f"b{i:031x}", f"b{i:015x}", "svc", "beta", "chat", "proxy",
+                     INJECTION if latest else f"beta prompt {i}", COMPLETION_INJECTION if latest else f"beta answer {i}",
+                     10, 10, 500.0, 5000.0, None, None, None, None, None, None, "length", "Ok", "", 0, 0, 1,
+                     1 if i % 2 else 0, 0, 0, int(i < 6), "de", "en" if i < 6 else "de", {"tenant": "t1"}])
+    return rows
+
+
+@pytest.fixture
+def seeded(store):
+    now = datetime.now(timezone.utc)
+    store.insert("inference_events", _events(now), EVENT_COLUMNS)
+    trace = f"b{0:031x}"
+    store.insert("otel_traces", [
+        [now - timedelta(seconds=2), trace, f"b{0:015x}", "", "chat beta", "Client", "svc", {"gen_ai.request.model": "beta"},
+         5_000_000_000, "Ok"],
+        [now - timedelta(seconds=1.9), trace, "c" * 16, f"b{0:015x}", "llm_request", "Server", "engine",
+         {"gen_ai.latency.time_in_queue": "0.1"}, 4_800_000_000, "Ok"],
+    ], ("Timestamp", "TraceId", "SpanId", "ParentSpanId", "SpanName", "SpanKind", "ServiceName", "SpanAttributes",
+        "Duration", "StatusCode"))
+    _seed_checks(store, now)
+    _seed_alerts(store, now)
+    ro = register(store, refresh_s=0)
+    yield {"now": now, "store": ro}
+    unregister()
+
+
+def _seed_checks(store, now: datetime) -> None:
+    cols = ("run_id", "timestamp", "check", "model", "group", "metric", "method", "window_start", "window_end",
+            "reference_start", "reference_end", "reference_kind", "value", "reference_value", "threshold", "p_value",
+            "status", "current_n", "reference_n", "details")
+    clusters = [{"cluster": 0, "label": "refund order", "reference_share": 0.1, "current_share": 0.4, "change": 0.3,
+                 "examples": [INJECTION, "where is my refund"]},
+                {"cluster": 1, "label": "password reset", "reference_share": 0.5, "current_share": 0.2, "change": -0.3,
+                 "examples": ["reset my password"]}]
+    rows = []
+    for k, minutes in enumerate((50, 20)):
+        t = now - timedelta(minutes=minutes)
+        w = (t - timedelta(hours=1), t, t - timedelta(days=1, hours=1), t - timedelta(days=1), "day")
+        rows.append([f"r{k}", t, "feature_drift", "alpha", "", "latency_ms", "wasserstein", *w, 0.05 + 0.25 * k, None,
+                     0.1, None, "fail" if k else "ok", 300, 280, "{}"])
+        rows.append([f"r{k}", t, "feature_drift", "alpha", "", "ttft_ms", "wasserstein", *w, 0.02, None, 0.1, None,
+                     "ok", 300, 280, "{}"])
+        rows.append([f"r{k}", t, "semantic_drift", "alpha", "", "prompt", "mmd", *w, 0.012, None, 0.01,
+                     0.001 if k else 0.5, "fail" if k else "ok", 300, 280, json.dumps({"clusters": clusters})])
+    store.insert("check_results", rows, cols)
+    t = now - timedelta(minutes=20)
+    store.insert("check_distributions", [
+        ["r1", t, "feature_drift", "alpha", "", "latency_ms", f"[{b}, {b + 1})", b, 0.25, s]
+        for b, s in enumerate((0.1, 0.2, 0.3, 0.4))],
+        ("run_id", "timestamp", "check", "model", "group", "metric", "bucket", "bucket_order", "reference_share",
+         "current_share"))
+
+
+def _seed_alerts(store, now: datetime) -> None:
+    for ddl in ALERT_DDL:  # schema 0009 creates them; older schemas do not
+        store.command(ddl)
+    cols = ("timestamp", "alert_id", "rule", "severity", "model", "group", "event", "notification_id", "summary",
+            "details")
+    store.insert("alert_events", [
+        [now - timedelta(minutes=30), "a1", "latency-p95", "critical", "alpha", "", "fire", "n1", "p95 over 2 s", "{}"],
+        [now - timedelta(minutes=40), "a2", "refusals", "warning", "beta", "", "fire", "n2", "refusals up", "{}"],
+        [now - timedelta(minutes=10), "a2", "refusals", "warning", "beta", "", "resolve", "n3", "refusals normal", "{}"],
+    ], cols)
+    store.insert("alert_deliveries", [
+        [now - timedelta(minutes=30), "n1", "ops", 1, "retry", 503, "HTTP 503", 40.0],
+        [now - timedelta(minutes=29), "n1", "ops", 2, "delivered", 200, "", 30.0],
+        [now - timedelta(minutes=40), "n2", "slack", 1, "delivered", 200, "", 50.0],
+    ], ("timestamp", "notification_id", "channel", "attempt", "outcome", "http_status", "error", "duration_ms"))
+    store.insert("alert_outbox", [
+        ["n1", "ops", "a1", "fire", now, now, "delivered", 2, now, "", "{}"],
+    ], ("notification_id", "channel", "alert_id", "event", "created_at", "updated_at", "status", "attempts",
+        "next_attempt_at", "last_error", "payload"))
+
+
+def _app(last: str = "Last hour"):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    at.selectbox(key="f_range").set_value(last).run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def _page(at, path: str):
+    at.switch_page(path).run()
+    assert not at.exception, f"{path}: " + "; ".join(e.message + "\n" + "\n".join(e.stack_trace) for e in at.exception)
+    return at
+
+
+def _metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def _all_text(at) -> list[str]:
+    """Everything rendered as markdown (markdown, captions, info boxes) -- where injected text must never be."""
+    out = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    for kind in ("info", "success", "warning", "error"):
+        out += [e.value for e in getattr(at, kind)]
+    return out
+
+
+def _q(values, level):
+    return float(np.quantile(np.asarray(values, dtype=float), level))
+
+
+def test_overview_shows_rates_errors_and_quantiles(seeded):
+    at = _app()
+    m = _metrics(at)
+    assert at.header[0].value == "Overview"
+    assert m["Requests"] == "360"
+    assert m["Requests/s"] == "0.1/s"                     # 360 in 3,600 s
+    assert m["Tokens/s"] == f"{(300 * 150 + 60 * 20) / 3600:,.2f}/s"
+    assert m["Error rate"] == f"{10 / 360 * 100:.2f}%"
+    latencies = [10.0 * (i + 1) for i in range(300)] + [5000.0] * 60
+    ttfts = [float(i + 1) for i in range(300)] + [500.0] * 60
+    for p in (50, 95, 99):
+        assert m[f"Latency p{p}"] == f"{_q(latencies, p / 100):,.0f} ms" or \
+            m[f"Latency p{p}"] == f"{_q(latencies, p / 100) / 1000:,.2f} s"
+        assert m[f"TTFT p{p}"] == f"{_q(ttfts, p / 100):,.0f} ms"
+    per_model = at.dataframe[0].value.set_index("model")
+    assert per_model.loc["alpha", "requests"] == 300 and per_model.loc["beta", "requests"] == 60
+    assert per_model.loc["alpha", "error_rate"] == pytest.approx(10 / 300)
+    assert per_model.loc["alpha", "latency_p50"] == pytest.approx(_q(latencies[:300], 0.5))
+    assert per_model.loc["beta", "ttft_p99"] == pytest.approx(500.0)
+
+
+def test_model_filter_narrows_every_number(seeded):
+    at = _app()
+    at.multiselect(key="f_models").set_value(["beta"]).run()
+    assert not at.exception
+    m = _metrics(at)
+    assert m["Requests"] == "60" and m["Error rate"] == "0.00%" and m["Latency p50"] == "5,000 ms"
+
+
+def test_latency_gpu_page_breaks_down_engine_time_and_cost(seeded):
+    at = _page(_app(), "views/latency_gpu.py")
+    assert at.header[0].value == "Latency & GPU"
+    bd = at.dataframe[0].value.set_index("model")
+    assert bd.loc["alpha", "with engine timings"] == 300 and bd.loc["beta", "with engine timings"] == 0
+    assert bd.loc["alpha", "queue p50"] == pytest.approx(5.0)
+    assert bd.loc["alpha", "client latency p50"] == pytest.approx(1505.0)
+    assert bd.loc["alpha", "engine latency p50"] == pytest.approx(1495.0)
+    cost = at.dataframe[1].value.set_index("model")
+    assert cost.loc["alpha", "cost"] == pytest.approx(0.3)
+    assert cost.loc["alpha", "cost per 1k tokens"] == pytest.approx(0.3 / (300 * 150) * 1000)
+    infos = " ".join(i.value for i in at.info)
+    assert "No GPU metrics" in infos and "--scrape" in infos  # empty states say what to do
+
+
+def test_drift_page_shows_scores_distributions_and_clusters_literally(seeded):
+    at = _page(_app(), "views/drift.py")
+    m = _metrics(at)
+    assert m["Results"] == "3" and m["Drifting"] == "2"
+    latest = at.dataframe[0].value
+    row = latest[(latest["metric"] == "latency_ms")].iloc[0]
+    assert row["status"] == "fail" and row["value"] == pytest.approx(0.30)
+    assert m["p-value"] == "0.001" and m["Status"] == "fail"
+    assert INJECTION in [c.value for c in at.code]           # an example prompt, as plain text
+    assert all("<script>" not in t and "](http://evil)" not in t for t in _all_text(at))
+    assert any("grew 30.0 pts" in e.label for e in at.expander)
+    assert any("shrank 30.0 pts" in e.label for e in at.expander)
+
+
+def test_quality_page_rates_and_examples(seeded):
+    at = _page(_app(), "views/quality.py")
+    m = _metrics(at)
+    assert m["Refusals"] == f"{30 / 360 * 100:.2f}%"
+    assert m["Truncated"] == f"{60 / 360 * 100:.2f}%"
+    assert m["Invalid JSON (where JSON was requested)"] == "50.00%"   # of beta's 60 JSON requests, 30 invalid
+    assert m["Language mismatch"] == f"{6 / 360 * 100:.2f}%"
+    assert m["Empty outputs"] == f"{1 / 360 * 100:.2f}%"
+    per_model = at.dataframe[0].value.set_index("model")
+    assert per_model.loc["alpha", "refusal"] == pytest.approx(0.1)
+    at.selectbox(key="quality_signal").set_value("truncated").run()
+    assert INJECTION in [c.value for c in at.code]
+    assert COMPLETION_INJECTION in [c.value for c in at.code]
+
+
+def test_requests_page_filters_and_shows_one_request_literally(seeded):
+    at = _page(_app(), "views/requests.py")
+    rows = at.dataframe[0].value
+    assert len(rows) == 200 and rows.iloc[0]["prompt"] == INJECTION   # newest first, plain cell text
+    codes = [c.value for c in at.code]
+    assert INJECTION in codes and COMPLETION_INJECTION in codes
+    assert all("<script>" not in t and "](http://evil)" not in t and "<img" not in t for t in _all_text(at))
+    spans = at.dataframe[1].value
+    assert list(spans["name"]) == ["chat beta", "llm_request"]
+    m = _metrics(at)
+    assert m["Latency"] == "5,000 ms" and m["Finish reason"] == "length"
+
+    at.radio(key="f_status").set_value("error").run()
+    rows = at.dataframe[0].value
+    assert len(rows) == 10 and set(rows["status"]) == {"Error"}
+    at.radio(key="f_status").set_value("all").run()
+    at.text_input(key="f_search").set_value("ALPHA ANSWER 29").run()   # case-insensitive, prompt or completion
+    rows = at.dataframe[0].value
+    assert sorted(rows["completion"]) == sorted(["alpha answer 29"] + [f"alpha answer {i}" for i in range(290, 300)])
+    assert not at.exception
+
+
+def test_alerts_page_firing_history_and_deliveries(seeded):
+    at = _page(_app(), "views/alerts.py")
+    m = _metrics(at)
+    assert m["Firing"] == "1" and m["Fired in range"] == "2" and m["Resolved in range"] == "1"
+    firing = at.dataframe[0].value
+    assert list(firing["alert_id"]) == ["a1"] and firing.iloc[0]["severity"] == "critical"
+    assert len(at.dataframe[1].value) == 3
+    summary = at.dataframe[2].value.set_index("channel")
+    assert summary.loc["ops", "attempts"] == 2 and summary.loc["ops", "retries"] == 1
+    assert summary.loc["ops", "last_error"] == "HTTP 503"
+    deliveries = at.dataframe[3].value
+    assert set(deliveries["channel"]) == {"ops"}
+    outbox = at.dataframe[4].value
+    assert outbox.iloc[0]["status"] == "delivered"
+
+
+def test_empty_store_tells_the_user_what_to_do(store):
+    from streamlit.testing.v1 import AppTest
+
+    register(store, refresh_s=0)
+    try:
+        at = AppTest.from_file(str(APP), default_timeout=60).run()
+        assert not at.exception
+        assert "http://127.0.0.1:8080/v1" in at.info[0].value and ":4317" in at.info[0].value
+        for page in ("views/latency_gpu.py", "views/quality.py", "views/requests.py", "views/drift.py",
+                     "views/alerts.py"):
+            _page(at, page)
+            assert at.info, page
+    finally:
+        unregister()
+
+
+def test_read_only_guard_refuses_writes_and_multiple_statements(store):
+    ro = ReadOnlyStore(store)
+    for sql in ("INSERT INTO inference_events (model) VALUES ('x')", "DROP TABLE inference_events",
+                "  -- hidden\n ALTER TABLE inference_events DELETE WHERE 1", "/* c */ OPTIMIZE TABLE inference_events",
+                "SELECT 1; DROP TABLE inference_events", "SYSTEM FLUSH LOGS", ""):
+        with pytest.raises(ReadOnlyError):
+            ro.query(sql)
+    assert ro.query_rows("WITH 1 AS x SELECT x") == [(1,)]
+    assert ro.query_rows("SELECT count() FROM inference_events") == [(0,)]
+    # chdb keeps settings for the session: the guard must not have made the shared store read-only
+    store.insert("inference_events", [[datetime.now(timezone.utc), "m"]], ("timestamp", "model"))
+
+
+def test_text_search_is_a_parameter_not_sql(seeded):
+    from monitor.dashboard.queries import requests as q
+
+    now = seeded["now"]
+    f = Filters(start=now - timedelta(hours=2), end=now + timedelta(seconds=1),
+                search="x') OR 1=1 OR position(prompt, '")
+    assert q.count(seeded["store"], f) == 0
+    f = Filters(start=now - timedelta(hours=2), end=now + timedelta(seconds=1), search="<script>")
+    assert q.count(seeded["store"], f) == 1
+
+
+def test_bucket_gives_a_bounded_number_of_points():
+    t = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for span in (timedelta(minutes=15), timedelta(hours=1), timedelta(days=1), timedelta(days=7), timedelta(days=30),
+                 timedelta(days=365)):
+        step = bucket_seconds(t, t + span)
+        assert span.total_seconds() / step <= 180 or step == 7 * 86400
+    assert bucket_seconds(t, t + timedelta(hours=1)) == 30
+
+
+def test_the_app_is_found_from_a_checkout_and_shipped_in_the_wheel():
+    import tomllib
+
+    from monitor.dashboard.server import app_path
+
+    assert app_path() == APP
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert cfg["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]["dashboards"] == "monitor/_dashboards"
+
