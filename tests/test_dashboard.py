@@ -329,3 +329,21 @@ def test_the_app_is_found_from_a_checkout_and_shipped_in_the_wheel():
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert cfg["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]["dashboards"] == "monitor/_dashboards"
 
+
+
+def test_a_held_chdb_directory_says_what_to_do(tmp_path):
+    """`monitor dashboard` on a data dir another process holds: a clear message, non-zero exit, no traceback."""
+    import fcntl
+    import subprocess
+
+    from conftest import MONITOR
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with open(data / "status", "wb") as held:  # what a running `monitor up` holds (ClickHouse's status file)
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = subprocess.run([*MONITOR, "dashboard", "--clickhouse", f"chdb://{data}", "--port", "0"],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert f"the chdb data directory {data} is held by another process" in proc.stderr
+    assert "Traceback" not in proc.stderr

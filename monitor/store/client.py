@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -87,7 +88,8 @@ class Store:
             return c
         except ClickHouseError as exc:
             text = str(exc)
-            if "Cannot lock file" in text or "Another server instance" in text:
+            if "Cannot lock file" in text or "Another server instance" in text or \
+                    (self.embedded and _held_elsewhere(s.chdb_path())):
                 raise ConfigError(
                     f"the chdb data directory {s.chdb_path()} is held by another process "
                     "(chdb allows one process per directory). Stop the other `monitor up`, "
@@ -133,6 +135,23 @@ class Store:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:500] if text.strip() else text
+
+
+def _held_elsewhere(path: Path) -> bool:
+    """Does another process hold the chdb directory? (ClickHouse flocks its ``status`` file; chdb's
+    error does not always say so.)"""
+    import fcntl
+
+    try:
+        with open(path / "status", "rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False
 
 
 def connect(settings: StoreSettings) -> Store:
