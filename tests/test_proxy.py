@@ -40,7 +40,7 @@ def test_chat_non_streaming_is_identical_and_recorded_with_engine_timings(stack,
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}]
     via = client.chat.completions.create(model="llama-3-8b", messages=messages, temperature=0, max_tokens=16)
     ref = direct.chat.completions.create(model="llama-3-8b", messages=messages, temperature=0, max_tokens=16)
-    assert via.model_dump() == ref.model_dump()
+    assert via.model_dump(exclude={"created"}) == ref.model_dump(exclude={"created"})  # two calls: the clock ticks
     wait_until(lambda: _count(store, "inference_events") == 1, message="one event")
     wait_until(lambda: _events(store)[0]["queue_ms"] is not None, timeout=20, message="the engine span joined")
     ev = _events(store)[0]
@@ -229,3 +229,45 @@ def test_requests_succeed_when_monitoring_is_broken(settings, store):
     finally:
         app.stop()
         upstream.stop()
+
+
+WARM_UP_SCRIPT = """
+import sys, json, logging
+logging.basicConfig(level=logging.INFO)
+from monitor.config import load
+from monitor.runtime.apps import Embedded
+ports = json.loads(sys.argv[2])
+settings = load(overrides={
+    "store": {"url": "chdb://" + sys.argv[1]},
+    "receiver": {"grpc_port": ports[0], "http_port": ports[1]},
+    "proxy": {"upstream": "http://127.0.0.1:9", "port": ports[2]},
+    "checks": {"enabled": True, "admin_port": ports[3]},
+    "dashboard": {"enabled": False},
+    "telemetry": {"metrics_port": 0},
+})
+before = [m for m in ("torch", "sentence_transformers", "scipy.stats") if m in sys.modules]
+app = Embedded(settings)
+app.start()
+try:
+    loaded = [m for m in ("torch", "sentence_transformers", "scipy.stats") if m in sys.modules]
+    print(json.dumps({"before": before, "loaded_when_serving": loaded}))
+finally:
+    app.stop()
+"""
+
+
+def test_checks_load_their_heavy_imports_before_the_proxy_serves(tmp_path):
+    """Importing torch holds the GIL for up to ~0.75 s: with a proxy in the process it must happen
+    before the proxy serves, not at the first check run."""
+    import subprocess
+    import sys
+
+    ports = [free_port() for _ in range(4)]
+    proc = subprocess.run([sys.executable, "-c", WARM_UP_SCRIPT, str(tmp_path / "data"), json.dumps(ports)],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["before"] == []
+    assert out["loaded_when_serving"] == ["torch", "sentence_transformers", "scipy.stats"]
+    assert "warmed up checks" in proc.stderr
+    assert "Loading weights" not in proc.stderr  # no progress bar in a service's log

@@ -119,3 +119,7 @@ class Check(Protocol):
     def run(self, ctx: CheckContext) -> list[Result]:
         """Compare ``ctx.current`` with ``ctx.reference``; ``insufficient_data`` below minimum sizes."""
         ...
+
+    # Optional: ``warm_up(self) -> None`` loads what ``run`` needs (heavy imports, models) ahead of
+    # time. Importing torch holds the GIL for up to ~0.75 s in one stretch: in a process that also
+    # proxies requests that must happen before the proxy serves, not in the middle of a check run.

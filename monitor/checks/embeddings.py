@@ -247,6 +247,11 @@ def _load_model(model_path: str | None, device: str) -> Any:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         try:
+            try:  # no "Loading weights" progress bar in a service's log
+                from transformers.utils import logging as hf_logging
+                hf_logging.disable_progress_bar()
+            except ImportError:
+                pass
             if model_path:
                 from sentence_transformers import SentenceTransformer
 

@@ -81,6 +81,18 @@ class CheckRunner:
             self._checks = default_checks(self.settings)
         return self._checks
 
+    def warm_up(self) -> float:
+        """Load every check's imports and models now (see :class:`Check`); returns the seconds spent."""
+        t0 = time.monotonic()
+        for check in self.checks:
+            warm = getattr(check, "warm_up", None)
+            if warm is not None:
+                try:
+                    warm()
+                except Exception:  # the check reports its own failure when it runs
+                    log.exception("warming up the %s check failed", check.name)
+        return time.monotonic() - t0
+
     def run(self, model: str | None = None, window: str | None = None, reference: str | None = None,
             now: datetime | None = None, only: list[str] | None = None, write: bool = True) -> RunReport:
         """One pass over every scope with events in the current window. Thread-safe (serialised)."""

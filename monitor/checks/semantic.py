@@ -413,6 +413,13 @@ class SemanticDriftCheck:
             e = self._embedder = Embedder(semantic, store)
         return e
 
+    def warm_up(self) -> None:
+        """Import torch and sentence-transformers and load the model (cached per process)."""
+        sem = getattr(self.settings, "semantic", None)
+        if sem is not None and sem.enabled:
+            from monitor.checks.embeddings import Embedder
+            Embedder(sem).model  # noqa: B018 - the property loads it
+
     def run(self, ctx: CheckContext) -> list[Result]:
         checks = ctx.settings if ctx.settings is not None else self.settings
         sem = checks.semantic

@@ -88,6 +88,7 @@ NULL. The NULL share itself is not tested here.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import math
@@ -438,6 +439,14 @@ class FeatureDriftCheck:
                 raise ConfigError(f"checks.features.{fname}.threshold: a p-value threshold must be below 1")
             self.overrides[fname] = (method, threshold)
         self._columns: dict[tuple[int, str, str], set[str]] = {}
+
+    def warm_up(self) -> None:
+        """Import scipy's tests (and evidently's, used on small windows) now, not during a run."""
+        modules = ["scipy.stats", "scipy.spatial.distance"]
+        if self.raw_limit and importlib.util.find_spec("evidently") is not None:
+            modules.append("evidently.legacy.calculations.stattests.registry")
+        for module in modules:
+            importlib.import_module(module)
 
     # -- plumbing
 

@@ -101,8 +101,12 @@ class Embedded(App):
     def start(self) -> None:
         import asyncio
         self._serve_metrics()
+        if self.settings.proxy.upstream:
+            self._warm_up()
         self.ingest.start()
         self.receiver.start()
+        if self.dashboard is not None:
+            log.info("dashboard on %s", self.dashboard.start())
         self.sources.start(self.ingress, self.receiver.loop)
         port = asyncio.run_coroutine_threadsafe(self.admin.start(), self.receiver.loop).result(30)
         log.info("admin endpoint for `monitor check` / `monitor baseline` on http://%s:%d",
@@ -111,8 +115,29 @@ class Embedded(App):
             self.alerts.start()
         if self.scheduler is not None:
             self.scheduler.start()
+
+    def _warm_up(self) -> None:
+        """Before the capture proxy serves: load what the checks and pages import later.
+
+        The proxy shares this process's interpreter. Importing torch holds the GIL for up to ~0.75 s
+        in one stretch (sentence-transformers ~0.45 s, evidently ~0.2 s, measured here), which would
+        land on the proxied requests in flight at the first check run or page view. Loaded now,
+        later runs only compete for CPU in slices of the interpreter's switch interval."""
+        import importlib
+        import time
+        t0 = time.monotonic()
+        what = []
+        if self.scheduler is not None:
+            log.info("loading the checks' libraries and models before the proxy serves (torch, "
+                     "sentence-transformers: a few seconds)")
+            self.check_runner.warm_up()
+            what.append("checks")
         if self.dashboard is not None:
-            log.info("dashboard on %s", self.dashboard.start())
+            for module in ("pandas", "plotly.express"):
+                importlib.import_module(module)
+            what.append("dashboard")
+        if what:
+            log.info("warmed up %s in %.1fs", " and ".join(what), time.monotonic() - t0)
 
     def stop(self) -> None:
         import asyncio
