@@ -5,6 +5,7 @@ are shown literally; the read-only guard refuses writes; queries are parameteris
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -347,3 +348,105 @@ def test_a_held_chdb_directory_says_what_to_do(tmp_path):
     assert proc.returncode != 0
     assert f"the chdb data directory {data} is held by another process" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_search_pattern_takes_like_wildcards_literally():
+    from monitor.dashboard.queries._sql import like_pattern
+
+    assert like_pattern("50%") == "%50\\%%"
+    assert like_pattern("snake_case") == "%snake\\_case%"
+    assert like_pattern("C:\\Temp") == "%C:\\\\Temp%"
+    assert like_pattern("plain words") == "%plain words%"
+
+
+SEARCH_ROWS = [  # (prompt, completion)
+    ("Discount is 50% today", "ok"), ("only 500 today", "ok"),
+    ("use snake_case names", ""), ("use snakeXcase names", ""),
+    ("path C:\\Temp\\x", "done"), ("path C:Temp", "done"),
+    ("plain", "Answer with ÄPFEL und Straße"),
+    ("LOUD PROMPT", "quiet"),
+]
+
+
+def _search_store(store, now: datetime) -> None:
+    """SEARCH_ROWS, plus three parts of 9,000 filler rows each (two granules per part) whose text
+    differs per part, so the n-gram indexes (schema 0010) have granules to skip."""
+    rows = [[now - timedelta(seconds=i + 1), f"s{i:031x}", f"s{i:015x}", "svc", "alpha", p, c]
+            for i, (p, c) in enumerate(SEARCH_ROWS)]
+    store.insert("inference_events", rows, ("timestamp", "trace_id", "span_id", "service_name", "model", "prompt",
+                                            "completion"))
+    for k, word in enumerate(("kiwi", "mango", "papaya")):
+        store.command(
+            "INSERT INTO inference_events (timestamp, trace_id, span_id, model, prompt, completion) "
+            f"SELECT now64(9) - INTERVAL (number + 100) SECOND, concat('f{k}', toString(number)), toString(number), "
+            f"'beta', concat('{word} order ', toString(number)), concat('{word.upper()} reply ', toString(number % 97)) "
+            "FROM numbers(9000)")
+
+
+@pytest.mark.parametrize("term,expected", [
+    ("50%", {"Discount is 50% today"}),
+    ("e_c", {"use snake_case names"}),
+    ("c:\\temp", {"path C:\\Temp\\x"}),
+    ("äpfel", {"plain"}),          # completion, UTF-8 case folding
+    ("STRASSE", set()),            # lowercasing, not Unicode case folding: ß is not ss
+    ("loud prompt", {"LOUD PROMPT"}),
+    ("QUIET", {"LOUD PROMPT"}),
+    ("  Loud  ", {"LOUD PROMPT"}),  # the term is stripped, as the search box's value is
+])
+def test_text_search_is_a_literal_case_insensitive_substring(store, term, expected):
+    from monitor.dashboard.queries import requests as q
+
+    now = datetime.now(timezone.utc)
+    _search_store(store, now)
+    f = Filters(start=now - timedelta(hours=2), end=now + timedelta(seconds=1), search=term, models=("alpha",))
+    rows, n, exact = q.listing(ReadOnlyStore(store), f)
+    assert (set(rows["prompt_preview"]) if len(rows) else set()) == expected and n == len(expected) and exact
+
+
+def test_text_search_gives_the_same_rows_with_and_without_its_index(store):
+    from monitor.dashboard.queries._sql import EVENTS, events_where
+
+    now = datetime.now(timezone.utc)
+    _search_store(store, now)
+    have = {r[0] for r in store.query_rows(
+        "SELECT name FROM system.data_skipping_indices WHERE database = currentDatabase() AND table = 'inference_events'")}
+    assert {"idx_prompt_ngram", "idx_completion_ngram"} <= have
+    skipped = {}
+    for term in ("mango", "MANGO reply 42", "papaya order 8999", "kiwi", "no such thing", "50%", "äpfel", "order 1",
+                 "reply", "e_c", "x"):
+        f = Filters(start=now - timedelta(days=1), end=now + timedelta(seconds=1), search=term)
+        where, p = events_where(f, search=True)
+        sql = f"SELECT trace_id FROM {EVENTS} WHERE {where} ORDER BY trace_id"
+        with_index = store.query_rows(sql, p)
+        without = store.query_rows(sql + " SETTINGS use_skip_indexes = 0", p)
+        assert with_index == without, term
+        plan = "\n".join(r[0] for r in store.query_rows(f"EXPLAIN indexes = 1 {sql}", p))
+        assert "idx_prompt_ngram" in plan and "idx_completion_ngram" in plan, plan
+        skipped[term] = (len(with_index), plan)
+    # the index is used: a term of one part's text reads that part's granules only, a term nobody
+    # wrote reads none
+
+    def granules(plan: str) -> tuple[int, int]:
+        m = re.search(r"Final set of granules after AND/OR processing\n\s*Parts: \d+/\d+\n\s*Granules: (\d+)/(\d+)",
+                      plan)
+        assert m, plan
+        return int(m.group(1)), int(m.group(2))
+
+    assert skipped["mango"][0] == 9000
+    read, total = granules(skipped["mango"][1])
+    assert 0 < read < total and total >= 4
+    assert skipped["no such thing"][0] == 0 and granules(skipped["no such thing"][1])[0] == 0
+    assert granules(skipped["reply"][1])[0] == total - 1  # in every filler part: nothing to skip
+
+
+def test_request_detail_near_its_listed_time_is_the_same_row(seeded):
+    from monitor.dashboard.queries import requests as q
+
+    now = seeded["now"]
+    rows, _, _ = q.listing(seeded["store"], Filters(start=now - timedelta(hours=2), end=now + timedelta(seconds=1)))
+    for _, r in rows.iloc[[0, 7, len(rows) - 1]].iterrows():
+        d = q.detail(seeded["store"], r["trace_id"], r["span_id"], near=r["timestamp"])
+        assert d is not None and d == q.detail(seeded["store"], r["trace_id"], r["span_id"])
+    # a wrong time finds nothing rather than another row
+    r = rows.iloc[0]
+    assert q.detail(seeded["store"], r["trace_id"], r["span_id"], near=r["timestamp"] - timedelta(hours=1)) is None

@@ -35,7 +35,7 @@ def _label(i: int) -> str:
 st.subheader("Request")
 i = st.selectbox("Show", range(len(rows)), format_func=_label, key="req_pick")
 sel = rows.iloc[i]
-d = q.detail(store, sel["trace_id"], sel["span_id"])
+d = q.detail(store, sel["trace_id"], sel["span_id"], near=sel["timestamp"])
 if d is None:
     st.warning("this request is no longer in the store")
     st.stop()

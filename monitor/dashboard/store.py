@@ -61,6 +61,7 @@ class ReadOnlyStore:
         self.database = store.database
         self.embedded = store.embedded
         self._settings: dict[str, Any] = {}
+        self._may_set = True
         if not store.embedded:
             self._settings = {"max_execution_time": _QUERY_TIMEOUT_S}
             try:
@@ -71,16 +72,22 @@ class ReadOnlyStore:
                 self._settings["readonly"] = 2
             else:
                 self._settings = {}  # a readonly=1 user may not change any setting
+                self._may_set = False
 
     def describe(self) -> str:
         return self._store.describe()
 
-    def query(self, sql: str, parameters: dict | None = None) -> Any:
+    def query(self, sql: str, parameters: dict | None = None, hints: dict | None = None) -> Any:
+        """``hints``: settings that only tune speed (e.g. ``max_block_size``), left out where the user
+        may not change settings."""
         _check(sql)
-        return self._store.query(sql, parameters, settings=dict(self._settings) or None)
+        settings = dict(self._settings)
+        if hints and self._may_set:
+            settings.update(hints)
+        return self._store.query(sql, parameters, settings=settings or None)
 
-    def query_rows(self, sql: str, parameters: dict | None = None) -> list[tuple]:
-        return self.query(sql, parameters).result_rows
+    def query_rows(self, sql: str, parameters: dict | None = None, hints: dict | None = None) -> list[tuple]:
+        return self.query(sql, parameters, hints).result_rows
 
     def tables(self) -> set[str]:
         """Tables of the store's database (to tell a missing table from an empty one)."""

@@ -40,12 +40,12 @@ def breakdown(store, f: Filters) -> pd.DataFrame:
 
 
 def breakdown_series(store, f: Filters) -> pd.DataFrame:
-    """Per bucket: median queue, prefill and decode time and client latency over the selected models."""
+    """Per bucket: median queue, prefill and decode time and client latency over the selected models
+    (the four lines of the page's chart: every median costs a sampled sort per bucket)."""
     where, p = events_where(f)
     df = frame(store.query(
         f"SELECT {bucket()} AS t, quantile(0.5)(queue_ms) AS queue_ms, quantile(0.5)(prefill_ms) AS prefill_ms, "
-        f"quantile(0.5)(decode_ms) AS decode_ms, quantile(0.5)(latency_ms) AS latency_ms, "
-        f"quantile(0.5)(engine_latency_ms) AS engine_latency_ms "
+        f"quantile(0.5)(decode_ms) AS decode_ms, quantile(0.5)(latency_ms) AS latency_ms "
         f"FROM {EVENTS} WHERE {where} GROUP BY t ORDER BY t", {**p, "step": f.step}))
     if not df.empty:
         df["t"] = pd.to_datetime(df["t"], utc=True)

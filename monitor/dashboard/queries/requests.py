@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
 
 from monitor.dashboard.filters import Filters
-from monitor.dashboard.queries._sql import EVENTS, events_where, frame
+from monitor.dashboard.queries._sql import EVENTS, TS, events_where, frame, utc
 
 __all__ = ["requests", "count", "listing", "detail", "spans"]
 
@@ -37,8 +37,11 @@ def count(store, f: Filters, cap: int | None = None) -> int:
     where, p = events_where(f, status=True, search=True)
     if cap is None:
         return int(store.query_rows(f"SELECT count() FROM {EVENTS} WHERE {where}", p)[0][0])
+    # Small blocks, so that the LIMIT stops reading soon after the cap: with the default 65k-row
+    # blocks this count took 0.44-0.8 s instead of 0.25-0.29 s for a phrase in 3 % of 7 days'
+    # requests (bench/dashboard.py); full scans are as fast either way.
     return int(store.query_rows(f"SELECT count() FROM (SELECT 1 FROM {EVENTS} WHERE {where} LIMIT {{cap:UInt32}})",
-                                {**p, "cap": int(cap)})[0][0])
+                                {**p, "cap": int(cap)}, hints={"max_block_size": 2048})[0][0])
 
 
 def listing(store, f: Filters, limit: int = 200) -> tuple[pd.DataFrame, int, bool]:
@@ -73,10 +76,17 @@ def listing(store, f: Filters, limit: int = 200) -> tuple[pd.DataFrame, int, boo
     return rows, n, n < COUNT_CAP
 
 
-def detail(store, trace_id: str, span_id: str) -> dict[str, Any] | None:
-    """Every column of one request (``attributes`` as a dict)."""
-    res = store.query(f"SELECT * FROM {EVENTS} WHERE trace_id = {{t:String}} AND span_id = {{s:String}} LIMIT 1",
-                      {"t": trace_id, "s": span_id})
+def detail(store, trace_id: str, span_id: str, near: datetime | None = None) -> dict[str, Any] | None:
+    """Every column of one request (``attributes`` as a dict). ``near``: its timestamp as the listing
+    showed it, when known: the lookup then reads one day's partition around it instead of the trace
+    and span id bloom filters of the whole table (0.3 s on 10M rows on a first run)."""
+    cond = "trace_id = {t:String} AND span_id = {s:String}"
+    p: dict[str, Any] = {"t": trace_id, "s": span_id}
+    if near is not None:
+        cond += f" AND timestamp >= {{lo:{TS}}} AND timestamp <= {{hi:{TS}}}"
+        near = utc(pd.Timestamp(near).to_pydatetime())
+        p.update(lo=near - timedelta(seconds=1), hi=near + timedelta(seconds=1))
+    res = store.query(f"SELECT * FROM {EVENTS} WHERE {cond} LIMIT 1", p)
     if not res.result_rows:
         return None
     return dict(zip(res.column_names, res.result_rows[0]))
