@@ -270,10 +270,14 @@ def page_queries(store, f, page: str, run: int = 0) -> None:
         quality.rates(store, f)
         quality.rates_over_time(store, f)
         quality.examples(store, f, "refusal")
-    elif page in ("requests", "requests_search", "requests_search_rare", "requests_search_worst"):
+    elif page in ("requests", "requests_search", "requests_search_rare", "requests_search_worst",
+                  "requests_search_worst_whole"):
         if page != "requests":
-            f = replace(f, search=search_term(page, run))
-        rows, _, _ = requests.listing(store, f)
+            f = replace(f, search=search_term(page.removesuffix("_whole"), run))
+        # as the page runs it: a text search stops at its time budget; "_whole" is its "Search the
+        # whole range" button
+        budget = None if page.endswith("_whole") else SEARCH_BUDGET_S
+        rows = requests.listing(store, f, budget_s=budget).rows
         if len(rows):
             requests.detail(store, rows.iloc[0]["trace_id"], rows.iloc[0]["span_id"], near=rows.iloc[0]["timestamp"])
             requests.spans(store, rows.iloc[0]["trace_id"])
@@ -293,6 +297,10 @@ COMMON_SEARCHES = ("refund order", "billing plan", "cancel subscription", "serve
                    "customer support", "travel booking")
 """Requests page search, common case: two common words in a row (each phrase is in ~3 % of requests,
 so the listing stops in the last hour and the capped count after ~300k rows)."""
+
+
+SEARCH_BUDGET_S = 1.0
+"""The Requests page's time budget for a text search (dashboards/views/requests.py)."""
 
 
 def search_term(page: str, run: int) -> str:
@@ -319,7 +327,7 @@ def search_term(page: str, run: int) -> str:
 
 
 PAGES = ("overview", "latency_gpu", "drift", "quality", "requests", "requests_search", "requests_search_rare",
-         "requests_search_worst", "alerts")
+         "requests_search_worst", "requests_search_worst_whole", "alerts")
 RANGES = {"24h": timedelta(days=1), "7d": timedelta(days=7)}
 
 

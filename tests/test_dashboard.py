@@ -399,7 +399,7 @@ def test_text_search_is_a_literal_case_insensitive_substring(store, term, expect
     now = datetime.now(timezone.utc)
     _search_store(store, now)
     f = Filters(start=now - timedelta(hours=2), end=now + timedelta(seconds=1), search=term, models=("alpha",))
-    rows, n, exact = q.listing(ReadOnlyStore(store), f)
+    rows, n, exact, _ = q.listing(ReadOnlyStore(store), f)
     assert (set(rows["prompt_preview"]) if len(rows) else set()) == expected and n == len(expected) and exact
 
 
@@ -443,10 +443,30 @@ def test_request_detail_near_its_listed_time_is_the_same_row(seeded):
     from monitor.dashboard.queries import requests as q
 
     now = seeded["now"]
-    rows, _, _ = q.listing(seeded["store"], Filters(start=now - timedelta(hours=2), end=now + timedelta(seconds=1)))
+    rows, _, _, _ = q.listing(seeded["store"], Filters(start=now - timedelta(hours=2), end=now + timedelta(seconds=1)))
     for _, r in rows.iloc[[0, 7, len(rows) - 1]].iterrows():
         d = q.detail(seeded["store"], r["trace_id"], r["span_id"], near=r["timestamp"])
         assert d is not None and d == q.detail(seeded["store"], r["trace_id"], r["span_id"])
     # a wrong time finds nothing rather than another row
     r = rows.iloc[0]
     assert q.detail(seeded["store"], r["trace_id"], r["span_id"], near=r["timestamp"] - timedelta(hours=1)) is None
+
+
+def test_text_search_stops_at_its_time_budget_and_says_how_far_it_got(store):
+    """The Requests page bounds a search's time: it says which part it read; the button reads the rest."""
+    from monitor.dashboard.queries import requests as q
+
+    now = datetime.now(timezone.utc)
+    old = now - timedelta(hours=30)
+    store.insert("inference_events", [[now - timedelta(minutes=5), "a" * 32, "a" * 16, "m", "recent kiwi", "ok"],
+                                      [old, "b" * 32, "b" * 16, "m", "ancient durian", "ok"]],
+                 ("timestamp", "trace_id", "span_id", "model", "prompt", "completion"))
+    f = Filters(start=now - timedelta(days=3), end=now, search="durian")
+    ro = ReadOnlyStore(store)
+    # a zero budget: the first window (the last hour) is always searched, nothing after it
+    cut = q.listing(ro, f, budget_s=0.0)
+    assert cut.rows.empty and cut.count == 0 and cut.searched_from == now - timedelta(hours=1)
+    whole = q.listing(ro, f, budget_s=None)
+    assert list(whole.rows["prompt_preview"]) == ["ancient durian"] and whole.searched_from is None
+    roomy = q.listing(ro, f, budget_s=60.0)  # a budget the search fits in: the same answer as no budget
+    assert list(roomy.rows["prompt_preview"]) == ["ancient durian"] and roomy.searched_from is None

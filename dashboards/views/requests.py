@@ -8,12 +8,23 @@ import streamlit as st
 from monitor.dashboard import ui
 from monitor.dashboard.queries import requests as q
 
+SEARCH_BUDGET_S = 1.0
+
 st.header("Requests")
 store = ui.store()
 ui.require_events(store)
 f = ui.filters()
 
-rows, n, exact = q.listing(store, f)
+# A text search may have to read every prompt of the range: it stops after about a second and says
+# how far back it got, unless the user asked for the whole range for this term.
+whole = bool(f.search) and st.session_state.get("search_whole_range") == (f.search, f.start, f.end)
+rows, n, exact, searched_from = q.listing(store, f, budget_s=None if whole else SEARCH_BUDGET_S)
+if searched_from is not None:
+    st.info(f"Searched {searched_from:%Y-%m-%d %H:%M} – {f.end:%Y-%m-%d %H:%M} UTC, the newest part of the range, "
+            "within the page's time budget; older requests were not searched yet.")
+    if st.button("Search the whole range", key="search_whole"):
+        st.session_state["search_whole_range"] = (f.search, f.start, f.end)
+        st.rerun()
 if rows.empty:
     ui.no_rows(f, "requests matching the filters")
     st.stop()

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
 from monitor.dashboard.filters import Filters
 from monitor.dashboard.queries._sql import EVENTS, TS, events_where, frame, utc
 
-__all__ = ["requests", "count", "listing", "detail", "spans"]
+__all__ = ["Listing", "requests", "count", "listing", "detail", "spans"]
 
 PREVIEW_CHARS = 200
 COUNT_CAP = 10_000
@@ -44,26 +45,46 @@ def count(store, f: Filters, cap: int | None = None) -> int:
                                 {**p, "cap": int(cap)}, hints={"max_block_size": 2048})[0][0])
 
 
-def listing(store, f: Filters, limit: int = 200) -> tuple[pd.DataFrame, int, bool]:
-    """The Requests page's list: ``(rows, count, exact)``.
+class Listing(NamedTuple):
+    rows: pd.DataFrame
+    count: int
+    exact: bool
+    """False when ``count`` stopped at :data:`COUNT_CAP`."""
+    searched_from: datetime | None = None
+    """Set when a text search stopped at its time budget: only ``[searched_from, end)`` was read."""
+
+
+def listing(store, f: Filters, limit: int = 200, budget_s: float | None = None) -> Listing:
+    """The Requests page's list.
 
     Without a text search this is :func:`requests` and an exact :func:`count` (both read only the
     ordering columns). With one, the text of every request in the range may have to be read, so the
     range is searched newest first in growing windows (the last hour, 6 hours, day, week, the rest)
     until ``limit`` rows are found: a common term stops in the first window; a rare one reads the
     whole range once, and then its count is exact for free. A common term's count is capped at
-    :data:`COUNT_CAP` (``exact`` False)."""
+    :data:`COUNT_CAP` (``exact`` False).
+
+    ``budget_s``: do not start a window that, at the pace of the window before it, would end the
+    search past this many seconds; ``searched_from`` then says how far back it got (the page offers
+    to search the rest). None searches the whole range."""
     if not f.search.strip():
         rows = requests(store, f, limit)
-        return rows, count(store, f) if len(rows) >= limit else len(rows), True
+        return Listing(rows, count(store, f) if len(rows) >= limit else len(rows), True)
     parts: list[pd.DataFrame] = []
-    hi = f.end
+    hi, t0, stopped, pace = f.end, time.monotonic(), None, None
     for step in (*_SEARCH_STEPS, None):
         lo = f.start if step is None else max(f.start, f.end - step)
         if lo >= hi:
             continue
+        span_s = (hi - lo).total_seconds()
+        if budget_s is not None and pace is not None \
+                and time.monotonic() - t0 + pace * span_s > budget_s:
+            stopped = hi
+            break
         have = sum(len(x) for x in parts)
+        t = time.monotonic()
         got = requests(store, replace(f, start=lo, end=hi), limit - have)
+        pace = (time.monotonic() - t) / span_s  # seconds per second of range, from the latest (widest) window
         if len(got):
             parts.append(got)
         hi = lo
@@ -71,9 +92,9 @@ def listing(store, f: Filters, limit: int = 200) -> tuple[pd.DataFrame, int, boo
             break
     rows = pd.concat(parts, ignore_index=True) if parts else requests(store, f, 0)
     if len(rows) < limit:
-        return rows, len(rows), True
+        return Listing(rows, len(rows), True, stopped)
     n = count(store, f, cap=COUNT_CAP)
-    return rows, n, n < COUNT_CAP
+    return Listing(rows, n, n < COUNT_CAP)
 
 
 def detail(store, trace_id: str, span_id: str, near: datetime | None = None) -> dict[str, Any] | None:
