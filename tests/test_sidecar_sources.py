@@ -58,8 +58,10 @@ def test_scraped_engine_metrics_and_gpu_cost_land_in_clickhouse(settings, store,
             "SELECT Attributes['engine'], Attributes['gen_ai.request.model'], Value FROM otel_metrics_gauge "
             "WHERE MetricName = 'monitor.server.requests.running' ORDER BY TimeUnix DESC LIMIT 1")
         assert (engine, model, running) == ("vllm", "Qwen/Qwen2.5-7B-Instruct", 7.0)
-        assert store.query_rows("SELECT count() FROM otel_metrics_histogram "
-                                "WHERE MetricName = 'gen_ai.server.time_to_first_token'")[0][0] > 0
+        # the same scrape's histograms: another table, so possibly another insert a moment later
+        wait_until(lambda: store.query_rows("SELECT count() FROM otel_metrics_histogram "
+                                            "WHERE MetricName = 'gen_ai.server.time_to_first_token'")[0][0] > 0,
+                   timeout=30, message="scraped TTFT histogram")
         wait_until(lambda: store.query_rows("SELECT count() FROM inference_events")[0][0] == 1, message="event")
         (latency, gpu_s, cost), = store.query_rows("SELECT latency_ms, gpu_seconds, gpu_cost FROM inference_events")
         assert gpu_s == pytest.approx(latency / 1000 * 2)  # no engine span: client latency x 2 GPUs
