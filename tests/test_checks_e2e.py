@@ -108,8 +108,10 @@ def test_monitor_check_finds_injected_drift_through_the_admin_endpoint(tmp_path)
         assert res[("quality", "refusal_rate")]["value"] > 0.1 > res[("quality", "refusal_rate")]["reference_value"]
         sem = res[("semantic_drift", "prompt")]
         assert sem["status"] == "fail" and sem["p_value"] < 0.01
-        top = sem["details"]["clusters"][0]
-        assert top["current_share"] > top["reference_share"]
+        clusters = sem["details"]["clusters"]  # grew or shrank most first
+        assert [abs(c["change"]) for c in clusters] == sorted((abs(c["change"]) for c in clusters), reverse=True)
+        top = max(clusters, key=lambda c: c["change"])  # the one that grew most: the injected topic
+        assert top in clusters[:3] and top["current_share"] > top["reference_share"]
         injected = set(texts_b)
         assert sum(e in injected for e in top["examples"]) >= len(top["examples"]) - 1
 

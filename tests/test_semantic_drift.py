@@ -248,7 +248,7 @@ def test_explanation_points_at_the_injected_topic(corpus):
     assert sum(c["reference_share"] for c in clusters) == pytest.approx(1.0)
     assert sum(c["current_share"] for c in clusters) == pytest.approx(1.0)
     grown = max(clusters, key=lambda c: c["change"])
-    assert grown is clusters[0] and grown["change"] > 0.08 and grown["p_value"] < 1e-3
+    assert grown in clusters[:3] and grown["change"] > 0.08 and grown["p_value"] < 1e-3
     b = set(corpus.b)
     assert len(grown["examples"]) == 5
     assert sum(e in b for e in grown["examples"]) >= 4, grown
