@@ -46,7 +46,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -58,13 +57,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from procstat import CLK_TCK, cpu_jiffies, descendants, free_port, machine_busy, pid_alive
+
 ROOT = Path(__file__).resolve().parents[1]
 BROKER_PY = ROOT / "deploy" / "kafka" / "broker.py"
 CACHE = Path(os.environ.get("MONITOR_CACHE_DIR", Path.home() / ".cache" / "llm-monitor"))
 DEFAULT_PHOENIX_VENV = CACHE / "phoenix-venv"
 SYSTEMS = ("monitor-embedded", "monitor-kafka", "phoenix")
 WARMUP_SERVICE = "bench-warmup"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def log(msg: str) -> None:
@@ -239,60 +239,6 @@ def build_requests(n_spans: int, batch: int, seed: int, service_override: str | 
 
 # ----------------------------------------------------------------------------- processes
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ppid_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    return children
-
-
-def descendants(pid: int) -> list[int]:
-    tree = _ppid_map()
-    out, todo = [], [pid]
-    while todo:
-        for c in tree.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """user+system CPU of ``pids`` and all their descendants (live ones)."""
-    total = 0
-    seen: set[int] = set()
-    for root in pids:
-        for pid in [root, *descendants(root)]:
-            if pid in seen:
-                continue
-            seen.add(pid)
-            try:
-                f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(f[11]) + int(f[12])  # utime, stime
-    return total / CLK_TCK
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine from /proc/stat."""
-    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = f[3] + (f[4] if len(f) > 4 else 0)
-    return sum(f) - idle, sum(f)
-
-
 class Proc:
     """A child in its own session/process group; stdout+stderr go to ``log_path``."""
 
@@ -360,7 +306,7 @@ class Proc:
     def kill(self) -> None:
         self.remember_children()
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            live = [p for p in self.known if _pid_alive(p)]
+            live = [p for p in self.known if pid_alive(p)]
             if self.alive():
                 try:
                     os.killpg(self.pid, sig)
@@ -372,9 +318,9 @@ class Proc:
                 except (ProcessLookupError, PermissionError):
                     pass
             deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and (self.alive() or any(_pid_alive(p) for p in live)):
+            while time.monotonic() < deadline and (self.alive() or any(pid_alive(p) for p in live)):
                 time.sleep(0.1)
-            if not self.alive() and not any(_pid_alive(p) for p in live):
+            if not self.alive() and not any(pid_alive(p) for p in live):
                 break
         try:
             self.popen.wait(5)
@@ -390,14 +336,6 @@ class Proc:
                 p.kill()
             except Exception as exc:  # keep killing the others
                 log(f"could not kill {p.name} ({p.pid}): {exc}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -835,8 +773,8 @@ def run_system(cls: type[System], args: argparse.Namespace, workdir: Path, run_i
         pids = [p.pid for p in sysm.procs]
         deadline = time.perf_counter() + args.timeout
         res, go, done = send_all(sysm.url(), bodies, args.concurrency, deadline)
-        cpu0, mach0, self0 = cpu_seconds(pids), machine_busy(), os.times()
-        per0 = {p.name: cpu_seconds([p.pid]) for p in sysm.procs}
+        cpu0, mach0, self0 = cpu_jiffies(pids) / CLK_TCK, machine_busy(), os.times()
+        per0 = {p.name: cpu_jiffies([p.pid]) / CLK_TCK for p in sysm.procs}
         t0 = time.perf_counter()
         res.first_send = t0
         go.set()
@@ -859,8 +797,8 @@ def run_system(cls: type[System], args: argparse.Namespace, workdir: Path, run_i
                     raise BenchError(f"{p.name} died during the run (exit {p.popen.returncode}):\n{p.log_tail()}")
             time.sleep(args.poll_interval)
         t_end = time.perf_counter()
-        cpu1, mach1, self1 = cpu_seconds(pids), machine_busy(), os.times()
-        per1 = {p.name: cpu_seconds([p.pid]) for p in sysm.procs}
+        cpu1, mach1, self1 = cpu_jiffies(pids) / CLK_TCK, machine_busy(), os.times()
+        per1 = {p.name: cpu_jiffies([p.pid]) / CLK_TCK for p in sysm.procs}
         # the first poll that saw every acknowledged span (may precede the last 200 being read)
         first_full = next((t for t, c in samples if c >= target), None) if done.is_set() else None
         reached_at = t0 + first_full if first_full is not None else None

@@ -59,7 +59,6 @@ import select
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -68,8 +67,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from procstat import CLK_TCK, cpu_jiffies, descendants, free_port, machine_busy, pid_alive
+
 ROOT = Path(__file__).resolve().parents[1]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PATHS = ("direct", "monitor", "nginx")
 EXTRA_PATHS = ("aiohttp",)  # opt-in with --paths: a plain aiohttp pass-through (no capture)
 CHAT = "/v1/chat/completions"
@@ -447,47 +447,6 @@ def load_main(argv: list[str]) -> int:
 
 # ============================================================================ processes
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    return children
-
-
-def descendants(pid: int) -> list[int]:
-    tree = _children_map()
-    out, todo = [], [pid]
-    while todo:
-        for c in tree.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def cpu_jiffies(pid: int) -> int:
-    """utime+stime of ``pid``, its threads and its live descendants."""
-    total = 0
-    for p in [pid, *descendants(pid)]:
-        try:
-            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(f[11]) + int(f[12])
-    return total
-
-
 def thread_jiffies(pid: int) -> dict[int, tuple[str, int]]:
     """Per thread of ``pid``: (comm, utime+stime)."""
     out: dict[int, tuple[str, int]] = {}
@@ -517,21 +476,8 @@ def python_thread_names(py_spy: str | None, pid: int) -> dict[int, str]:
     return {int(m.group(1)): m.group(2) for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]*)"', out, re.M)}
 
 
-def machine_busy() -> tuple[int, int]:
-    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = f[3] + (f[4] if len(f) > 4 else 0)
-    return sum(f) - idle, sum(f)
-
-
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 class Proc:
@@ -593,7 +539,7 @@ class Proc:
         if self.alive():
             self.known.update(descendants(self.pid))
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            live = [p for p in self.known if _pid_alive(p)]
+            live = [p for p in self.known if pid_alive(p)]
             if self.alive():
                 try:
                     os.killpg(self.pid, sig)
@@ -605,9 +551,9 @@ class Proc:
                 except (ProcessLookupError, PermissionError):
                     pass
             deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and (self.alive() or any(_pid_alive(p) for p in live)):
+            while time.monotonic() < deadline and (self.alive() or any(pid_alive(p) for p in live)):
                 time.sleep(0.05)
-            if not self.alive() and not any(_pid_alive(p) for p in live):
+            if not self.alive() and not any(pid_alive(p) for p in live):
                 break
         try:
             self.popen.wait(5)
@@ -1014,7 +960,7 @@ def main(argv: list[str] | None = None) -> int:
                    "stream": stream, "include_usage": args.include_usage, "chunks": args.chunks,
                    "request_timeout": args.request_timeout, "max_requests": max_requests}
             busy0, tot0 = machine_busy()
-            ours0 = {k: cpu_jiffies(p.pid) for k, p in procs.items()}
+            ours0 = {k: cpu_jiffies([p.pid]) for k, p in procs.items()}
             thr0 = thread_jiffies(procs["monitor"].pid) if path == "monitor" else {}
             t0 = time.monotonic()
             res = procs["loadgen"].ask(cmd, warmup + duration + args.request_timeout + 60)
@@ -1022,7 +968,7 @@ def main(argv: list[str] | None = None) -> int:
             if "fatal" in res:
                 raise BenchError(f"load generator failed on {path} c={conc}: {res['fatal']}")
             busy1, tot1 = machine_busy()
-            ours1 = {k: cpu_jiffies(p.pid) for k, p in procs.items()}
+            ours1 = {k: cpu_jiffies([p.pid]) for k, p in procs.items()}
             if path == "monitor":
                 thr1 = thread_jiffies(procs["monitor"].pid)
                 res["monitor_threads"] = {tid: [comm, (j - thr0.get(tid, ("", 0))[1]) / CLK_TCK]
