@@ -29,7 +29,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from monitor.alerts.channels import build_payload, iso
-from monitor.alerts.outbox import Outbox, OutboxRow, utc
+from monitor.alerts.outbox import Outbox, OutboxRow, to_ms, utc
 from monitor.alerts.rules import alert_id, describe, match_rule, result_summary
 
 __all__ = ["AlertManager", "AlertState", "EVENT_COLUMNS", "notification_id"]
@@ -44,11 +44,6 @@ _STATE_COLUMNS = ("alert_id", "rule", "model", "group", "state", "since", "resol
 def notification_id(alert: str, event: str, at: datetime) -> str:
     """Deterministic: the same transition of the same alert at the same time has the same id."""
     return hashlib.sha256(f"{alert}\x1f{event}\x1f{iso(at)}".encode()).hexdigest()[:32]
-
-
-def _ms(t: datetime) -> datetime:
-    t = utc(t)
-    return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
 
 @dataclass(frozen=True)
@@ -137,7 +132,7 @@ class AlertManager:
             raise
 
     def _evaluate(self, report) -> list[dict[str, Any]]:
-        now = _ms(report.at)
+        now = to_ms(report.at)
         min_samples = self.settings.checks.min_samples
         written: list[dict[str, Any]] = []
         state_rows: list[AlertState] = []
@@ -231,7 +226,7 @@ class AlertManager:
             from monitor.errors import ConfigError
             raise ConfigError(f"no alert channel {channel!r}; configured: "
                               f"{', '.join(sorted(self.alerts.channels)) or 'none (see alerts.channels)'}")
-        now = _ms(now or datetime.now(timezone.utc))
+        now = to_ms(now or datetime.now(timezone.utc))
         nid = uuid.uuid4().hex
         ev = {"timestamp": now, "alert_id": f"test:{channel}", "rule": "test", "severity": "info", "model": "",
               "group": "", "event": "test", "notification_id": nid,

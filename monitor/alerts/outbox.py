@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["OutboxRow", "Outbox", "utc"]
+__all__ = ["OutboxRow", "Outbox", "to_ms", "utc"]
 
 _COLUMNS = ("notification_id", "channel", "alert_id", "event", "created_at", "updated_at", "status", "attempts",
             "next_attempt_at", "last_error", "payload")
@@ -27,7 +27,7 @@ def utc(t: datetime) -> datetime:
     return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
-def _ms(t: datetime) -> datetime:
+def to_ms(t: datetime) -> datetime:
     """Truncated to the column's millisecond precision, so times written and read back compare equal."""
     t = utc(t)
     return t.replace(microsecond=t.microsecond // 1000 * 1000)
@@ -49,7 +49,7 @@ class OutboxRow:
 
     @staticmethod
     def new(notification_id: str, channel: str, alert_id: str, event: str, at: datetime, payload: str) -> "OutboxRow":
-        at = _ms(at)
+        at = to_ms(at)
         return OutboxRow(notification_id, channel, alert_id, event, at, at, "pending", 0, at, "", payload)
 
     def values(self) -> list:
@@ -96,16 +96,16 @@ class Outbox:
     def update(self, row: OutboxRow, now: datetime, **changes) -> OutboxRow:
         """A new version of ``row`` (``status``, ``attempts``, ``next_attempt_at``, ``last_error``).
         Its ``updated_at`` is later than the row's, whatever the clock says."""
-        updated_at = max(_ms(now), row.updated_at + _MS)
+        updated_at = max(to_ms(now), row.updated_at + _MS)
         new = replace(row, updated_at=updated_at, **changes)
         if "next_attempt_at" in changes:
-            new = replace(new, next_attempt_at=_ms(new.next_attempt_at))
+            new = replace(new, next_attempt_at=to_ms(new.next_attempt_at))
         self.store.insert("alert_outbox", [new.values()], _COLUMNS)
         return new
 
     def record_attempt(self, row: OutboxRow, at: datetime, attempt: int, outcome: str, http_status: int | None,
                        error: str, duration_ms: float) -> None:
-        self.store.insert("alert_deliveries", [[_ms(at), row.notification_id, row.channel, attempt, outcome,
+        self.store.insert("alert_deliveries", [[to_ms(at), row.notification_id, row.channel, attempt, outcome,
                                                 http_status, error[:2000], float(duration_ms)]], _DELIVERY_COLUMNS)
 
     def counts(self) -> dict[tuple[str, str], int]:
