@@ -14,6 +14,7 @@ import click
 
 from monitor import config as _config
 from monitor.errors import ConfigError, MonitorError
+from monitor.extras import MissingExtra, require
 
 log = logging.getLogger("monitor")
 
@@ -37,6 +38,39 @@ def _load(ctx: click.Context, overrides: dict[str, Any]) -> _config.Settings:
     return settings
 
 
+class _MissingExtraExit(click.ClickException):
+    """One line naming the install to run; exit code 2 (a usage problem, not a failure of the run)."""
+
+    exit_code = 2
+
+
+def _click_error(exc: MonitorError) -> click.ClickException:
+    return _MissingExtraExit(str(exc)) if isinstance(exc, MissingExtra) else click.ClickException(str(exc))
+
+
+class _Main(click.Group):
+    """The command group; a part whose extra is missing ends any command with one line and exit 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MissingExtra as exc:
+            raise _MissingExtraExit(str(exc)) from None
+
+
+def _needs(extra: str, what: str) -> None:
+    try:
+        require(extra, what)
+    except MissingExtra as exc:
+        raise _MissingExtraExit(str(exc)) from None
+
+
+def _store_needs(settings: _config.Settings, what: str) -> None:
+    """A chdb:// store is the embedded engine, which the ``embedded`` extra brings."""
+    if settings.store.is_embedded:
+        _needs("embedded", what)
+
+
 def _run(app_factory, settings: _config.Settings) -> None:
     from monitor.runtime.apps import run_until_signal
 
@@ -49,7 +83,7 @@ def _run(app_factory, settings: _config.Settings) -> None:
         raise click.ClickException(f"{exc} (is another instance running? choose other ports with the flags)") \
             from None
     except MonitorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise _click_error(exc) from None
 
 
 _common = [
@@ -78,7 +112,7 @@ def _receiver(host, grpc_port, http_port) -> dict[str, Any]:
     return {"host": host, "grpc_port": grpc_port, "http_port": http_port}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help=f"YAML config file (or ${_config.CONFIG_ENV}).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
@@ -115,6 +149,7 @@ def _dashboard_overrides(port: int | None, off: bool) -> dict[str, Any]:
 def up(ctx, data_dir, retention_days, admin_port, dashboard_port, no_dashboard, upstream, proxy_port, scrape_url, host,
        grpc_port, http_port, metrics_port, metrics_host):
     """Embedded mode: OTLP receiver, ingest and ClickHouse (chdb) in one process."""
+    _needs("embedded", "`monitor up`")
     from monitor.runtime.apps import Embedded
 
     store: dict[str, Any] = {"retention_days": retention_days}
@@ -162,6 +197,7 @@ def ingest(ctx, bootstrap, url, group_id, metrics_port, metrics_host):
 
     settings = _load(ctx, {"kafka": {"bootstrap_servers": bootstrap, "group_id": group_id},
                            "store": {"url": url}, "telemetry": {"metrics_port": metrics_port, "metrics_host": metrics_host}})
+    _store_needs(settings, "`monitor ingest` into a chdb:// store")
     _run(Ingest, settings)
 
 
@@ -181,6 +217,7 @@ def ingest(ctx, bootstrap, url, group_id, metrics_port, metrics_host):
 def demo(ctx, data_dir, server_port, rate, phase_seconds, once, admin_port, dashboard_port, no_dashboard, proxy_port,
          scrape_url, host, grpc_port, http_port, metrics_port, metrics_host):
     """`monitor up` with the reference model server behind the capture proxy and phased demo traffic."""
+    _needs("demo", "`monitor demo`")
     from monitor.runtime.demo import Demo
 
     store: dict[str, Any] = {}
@@ -228,6 +265,8 @@ def check(ctx, model, window, reference, only, url, data_dir, as_json, verbose):
             report = admin_call(settings, "/admin/check", {"model": model, "window": window,
                                                            "reference": reference, "only": only_list})
         else:
+            _needs("checks", "`monitor check`")
+            _store_needs(settings, "`monitor check` on a chdb:// store")
             from monitor.checks.runner import CheckRunner
             from monitor.runtime.apps import open_store
             store = open_store(settings)
@@ -237,7 +276,7 @@ def check(ctx, model, window, reference, only, url, data_dir, as_json, verbose):
             finally:
                 store.close()
     except MonitorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise _click_error(exc) from None
     click.echo(_json.dumps(report, indent=2, default=str) if as_json else render(report, verbose))
     if report["status"] == "fail":
         sys.exit(1)
@@ -268,6 +307,7 @@ def baseline_pin(ctx, model, start, end, group, note, url, data_dir):
             admin_call(settings, "/admin/baseline", {"model": model, "from": start, "to": end, "group": group,
                                                      "note": note})
         else:
+            _store_needs(settings, "this command on a chdb:// store")
             from monitor.runtime.apps import open_store
             store = open_store(settings)
             try:
@@ -275,7 +315,7 @@ def baseline_pin(ctx, model, start, end, group, note, url, data_dir):
             finally:
                 store.close()
     except MonitorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise _click_error(exc) from None
     click.echo(f"baseline of {model}{' [' + group + ']' if group else ''}: {start} .. {end}")
 
 
@@ -292,6 +332,7 @@ def baseline_list(ctx, url, data_dir):
         if settings.store.is_embedded and admin_available(settings):
             rows = admin_call(settings, "/admin/baselines")
         else:
+            _store_needs(settings, "this command on a chdb:// store")
             from monitor.runtime.apps import open_store
             store = open_store(settings)
             try:
@@ -300,7 +341,7 @@ def baseline_list(ctx, url, data_dir):
             finally:
                 store.close()
     except MonitorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise _click_error(exc) from None
     for r in rows:
         click.echo(f"{r['model']}{' [' + r['group'] + ']' if r['group'] else ''}: {r['from']} .. {r['to']} "
                    f"(pinned {r['pinned_at']}){' ' + r['note'] if r['note'] else ''}")
@@ -318,6 +359,8 @@ def checks(ctx, url, metrics_port, metrics_host):
     from monitor.runtime.apps import ChecksService
 
     settings = _load(ctx, {"store": {"url": url}, "telemetry": {"metrics_port": metrics_port, "metrics_host": metrics_host}})
+    _needs("checks", "`monitor checks`")
+    _store_needs(settings, "`monitor checks` on a chdb:// store")
     _run(ChecksService, settings)
 
 
@@ -348,6 +391,7 @@ def alerts_test(ctx, channel, wait_s, url, data_dir):
             out = admin_call(settings, "/admin/alerts/test", {"channel": channel, "wait_s": wait_s},
                              timeout=wait_s + 120)
         else:
+            _store_needs(settings, "`monitor alerts test` on a chdb:// store")
             from monitor.alerts.service import AlertService
             from monitor.runtime.apps import open_store
             store = open_store(settings)
@@ -356,7 +400,7 @@ def alerts_test(ctx, channel, wait_s, url, data_dir):
             finally:
                 store.close()
     except MonitorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise _click_error(exc) from None
     if out["status"] == "delivered":
         click.echo(f"delivered to {channel} (notification {out['notification_id']}, "
                    f"{out['attempts']} attempt{'s' if out['attempts'] != 1 else ''})")
@@ -382,6 +426,7 @@ def alerts_list(ctx, history, as_json, url, data_dir):
         if settings.store.is_embedded and admin_available(settings):
             out = admin_call(settings, f"/admin/alerts?history={int(history)}")
         else:
+            _store_needs(settings, "`monitor alerts list` on a chdb:// store")
             from monitor.alerts.service import list_alerts
             from monitor.runtime.apps import open_store
             store = open_store(settings)
@@ -390,7 +435,7 @@ def alerts_list(ctx, history, as_json, url, data_dir):
             finally:
                 store.close()
     except MonitorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise _click_error(exc) from None
     if as_json:
         click.echo(_json.dumps(out, indent=2))
         return
@@ -421,10 +466,12 @@ def dashboard(ctx, url, data_dir, host, port, metrics_port, metrics_host):
     """Serve the dashboards (Streamlit) over a ClickHouse store, read-only (distributed mode).
 
     `monitor up` serves them itself; use this against a ClickHouse server."""
+    _needs("dashboards", "`monitor dashboard`")
     from monitor.dashboard.server import DashboardApp
 
     settings = _load(ctx, {"store": _store_overrides(url, data_dir), "dashboard": {"host": host, "port": port},
                            "telemetry": {"metrics_port": metrics_port, "metrics_host": metrics_host}})
+    _store_needs(settings, "`monitor dashboard` on a chdb:// store")
     _run(DashboardApp, settings)
 
 
@@ -441,6 +488,7 @@ def dashboard(ctx, url, data_dir, host, port, metrics_port, metrics_host):
 def demo_server(host, port, otlp_endpoint, seed, model_name, slowdown, blocked_topics):
     """A small torch language model behind an OpenAI-compatible API, traced and measured like vLLM."""
     _setup_logging("INFO")
+    _needs("demo", "`monitor demo-server`")
     from monitor.demo.server import DEFAULT_BLOCKED_TOPICS, serve
 
     topics = tuple(t.strip() for t in blocked_topics.split(",") if t.strip()) if blocked_topics else \

@@ -42,6 +42,8 @@ class DashboardServer:
     """
 
     def __init__(self, host: str, port: int, store: Any, refresh_s: float = 10.0):
+        from monitor.extras import require
+        require("dashboards", "the dashboard app")
         self.host, self.port = host, port
         self.store = store
         self.refresh_s = refresh_s

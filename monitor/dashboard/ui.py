@@ -11,10 +11,14 @@ from __future__ import annotations
 from datetime import datetime, time as dtime, timedelta, timezone
 from typing import Any
 
-import pandas as pd
-import streamlit as st
+from monitor.extras import require
 
-from monitor.dashboard.filters import RANGES, Filters, preset
+require("dashboards", "the dashboard app")
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from monitor.dashboard.filters import AUTO, RANGES, Filters, fitting_range, preset
 from monitor.dashboard.store import get_store, options
 
 __all__ = ["store", "sidebar", "filters", "require_events", "plain", "table", "line_chart", "fmt_ms", "fmt_rate",
@@ -22,7 +26,8 @@ __all__ = ["store", "sidebar", "filters", "require_events", "plain", "table", "l
 
 CUSTOM = "Custom"
 _STATE = "monitor_filters"
-_DEFAULT_RANGE = "Last 24 hours"
+_DEFAULT_RANGE = AUTO
+_FIRST_EVENT_TTL_S = 60.0
 
 NO_DATA_HELP = """
 **No requests recorded yet.** Point a model server or its clients at the monitor:
@@ -54,7 +59,7 @@ def sidebar() -> None:
 
     sb = st.sidebar
     sb.title("llm-monitor")
-    names = [*RANGES, CUSTOM]
+    names = [AUTO, *RANGES, CUSTOM]
     choice = sb.selectbox("Time range", names, index=names.index(_DEFAULT_RANGE), key="f_range")
     custom = None
     if choice == CUSTOM:
@@ -75,6 +80,8 @@ def sidebar() -> None:
     search = sb.text_input("Search prompts and completions", key="f_search",
                            help="Case-insensitive substring; Requests page and quality examples")
     st.session_state[_STATE] = _selection(choice, custom, tuple(chosen), status, search)
+    if choice == AUTO:
+        sb.caption(f"Auto: {_auto_range().lower()} (the shortest range holding every event)")
     sb.caption(md_escape(f"store: {store().describe()} (read-only)"))
 
 
@@ -90,8 +97,26 @@ def _build(sel: dict[str, Any]) -> Filters:
         start = datetime.combine(a, dtime.min, tzinfo=timezone.utc)
         end = datetime.combine(b, dtime.min, tzinfo=timezone.utc) + timedelta(days=1)
         return Filters(start=start, end=max(end, start + timedelta(seconds=1)), **kw)
-    name = sel.get("range") if sel.get("range") in RANGES else _DEFAULT_RANGE
+    name = sel.get("range") if sel.get("range") in RANGES else _auto_range()
     return preset(name, **kw)
+
+
+def _auto_range() -> str:
+    """:func:`~monitor.dashboard.filters.fitting_range` of the oldest event, looked up at most once a
+    minute per session (it only changes when the first data arrives or retention drops old days)."""
+    import time
+
+    from monitor.dashboard.queries import overview
+
+    cached = st.session_state.get("_first_event")
+    if cached is None or time.monotonic() - cached[0] > _FIRST_EVENT_TTL_S:
+        try:
+            first = overview.first_event(store())
+        except Exception:  # an unreachable store: the pages say so themselves
+            first = None
+        cached = (time.monotonic(), first)
+        st.session_state["_first_event"] = cached
+    return fitting_range(cached[1])
 
 
 def filters() -> Filters:

@@ -7,5 +7,9 @@ behind an OpenAI-compatible API that traces and exports metrics the way vLLM doe
   ``/v1/embeddings``, ``/v1/models``, ``/metrics``, ``/health``, ``/admin/slowdown``), vLLM's
   ``llm_request`` span over OTLP/gRPC and vLLM's Prometheus names.
 
-Needs ``torch`` (not a dependency of the monitor itself).
+Needs the ``demo`` extra (torch, the openai SDK, the OTLP/gRPC exporter).
 """
+
+from monitor.extras import require
+
+require("demo", "the reference model server")

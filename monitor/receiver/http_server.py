@@ -25,12 +25,22 @@ _PATHS: dict[str, Signal] = {"/v1/traces": "traces", "/v1/metrics": "metrics", "
 
 
 def _status_body(message: str, as_json: bool) -> bytes:
-    # google.rpc.Status: code (field 1) is left 0, message is field 2.
+    """A ``google.rpc.Status`` with only ``message`` set (field 2; ``code`` stays 0), as OTLP/HTTP
+    error bodies are. Encoded by hand: one length-delimited field needs no generated module."""
     if as_json:
         import json
         return json.dumps({"message": message}).encode()
-    from google.rpc import status_pb2
-    return status_pb2.Status(message=message).SerializeToString()
+    raw = message.encode("utf-8")
+    return b"\x12" + _varint(len(raw)) + raw
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def build_app(ingress: Ingress, max_bytes: int, retry_after: int, auth_token: str | None = None) -> web.Application:
@@ -89,23 +99,26 @@ class HttpReceiver:
     """Runs :func:`build_app` on ``host:port`` inside the caller's event loop."""
 
     def __init__(self, ingress: Ingress, host: str, port: int, max_bytes: int, retry_after: int,
-                 auth_token: str | None = None):
+                 auth_token: str | None = None, grace: float = 2.0):
         self.app = build_app(ingress, max_bytes, retry_after, auth_token)
         self.host = host
         self.port = port
+        self.grace = grace
+        """Seconds requests in flight get to finish when the receiver stops."""
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
         # auto_decompress=False: aiohttp would inflate gzip without a bound; decode_body does it bounded.
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, auto_decompress=False)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, auto_decompress=False,
+                                     shutdown_timeout=self.grace)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self.port
 
-    async def stop(self, grace: float = 30.0) -> None:
-        """Stop accepting; in-flight requests get up to ``grace`` seconds to finish."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting; in-flight requests get up to :attr:`grace` seconds to finish."""
         if self._runner is not None:
             await self._runner.shutdown()
             await self._runner.cleanup()

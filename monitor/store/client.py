@@ -66,6 +66,8 @@ class Store:
         s = self.settings
         try:
             if self.embedded:
+                from monitor.extras import require
+                require("embedded", "a chdb:// store (the ClickHouse engine in-process)")
                 path = s.chdb_path()
                 path.mkdir(parents=True, exist_ok=True)
                 with _chdb_lock:

@@ -5,6 +5,10 @@ Every aggregate is computed by ClickHouse; no query loads rows to aggregate them
 Values reach SQL only as ``{name:Type}`` parameters.
 """
 
+from monitor.extras import require
+
+require("dashboards", "the dashboard app")
+
 from monitor.dashboard.queries import alerts, drift, latency, overview, quality, requests
 
 __all__ = ["overview", "latency", "drift", "quality", "requests", "alerts"]
