@@ -2,6 +2,7 @@
 
     MonitorError
     ├── ConfigError          bad settings; raised at start, never mid-run
+    ├── Cancelled            long work (a check, model training) stopped because the process stops
     ├── PermanentError       the data itself is bad; retrying cannot help (drop or dead-letter it)
     │   └── DecodeError      bytes that are not OTLP in the declared encoding
     │       └── PayloadTooLarge  over the size limit, before or after decompression
@@ -19,6 +20,7 @@ from __future__ import annotations
 __all__ = [
     "MonitorError",
     "ConfigError",
+    "Cancelled",
     "PermanentError",
     "DecodeError",
     "PayloadTooLarge",
@@ -35,6 +37,10 @@ class MonitorError(Exception):
 
 class ConfigError(MonitorError):
     """Settings are invalid or incomplete; the message says which and how to fix it."""
+
+
+class Cancelled(MonitorError):
+    """Long work was asked to stop (Ctrl-C, SIGTERM); what it finished so far is kept."""
 
 
 class PermanentError(MonitorError):

@@ -10,9 +10,12 @@ aggregates (counts, bins, quantiles) or for a deterministic sample
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
+
+from monitor.errors import Cancelled
 
 __all__ = ["Status", "Window", "Scope", "Result", "CheckContext", "Check", "worst"]
 
@@ -89,6 +92,13 @@ class CheckContext:
     settings: Any
     """The ``checks`` section of the settings."""
     table: str = "inference_events"
+    cancel: threading.Event | None = None
+    """Set when the process stops: long steps call :meth:`check_cancelled` between units of work."""
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`~monitor.errors.Cancelled` once the run was asked to stop."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("the check run was stopped")
 
     def where(self, which: Literal["current", "reference"], prefix: str = "") -> tuple[str, dict[str, Any]]:
         """A parameterised ``WHERE`` body selecting the scope in one window, and its parameters.

@@ -14,6 +14,7 @@ from typing import Callable
 from monitor.checks.base import Check, CheckContext, Result, Scope, Window, worst
 from monitor.checks.results import write_results
 from monitor.checks.windows import current_window, reference_window, scopes
+from monitor.errors import Cancelled
 
 __all__ = ["CheckRunner", "RunReport", "CheckScheduler", "default_checks"]
 
@@ -21,7 +22,10 @@ log = logging.getLogger("monitor.checks")
 
 
 def default_checks(settings) -> list[Check]:
-    """Feature drift, quality and SLO always; semantic drift when enabled (it loads torch)."""
+    """Feature drift, quality and SLO always; semantic drift when enabled (it loads torch).
+    Raises :class:`~monitor.extras.MissingExtra` without the ``checks`` extra."""
+    from monitor.extras import require
+    require("checks", "the check runner")
     from monitor.checks.quality import QualityCheck
     from monitor.checks.slo import SloCheck
     from monitor.checks.stat_drift import FeatureDriftCheck
@@ -74,6 +78,12 @@ class CheckRunner:
         self.settings = settings
         self._checks = checks
         self._lock = threading.Lock()
+        self.cancel = threading.Event()
+        """Set by :meth:`stop`: a run in progress ends at its next unit of work (within about a second)."""
+
+    def stop(self) -> None:
+        """Make a run in progress (and any later one) end early; what it finished stays written."""
+        self.cancel.set()
 
     @property
     def checks(self) -> list[Check]:
@@ -107,13 +117,20 @@ class CheckRunner:
         cur = current_window(window or c.window, at)
         for scope in scopes(self.store, cur, c.group_by, model):
             ref, _kind = reference_window(self.store, scope, cur, reference or c.reference)
-            ctx = CheckContext(self.store, scope, cur, ref, c)
+            ctx = CheckContext(self.store, scope, cur, ref, c, cancel=self.cancel)
             sr = ScopeReport(scope, cur, ref)
             for check in self.checks:
                 if only and check.name not in only:
                     continue
                 try:
+                    ctx.check_cancelled()
                     results = check.run(ctx)
+                except Cancelled:
+                    log.info("checks run %s stopped early (shutting down); %d results written", report.run_id,
+                             sum(len(s.results) for s in report.scopes) + len(sr.results))
+                    report.scopes.append(sr)
+                    report.seconds = time.monotonic() - t0
+                    raise
                 except Exception as exc:  # one broken check must not hide the others
                     log.exception("check %s failed on %s", check.name, scope)
                     results = [Result(check=check.name, metric="error", status="warn",
@@ -157,10 +174,14 @@ class CheckScheduler:
         log.info("checks every %gs (window %s, reference %s)", self.interval_s, self.runner.settings.checks.window,
                  self.runner.settings.checks.reference)
 
-    def stop(self, timeout: float = 60.0) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop scheduling and end a run in progress early (its finished results stay written)."""
         self._stop.set()
+        self.runner.stop()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("a check run did not stop within %gs; leaving it behind", timeout)
 
     def _loop(self) -> None:
         if self._stop.wait(self.first_delay_s):
@@ -168,6 +189,8 @@ class CheckScheduler:
         while not self._stop.is_set():
             try:
                 self.last = self.runner.run()
+            except Cancelled:
+                return
             except Exception:
                 log.exception("scheduled checks failed; next try in %gs", self.interval_s)
             else:

@@ -29,12 +29,14 @@ import hashlib
 import logging
 import math
 import re
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from monitor.checks.base import CheckContext, Result
+from monitor.errors import Cancelled
 
 if TYPE_CHECKING:
     import torch
@@ -103,7 +105,8 @@ def median_bandwidth(pooled: "torch.Tensor", generator: "torch.Generator",
 
 def mmd_test(x: "torch.Tensor", y: "torch.Tensor", permutations: int = 1000, seed: int = 0,
              method: Literal["auto", "exact", "rff"] = "auto", exact_max: int = EXACT_MAX,
-             rff_dim: int = RFF_DIM, bandwidth: float | None = None) -> MMDResult:
+             rff_dim: int = RFF_DIM, bandwidth: float | None = None,
+             cancel: "threading.Event | None" = None) -> MMDResult:
     """Permutation test of ``x`` (``[n, d]``, reference) against ``y`` (``[m, d]``, current).
 
     ``method="auto"`` takes the exact kernel up to ``exact_max`` pooled points, random Fourier
@@ -132,6 +135,8 @@ def mmd_test(x: "torch.Tensor", y: "torch.Tensor", permutations: int = 1000, see
     chunk = max(1, min(permutations, _CHUNK_ELEMENTS // total))
     exceed = 0
     for start in range(0, permutations, chunk):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("the permutation test was stopped")
         c = min(chunk, permutations - start)
         idx = torch.stack([torch.randperm(total, generator=gen)[:n] for _ in range(c)]).to(x.device)
         mask = torch.zeros(c, total, device=x.device).scatter_(1, idx, 1.0)
@@ -450,11 +455,11 @@ class SemanticDriftCheck:
         result.current_n = details["current_n"] = len(cur_texts)
         seed = _seed(ctx, field)
         t_embed = time.monotonic()
-        ref = embedder.embed(ref_texts)
-        cur = embedder.embed(cur_texts)
+        ref = embedder.embed(ref_texts, cancel=ctx.cancel)
+        cur = embedder.embed(cur_texts, cancel=ctx.cancel)
         embed_s = time.monotonic() - t_embed
         t_test = time.monotonic()
-        test = mmd_test(ref, cur, permutations=sem.permutations, seed=seed)
+        test = mmd_test(ref, cur, permutations=sem.permutations, seed=seed, cancel=ctx.cancel)
         test_s = time.monotonic() - t_test
         clusters = explain_shift(ref, cur, ref_texts, cur_texts, clusters=sem.clusters,
                                  examples=sem.examples, seed=seed, bandwidth=test.bandwidth)

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import struct
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -353,14 +354,16 @@ async def _openai_errors(request: web.Request, handler: Callable) -> web.StreamR
 async def create_app(model_name: str = "monitor-demo-tiny", *, seed: int = 0, slowdown: float = 1.0,
                      otlp_endpoint: str | None = None, tracer_provider: TracerProvider | None = None,
                      blocked_topics: Sequence[str] | None = DEFAULT_BLOCKED_TOPICS,
-                     model: DemoModel | None = None, max_tokens_cap: int = MAX_TOKENS_CAP) -> web.Application:
+                     model: DemoModel | None = None, max_tokens_cap: int = MAX_TOKENS_CAP,
+                     cancel: threading.Event | None = None) -> web.Application:
     """The app; the model is loaded (trained on first use) here, off the event loop.
 
     ``tracer_provider`` (tests) replaces the OTLP exporter made from ``otlp_endpoint`` and is not
-    shut down with the app; ``model`` shares an already loaded model.
+    shut down with the app; ``model`` shares an already loaded model. ``cancel`` stops a first-use
+    training at its next step (:class:`~monitor.errors.Cancelled`).
     """
     if model is None:
-        model = await asyncio.to_thread(DemoModel.load, seed)
+        model = await asyncio.to_thread(DemoModel.load, seed, cancel=cancel)
     engine = Engine(model, model_name, seed=seed, slowdown=slowdown, otlp_endpoint=otlp_endpoint,
                     tracer_provider=tracer_provider, blocked_topics=blocked_topics, max_tokens_cap=max_tokens_cap)
     app = web.Application(middlewares=[_openai_errors], client_max_size=8 * 1024 * 1024)

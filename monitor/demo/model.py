@@ -29,6 +29,7 @@ import math
 import os
 import random
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ import torch.nn.functional as F
 from opentelemetry import trace
 from torch import nn
 
+from monitor.errors import Cancelled
 from monitor.instrument import Generation, generation
 
 __all__ = ["ModelConfig", "DemoModel", "GenerateResult", "chat_prompt", "build_corpus", "default_cache_dir"]
@@ -242,7 +244,8 @@ class TinyLM(nn.Module):
         return self.head(h), new
 
 
-def _train(cfg: ModelConfig, seed: int, corpus: bytes) -> tuple[TinyLM, float]:
+def _train(cfg: ModelConfig, seed: int, corpus: bytes, cancel: threading.Event | None = None
+           ) -> tuple[TinyLM, float]:
     data = torch.frombuffer(bytearray(corpus), dtype=torch.uint8).long()
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -254,6 +257,8 @@ def _train(cfg: ModelConfig, seed: int, corpus: bytes) -> tuple[TinyLM, float]:
     loss_val = float("nan")
     ema: float | None = None
     for step in range(cfg.train_steps):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"training of the demo model stopped at step {step} of {cfg.train_steps}")
         cosine = 0.5 * (1 + math.cos(math.pi * step / cfg.train_steps))
         lr = cfg.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * cosine)
         for g in opt.param_groups:
@@ -317,8 +322,9 @@ class DemoModel:
 
     @classmethod
     def load(cls, seed: int = 0, cfg: ModelConfig | None = None, cache_dir: Path | str | None = None,
-             cache: bool = True) -> DemoModel:
-        """The model for ``seed``: from the cache, or trained (then cached) on first use."""
+             cache: bool = True, cancel: threading.Event | None = None) -> DemoModel:
+        """The model for ``seed``: from the cache, or trained (then cached) on first use; ``cancel``
+        stops the training within a step (:class:`~monitor.errors.Cancelled`, nothing cached)."""
         cfg = cfg or ModelConfig()
         t0 = time.perf_counter()
         # The training text is the docstrings of this Python version (not read again on loads).
@@ -343,7 +349,7 @@ class DemoModel:
             log.info("training the demo model (%d steps on %d bytes of docstrings; first use only)",
                      cfg.train_steps, len(corpus))
             t1 = time.perf_counter()
-            net, loss = _train(cfg, seed, corpus)
+            net, loss = _train(cfg, seed, corpus, cancel)
             train_seconds = time.perf_counter() - t1
             if cache:
                 tmp = path.with_suffix(f".tmp{os.getpid()}")

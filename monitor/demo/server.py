@@ -60,7 +60,9 @@ class DemoServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, **app_kw: Any) -> None:
         self.host, self.port = host, port
-        self.app_kw = app_kw
+        self.cancel = threading.Event()
+        """Set by :meth:`stop`: a first-use training still running ends within a step."""
+        self.app_kw = {"cancel": self.cancel, **app_kw}
         self.app: web.Application | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -107,6 +109,7 @@ class DemoServer:
         log.info("%s", describe(self.engine, self.url))
 
     def stop(self, timeout: float = 30.0) -> None:
+        self.cancel.set()
         if self._loop is None or self._thread is None:
             return
         if self._runner is not None:

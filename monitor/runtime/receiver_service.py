@@ -21,8 +21,9 @@ log = logging.getLogger("monitor.receiver")
 
 
 class ReceiverService:
-    def __init__(self, settings: ReceiverSettings, ingress: Ingress):
+    def __init__(self, settings: ReceiverSettings, ingress: Ingress, grace: float = 2.0):
         self.settings = settings
+        self.grace = grace
         self.ingress = ingress
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="monitor-receiver", daemon=True)
@@ -46,12 +47,13 @@ class ReceiverService:
             log.info("OTLP/gRPC listening on %s:%d", s.host, port)
         if s.http_enabled:
             self.http = HttpReceiver(self.ingress, s.host, s.http_port, s.max_request_bytes, s.retry_after_s,
-                                     s.auth_token)
+                                     s.auth_token, grace=self.grace)
             port = await self.http.start()
             log.info("OTLP/HTTP listening on http://%s:%d (/v1/traces, /v1/metrics, /v1/logs)", s.host, port)
 
-    def stop(self, grace: float = 30.0) -> None:
-        """Stop accepting; requests in flight finish (and are answered) first."""
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting; requests in flight get ``grace`` seconds to finish (and be answered)."""
+        grace = self.grace if grace is None else grace
         if not self._thread.is_alive():
             return
         fut = asyncio.run_coroutine_threadsafe(self._stop(grace), self.loop)

@@ -84,7 +84,7 @@ class KafkaTransport:
         if left:
             log.warning("stopping with %d messages still in the spool %s; they are sent at the next start",
                         left, self.spool.path)
-        self._drop_producer(timeout=5)
+        self._drop_producer(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
         self.spool.close()
 
     def _drop_producer(self, timeout: float = 0) -> None:

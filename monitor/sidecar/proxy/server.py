@@ -77,7 +77,8 @@ class CaptureProxy:
         )
         app = web.Application(client_max_size=1024 ** 3)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False,
+                                     shutdown_timeout=self.settings.drain_s)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True)
         await site.start()
