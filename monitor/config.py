@@ -229,6 +229,8 @@ class ProxySettings(_Section):
     max_field_bytes: int = Field(32_768, ge=256)
     """Longest stored prompt/completion/message field; longer ones end in a truncation marker."""
     upstream_timeout_s: float = Field(600.0, gt=0)
+    drain_s: float = Field(2.0, ge=0, le=120)
+    """When the proxy stops (Ctrl-C, SIGTERM): how long streams in flight may take to finish."""
     queue_max_spans: int = Field(10_000, gt=0)
     """Spans waiting to be exported; past it spans are dropped and counted, requests never wait."""
     engine_join_window_s: float = Field(10.0, ge=0)
@@ -344,6 +346,9 @@ class ChecksSettings(_Section):
     """Below this many events in either window a check reports ``insufficient_data``."""
     features: dict[str, FeatureOverride] = Field(default_factory=dict)
     """Per-feature test overrides, e.g. ``{"latency_ms": {"method": "ks", "threshold": 0.01}}``."""
+    feature_alpha: float | None = Field(None, gt=0, lt=1)
+    """p-value threshold of the p-value tests (``ks``, ``chisquare``, ``z``, ``t_test``) for features
+    without a threshold of their own; unset: evidently's 0.05. Distances keep their thresholds."""
     quality_alpha: float = Field(0.01, gt=0, lt=1)
     """Significance of the proportion test comparing quality rates with the reference."""
     semantic: SemanticSettings = SemanticSettings()
@@ -508,6 +513,9 @@ class Settings(BaseSettings):
     dashboard: DashboardSettings = DashboardSettings()
     alerts: AlertsSettings = AlertsSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    shutdown_grace_s: float = Field(2.0, ge=0, le=120)
+    """After Ctrl-C or SIGTERM: how long requests in flight (OTLP, proxied streams) may take to
+    finish before their connections close. What was accepted is written either way."""
 
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":

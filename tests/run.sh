@@ -4,8 +4,8 @@
 # (cached in ~/.m2 and ~/.cache/llm-monitor), then runs the whole suite. The tests start the broker
 # themselves (a session fixture per worker, plus private brokers for the fault tests).
 #
-#   tests/run.sh                 # everything
-#   tests/run.sh -k kafka -x     # extra arguments go to pytest
+#   tests/run.sh                 # everything: the newcomer's path (tests/newcomer.py), then the suite
+#   tests/run.sh -k kafka -x     # extra arguments go to pytest (and skip the newcomer's path)
 #
 # MONITOR_CACHE_DIR (default ~/.cache/llm-monitor) holds the venv and the broker jars;
 # PYTEST_WORKERS (default 2) sets pytest-xdist's worker count.
@@ -31,4 +31,10 @@ fi
 echo "resolving the Kafka broker jars (Maven Central, cached)" >&2
 python3 deploy/kafka/broker.py resolve >&2
 export HF_HUB_OFFLINE=1
+if [ "$#" -eq 0 ]; then
+  # The suite's venv has every extra and the test tools, which would hide a missing runtime
+  # dependency: first install the README's own lines into fresh virtualenvs and run them.
+  echo "the newcomer's path: the README's install lines in fresh virtualenvs (tests/newcomer.py)" >&2
+  python3 tests/newcomer.py
+fi
 exec "$VENV/bin/python" -m pytest -n "${PYTEST_WORKERS:-2}" -W ignore::DeprecationWarning "$@"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.dashboard.filters import Filters, bucket_seconds
+from monitor.dashboard.filters import AUTO, Filters, bucket_seconds, fitting_range
 from monitor.dashboard.store import ReadOnlyError, ReadOnlyStore, register, unregister
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -310,6 +310,26 @@ def test_text_search_is_a_parameter_not_sql(seeded):
     assert q.count(seeded["store"], f) == 0
     f = Filters(start=now - timedelta(hours=2), end=now + timedelta(seconds=1), search="<script>")
     assert q.count(seeded["store"], f) == 1
+
+
+def test_the_default_range_fits_the_data(seeded):
+    """No 24-hour axis for 45 minutes of data: the default is the shortest preset holding every event."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.selectbox(key="f_range").value == AUTO
+    assert any("Auto: last hour" in c.value for c in at.sidebar.caption), [c.value for c in at.sidebar.caption]
+
+
+def test_fitting_range_is_the_shortest_preset_holding_the_first_event():
+    now = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+    assert fitting_range(None, now) == "Last 24 hours"
+    assert fitting_range(now - timedelta(minutes=10), now) == "Last 15 minutes"
+    assert fitting_range(now - timedelta(minutes=16), now) == "Last hour"
+    assert fitting_range(now - timedelta(hours=30), now) == "Last 7 days"
+    assert fitting_range(now - timedelta(days=90), now) == "Last 30 days"
 
 
 def test_bucket_gives_a_bounded_number_of_points():

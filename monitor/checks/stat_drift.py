@@ -484,8 +484,12 @@ class FeatureDriftCheck:
         raw = None
         if self.raw_limit and rows_r <= self.raw_limit and rows_c <= self.raw_limit:
             raw = self._raw_values(ctx, feats)
-        return [self._numeric(ctx, f, nstats[f.name], min_n, raw) if f.type == "numeric"
-                else self._categorical(f, ccounts[f.name], min_n, raw) for f in feats]
+        out = []
+        for f in feats:
+            ctx.check_cancelled()
+            out.append(self._numeric(ctx, f, nstats[f.name], min_n, raw) if f.type == "numeric"
+                       else self._categorical(f, ccounts[f.name], min_n, raw))
+        return out
 
     # -- queries
 
@@ -617,7 +621,9 @@ class FeatureDriftCheck:
         if method is None:
             method = select_method(ftype, n_r, distinct)
         if threshold is None:
-            threshold = METHODS[method].default_threshold
+            alpha = getattr(self.settings, "feature_alpha", None)
+            threshold = alpha if alpha is not None and METHODS[method].kind == "p_value" \
+                else METHODS[method].default_threshold
         return method, float(threshold), overridden
 
     def _insufficient(self, f: Feature, n_r: int, n_c: int, min_n: int, details: dict) -> Result:
@@ -796,8 +802,7 @@ class FeatureDriftCheck:
         drifted = m.drifted(score, threshold)
         if raw is None or f.name not in raw:
             return score, statistic, p_value, drifted, "clickhouse-aggregates"
-        ev = self._evidently(raw[f.name], f.type, method if overridden else None,
-                             self.overrides.get(f.name, (None, None))[1])
+        ev = self._evidently(raw[f.name], f.type, method if overridden else None, threshold)
         if ev is None:
             return score, statistic, p_value, drifted, "clickhouse-aggregates"
         ev_method, ev_score, ev_drifted = ev

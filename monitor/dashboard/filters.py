@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-__all__ = ["Filters", "RANGES", "MAX_POINTS", "bucket_seconds", "preset", "Status"]
+__all__ = ["Filters", "RANGES", "AUTO", "MAX_POINTS", "bucket_seconds", "preset", "fitting_range", "Status"]
 
 Status = Literal["all", "ok", "error"]
 
@@ -23,6 +23,10 @@ RANGES: dict[str, timedelta] = {
     "Last 30 days": timedelta(days=30),
 }
 """The sidebar's presets (plus a custom range)."""
+
+AUTO = "Auto (fits the data)"
+"""The default range: the shortest preset that holds every event (ten minutes of demo data get a
+15-minute axis, not a 24-hour one with a dot at its right edge)."""
 
 MAX_POINTS = 180
 _STEPS = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
@@ -68,6 +72,19 @@ class Filters:
     @property
     def step(self) -> int:
         return bucket_seconds(self.start, self.end)
+
+
+def fitting_range(first_event: datetime | None, now: datetime | None = None) -> str:
+    """The shortest preset of :data:`RANGES` that reaches back to ``first_event`` (the last one
+    when the data is older than every preset; ``Last 24 hours`` when there is none)."""
+    if first_event is None:
+        return "Last 24 hours"
+    now = now or datetime.now(timezone.utc)
+    age = now - first_event
+    for name, span in RANGES.items():
+        if age <= span:
+            return name
+    return list(RANGES)[-1]
 
 
 def preset(name: str, now: datetime | None = None, **kw: Any) -> Filters:

@@ -1,6 +1,7 @@
 """Demo traffic: phases that each change one thing the monitor should notice.
 
 ``baseline`` (English questions about a web shop's orders and account),
+``control`` (the baseline again: nothing should be flagged),
 ``topic_shift`` (questions about Kubernetes and databases), ``long_prompts``
 (the same intents wrapped in long pasted context), ``language`` (German and
 French customers), ``refusals`` (requests the server's policy refuses) and
@@ -20,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 __all__ = ["PHASES", "Phase", "TrafficGenerator"]
 
@@ -83,15 +85,27 @@ class Phase:
     shift_share: float = 0.0
     long: bool = False
     slowdown: float = 1.0
+    expect: tuple[tuple[str, str], ...] = ()
+    """What the checks must flag against the baseline: ``(check, metric glob)``, any one of them.
+    Empty: nothing may fail (the baseline and control phases)."""
+    shows: str = ""
+    """Where a person sees it: the dashboard page and what to look for."""
 
 
 PHASES: list[Phase] = [
-    Phase("baseline", "English questions about orders and accounts", _SHOP),
-    Phase("topic_shift", "questions about Kubernetes and databases appear", _SHOP, _INFRA, 0.7),
-    Phase("long_prompts", "customers paste long context before the question", _SHOP, long=True),
-    Phase("language", "German and French customers", _SHOP, _OTHER_LANGUAGE, 0.65),
-    Phase("refusals", "more requests the server's policy refuses", _SHOP, _REFUSED, 0.35),
-    Phase("latency", "the model server slows down 3x", _SHOP, slowdown=3.0),
+    Phase("baseline", "English questions about orders and accounts (pinned as the reference)", _SHOP),
+    Phase("control", "the baseline again: nothing should be flagged", _SHOP, shows="Drift page: all green"),
+    Phase("topic_shift", "questions about Kubernetes and databases appear", _SHOP, _INFRA, 0.7,
+          expect=(("semantic_drift", "prompt"),), shows="Drift page: the cluster of infrastructure questions grew"),
+    Phase("long_prompts", "customers paste long context before the question", _SHOP, long=True,
+          expect=(("feature_drift", "prompt_length"),), shows="Drift page: prompt_length"),
+    Phase("language", "German and French customers", _SHOP, _OTHER_LANGUAGE, 0.65,
+          expect=(("feature_drift", "prompt_language"),), shows="Drift page: prompt_language"),
+    Phase("refusals", "more requests the server's policy refuses", _SHOP, _REFUSED, 0.35,
+          expect=(("quality", "refusal_rate"),), shows="Quality page: refusal rate"),
+    Phase("latency", "the model server slows down 3x", _SHOP, slowdown=3.0,
+          expect=(("feature_drift", "latency_ms"), ("feature_drift", "ttft_ms"), ("feature_drift", "decode_ms")),
+          shows="Latency & GPU page: decode time per request"),
 ]
 
 
@@ -100,7 +114,9 @@ class TrafficGenerator:
 
     def __init__(self, proxy_url: str, server_url: str, model: str, rate: float = 2.0,
                  phase_seconds: float = 60.0, loop: bool = True, seed: int = 7,
-                 on_phase: Callable[[Phase], None] | None = None):
+                 on_phase: Callable[[Phase], None] | None = None,
+                 on_phase_end: Callable[[Phase, datetime, datetime], None] | None = None,
+                 on_done: Callable[[], None] | None = None):
         import openai
 
         self.client = openai.OpenAI(base_url=proxy_url.rstrip("/") + "/v1", api_key="demo", max_retries=0,
@@ -112,6 +128,10 @@ class TrafficGenerator:
         self.loop = loop
         self.rng = random.Random(seed)
         self.on_phase = on_phase
+        self.on_phase_end = on_phase_end
+        """Called (traffic paused) with each phase's ``[start, end)`` once its last request ended."""
+        self.on_done = on_done
+        """Called once when every phase was played (``loop=False``)."""
         self.sent = 0
         self.errors = 0
         self._stop = threading.Event()
@@ -145,6 +165,7 @@ class TrafficGenerator:
         return text
 
     def _run(self) -> None:
+        self._warm_up()
         while not self._stop.is_set():
             for phase in PHASES:
                 if self._stop.is_set():
@@ -153,15 +174,32 @@ class TrafficGenerator:
                 log.info("demo phase %s: %s (%gs)", phase.name, phase.description, self.phase_seconds)
                 if self.on_phase is not None:
                     self.on_phase(phase)
+                start = datetime.now(timezone.utc)
                 end, index = time.monotonic() + self.phase_seconds, 0
                 while time.monotonic() < end and not self._stop.is_set():
                     self._one(phase, index)
                     index += 1
                     self._stop.wait(self.rng.expovariate(self.rate))
+                if self.on_phase_end is not None and not self._stop.is_set():
+                    try:
+                        self.on_phase_end(phase, start, datetime.now(timezone.utc))
+                    except Exception:  # the demo goes on; the callback logs its own failures
+                        log.exception("demo: the end-of-phase step of %s failed", phase.name)
             if not self.loop:
+                if self.on_done is not None and not self._stop.is_set():
+                    self.on_done()
                 return
 
-    def _one(self, phase: Phase, index: int) -> None:
+    def _warm_up(self, n: int = 4) -> None:
+        """A few requests before the baseline starts, so its first requests are not slower
+        (caches, first allocations) than the rest: that would look like a latency change."""
+        phase = PHASES[0]
+        for i in range(n):
+            if self._stop.is_set():
+                return
+            self._one(phase, i, count=False)
+
+    def _one(self, phase: Phase, index: int, count: bool = True) -> None:
         messages = [{"role": "system", "content": "You are the support assistant of an online shop."},
                     {"role": "user", "content": self.prompt(phase, index)}]
         try:
@@ -172,7 +210,7 @@ class TrafficGenerator:
             else:
                 self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=48,
                                                     temperature=0.7)
-            self.sent += 1
+            self.sent += count
         except Exception as exc:  # the demo keeps going; the monitor records the error
-            self.errors += 1
+            self.errors += count
             log.debug("demo request failed: %s", exc)

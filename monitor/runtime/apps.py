@@ -85,16 +85,18 @@ class Embedded(App):
         self.ingest = EmbeddedIngest(self.transport, self.writer, s.ingest)
         self.sources = SidecarSources(s, self.metrics)
         self.ingress = Ingress(self.transport, self.metrics, self.sources.processors())
-        self.receiver = ReceiverService(s.receiver, self.ingress)
+        self.receiver = ReceiverService(s.receiver, self.ingress, grace=s.shutdown_grace_s)
         from monitor.checks.admin import AdminServer
         from monitor.checks.runner import CheckRunner, CheckScheduler
         self.check_runner = CheckRunner(self.store, s)
+        checks_on = s.checks.enabled and _extra_or_say("checks", "the scheduled checks")
         self.scheduler = CheckScheduler(self.check_runner, s.checks.interval_s,
-                                        first_delay_s=min(30.0, s.checks.interval_s)) if s.checks.enabled else None
+                                        first_delay_s=min(30.0, s.checks.interval_s)) if checks_on else None
         self.alerts = _alerts(self.store, s, self.metrics, self.scheduler)
         self.admin = AdminServer(self.check_runner, s.checks.admin_host, s.checks.admin_port, self.alerts)
         self.dashboard = None
-        if s.dashboard.enabled:  # Streamlit in a thread of this process, over this store (one chdb handle)
+        if s.dashboard.enabled and _extra_or_say("dashboards", "the dashboards"):
+            # Streamlit in a thread of this process, over this store (one chdb handle)
             from monitor.dashboard.server import DashboardServer
             self.dashboard = DashboardServer(s.dashboard.host, s.dashboard.port, self.store, s.dashboard.refresh_s)
 
@@ -147,7 +149,7 @@ class Embedded(App):
         if self.scheduler is not None:
             self.scheduler.stop()
         if self.alerts is not None:
-            self.alerts.stop()
+            self.alerts.stop(timeout=self.settings.shutdown_grace_s)
         if self.receiver.loop.is_running():
             asyncio.run_coroutine_threadsafe(self.admin.stop(), self.receiver.loop).result(30)
         self.sources.stop()
@@ -172,7 +174,7 @@ class Sidecar(App):
         self.transport = KafkaTransport(s.kafka, self.spool, self.metrics)
         self.sources = SidecarSources(s, self.metrics)
         self.ingress = Ingress(self.transport, self.metrics, self.sources.processors())
-        self.receiver = ReceiverService(s.receiver, self.ingress)
+        self.receiver = ReceiverService(s.receiver, self.ingress, grace=s.shutdown_grace_s)
         log.info("spool: %s (limit %d MiB)", self.spool.path.resolve(), s.spool.max_bytes // (1024 * 1024))
 
     def start(self) -> None:
@@ -186,7 +188,8 @@ class Sidecar(App):
     def stop(self) -> None:
         self.sources.stop()
         self.receiver.stop()
-        self.transport.close(timeout=10)
+        # What the spool holds is durable: forward for a moment more, the rest goes at the next start.
+        self.transport.close(timeout=self.settings.shutdown_grace_s)
         self.metrics.close()
 
 
@@ -241,6 +244,16 @@ class ChecksService(App):
         self.metrics.close()
 
 
+def _extra_or_say(extra: str, what: str) -> bool:
+    """True when ``extra`` is installed; else one warning line that says how to get ``what``."""
+    from monitor.extras import install_line, installed
+
+    if installed(extra):
+        return True
+    log.warning("%s are off: they need the %s extra (%s)", what, extra, install_line(extra))
+    return False
+
+
 def _alerts(store: Store, settings: Settings, metrics: SelfMetrics, scheduler):
     """The alert service when rules or channels are configured, fed by the scheduler's runs."""
     from monitor.alerts.service import AlertService
@@ -254,9 +267,15 @@ def _alerts(store: Store, settings: Settings, metrics: SelfMetrics, scheduler):
 
 
 def run_until_signal(app) -> None:
-    """Start ``app``, wait for SIGINT/SIGTERM, stop it. A second Ctrl-C exits at once."""
+    """Start ``app``, wait for SIGINT/SIGTERM, stop it. A second Ctrl-C exits at once.
+
+    A signal that arrives while ``app.start()`` still runs (a first-use model training, a warm-up)
+    interrupts it: what already started is stopped the same way, so Ctrl-C is answered within
+    seconds whatever the process is doing, and what was accepted is still written.
+    """
     stop = threading.Event()
-    hits = []
+    hits: list[int] = []
+    starting = [True]
 
     def _handler(signum, _frame):
         hits.append(signum)
@@ -265,14 +284,26 @@ def run_until_signal(app) -> None:
             raise SystemExit(130)
         log.info("received %s; shutting down (Ctrl-C again to force)", signal.Signals(signum).name)
         stop.set()
+        if starting[0]:
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
     try:
         app.start()
+    except KeyboardInterrupt:
+        starting[0] = False
+        log.info("interrupted while starting; stopping what had started")
+        app.stop()
+        return
     except BaseException:
+        starting[0] = False
         app.stop()
         raise
+    starting[0] = False
+    if stop.is_set():  # the signal came between start() returning and the flag above
+        app.stop()
+        return
     log.info("ready; Ctrl-C to stop")
     while not stop.wait(1.0):
         pass

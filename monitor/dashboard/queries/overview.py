@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import pandas as pd
 
 from monitor.dashboard.filters import Filters
 from monitor.dashboard.queries._sql import EVENTS, bucket, bucket_seconds_in_range, events_where, frame
 
-__all__ = ["has_events", "models", "summary", "timeseries", "QUANTILES"]
+__all__ = ["has_events", "first_event", "models", "summary", "timeseries", "QUANTILES"]
 
 QUANTILES = (0.5, 0.95, 0.99)
 _Q = "quantiles(0.5, 0.95, 0.99)"
@@ -16,6 +18,16 @@ _Q = "quantiles(0.5, 0.95, 0.99)"
 def has_events(store) -> bool:
     """Whether anything was ever stored (a metadata count: no scan)."""
     return int(store.query_rows(f"SELECT count() FROM {EVENTS}")[0][0]) > 0
+
+
+def first_event(store, within_days: int = 30) -> datetime | None:
+    """The time of the oldest event of the last ``within_days`` days (None when there is none)."""
+    rows = store.query_rows(f"SELECT count(), min(timestamp) FROM {EVENTS} "
+                            "WHERE timestamp >= now64(9) - toIntervalDay({d:UInt16})", {"d": int(within_days)})
+    if not rows or not rows[0][0]:
+        return None
+    t = rows[0][1]
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
 def models(store, f: Filters) -> list[str]:
