@@ -1,0 +1,110 @@
+"""What the capture proxy hands off per request: the bytes both ways and when they moved. Pure.
+
+The proxy's request path only forwards bytes and keeps a copy; everything
+that interprets them (parsing the stream, reassembling the output, the span,
+redaction, the engine-span join) happens later, in the pipeline process, from
+a :class:`CaptureRecord`. Records cross the process boundary as
+:func:`encode` / :func:`decode` frames (a small JSON header, then the raw
+request and response bodies), so a 30 MB prompt costs one memcpy on the
+request path, never a parse.
+
+Timings: ``start_ns`` / ``end_ns`` are wall-clock nanoseconds (the span's
+times); ``chunks`` are ``(t_ns, offset)`` pairs in monotonic nanoseconds
+after the request's first byte: at ``t_ns`` the response bytes up to
+``offset`` (of :attr:`response_body`, as the upstream sent them) had been
+written to the client. TTFT and inter-token latency are derived from them.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import orjson
+
+__all__ = ["CaptureRecord", "encode", "decode", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_HEAD = struct.Struct("<BIII")  # version, header length, request body length, response body length
+
+
+@dataclass(slots=True)
+class CaptureRecord:
+    api: str
+    """``openai`` or ``ollama`` (the dialect of the route)."""
+    operation: str
+    """``chat``, ``text_completion`` or ``embeddings``."""
+    path: str
+    """The request path as the client sent it (no query string)."""
+    trace_id: bytes
+    """16 bytes: the client's trace (from its ``traceparent``) or a new one."""
+    span_id: bytes
+    """8 bytes: the proxy's span, sent upstream as the parent in ``traceparent``."""
+    parent_span_id: bytes = b""
+    """The client's span (from its ``traceparent``), or empty."""
+    trace_state: str = ""
+    start_ns: int = 0
+    end_ns: int = 0
+    request_body: bytes = b""
+    request_size: int = 0
+    """Bytes the client sent (``request_body`` holds at most the capture limit of them)."""
+    status: int = 0
+    """The upstream's HTTP status; 0 when no response head arrived."""
+    content_type: str = ""
+    """The upstream response's Content-Type."""
+    response_body: bytes = b""
+    """The response body as the upstream sent it (de-chunked), including a usage event the proxy asked
+    for and did not pass on; at most the capture limit."""
+    response_size: int = 0
+    chunks: list[tuple[int, int]] = field(default_factory=list)
+    """``(t_ns, offset)``: when the body up to ``offset`` had reached the client (see the module doc)."""
+    headers_ns: int | None = None
+    """Monotonic ns after the first byte when the upstream's response head arrived."""
+    usage_requested: bool = False
+    """The proxy added ``stream_options.include_usage``; the usage event was kept from the client."""
+    error_type: str = ""
+    """Empty on a complete exchange, else ``timeout``, ``upstream_unreachable``,
+    ``upstream_disconnected``, ``client_disconnected``, ``request_too_large``, ..."""
+    upstream: str = ""
+    """The upstream base URL that served it (``http://host:port``)."""
+    attributes: dict[str, str | int | float | bool] = field(default_factory=dict)
+    """Extra span attributes from the proxy (``server.address``, ``server.port``, ...)."""
+
+    @property
+    def truncated(self) -> bool:
+        return self.request_size > len(self.request_body) or self.response_size > len(self.response_body)
+
+
+_FIELDS = ("api", "operation", "path", "trace_state", "start_ns", "end_ns", "request_size", "status",
+           "content_type", "response_size", "chunks", "headers_ns", "usage_requested", "error_type", "upstream",
+           "attributes")
+
+
+def encode(r: CaptureRecord) -> bytes:
+    """One frame: header (version, lengths), JSON metadata, request body, response body."""
+    meta = {k: getattr(r, k) for k in _FIELDS}
+    meta["ids"] = (r.trace_id + r.span_id + r.parent_span_id).hex()
+    head = orjson.dumps(meta)
+    return b"".join((_HEAD.pack(FORMAT_VERSION, len(head), len(r.request_body), len(r.response_body)), head,
+                     r.request_body, r.response_body))
+
+
+def decode(frame: bytes | memoryview) -> CaptureRecord:
+    """Inverse of :func:`encode`; raises ValueError on a frame of another version or a bad length."""
+    view = memoryview(frame)
+    if len(view) < _HEAD.size:
+        raise ValueError("capture frame shorter than its header")
+    version, n_head, n_req, n_resp = _HEAD.unpack_from(view)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"capture frame version {version}, expected {FORMAT_VERSION}")
+    if _HEAD.size + n_head + n_req + n_resp != len(view):
+        raise ValueError("capture frame length does not match its header")
+    pos = _HEAD.size
+    meta = orjson.loads(view[pos:pos + n_head])
+    pos += n_head
+    req = bytes(view[pos:pos + n_req])
+    resp = bytes(view[pos + n_req:pos + n_req + n_resp])
+    ids = bytes.fromhex(meta.pop("ids"))
+    meta["chunks"] = [tuple(c) for c in meta["chunks"]]
+    return CaptureRecord(trace_id=ids[:16], span_id=ids[16:24], parent_span_id=ids[24:], request_body=req,
+                         response_body=resp, **meta)
