@@ -8,6 +8,12 @@ a :class:`CaptureRecord`. Records cross the process boundary as
 request and response bodies), so a 30 MB prompt costs one memcpy on the
 request path, never a parse.
 
+Before it forwards a captured request upstream, the proxy also sends a
+:class:`CaptureStart` (a 25-byte frame: the span id it put in ``traceparent``):
+the engine's own span (vLLM's ``llm_request``, a child of that span) can reach
+the pipeline before the record does, and the pipeline must know then that a
+proxy span is coming, to join the two into one event.
+
 Timings: ``start_ns`` / ``end_ns`` are wall-clock nanoseconds (the span's
 times); ``chunks`` are ``(t_ns, offset)`` pairs in monotonic nanoseconds
 after the request's first byte: at ``t_ns`` the response bytes up to
@@ -22,10 +28,19 @@ from dataclasses import dataclass, field
 
 import orjson
 
-__all__ = ["CaptureRecord", "encode", "decode", "FORMAT_VERSION"]
+__all__ = ["CaptureRecord", "CaptureStart", "encode", "encode_start", "decode", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
+_START = 2
 _HEAD = struct.Struct("<BIII")  # version, header length, request body length, response body length
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureStart:
+    """A captured request went upstream with this trace and span id; its record follows."""
+
+    trace_id: bytes
+    span_id: bytes
 
 
 @dataclass(slots=True)
@@ -89,9 +104,16 @@ def encode(r: CaptureRecord) -> bytes:
                      r.request_body, r.response_body))
 
 
-def decode(frame: bytes | memoryview) -> CaptureRecord:
-    """Inverse of :func:`encode`; raises ValueError on a frame of another version or a bad length."""
+def encode_start(trace_id: bytes, span_id: bytes) -> bytes:
+    return bytes((_START,)) + trace_id + span_id
+
+
+def decode(frame: bytes | memoryview) -> CaptureRecord | CaptureStart:
+    """Inverse of :func:`encode` and :func:`encode_start`; raises ValueError on a frame of another
+    version or a bad length."""
     view = memoryview(frame)
+    if len(view) == 25 and view[0] == _START:
+        return CaptureStart(bytes(view[1:17]), bytes(view[17:25]))
     if len(view) < _HEAD.size:
         raise ValueError("capture frame shorter than its header")
     version, n_head, n_req, n_resp = _HEAD.unpack_from(view)

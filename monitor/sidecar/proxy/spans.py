@@ -1,52 +1,134 @@
-"""The proxy's spans: an OpenTelemetry SDK tracer whose exporter hands batches to the emitter.
+"""A capture record becomes the proxy's GenAI span, in the pipeline process (never on the request path).
 
-The SDK's BatchSpanProcessor gives a bounded queue and a background export
-thread: ending a span never waits on monitoring, and when the queue is full
-spans are dropped (the SDK logs it) rather than the request slowed down.
+:func:`record_to_span` replays the response as the client received it
+(the record's chunk boundaries and times) through :class:`Capture`, so the
+span carries what the client saw: time to first token (the first chunk that
+brought content), mean inter-token latency, end-to-end latency, the
+reassembled output, usage (from the usage event the proxy asked for, or from
+the stream), and the request's parameters. Content goes in
+``gen_ai.input.messages`` / ``gen_ai.output.messages`` (GenAI-convention
+JSON), cut at ``proxy.max_field_bytes`` with a visible marker; redaction runs
+on it later in the pipeline, like on every other span.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
+import hashlib
+import json
+from typing import Any
 
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from monitor.sidecar.emitter import Emitter
+from monitor.config import ProxySettings
+from monitor.sidecar.proxy.capture import Capture, truncate
+from monitor.sidecar.proxy.record import CaptureRecord
 
-__all__ = ["EmitterSpanExporter", "tracer_provider"]
+__all__ = ["record_to_span", "kv", "keep_content"]
 
-log = logging.getLogger("monitor.proxy")
+_CLIENT = Span.SPAN_KIND_CLIENT
+_STREAMED = ("event-stream", "ndjson")
 
 
-class EmitterSpanExporter(SpanExporter):
-    """Encodes finished spans as an OTLP request and emits them into the local pipeline."""
+def kv(key: str, value: Any) -> KeyValue:
+    """An OTLP attribute from a Python value (str, bool, int, float, list of str)."""
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    if isinstance(value, float):
+        return KeyValue(key=key, value=AnyValue(double_value=value))
+    if isinstance(value, (list, tuple)):
+        return KeyValue(key=key, value=AnyValue(array_value=ArrayValue(values=[AnyValue(string_value=str(v))
+                                                                              for v in value])))
+    return KeyValue(key=key, value=AnyValue(string_value=str(value)))
 
-    def __init__(self, emitter: Emitter):
-        self.emitter = emitter
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            self.emitter.emit("traces", encode_spans(spans))
-        except Exception:  # the emitter counts its own drops; anything else must not kill the exporter
-            log.exception("could not hand %d proxy spans to the pipeline", len(spans))
-            return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
+def keep_content(settings: ProxySettings, path: str, trace_id: bytes) -> bool:
+    """Per-route capture switch and the deterministic sampling of content by trace id."""
+    if not settings.capture_content.get(path, True):
+        return False
+    rate = settings.sample_rate
+    if rate >= 1.0:
         return True
+    if rate <= 0.0:
+        return False
+    return int.from_bytes(hashlib.blake2b(trace_id, digest_size=8).digest(), "big") / 2 ** 64 < rate
 
 
-def tracer_provider(service_name: str, emitter: Emitter, max_queue: int) -> TracerProvider:
-    """A provider of the proxy's own (never the global one), exporting every 200 ms."""
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    provider.add_span_processor(BatchSpanProcessor(
-        EmitterSpanExporter(emitter), max_queue_size=max_queue, schedule_delay_millis=200,
-        max_export_batch_size=min(512, max_queue)))
-    return provider
+def _replay(cap: Capture, rec: CaptureRecord) -> tuple[float | None, list[float]]:
+    """Feed the stream chunk by chunk as the client got it; (TTFT s, gaps between content chunks)."""
+    body = rec.response_body
+    first: float | None = None
+    last: float | None = None
+    gaps: list[float] = []
+    pos = 0
+    chunks = rec.chunks or [(0, len(body))]
+    for t_ns, offset in chunks:
+        if offset <= pos:
+            continue
+        before = cap.chunks
+        cap.feed(body[pos:offset])
+        pos = offset
+        if cap.chunks > before:
+            t = t_ns / 1e9
+            if first is None:
+                first = t
+            elif last is not None:
+                gaps.append(t - last)
+            last = t
+    if pos < len(body):
+        cap.feed(body[pos:])
+    cap.flush()
+    return first, gaps
+
+
+def record_to_span(rec: CaptureRecord, settings: ProxySettings) -> Span:
+    """The proxy's span for one exchange. Pure; raises only on a bug (the caller counts it)."""
+    cap = Capture(rec.api, rec.operation)
+    cap.read_request(rec.request_body)
+    cap.status = rec.status
+    ttft: float | None = None
+    gaps: list[float] = []
+    streamed = any(s in rec.content_type for s in _STREAMED)
+    if rec.response_body:
+        if streamed:
+            ttft, gaps = _replay(cap, rec)
+        else:
+            cap.read_response(rec.response_body)
+    attrs: dict[str, Any] = {**rec.attributes, **cap.request_attributes(), "monitor.proxy": True,
+                             "url.path": rec.path}
+    attrs.update(cap.response_attributes())
+    status = rec.status or (502 if rec.error_type else 0)
+    attrs["http.response.status_code"] = status
+    if ttft is not None:
+        attrs["monitor.client.time_to_first_token"] = ttft
+    if gaps:
+        attrs["monitor.client.time_per_output_token"] = sum(gaps) / len(gaps)
+    if rec.truncated:
+        attrs["monitor.capture.truncated"] = True
+    if keep_content(settings, rec.path, rec.trace_id):
+        limit = settings.max_field_bytes
+        inputs = cap.input_messages()
+        outputs = cap.output_messages() if not rec.error_type or cap.output else []
+        for m in inputs + outputs:
+            for part in m.get("parts", []):
+                if isinstance(part.get("content"), str):
+                    part["content"] = truncate(part["content"], limit)
+        if inputs:
+            attrs["gen_ai.input.messages"] = json.dumps(inputs, ensure_ascii=False, separators=(",", ":"))
+        if outputs:
+            attrs["gen_ai.output.messages"] = json.dumps(outputs, ensure_ascii=False, separators=(",", ":"))
+    else:
+        attrs["monitor.content.captured"] = False
+    error_type = rec.error_type or (f"http.{status}" if status >= 400 else "")
+    name = f"{cap.operation} {cap.model}".strip()
+    span = Span(trace_id=rec.trace_id, span_id=rec.span_id, parent_span_id=rec.parent_span_id,
+                trace_state=rec.trace_state, name=name, kind=_CLIENT,
+                start_time_unix_nano=rec.start_ns, end_time_unix_nano=max(rec.end_ns, rec.start_ns))
+    if error_type:
+        attrs["error.type"] = error_type
+        detail = cap.error_body[:500] if cap.error_body else error_type
+        span.status.CopyFrom(Status(code=Status.STATUS_CODE_ERROR, message=detail))
+    span.attributes.extend(kv(k, v) for k, v in attrs.items() if v is not None)
+    return span
