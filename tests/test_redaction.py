@@ -4,13 +4,24 @@ Every snippet in :data:`CASES` carries the exact spans a careful human would
 redact, as ``(kind, substring)`` in order of appearance (a substring that occurs
 twice is listed twice). Scoring is exact: a finding counts only when kind,
 start and end all agree. ``pytest -s`` prints the table and every miss.
+
+The Hyperscan prefilter must not change a single finding: its supersets are
+checked detector by detector on mutated texts, and whole requests are redacted
+with it, without it (the fallback of other platforms) and by the implementation
+before it (kept in bench/redaction.py), with byte-identical results.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import random
+import sys
+import threading
 import time
 from collections import Counter
+from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
@@ -24,7 +35,21 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from monitor.config import RedactionSettings
 from monitor.errors import ConfigError
-from monitor.redaction import Finding, Redactor, luhn_ok, make_processor, redact_request
+from monitor.redaction import (
+    TRUNCATED,
+    TRUNCATION_MARKER,
+    Finding,
+    Redactor,
+    _prefilter,
+    _screen,
+    luhn_ok,
+    make_processor,
+    redact_request,
+)
+from monitor.redaction.detectors import CASE_TWINS
+from monitor.sidecar.proxy import capture
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Fake but format-valid credentials (AWS and Stripe values are their documentation examples).
 OPENAI = "sk-proj-Xq3vB8nLp2RtY7wKz9MfH4sJc6DgA1eUo5iTb0NrQxWyZ"
@@ -560,3 +585,374 @@ def test_one_megabyte_in_well_under_a_second():
     print(f"\nredacted {len(text) / 1e6:.2f} MB in {best * 1000:.0f} ms (best of 3); findings {dict(counts)}")
     assert sum(counts.values()) > 100 and "[CARD]" in out
     assert best < 1.0
+
+
+# ---------------------------------------------------------------------- more content: events, URLs, logs
+
+
+def _span_request(attributes=(), events=()) -> trace_service_pb2.ExportTraceServiceRequest:
+    span = trace_pb2.Span(trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)), name="op",
+                          attributes=list(attributes), events=list(events))
+    return trace_service_pb2.ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
+        scope_spans=[trace_pb2.ScopeSpans(spans=[span])])])
+
+
+# (attribute, value, value after redaction); None: unchanged. Only query strings are redacted, decoded.
+URL_CASES: list[tuple[str, str, str | None]] = [
+    ("url.full", "https://api.example.com/v1/users?email=jane%40example.com&page=2#top",
+     "https://api.example.com/v1/users?email=[EMAIL]&page=2#top"),
+    ("url.full", "https://shop.example/checkout?card=4111+1111+1111+1111&ok=1",
+     "https://shop.example/checkout?card=[CARD]&ok=1"),
+    ("url.full", "https://example.com/login?user=bob&password=hunter22x",
+     "https://example.com/login?user=bob&password=[API_KEY]"),
+    ("url.full", "https://example.com/cb?access_token=FwoGZXIvYXdzEBYaDHqa0AP1Example&state=xyz",
+     "https://example.com/cb?access_token=[API_KEY]&state=xyz"),
+    ("url.full", "https://example.com/call?phone=%2B1%20(415)%20555-0132", "https://example.com/call?phone=[PHONE]"),
+    ("url.full", "https://example.com/a?next=%2Fhome&ip=198.51.100.7#frag",
+     "https://example.com/a?next=%2Fhome&ip=[IP]#frag"),
+    ("url.full", "https://example.com/search?q=weather+in+berlin&lang=en", None),
+    ("url.full", "https://example.com/users/10.0.0.1/jane@example.com", None),  # no query string
+    ("url.full", "https://example.com/?email=[EMAIL]&n=1", None),  # already redacted
+    ("url.query", "email=a.b%40c.io&debug=true", "email=[EMAIL]&debug=true"),
+    ("url.query", f"api_key={OPENAI}", "api_key=[API_KEY]"),
+    ("url.query", "jane%40example.com", "[EMAIL]"),
+    ("url.query", "q=order+123456789&page=3", None),
+    ("http.url", "http://a@b.io/?email=x%40y.io", None),  # not a URL attribute this covers
+]
+
+# (event name, attributes, attributes after redaction): content keys of any event, every attribute of messages
+EVENT_CASES: list[tuple[str, dict, dict]] = [
+    ("gen_ai.evaluation.result",
+     {"gen_ai.output.messages": '[{"content":"mail a@b.io"}]', "note": "call 555-123-4567"},
+     {"gen_ai.output.messages": '[{"content":"mail [EMAIL]"}]', "note": "call 555-123-4567"}),
+    ("exception", {"exception.message": "connect 10.9.9.9 failed", "gen_ai.prompt": "my IP is 203.0.113.9"},
+     {"exception.message": "connect 10.9.9.9 failed", "gen_ai.prompt": "my IP is [IP]"}),
+    ("tool.result", {"gen_ai.tool.call.result": '{"email": "carol@example.net", "n": 3}'},
+     {"gen_ai.tool.call.result": '{"email":"[EMAIL]","n":3}'}),
+    ("feedback", {"input.value": "reach me at +44 7700 900 123",
+                  "llm.output_messages.0.content": "4111 1111 1111 1111"},
+     {"input.value": "reach me at [PHONE]", "llm.output_messages.0.content": "[CARD]"}),
+    ("gen_ai.assistant.message", {"content": "served from 192.0.2.1", "id": "msg-1"},
+     {"content": "served from [IP]", "id": "msg-1"}),
+    ("audit", {"message": "user bob@example.com logged in"}, {"message": "user bob@example.com logged in"}),
+]
+
+
+@pytest.mark.parametrize("key, value, expected", URL_CASES)
+def test_url_query_strings(key, value, expected):
+    msg = _span_request([_kv(key, value)])
+    counts = redact_request(Redactor(), "traces", msg)
+    out = _attrs(msg.resource_spans[0].scope_spans[0].spans[0].attributes)[key]
+    assert out == (value if expected is None else expected)
+    assert (counts == {}) == (expected is None)
+    assert redact_request(Redactor(), "traces", msg) == {}  # idempotent
+
+
+@pytest.mark.parametrize("name, attributes, expected", EVENT_CASES)
+def test_events_of_any_name_with_content_keys(name, attributes, expected):
+    event = trace_pb2.Span.Event(name=name, attributes=[_kv(k, v) for k, v in attributes.items()])
+    msg = _span_request(events=[event])
+    redact_request(Redactor(), "traces", msg)
+    assert _attrs(msg.resource_spans[0].scope_spans[0].spans[0].events[0].attributes) == expected
+
+
+def test_log_bodies_with_escapes_and_kvlists():
+    text = "Kontakt: jürgen.weiß@beispiel.de\nTel. +49 30 12345678"
+    msg = logs_service_pb2.ExportLogsServiceRequest(resource_logs=[logs_pb2.ResourceLogs(scope_logs=[
+        logs_pb2.ScopeLogs(log_records=[
+            logs_pb2.LogRecord(body=_any(json.dumps({"content": text}))),  # \\u00fc, \\n escapes
+            logs_pb2.LogRecord(body=_any({"content": "key AKIAIOSFODNN7EXAMPLE", "n": [text]})),
+            logs_pb2.LogRecord(body=_any("all clear"), attributes=[_kv("client", "203.0.113.7")]),
+        ])])])
+    counts = redact_request(Redactor(), "logs", msg)
+    records = msg.resource_logs[0].scope_logs[0].log_records
+    assert json.loads(records[0].body.string_value) == {"content": "Kontakt: [EMAIL]\nTel. [PHONE]"}
+    assert _attrs([common_pb2.KeyValue(key="b", value=records[1].body)])["b"] == {
+        "content": "key [API_KEY]", "n": ["Kontakt: [EMAIL]\nTel. [PHONE]"]}
+    assert records[2].body.string_value == "all clear"
+    assert _attrs(records[2].attributes) == {"client": "[IP]"}
+    assert counts == {"EMAIL": 2, "PHONE": 2, "API_KEY": 1, "IP": 1}
+
+
+# ---------------------------------------------------------------------- bounded cost
+
+
+def test_huge_prompt_is_cut_before_scanning():
+    prose = "The quarterly report shows revenue growth in every region except the northeast. "
+    prompt = "Write to jane.doe@example.com. " + prose * 380_000  # 31 MB
+    value = json.dumps([{"role": "user", "parts": [{"type": "text", "content": prompt}]}])
+    msg = _span_request([_kv("gen_ai.operation.name", "chat"), _kv("gen_ai.input.messages", value)])
+    seen: list[dict] = []
+    t0 = time.perf_counter()
+    make_processor(Redactor(), seen.append)("traces", msg)
+    elapsed = time.perf_counter() - t0
+    out = _attrs(msg.resource_spans[0].scope_spans[0].spans[0].attributes)["gen_ai.input.messages"]
+    print(f"\n{len(value) / 1e6:.0f} MB prompt redacted in {elapsed * 1000:.0f} ms")
+    assert elapsed < 0.5
+    assert seen == [{TRUNCATED: 1, "EMAIL": 1}]
+    kept, marker = out[:out.rindex("…")], out[out.rindex("…"):]
+    original_kept = kept.replace("[EMAIL]", "jane.doe@example.com")
+    assert marker == TRUNCATION_MARKER.format(n=len(value.encode()) - len(original_kept.encode()))
+    assert value.startswith(original_kept) and "[EMAIL]" in kept
+    assert len(out.encode()) <= RedactionSettings().max_value_bytes
+    assert redact_request(Redactor(), "traces", msg) == {}  # fits now: not cut again, marker not redacted
+
+
+def test_truncation_marker_is_the_capture_proxys():
+    assert TRUNCATION_MARKER == capture.TRUNCATION_MARKER
+    r = Redactor(RedactionSettings(max_value_bytes=1024))
+    value = common_pb2.AnyValue(string_value="é" * 600 + "a@b.io")  # 1206 bytes: cut inside no character
+    counts: dict[str, int] = {}
+    r.redact_any_value(value, counts)
+    assert counts == {TRUNCATED: 1}
+    assert value.string_value == "é" * 492 + "…[truncated 222 bytes]" and len(value.string_value.encode()) <= 1024
+    with pytest.raises(ValueError):
+        RedactionSettings(max_value_bytes=100)
+
+
+# ---------------------------------------------------------------------- the prefilter changes no finding
+
+needs_hyperscan = pytest.mark.skipif(_prefilter.hyperscan is None, reason="hyperscan is not installed here")
+
+_NOISE = ["é", "ü", "—", "\u00a0", "😀", "\u212a", "\u0130", "ı", "ſ", "\n", "\t", " ", "x", "9", "-", "(", ")", ".",
+          ",", ":", "=", '"', "'", "[", "+", "/", "@", "_"]
+_EDGE = [
+    "phone" + "é" * 30 + " 555 123 4567", "Telefon— 555 123 4567", "call\nme\nat 555-123-4567",
+    "LLÁMAME AL 600 123 456", "Tel:" + " " * 23 + "5551234567", "TÉLÉPHONE : 06 12 34 56 78", "móvil 612 34 56 78",
+    "au numéro 06 12 34 56 78", "rufen sie mich an: 030 1234567", "appelez-moi au 06 12 34 56 78",
+    "cell-phone: 415 555 0132", "fax (030) 1234567", "contraseña: hunter22", "CONTRASEÑA = s3cr3tvalue",
+    "mot de passe est hunter22", "PASSWORD \u0130S hunter2x", "api_\u212aey: 'abc123'", "secret_access_key => 'x1y2z3'",
+    "passphrase:=correct-horse", "Bearer abc\u212adef1234567", "https://" + "ü" * 60 + ":p4ssw0rd@host.example.com",
+    "curl -u ädmin:Pa55word! http://x", "ÉLODIE@EXEMPLE.FR", "x@测试.中国", "::ffff:192.0.2.128", "2001:db8::",
+    "2001:DB8::8A2E:370:7334", "1 (415) 555-0132", "030 / 123 456 78", "+49 (0)30 1234 5678", "(030) 1234567",
+    "91 123 45 67", "3782 822463 10005", "6011000990139424", "8.8.8.8:53",
+]
+
+
+def _texts(n: int, seed: int = 7) -> list[str]:
+    """The labelled corpus and edge cases, then ``n`` mutations of them (case, twins, non-ASCII, noise)."""
+    rng = random.Random(seed)
+    base = [t for t, _ in CASES] + _EDGE
+    out = list(base)
+    for _ in range(n):
+        chars = list(" ".join(rng.choice(base) for _ in range(rng.randint(1, 2))))
+        for _ in range(rng.randint(0, 4)):
+            i = rng.randrange(len(chars))
+            op = rng.randrange(4)
+            if op == 0:
+                chars[i] = chars[i].upper()
+            elif op == 1:
+                chars.insert(i, rng.choice(_NOISE))
+            elif op == 2:
+                chars[i] = {"k": "\u212a", "K": "\u212a", "i": "\u0130", "I": "\u0130"}.get(chars[i], chars[i])
+            else:
+                del chars[i]
+        out.append("".join(chars).upper() if rng.random() < 0.2 else "".join(chars))
+    return out
+
+
+def _reports(det, text: str) -> bool:
+    """Whether ``det`` alone (no other detector claiming anything) reports a finding in ``text``."""
+    lower = text.lower() if len(text.lower()) == len(text) else text.replace("\u0130", "i").lower()
+    for m in det.candidates(text, lower):
+        start, end = det.span(m)
+        if start < end and (det.validate is None or det.validate(m, text)):
+            return True
+    return False
+
+
+@needs_hyperscan
+def test_each_superset_matches_wherever_its_detector_reports():
+    r = Redactor()
+    for text in _texts(3000):
+        ids = r._prefilter.select(text.encode("utf-8", "surrogatepass"))
+        if r._twin_id in ids:
+            ids |= r._keyword_ids
+        for i, (det, _, _) in enumerate(r._plan):
+            assert i in ids or not _reports(det, text), (det.kind, det.pattern.pattern[:50], text)
+        if r.scan(text):  # and in JSON of every kind that carries the text
+            for enc in (json.dumps([{"c": text}]), json.dumps({"c": text}, ensure_ascii=False, indent=2),
+                        json.dumps([{"arguments": json.dumps({"body": text})}]),
+                        json.dumps({"c": text}).replace("@", "\\u0040").replace("/", "\\/")):
+                assert r._prefilter.any(*_prefilter.views(enc.encode("utf-8", "surrogatepass"))), enc
+
+
+@needs_hyperscan
+def test_clean_prose_matches_no_superset():
+    r = Redactor()
+    prose = ("The quarterly report shows revenue growth in every region except the northeast. Please summarize "
+             "the attached meeting notes in three short bullet points. Preheat the oven to 190 degrees. "
+             "Unfortunately I will be travelling that week; I redacted one phone number and an email address.")
+    assert r._prefilter.select(prose.encode()) == set()
+    assert r._prefilter.any(*_prefilter.views(json.dumps([{"role": "user", "content": prose}]).encode())) is False
+
+
+def test_case_twins_are_all_the_non_ascii_characters_that_lower_case_to_ascii():
+    # Redactor.scan runs keyword patterns on text.replace("İ", "i").lower(); supersets rely on this.
+    for cp in range(0x80, 0x110000):
+        c = chr(cp)
+        assert len(c.lower()) == 1 or c == "\u0130", hex(cp)
+        assert c in CASE_TWINS or not any(ch.isascii() for ch in c.replace("\u0130", "i").lower()), hex(cp)
+
+
+class _NoHyperscan:
+    """Within: Redactors are built as on a platform without the hyperscan wheel."""
+
+    def __enter__(self):
+        self.saved, _prefilter.hyperscan = _prefilter.hyperscan, None
+
+    def __exit__(self, *exc):
+        _prefilter.hyperscan = self.saved
+
+
+@pytest.mark.parametrize("settings", [
+    RedactionSettings(), RedactionSettings(detectors=["phone", "api_key"]),
+    RedactionSettings(custom={"EMPLOYEE_ID": r"\bEMP-\d{6}\b"}), RedactionSettings(max_value_bytes=2048),
+], ids=["default", "some-detectors", "custom-rule", "small-limit"])
+def test_prefilter_and_fallback_agree(settings):
+    fast = Redactor(settings)
+    with _NoHyperscan():
+        plain = Redactor(settings)
+    assert plain._prefilter is None
+    for text in _texts(500, seed=3):
+        assert fast.scan(text) == plain.scan(text), text
+    for n, (signal, body) in enumerate(_random_requests(120, seed=5)):
+        cls = (trace_service_pb2.ExportTraceServiceRequest if signal == "traces"
+               else logs_service_pb2.ExportLogsServiceRequest)
+        a, b = cls.FromString(body), cls.FromString(body)
+        assert redact_request(fast, signal, a) == redact_request(plain, signal, b), n
+        assert a.SerializeToString() == b.SerializeToString(), n
+
+
+def _random_requests(n: int, seed: int) -> list[tuple[str, bytes]]:
+    """Requests mixing clean and sensitive content in every place redact_request looks, encoded every way."""
+    rng = random.Random(seed)
+    texts = [t for t, _ in CASES] + _EDGE + ["The quarterly report shows revenue growth.", "ok", ""] * 20
+
+    def text() -> str:
+        t = rng.choice(["\n", " — ", " "]).join(rng.choice(texts) for _ in range(rng.randint(1, 3)))
+        return t * 400 if rng.random() < 0.03 else t  # now and then longer than a small max_value_bytes
+
+    def content() -> str:
+        t, style = text(), rng.randrange(5)
+        msgs = [{"role": "user", "parts": [{"type": "text", "content": t}]}]
+        return [json.dumps(msgs), json.dumps(msgs, ensure_ascii=False, indent=2),
+                json.dumps([{"arguments": json.dumps({"body": t, "more": [json.dumps({"x": t})]})}]),
+                json.dumps(msgs).replace("@", "\\u0040").replace("/", "\\/").replace("K", "\\u212a"), "[" + t][style]
+
+    out: list[tuple[str, bytes]] = []
+    for _ in range(n):
+        if rng.random() < 0.2:
+            records = [logs_pb2.LogRecord(body=_any(content()), trace_id=rng.randbytes(16),
+                                          attributes=[_kv("peer", text())]) for _ in range(rng.randint(1, 6))]
+            out.append(("logs", logs_service_pb2.ExportLogsServiceRequest(resource_logs=[logs_pb2.ResourceLogs(
+                scope_logs=[logs_pb2.ScopeLogs(log_records=records)])]).SerializeToString()))
+            continue
+        spans = []
+        for _ in range(rng.randint(1, 12)):
+            attrs = [_kv("gen_ai.response.id", f"chatcmpl-{rng.getrandbits(96):024x}"), _kv("user.note", text())]
+            if rng.random() < 0.8:
+                attrs.append(_kv("gen_ai.input.messages", content()))
+            if rng.random() < 0.2:
+                attrs.append(_kv("gen_ai.prompt.0.content", [text(), {"c": text()}]))
+            if rng.random() < 0.2:
+                q = f"q={quote_plus(text()[:300])}&email={quote('jane@example.com')}&password=hunter22x"
+                attrs.append(_kv(rng.choice(["url.full", "url.query"]), rng.choice([f"https://x.example/p?{q}#f", q])))
+            events = [trace_pb2.Span.Event(
+                name=rng.choice(["gen_ai.user.message", "exception", "gen_ai.evaluation"]),
+                attributes=[_kv(rng.choice(["content", "gen_ai.output.messages"]), content())])
+                for _ in range(rng.randint(0, 2))]
+            spans.append(trace_pb2.Span(trace_id=rng.randbytes(16), span_id=rng.randbytes(8), name="chat",
+                                        start_time_unix_nano=rng.getrandbits(63), attributes=attrs, events=events))
+        out.append(("traces", trace_service_pb2.ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
+            resource=resource_pb2.Resource(attributes=[_kv("host.ip", "10.0.0.5")]),
+            scope_spans=[trace_pb2.ScopeSpans(spans=spans)])]).SerializeToString()))
+    return out
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_redaction", ROOT / "bench" / "redaction.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_redaction", module)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_same_output_as_before_the_prefilter():
+    """The realistic bench load, clean and with PII injected (plain, escaped, nested JSON; events; logs)."""
+    bench = _bench()
+    impls = bench.implementations()
+    clean = [b for b, _ in bench.build_requests(512, 256, 11)]
+    traces, logs = bench.build_pii_requests(3000, 12)
+    problems = bench.differential(impls, "traces", clean + traces) + bench.differential(impls, "logs", logs)
+    assert problems == []
+
+
+def test_redactor_is_thread_safe():
+    r = Redactor()
+    bodies = [body for signal, body in _random_requests(40, seed=9) if signal == "traces"]
+
+    def run() -> list[bytes]:
+        out = []
+        for body in bodies:
+            msg = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+            redact_request(r, "traces", msg)
+            out.append(msg.SerializeToString())
+        return out
+
+    expected = run()
+    results: list[list[bytes]] = []
+    threads = [threading.Thread(target=lambda: results.append(run())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [expected] * 4
+
+
+def test_item_ranges_follow_the_wire_format():
+    spans = [trace_pb2.Span(name=f"s{i}", trace_id=bytes([i]) * 16, attributes=[_kv("k", "v" * 200 * i)])
+             for i in range(5)]
+    msg = trace_service_pb2.ExportTraceServiceRequest(resource_spans=[
+        trace_pb2.ResourceSpans(resource=resource_pb2.Resource(attributes=[_kv("a", "b")]), schema_url="x",
+                                scope_spans=[trace_pb2.ScopeSpans(spans=spans[:2], schema_url="y"),
+                                             trace_pb2.ScopeSpans(spans=spans[2:3])]),
+        trace_pb2.ResourceSpans(scope_spans=[trace_pb2.ScopeSpans(spans=spans[3:])])])
+    data = msg.SerializeToString()
+    ranges = _screen.item_ranges(data)
+    assert [path for _, _, path in ranges] == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0), (1, 0, 1)]
+    for start, end, (i, j, k) in ranges:
+        assert data[start:end] == msg.resource_spans[i].scope_spans[j].spans[k].SerializeToString()
+    with pytest.raises((ValueError, IndexError)):
+        _screen.item_ranges(data[:-3])
+
+
+def test_json_views_decode_as_a_json_parser_does():
+    from monitor.redaction import redact
+    assert redact._MAX_JSON_DEPTH <= _prefilter.MAX_JSON_LEVELS  # views reach every leaf the redactor parses
+
+    def expected(text: str) -> bytes:
+        return b"".join(c.encode() if c.isascii() or c in CASE_TWINS else _prefilter.STAND_IN for c in text)
+
+    for text in _texts(300, seed=1) + ['a\\"b\\\\n\\u0041', "\\" * 7 + "n", "x\ud83d\ude00y\ud800z" * 40]:
+        encoded = json.dumps(text)  # every non-ASCII character as \\uXXXX; few and many backslashes
+        decoded = json.loads(encoded)  # a surrogate pair is one character, as in the view
+        assert _prefilter.json_unescape(encoded.encode()) == b'"' + expected(decoded) + b'"', text
+    nested = json.dumps({"a": '{"b": "x\\u0040y.io"}'})  # JSON in a JSON string, its "@" escaped in it
+    assert json.loads(json.loads(nested)["a"]) == {"b": "x@y.io"}
+    level1, level2 = _prefilter.views(nested.encode())[1:]
+    assert b'"x\\u0040y.io"' in level1 and b'"x@y.io"' in level2
+
+
+def test_many_matches_and_escapes_fall_back_to_walking():
+    fast = Redactor()
+    with _NoHyperscan():
+        plain = Redactor()
+    many_matches = " ".join(f"u{i}@example.com" for i in range(_prefilter.LOCATE_CAP + 10))
+    many_escapes = json.dumps([{"content": "line\n" * (_prefilter.ESCAPE_CAP + 10) + "mail a@b.io"}])
+    for value in (many_matches, many_escapes):
+        body = _span_request([_kv("gen_ai.input.messages", value), _kv("gen_ai.prompt", "ok")]).SerializeToString()
+        a = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+        b = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+        assert redact_request(fast, "traces", a) == redact_request(plain, "traces", b) != {}
+        assert a == b

@@ -4,18 +4,14 @@
 ``make_processor(redactor)`` is the receiver processor that applies
 :func:`redact_request` to every accepted request. Findings become typed
 placeholders: ``[EMAIL]``, ``[PHONE]``, ``[CARD]``, ``[IP]``, ``[API_KEY]``,
-``[BEARER_TOKEN]`` and ``[NAME]`` for each custom rule.
+``[BEARER_TOKEN]`` and ``[NAME]`` for each custom rule. A content value longer
+than ``redaction.max_value_bytes`` is cut first and counted as ``TRUNCATED``.
+On x86-64 Linux a Hyperscan prefilter skips text no detector can match.
 """
 
 from monitor.redaction.detectors import DETECTORS, KINDS, PRIORITY, Detector, luhn_ok
-from monitor.redaction.redact import (
-    CONTENT_KEYS,
-    CONTENT_PREFIXES,
-    Finding,
-    Redactor,
-    make_processor,
-    redact_request,
-)
+from monitor.redaction.redact import TRUNCATED, TRUNCATION_MARKER, Finding, Redactor
+from monitor.redaction.request import CONTENT_KEYS, CONTENT_PREFIXES, URL_KEYS, make_processor, redact_request
 
 __all__ = [
     "Redactor",
@@ -28,5 +24,8 @@ __all__ = [
     "PRIORITY",
     "CONTENT_KEYS",
     "CONTENT_PREFIXES",
+    "URL_KEYS",
+    "TRUNCATED",
+    "TRUNCATION_MARKER",
     "luhn_ok",
 ]

@@ -18,6 +18,20 @@ Invariants:
   lower-cased text (offsets are identical; the ``ci`` twin is used when
   lower-casing changes the length). E-mail and IPv6 candidates are anchored on
   ``@`` and ``:``.
+- Every built-in detector also carries a ``superset``: a byte-level pattern
+  (Hyperscan syntax) that matches somewhere in the UTF-8 of any text in which
+  the detector can report a finding (:mod:`monitor.redaction._prefilter`). It
+  only lets a text be skipped; the patterns and checks above still decide.
+  What keeps it a superset: look-arounds, ``\\b`` and most of what only a
+  check rejects are left out or loosened; every element that can match a
+  non-ASCII character takes any byte of ``\\x80-\\xff`` (with an upper bound
+  four times the character count, or none), and all other elements take
+  ASCII only, so any non-ASCII character may stand for another (a keyword's
+  own ``é`` lists its bytes, those of ``É`` and those of the JSON stand-in);
+  keywords are matched case-insensitively, and the few non-ASCII characters
+  that lower-case to ASCII (:data:`CASE_TWINS`) put every keyword detector in play.
+  Supersets start at their rarest part (``@``, a keyword, a colon): a pattern
+  that starts with a common class makes Hyperscan slow everywhere.
 """
 
 from __future__ import annotations
@@ -29,7 +43,9 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["Detector", "DETECTORS", "PRIORITY", "KINDS", "luhn_ok"]
+from monitor.redaction._prefilter import STAND_IN
+
+__all__ = ["Detector", "DETECTORS", "PRIORITY", "KINDS", "CASE_TWINS", "luhn_ok"]
 
 Validator = Callable[[re.Match[str], str], bool]
 """``(match, original_text) -> keep?``; ``match.string`` is the lower-cased text for keyword patterns."""
@@ -44,6 +60,9 @@ class Detector:
     ``prefilter_ci``: the same against the lower-cased text. ``ci``: when set, ``pattern`` is
     lower-case and runs on the lower-cased text, ``ci`` (case-insensitive) on the original.
     ``finder``: yields candidate matches itself (anchored search) instead of ``finditer``.
+    ``superset``: a Hyperscan pattern over the UTF-8 bytes (case-insensitive when ``ci`` is set)
+    that matches wherever this detector can report a finding; empty when there is none (custom
+    rules): the detector then always runs.
     """
 
     kind: str
@@ -54,6 +73,7 @@ class Detector:
     validate: Validator | None = None
     ci: re.Pattern[str] | None = None
     finder: Finder | None = None
+    superset: str = ""
 
     def candidates(self, text: str, lower: str) -> Iterator[re.Match[str]]:
         if self.finder is not None:
@@ -72,6 +92,21 @@ class Detector:
 
 
 _DIGITS = tuple("0123456789")
+
+# Building blocks of the byte-level supersets (module docstring: what keeps them supersets).
+_HI = r"\x80-\xff"
+"""Inside a byte class: every byte of a non-ASCII character."""
+_BLANKS = rf"[\s\x1c-\x1f{_HI}]+"
+"""``\\s+``: the ASCII characters Python's ``\\s`` matches, or any non-ASCII byte."""
+_NOT_BLANK = r"\s\x1c-\x1f"
+"""The ASCII characters Python's ``\\s`` matches: a class without ``\\s`` may leave these out too."""
+
+CASE_TWINS = ("\u0130", "\u212a")
+"""The non-ASCII characters that become ASCII letters in the text keyword patterns run on:
+:meth:`Redactor.scan` replaces ``İ`` by ``i`` and lower-cases, which maps the Kelvin sign to ``k``.
+Keyword supersets spell ASCII letters only, so a text holding one of these runs every keyword
+detector. (The ``re.I`` twins never run: after that replacement lower-casing keeps the length;
+tests/test_redaction.py checks both facts.)"""
 
 
 def _lower(pattern: str, flags: int = 0) -> tuple[re.Pattern[str], re.Pattern[str]]:
@@ -130,8 +165,10 @@ def _basic_ok(m: re.Match[str], text: str) -> bool:
 
 
 BEARER_TOKEN = (
-    Detector("BEARER_TOKEN", _BEARER, ("v",), prefilter_ci=("bearer",), validate=_bearer_ok, ci=_BEARER_CI),
-    Detector("BEARER_TOKEN", _BASIC, ("v",), prefilter_ci=("basic",), validate=_basic_ok, ci=_BASIC_CI),
+    Detector("BEARER_TOKEN", _BEARER, ("v",), prefilter_ci=("bearer",), validate=_bearer_ok, ci=_BEARER_CI,
+             superset=rf"bearer[ \t]+[a-z0-9\-._~+/{_HI}]{{8}}"),
+    Detector("BEARER_TOKEN", _BASIC, ("v",), prefilter_ci=("basic",), validate=_basic_ok, ci=_BASIC_CI,
+             superset=rf"basic[ \t]+[a-z0-9+/{_HI}]{{6}}"),
 )
 
 # --------------------------------------------------------------------------- API keys and secrets
@@ -223,21 +260,36 @@ def _assign_ok(m: re.Match[str], text: str) -> bool:
     return True
 
 
+# Every _ASSIGN keyword ends in one of these, the last two followed by letters (api_key, OPENAI_API_KEY,
+# secret_access, db.password, contraseña ...). Few and long literals keep Hyperscan fast.
+_ASSIGN_TAILS = rf"(?:key|secret|access|token|kennwort|(?:pass|contras)[a-z{_HI}]*)"
+
 API_KEY = (
-    Detector("API_KEY", _PEM, prefilter=("PRIVATE KEY",)),
+    Detector("API_KEY", _PEM, prefilter=("PRIVATE KEY",),
+             superset=r"-----BEGIN[A-Z ]{0,20} PRIVATE KEY-----"),
     Detector("API_KEY", _KEY_FORMATS,
              prefilter=("sk-", "AKIA", "ASIA", "gho_", "ghp_", "ghs_", "ghu_", "ghr_", "github_pat_",
                         "xox", "AIza", "_live_", "_test_", "hf_"),
-             validate=_format_key_ok),
-    Detector("API_KEY", _JWT, prefilter=("eyJ",), validate=_jwt_ok),
+             validate=_format_key_ok,
+             superset=r"sk-[A-Za-z0-9_-]{20}|A[KS]IA[A-Z0-9]{16}|gh[opsur]_[A-Za-z0-9]{30}"
+                      r"|github_pat_[A-Za-z0-9_]{30}|xox[abposr]-[A-Za-z0-9-]{10}|AIza[0-9A-Za-z_-]{35}"
+                      r"|[sr]k_(?:live|test)_[0-9A-Za-z]{16}|hf_[A-Za-z0-9]{30}"),
+    Detector("API_KEY", _JWT, prefilter=("eyJ",), validate=_jwt_ok,
+             superset=r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8}"),
     Detector("API_KEY", _URL_CREDS, ("v",), prefilter=("://",),
-             validate=lambda m, _: not _NOT_A_VALUE.match(m.group("v"))),
+             validate=lambda m, _: not _NOT_A_VALUE.match(m.group("v")),
+             superset=rf"://[^{_NOT_BLANK}/:@\[\]]{{1,256}}:[^{_NOT_BLANK}/@\[\]]{{1,512}}@"),
     Detector("API_KEY", _CLI_CREDS, ("v",), prefilter=("-u ", "-u=", "--user"),
-             validate=_cli_creds_ok),
+             validate=_cli_creds_ok,
+             superset=rf"-(?:u|-user)[ =]['\"]?[^{_NOT_BLANK}:'\"]{{1,256}}:[^{_NOT_BLANK}'\"]{{4}}"),
     Detector("API_KEY", _ASSIGN, ("dq", "sq", "bare"), validate=_assign_ok, ci=_ASSIGN_CI,
-             prefilter_ci=("key", "secret", "pass", "token", "kennwort", "contrase")),
+             prefilter_ci=("key", "secret", "pass", "token", "kennwort", "contrase"),
+             superset=_ASSIGN_TAILS + r"[\"']?[ \t]*(?:=>|:=|=|:)[ \t]*"
+                      rf"(?:\"[^\"\n]|'[^'\n]|[^{_NOT_BLANK}\"'`,;&<>(){{}}\[\]]{{4}})"),
     Detector("API_KEY", _SAID, ("v",), validate=_said_ok, ci=_SAID_CI,
-             prefilter_ci=("pass", "kennwort", "contrase")),
+             prefilter_ci=("pass", "kennwort", "contrase"),
+             superset=rf"(?:passwor[dt]|passe|kennwort|contrase[a-z{_HI}]*a)[ \t]+(?:is|was|lautet|ist|war|est|es)"
+                      rf"[ \t]*:?[ \t]+[^{_NOT_BLANK}\"'`]{{4}}"),
 )
 
 # --------------------------------------------------------------------------- email
@@ -271,7 +323,9 @@ def _email_ok(m: re.Match[str], text: str) -> bool:
             and not local.startswith(".") and not local.endswith("."))
 
 
-EMAIL = (Detector("EMAIL", _EMAIL, prefilter=("@",), validate=_email_ok, finder=_email_candidates),)
+# From the "@" on (a leading class would make Hyperscan run an engine from every letter): the domain.
+EMAIL = (Detector("EMAIL", _EMAIL, prefilter=("@",), validate=_email_ok, finder=_email_candidates,
+                  superset=rf"@(?:[A-Za-z0-9{_HI}][A-Za-z0-9_\-{_HI}]*\.)+[A-Za-z{_HI}]{{2}}"),)
 
 # --------------------------------------------------------------------------- payment cards
 
@@ -326,7 +380,7 @@ def _card_ok(m: re.Match[str], text: str) -> bool:
     return len(groups) >= 4 and all(g == 4 for g in groups[:-1]) and 1 <= groups[-1] <= 4
 
 
-CARD = (Detector("CARD", _CARD, prefilter=_DIGITS, validate=_card_ok),)
+CARD = (Detector("CARD", _CARD, prefilter=_DIGITS, validate=_card_ok, superset=r"[0-9](?:[ -]?[0-9]){12}"),)
 
 # --------------------------------------------------------------------------- IP addresses
 
@@ -380,8 +434,11 @@ def _ipv6_ok(m: re.Match[str], text: str) -> bool:
 
 
 IP = (
-    Detector("IP", _IPV6, prefilter=(":",), validate=_ipv6_ok, finder=_ipv6_candidates),
-    Detector("IP", _IPV4, prefilter=_DIGITS, validate=_ipv4_ok),
+    # What _ipv6_ok accepts: eight groups (six before a dotted quad): ":g" five times and a colon; or "::"
+    # with two groups at least: one after it, or two before it. Starting at a colon keeps Hyperscan fast.
+    Detector("IP", _IPV6, prefilter=(":",), validate=_ipv6_ok, finder=_ipv6_candidates,
+             superset=r"::[0-9A-Fa-f]|:[0-9A-Fa-f]{1,4}::|(?::[0-9A-Fa-f]{1,4}){5}:"),
+    Detector("IP", _IPV4, prefilter=_DIGITS, validate=_ipv4_ok, superset=r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]"),
 )
 
 # --------------------------------------------------------------------------- phone numbers
@@ -464,13 +521,56 @@ def _phone_keyword_ok(m: re.Match[str], text: str) -> bool:
     return _phone_shape_ok(m, "v", 7, 16) and not _NEG_GAP.search(gap) and len(_WORD.findall(gap)) <= 3
 
 
+# The superset of _PHONE_KEYWORD: a keyword of _PHONE_WORDS ("téléphone" ends in "phone", "telefono" is
+# "telefon" and \w*), then, for ASCII text, a non-word character (\b), at most 25 more that are not
+# digits (the gap and the number's "+("), and seven characters of the number. A non-ASCII character in
+# that stretch, or in the \w* of "phone\w*", takes the second alternative (a bound counted in characters
+# would need 4 x 26 bytes, which takes Hyperscan seconds to compile and a slow engine to run).
+_PHONE_FIXED = ("tel", "tlf", "mob", "mobil", "mobile", "movil", "m\u00f3vil", "tel\u00e9fono", "handy", "fax",
+                "whatsapp", "portable", "contact", "kontakt", "cell", "cell phone", "cell-phone", "cellphone",
+                "call me at", "call me on", "call us at", "call us on", "text me at", "reach me at", "reach me on",
+                "reach us at", "reach us on", "appelez au", "appelez-moi au", "appelez-nous au", "rufen sie an",
+                "rufen sie mich an", "rufen sie uns an", "erreichbar unter", "unter der nummer", "au numero",
+                "au num\u00e9ro")
+_PHONE_W = ("phone", "telefon")  # followed by \w*
+_LLAM = ("llam", "ll\u00e1m")  # ll[áa]m\w*\s+al
+
+
+def _word(word: str) -> str:
+    """A keyword of a case-insensitive superset: a blank stands for ``\\s+``; a non-ASCII letter for its
+    UTF-8, that of its upper case and the JSON stand-in (``\\u00e9`` in JSON text)."""
+    out = []
+    for c in word:
+        if c == " ":
+            out.append(_BLANKS)
+        elif c.isascii():
+            out.append(re.escape(c))
+        else:
+            alts = {c, c.upper(), STAND_IN.decode()}
+            out.append("(?:" + "|".join(sorted("".join(f"\\x{b:02x}" for b in a.encode()) for a in alts)) + ")")
+    return "".join(out)
+
+
+_PHONE_AFTER = (rf"(?:[^a-z0-9_\n{_HI}][^0-9\n{_HI}]{{0,25}}[0-9][0-9 \t().\-/]{{6}}"
+                rf"|(?:[^a-z0-9_\n{_HI}][^0-9\n{_HI}]{{0,24}})?[{_HI}])")
+_SUP_SEP = r"(?:[ \t]?[\-/][ \t]?|[ \t.])"
+_SUP_NANP = r"(?:[.\-]|\)[ \t]?)[0-9]{3}[.\-][0-9]{4}"  # both NANP forms, from the area code's end on
+
 PHONE = (
-    Detector("PHONE", _PHONE_KEYWORD, ("v",), prefilter=_DIGITS, validate=_phone_keyword_ok, ci=_PHONE_KEYWORD_CI),
-    Detector("PHONE", _PHONE_INTL, prefilter=("+",), validate=_phone_context(8, 16)),
-    Detector("PHONE", _PHONE_NANP_1, prefilter=_DIGITS, validate=_phone_context(11, 11)),
-    Detector("PHONE", _PHONE_NANP, prefilter=_DIGITS, validate=_phone_context(10, 10)),
-    Detector("PHONE", _PHONE_TRUNK, prefilter=_DIGITS, validate=_phone_context(9, 13)),
-    Detector("PHONE", _PHONE_IBERIAN, prefilter=_DIGITS, validate=_phone_context(9, 9)),
+    Detector("PHONE", _PHONE_KEYWORD, ("v",), prefilter=_DIGITS, validate=_phone_keyword_ok, ci=_PHONE_KEYWORD_CI,
+             superset="(?:" + "|".join(map(_word, _PHONE_FIXED)) + "|(?:" + "|".join(map(_word, _PHONE_W))
+                      + ")[a-z0-9_]*|(?:" + "|".join(map(_word, _LLAM)) + rf")[a-z0-9_]*[\s\x1c-\x1f]+al)"
+                      + _PHONE_AFTER + "|(?:" + "|".join(map(_word, _LLAM)) + rf")[a-z0-9_]*[\s\x1c-\x1f]*[{_HI}]"),
+    Detector("PHONE", _PHONE_INTL, prefilter=("+",), validate=_phone_context(8, 16),
+             superset=r"\+[0-9][0-9 \t().\-/]{7}"),
+    Detector("PHONE", _PHONE_NANP_1, prefilter=_DIGITS, validate=_phone_context(11, 11), superset=_SUP_NANP),
+    Detector("PHONE", _PHONE_NANP, prefilter=_DIGITS, validate=_phone_context(10, 10), superset=_SUP_NANP),
+    # 9-13 digits: p (2-5) before the first separator, 9 - p at least after it
+    Detector("PHONE", _PHONE_TRUNK, prefilter=_DIGITS, validate=_phone_context(9, 13),
+             superset="|".join(rf"(?:\(0[0-9]{{{p - 1}}}\)[ \t]?|0[0-9]{{{p - 1}}}{_SUP_SEP})[0-9]{{2}}"
+                               rf"(?:{_SUP_SEP}?[0-9]){{{7 - p}}}" for p in range(2, 6))),
+    Detector("PHONE", _PHONE_IBERIAN, prefilter=_DIGITS, validate=_phone_context(9, 9),
+             superset=r"[6-9][0-9]{1,2}[ \-][0-9]{2,3}[ \-][0-9]{2}[ \-][0-9]{2}"),
 )
 
 # --------------------------------------------------------------------------- registry

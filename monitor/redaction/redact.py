@@ -1,4 +1,4 @@
-"""Redact text, JSON-bearing text and OTLP requests in place, before they leave the host.
+"""Redact text, JSON-bearing text and OTLP values in place, before they leave the host.
 
 Invariants:
 
@@ -9,43 +9,43 @@ Invariants:
   placeholder such as ``[EMAIL]`` already in the text) is dropped. So nothing
   is replaced twice, placeholders are never matched, and
   ``redact(redact(t)) == redact(t)``.
+- Speed without changing findings: a Hyperscan prefilter (:mod:`._prefilter`)
+  says which detectors can match in a text, or that none can in a JSON text
+  and everything nested in it; only those run. A detector skipped that way
+  would have reported nothing. Without Hyperscan, or for custom rules (which
+  have no superset), the literal gates decide as before.
 - JSON content (object or array text) stays valid JSON: string leaves are
   redacted, keys and other values are untouched, and the text is re-serialised
   (compact, ``ensure_ascii=False``) only when a leaf changed.
-- :func:`redact_request` touches content only: GenAI/OpenInference content
-  attributes and message events of spans, bodies and attributes of log
-  records. Resource attributes, ids, timings, metrics are never changed.
+- Bounded cost: an OTLP string value longer than ``max_value_bytes`` of UTF-8
+  is cut to that, marker included, before anything scans it, and counted as
+  :data:`TRUNCATED`; the marker (:data:`TRUNCATION_MARKER`) is appended after
+  redaction, and a second pass neither cuts again nor finds anything in it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf.message import Message
-
 from monitor.config import RedactionSettings
 from monitor.errors import ConfigError
-from monitor.otlp.codec import Signal
-from monitor.redaction.detectors import DETECTORS, KINDS, PRIORITY, Detector
+from monitor.redaction import _prefilter
+from monitor.redaction.detectors import CASE_TWINS, DETECTORS, KINDS, PRIORITY, Detector
 
-__all__ = ["Finding", "Redactor", "redact_request", "make_processor", "CONTENT_KEYS", "CONTENT_PREFIXES"]
+__all__ = ["Finding", "Redactor", "TRUNCATED", "TRUNCATION_MARKER"]
 
-CONTENT_KEYS = frozenset({
-    "gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions",
-    "gen_ai.prompt", "gen_ai.completion", "input.value", "output.value",
-    "gen_ai.tool.call.arguments", "gen_ai.tool.call.result",
-})
-"""Span attributes whose values are prompt, completion or tool content."""
-CONTENT_PREFIXES = ("gen_ai.prompt.", "gen_ai.completion.", "llm.input_messages.", "llm.output_messages.")
-"""Prefixes of flattened content attributes (``gen_ai.prompt.0.content``)."""
-_CONTENT_EVENTS = frozenset({"gen_ai.choice", "gen_ai.content.prompt", "gen_ai.content.completion"})
-_MESSAGE_EVENT = re.compile(r"^gen_ai\.[\w.]+\.message$")
+TRUNCATED = "TRUNCATED"
+"""The count kind of a value cut at ``redaction.max_value_bytes`` (not a placeholder: nothing is replaced)."""
+TRUNCATION_MARKER = "…[truncated {n} bytes]"
+"""Appended to a cut value; the wording of :data:`monitor.sidecar.proxy.capture.TRUNCATION_MARKER`."""
+_MARKER_ROOM = 40  # bytes kept free for the marker, as the capture proxy does: the result fits the limit
 _CUSTOM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
-_MAX_JSON_DEPTH = 4  # JSON inside a JSON string inside ...: stop descending after this many levels
+_MAX_JSON_DEPTH = 4  # JSON inside a JSON string inside ...: stop descending (<= _prefilter.MAX_JSON_LEVELS)
+_SELECT_MIN_LEN = 48  # shorter texts: the literal gates cost less than a Hyperscan call
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +63,7 @@ class Redactor:
     def __init__(self, settings: RedactionSettings | None = None):
         settings = settings or RedactionSettings()
         self.enabled = settings.enabled
+        self.max_value_bytes = settings.max_value_bytes
         unknown = sorted(set(settings.detectors) - set(DETECTORS))
         if unknown:
             raise ConfigError(
@@ -86,11 +87,22 @@ class Redactor:
         self._plan = tuple((d, gate(d.prefilter, False), gate(d.prefilter_ci, True)) for d in ordered)
         self._gates = tuple(re.compile("|".join(map(re.escape, lits))) for lits, _ in gates)
         self.kinds: tuple[str, ...] = tuple(dict.fromkeys(d.kind for d in ordered))
-        """Kinds this redactor can report, in priority order."""
+        """Kinds this redactor can report, in priority order (:data:`TRUNCATED` is a count, not a kind)."""
         names = sorted(set(KINDS.values()) | {d.kind for d in custom}, key=len, reverse=True)
         self._placeholder = re.compile(r"\[(?:" + "|".join(map(re.escape, names)) + r")\]")
-        self._needs_lower = any(d.prefilter_ci or d.ci is not None for d in ordered)
         self._min_len = 1 if custom else 6  # nothing built-in is shorter than a@b.io
+        # The prefilter: one pattern per detector with a superset (id = its place in the plan), and
+        # one for the case twins, which put every case-insensitive detector in play (id = len(plan)).
+        self._always = frozenset(i for i, d in enumerate(ordered) if not d.superset)
+        self._twin_id = len(ordered)
+        self._keyword_ids = frozenset(i for i, d in enumerate(ordered) if d.ci is not None)
+        patterns = [(i, d.superset, d.ci is not None) for i, d in enumerate(ordered) if d.superset]
+        if patterns and self._keyword_ids:
+            twins = "|".join("".join(f"\\x{b:02x}" for b in c.encode()) for c in CASE_TWINS)
+            patterns.append((self._twin_id, twins, False))
+        self._prefilter = _prefilter.compile_prefilter(patterns if self.enabled else [])
+        self._screens = self._prefilter is not None and not self._always
+        """Whether a whole text (or request) with no prefilter match can be skipped unread."""
 
     # ------------------------------------------------------------------ text
 
@@ -98,31 +110,40 @@ class Redactor:
         """Non-overlapping findings in ``text``, sorted by position (empty when disabled)."""
         if not self.enabled or len(text) < self._min_len:
             return []
+        plan: Iterable[tuple[Detector, int, int]] = self._plan
+        if self._prefilter is not None and len(text) >= _SELECT_MIN_LEN:
+            ids = self._prefilter.select(text.encode("utf-8", "surrogatepass"))
+            if self._twin_id in ids:
+                ids |= self._keyword_ids
+            ids |= self._always
+            if not ids:
+                return []
+            plan = [p for i, p in enumerate(self._plan) if i in ids]
         claimed: bytearray | None = None
         found: list[Finding] = []
-        lower = text
-        if self._needs_lower:
-            lower = text.lower()
-            if len(lower) != len(text):  # U+0130 (Turkish dotted I) lower-cases to two characters
-                lower = text.replace("\u0130", "i").lower()
+        lower: str | None = None
         if "[" in text:
             for m in self._placeholder.finditer(text):
                 if claimed is None:
                     claimed = bytearray(len(text))
                 claimed[m.start():m.end()] = b"\x01" * (m.end() - m.start())
         open_: list[bool | None] = [None] * len(self._gates)
-        for det, gate, gate_ci in self._plan:
+        for det, gate, gate_ci in plan:
             if gate >= 0:
                 if open_[gate] is None:
                     open_[gate] = self._gates[gate].search(text) is not None
                 if not open_[gate]:
                     continue
+            if lower is None and (gate_ci >= 0 or det.ci is not None):
+                lower = text.lower()
+                if len(lower) != len(text):  # U+0130 (Turkish dotted I) lower-cases to two characters
+                    lower = text.replace("\u0130", "i").lower()
             if gate_ci >= 0:
                 if open_[gate_ci] is None:
                     open_[gate_ci] = self._gates[gate_ci].search(lower) is not None
                 if not open_[gate_ci]:
                     continue
-            for m in det.candidates(text, lower):
+            for m in det.candidates(text, text if lower is None else lower):
                 start, end = det.span(m)
                 if start >= end:
                     continue
@@ -165,6 +186,9 @@ class Redactor:
     def _content(self, text: str, counts: dict[str, int], depth: int) -> str:
         head = text.lstrip()[:1]
         if head in ("{", "[") and depth < _MAX_JSON_DEPTH:
+            if depth == 0 and self._screens and len(text) >= self._min_len and not self._prefilter.any(
+                    *_prefilter.views(text.encode("utf-8", "surrogatepass"))):
+                return text  # nothing in the text nor in any string nested in it can match
             try:
                 data = json.loads(text)
             except (ValueError, RecursionError):
@@ -198,13 +222,30 @@ class Redactor:
 
     # ------------------------------------------------------------------ OTLP values
 
+    def _truncate(self, text: str, counts: dict[str, int]) -> tuple[str, str]:
+        """``(kept, marker)``: ``text`` cut to ``max_value_bytes`` of UTF-8 with the marker included
+        (counted as :data:`TRUNCATED`), or ``(text, "")`` when it fits."""
+        limit = self.max_value_bytes
+        if len(text) <= limit // 4:  # four bytes a character at most
+            return text, ""
+        raw = text.encode("utf-8", "surrogatepass")
+        if len(raw) <= limit:
+            return text, ""
+        kept = raw[:max(0, limit - _MARKER_ROOM)].decode("utf-8", "ignore")
+        counts[TRUNCATED] = counts.get(TRUNCATED, 0) + 1
+        return kept, TRUNCATION_MARKER.format(n=len(raw) - len(kept.encode("utf-8", "surrogatepass")))
+
     def redact_any_value(self, value: Any, counts: dict[str, int]) -> None:
-        """Redact the strings of an OTLP ``AnyValue`` in place (arrays and kvlists recursively)."""
+        """Redact the strings of an OTLP ``AnyValue`` in place (arrays and kvlists recursively);
+        a string longer than ``max_value_bytes`` is cut first."""
         kind = value.WhichOneof("value")
         if kind == "string_value":
             s = value.string_value
-            new = self._content(s, counts, 0)
-            if new is not s:
+            kept, marker = self._truncate(s, counts)
+            new = self._content(kept, counts, 0)
+            if marker:
+                value.string_value = new + marker
+            elif new is not s:
                 value.string_value = new
         elif kind == "array_value":
             for v in value.array_value.values:
@@ -227,62 +268,3 @@ def _compile_custom(name: str, rx: str) -> Detector:
         raise ConfigError(f"redaction.custom.{name}: regular expression {rx!r} matches the empty string")
     groups = ("value",) if "value" in pattern.groupindex else (0,)
     return Detector(name, pattern, groups)
-
-
-# ---------------------------------------------------------------------- requests
-
-
-def _is_content_key(key: str) -> bool:
-    return key in CONTENT_KEYS or key.startswith(CONTENT_PREFIXES)
-
-
-def _is_content_event(name: str) -> bool:
-    return name in _CONTENT_EVENTS or _MESSAGE_EVENT.match(name) is not None
-
-
-def redact_request(redactor: Redactor, signal: Signal, msg: Message) -> dict[str, int]:
-    """Redact the content of an OTLP export request (or ``*Data``) in place; findings per kind.
-
-    traces: content attributes (:data:`CONTENT_KEYS`, :data:`CONTENT_PREFIXES`) and every
-    attribute of ``gen_ai.*.message`` / ``gen_ai.choice`` / ``gen_ai.content.*`` events;
-    logs: string bodies and log record attributes; metrics: nothing.
-    """
-    counts: dict[str, int] = {}
-    if not redactor.enabled:
-        return counts
-    if signal == "traces":
-        for rs in msg.resource_spans:  # type: ignore[attr-defined]
-            for ss in rs.scope_spans:
-                for span in ss.spans:
-                    for kv in span.attributes:
-                        if _is_content_key(kv.key):
-                            redactor.redact_any_value(kv.value, counts)
-                    for event in span.events:
-                        if _is_content_event(event.name):
-                            for kv in event.attributes:
-                                redactor.redact_any_value(kv.value, counts)
-    elif signal == "logs":
-        for rl in msg.resource_logs:  # type: ignore[attr-defined]
-            for sl in rl.scope_logs:
-                for record in sl.log_records:
-                    if record.HasField("body"):
-                        redactor.redact_any_value(record.body, counts)
-                    for kv in record.attributes:
-                        redactor.redact_any_value(kv.value, counts)
-    return counts
-
-
-def make_processor(
-    redactor: Redactor, on_counts: Callable[[dict[str, int]], None] | None = None,
-) -> Callable[[Signal, Message], None]:
-    """A receiver :data:`~monitor.receiver.ingress.Processor` running :func:`redact_request`.
-
-    ``on_counts`` (e.g. a self-metric's ``inc`` per kind) gets the non-empty counts of each request.
-    """
-
-    def process(signal: Signal, msg: Message) -> None:
-        counts = redact_request(redactor, signal, msg)
-        if counts and on_counts is not None:
-            on_counts(counts)
-
-    return process
