@@ -34,8 +34,8 @@ T0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=30)
 # -- a real receiver ------------------------------------------------------------------
 
 class Receiver:
-    """Answers POSTs by a plan (a status, or "timeout": answer only after the client gave up),
-    then ``default``; records every request with what it answered."""
+    """Answers POSTs by a plan (a status, ``(status, {header: value})``, or "timeout": answer only
+    after the client gave up), then ``default``; records every request with what it answered."""
 
     def __init__(self, default=200, plan=(), delay_s: float = 1.0):
         self.default, self.plan, self.delay_s = default, list(plan), delay_s
@@ -54,8 +54,11 @@ class Receiver:
                 if action == "timeout":
                     time.sleep(receiver.delay_s)
                     action = 200  # too late: the sender timed out and must not count this
+                status, headers = action if isinstance(action, tuple) else (action, {})
                 try:
-                    self.send_response(action)
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
                     self.send_header("Content-Length", "2")
                     self.end_headers()
                     self.wfile.write(b"{}")
@@ -220,6 +223,197 @@ def test_a_4xx_is_dead_at_once_and_an_outage_past_max_age_is_dead(store, setting
     listed = list_alerts(store)
     assert {d["channel"] for d in listed["dead"]} == {"rej", "down"}
     assert [a["model"] for a in listed["firing"]] == ["llama"]
+
+
+# -- hostile receivers ----------------------------------------------------------------
+
+RETRY_AFTERS = ["1e12", "inf", "nan", "-5", "garbage", "", "3600", "9" * 400, "Fri, 31 Dec 9999 23:59:59 GMT",
+                "Mon, 01 Jan 10000 00:00:00 GMT", "Wed, 21 Oct 2015 07:28:00 GMT"]
+
+
+def test_retry_after_of_any_form_is_parsed_without_raising():
+    from monitor.alerts.sender import MAX_RETRY_AFTER_S, parse_retry_after
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    got = {v[:12]: parse_retry_after(v, now) for v in RETRY_AFTERS}
+    assert got == {"1e12": MAX_RETRY_AFTER_S, "inf": None, "nan": None, "-5": 0.0, "garbage": None, "": None,
+                   "3600": 3600.0, "9" * 12: MAX_RETRY_AFTER_S, "Fri, 31 Dec ": MAX_RETRY_AFTER_S,
+                   "Mon, 01 Jan ": None, "Wed, 21 Oct ": 0.0}
+    assert parse_retry_after("Thu, 01 Jan 2026 00:02:00 GMT", now) == 120.0
+    assert parse_retry_after(" 7 ", now) == 7.0 and parse_retry_after("1.5", now) == 1.5
+    assert parse_retry_after(None) is None and parse_retry_after(float("inf")) is None
+    assert parse_retry_after(10 ** 400) == MAX_RETRY_AFTER_S and parse_retry_after(-3) == 0.0
+
+
+def test_every_form_of_retry_after_is_capped_at_max_s_and_the_notification_delivered(store, settings, receiver):
+    rcv = receiver(plan=[(503, {"Retry-After": v}) for v in RETRY_AFTERS])
+    s = with_alerts(settings, {"hook": webhook(rcv.url())}, [rule()])  # retry.max_s 0.2
+    service = AlertService(store, s)
+    service.start()
+    try:
+        fired = service.manager.evaluate(report(T0, {"llama": [drift("fail")]}))
+        wait_until(lambda: drained(store), timeout=30, message="outbox drained")
+    finally:
+        service.stop()
+    assert rcv.keys() == [fired[0]["notification_id"]]
+    assert [r["answer"] for r in rcv.requests][-1] == 200 and len(rcv.requests) == len(RETRY_AFTERS) + 1
+    rows = store.query_rows("SELECT attempt, outcome, http_status, timestamp FROM alert_deliveries ORDER BY attempt")
+    assert [r[:3] for r in rows] == [(i + 1, "retry", 503) for i in range(len(RETRY_AFTERS))] + [
+        (len(RETRY_AFTERS) + 1, "delivered", 200)]
+    scheduled = store.query_rows("SELECT attempts, status FROM alert_outbox FINAL")
+    assert scheduled == [(len(RETRY_AFTERS) + 1, "delivered")]
+    gaps = [(b[3] - a[3]).total_seconds() for a, b in zip(rows, rows[1:])]
+    assert max(gaps) < 2.0, gaps  # 0.2 s cap plus a pass; an honoured "3600" or "1e12" would be far longer
+
+
+def test_a_huge_retry_after_goes_dead_at_max_age_and_holds_back_no_other_notification(store, settings, receiver):
+    from monitor.selfmetrics import SelfMetrics
+
+    bad = receiver(default=(503, {"Retry-After": "1e12"}))
+    good = receiver()
+    s = with_alerts(settings, {"bad": webhook(bad.url()), "good": webhook(good.url())},
+                    [rule(channels=("bad", "good"))], max_age_s=2.0)
+    metrics = SelfMetrics()
+    service = AlertService(store, s, metrics)
+    now = datetime.now(timezone.utc)
+    first = service.manager.evaluate(report(now - timedelta(milliseconds=100), {"a": [drift("fail")]}))
+    second = service.manager.evaluate(report(now, {"a": [drift("fail")], "b": [drift("fail")]}))
+    assert [e["model"] for e in first + second] == ["a", "b"]
+    service.start()
+    try:
+        wait_until(lambda: drained(store), timeout=30, message="outbox drained")
+    finally:
+        service.stop()
+    assert sorted(good.keys()) == sorted(e["notification_id"] for e in first + second)  # each once
+    rows = store.query_rows("SELECT notification_id, status, attempts, last_error FROM alert_outbox FINAL "
+                            "WHERE channel = 'bad' ORDER BY created_at")
+    assert [r[1] for r in rows] == ["dead", "dead"]
+    for nid, _, attempts, error in rows:
+        assert attempts >= 3 and attempts == sum(r["headers"]["Idempotency-Key"] == nid for r in bad.requests)
+        assert error.startswith(f"gave up after {attempts} attempts over 2s: HTTP 503"), error
+    sample = metrics.registry.get_sample_value
+    assert sample("monitor_alert_notifications_total", {"channel": "good", "outcome": "delivered"}) == 2
+    assert sample("monitor_alert_notifications_total", {"channel": "bad", "outcome": "dead"}) == 2
+    assert sample("monitor_alert_notifications_total", {"channel": "bad", "outcome": "error"}) is None
+    assert service.dispatcher.errors == {}
+
+
+class RawServer:
+    """A TCP server that is not a well-behaved HTTP server: ``mode`` "garbage" answers a non-HTTP
+    line and closes; "drip" sends a status line, then one byte of a header every 0.1 s (every
+    read completes within any socket timeout, so only a deadline on the whole answer ends it)."""
+
+    def __init__(self, mode: str):
+        import socket
+
+        self.mode, self.stop, self.accepted = mode, threading.Event(), 0
+        self.sock = socket.create_server(("127.0.0.1", free_port()))
+        self.sock.settimeout(0.2)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}{path}"
+
+    def _serve(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        with conn:
+            try:
+                conn.recv(65536)
+                if self.mode == "garbage":
+                    conn.sendall(b"SSH-2.0-OpenSSH_9.6 not http at all\r\n\r\n")
+                    return
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+                while not self.stop.wait(0.1):
+                    conn.sendall(b"a")
+            except OSError:
+                pass
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_a_hanging_a_garbage_and_a_raising_channel_hold_back_nothing(store, settings, receiver):
+    """Per notification and per channel isolation: each bad one ends dead with its own error, and
+    every other notification is delivered, the first one while the hanging channel still hangs."""
+    from monitor.alerts.outbox import OutboxRow
+    from monitor.alerts.dispatcher import HttpSender
+    from monitor.selfmetrics import SelfMetrics
+
+    good = receiver()
+    hang, garbage = RawServer("drip"), RawServer("garbage")
+
+    class Raising(HttpSender):
+        """Raises for alert a's notification to /flaky, sends everything else."""
+
+        def send(self, url, headers, body, timeout):
+            if url.endswith("/flaky") and b'"model":"a"' in body:
+                raise RuntimeError("boom in the sender")
+            return super().send(url, headers, body, timeout)
+
+    channels = {"a-hang": webhook(hang.url()), "b-garbage": webhook(garbage.url()),
+                "c-flaky": webhook(good.url("/flaky")), "good": webhook(good.url("/good")),
+                "d-pd": {"type": "pagerduty", "url": good.url("/pd"), "routing_key": "R"}}
+    s = with_alerts(settings, channels, [rule(channels=("a-hang", "b-garbage", "c-flaky", "good"))], max_age_s=2.0)
+    metrics = SelfMetrics()
+    service = AlertService(store, s, metrics, sender=Raising())
+    now = datetime.now(timezone.utc)
+    fired = service.manager.evaluate(report(now, {"a": [drift("fail")], "b": [drift("fail")]}))
+    nids = {e["model"]: e["notification_id"] for e in fired}
+    # a row whose stored payload is corrupt: rendering its PagerDuty request raises
+    service.outbox.enqueue([OutboxRow.new("corrupt", "d-pd", "x", "fire", now, "{not json")])
+    hanging_before = {t for t in threading.enumerate() if t.name.startswith("monitor-alerts-send")}
+    service.start()
+    try:
+        wait_until(lambda: len(good.keys("/good")) == 2, timeout=20, message="the good channel's deliveries")
+        delivered_at = max(r["at"] for r in good.ok("/good"))
+        wait_until(lambda: drained(store), timeout=30, message="outbox drained")
+        hanging = {t for t in threading.enumerate() if t.name == "monitor-alerts-send-a-hang"} - hanging_before
+        assert 1 <= len(hanging) <= 2  # abandoned attempts are bounded
+    finally:
+        service.stop()
+        hang.close()
+        garbage.close()
+    assert sorted(good.keys("/good")) == sorted(nids.values())
+    assert good.keys("/flaky") == [nids["b"]] and good.ok("/pd") == []
+    first_hang_end = store.query_rows("SELECT min(timestamp) FROM alert_deliveries WHERE channel = 'a-hang'")[0][0]
+    assert delivered_at < first_hang_end.replace(tzinfo=timezone.utc).timestamp()  # not behind the hang
+
+    rows = {(r[0], r[1]): r[2:] for r in store.query_rows(
+        "SELECT channel, notification_id, status, attempts, last_error FROM alert_outbox FINAL")}
+    for model in ("a", "b"):
+        status, attempts, error = rows[("a-hang", nids[model])]
+        assert status == "dead" and attempts >= 1 and "gave up after" in error
+        assert "no complete answer within 1.4s (request abandoned)" in error or "still hanging" in error, error
+        status, attempts, error = rows[("b-garbage", nids[model])]
+        assert status == "dead" and attempts >= 2 and "bad response: BadStatusLine" in error, error
+    assert rows[("c-flaky", nids["b"])][:2] == ("delivered", 1)
+    status, attempts, error = rows[("c-flaky", nids["a"])]
+    assert status == "dead" and "the sender raised RuntimeError: boom in the sender" in error and attempts >= 2
+    status, attempts, error = rows[("d-pd", "corrupt")]
+    assert (status, attempts) == ("dead", 1) and error.startswith("cannot build the request: JSONDecodeError")
+    # contained exceptions are counted: every raising attempt, and the corrupt row once
+    sample = metrics.registry.get_sample_value
+    assert sample("monitor_alert_notifications_total", {"channel": "c-flaky", "outcome": "error"}) == attempts_of(
+        store, "c-flaky", nids["a"])
+    assert sample("monitor_alert_notifications_total", {"channel": "d-pd", "outcome": "error"}) == 1
+    assert service.dispatcher.errors == {"c-flaky": attempts_of(store, "c-flaky", nids["a"]), "d-pd": 1}
+    assert hang.accepted >= 1 and garbage.accepted == sum(rows[("b-garbage", n)][1] for n in nids.values())
+
+
+def attempts_of(store, channel: str, nid: str) -> int:
+    return store.query_rows("SELECT count() FROM alert_deliveries WHERE channel = {c:String} AND "
+                            "notification_id = {n:String}", {"c": channel, "n": nid})[0][0]
 
 
 # -- restart --------------------------------------------------------------------------
@@ -482,8 +676,9 @@ def _start_up(cfg, data, env, http_port, admin_port):
     def up():
         if proc.poll() is not None:
             raise AssertionError(proc.stderr.read()[-3000:])
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/admin/health", timeout=2).status == 200
+        try:  # the store process (admin endpoint), then the pipeline (receiver)
+            return urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/admin/health", timeout=2).status == 200 \
+                and urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=2).status == 200
         except OSError:
             return False
     wait_until(up, timeout=90, message="monitor up")

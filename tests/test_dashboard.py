@@ -490,3 +490,119 @@ def test_text_search_stops_at_its_time_budget_and_says_how_far_it_got(store):
     assert list(whole.rows["prompt_preview"]) == ["ancient durian"] and whole.searched_from is None
     roomy = q.listing(ro, f, budget_s=60.0)  # a budget the search fits in: the same answer as no budget
     assert list(roomy.rows["prompt_preview"]) == ["ancient durian"] and roomy.searched_from is None
+
+
+# -- chart labels from stored text ----------------------------------------------------------------------
+
+EVIL = "<a href=https://evil.example>CLICK-ME</a><b>BOLD</b><br>"
+SHOWN = "&lt;a href=https://evil.example&gt;CLICK-ME&lt;/a&gt;&lt;b&gt;BOLD&lt;/b&gt;&lt;br&gt;"
+ENTITY = "a&lt;b&gt; & c"          # stored text that looks like entities: shown as typed, decoded exactly once
+ENTITY_SHOWN = "a&amp;lt;b&amp;gt; &amp; c"
+
+
+@pytest.fixture
+def evil(store):
+    """Every label a chart takes from the store is HTML: model, service, span name, kind and status,
+    GPU index, drift metric and bucket; a second model's name looks like entities."""
+    now = datetime.now(timezone.utc)
+    rows = []
+    for i in range(20):
+        e = i % 2 == 0
+        rows.append([now - timedelta(seconds=5 + i * 60), f"e{i:031x}", f"e{i:015x}", EVIL if e else ENTITY,
+                     EVIL if e else ENTITY, "chat", "proxy", f"prompt {i}", f"answer {i}", 10, 20, 50.0, 400.0,
+                     5.0 if e else None, 20.0 if e else None, 300.0 if e else None, 330.0 if e else None, None, None,
+                     EVIL, "Ok", EVIL if i == 3 else "", 0, 0, 0, None, 0, 0, 0, EVIL, EVIL, {}])
+    store.insert("inference_events", rows, EVENT_COLUMNS)
+    store.insert("otel_traces", [[now - timedelta(seconds=5), f"e{0:031x}", f"e{0:015x}", "", EVIL, EVIL, EVIL,
+                                  {"gen_ai.request.model": EVIL}, 400_000_000, EVIL]],
+                 ("Timestamp", "TraceId", "SpanId", "ParentSpanId", "SpanName", "SpanKind", "ServiceName",
+                  "SpanAttributes", "Duration", "StatusCode"))
+    store.insert("otel_metrics_gauge", [
+        [now - timedelta(minutes=m), name, {attr: EVIL}, value]
+        for m in (1, 10) for name, attr, value in (("monitor.server.kv_cache.usage", "gen_ai.request.model", 0.5),
+                                                  ("hw.gpu.utilization", "hw.gpu.index", 0.9))],
+        ("TimeUnix", "MetricName", "Attributes", "Value"))
+    t = now - timedelta(minutes=10)
+    w = (t - timedelta(hours=1), t, t - timedelta(days=1, hours=1), t - timedelta(days=1), "day")
+    store.insert("check_results", [["r9", t, "feature_drift", EVIL, "", EVIL, "psi", *w, 0.4, None, 0.1, None, "fail",
+                                    10, 10, "{}"]],
+                 ("run_id", "timestamp", "check", "model", "group", "metric", "method", "window_start", "window_end",
+                  "reference_start", "reference_end", "reference_kind", "value", "reference_value", "threshold",
+                  "p_value", "status", "current_n", "reference_n", "details"))
+    store.insert("check_distributions", [["r9", t, "feature_drift", EVIL, "", EVIL, f"{EVIL}{b}", b, 0.5, s]
+                                         for b, s in enumerate((0.2, 0.8))],
+                 ("run_id", "timestamp", "check", "model", "group", "metric", "bucket", "bucket_order",
+                  "reference_share", "current_share"))
+    register(store, refresh_s=0)
+    yield
+    unregister()
+
+
+def _figures(at) -> list[dict]:
+    """The figure JSON of every plotly chart on the page, as plotly.js receives it."""
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def _strings(obj) -> list[str]:
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in _strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _strings(v)]
+    return []
+
+
+def _no_markup_from_data(figs: list[dict]) -> None:
+    """No text in any figure holds a tag from the data (plotly's own ``<br>`` / ``<extra>`` in hover
+    templates are fine); the raw strings appear nowhere."""
+    texts = [s for f in figs for s in _strings(f)]
+    assert [s for s in texts if "<a" in s or "<b>" in s or "</" in s and "</extra>" not in s] == []
+    assert [s for s in texts if EVIL in s or ENTITY in s and ENTITY_SHOWN not in s] == []
+
+
+def test_chart_labels_from_stored_text_are_escaped_for_plotly(evil):
+    at = _app()
+    figs = _figures(at)
+    assert len(figs) == 5  # requests/s, error rate, tokens/s, latency, TTFT
+    _no_markup_from_data(figs)
+    for f in figs:
+        assert sorted(t["name"] for t in f["data"]) == sorted([SHOWN, ENTITY_SHOWN])
+        hover = {t["name"]: t["hovertemplate"] for t in f["data"]}
+        assert hover[SHOWN].startswith(f"model={SHOWN}<br>t=%{{x}}<br>")
+        assert hover[ENTITY_SHOWN].startswith(f"model={ENTITY_SHOWN}<br>")
+
+    at = _page(at, "views/latency_gpu.py")
+    figs = _figures(at)
+    _no_markup_from_data(figs)
+    by_title = {f["layout"]["title"]["text"]: f for f in figs}
+    assert sorted(by_title) == sorted(["Mean time per request (ms)", "Median per bucket (ms)", "Utilisation", "Memory",
+                                       "Power", "KV-cache usage", "Requests waiting / running"])
+    parts = by_title["Mean time per request (ms)"]["data"]
+    assert len(parts) == 4 and {y for t in parts for y in t["y"]} == {SHOWN}  # model names on the y axis
+    assert all(t["hovertemplate"].startswith("part=") and f"model=%{{y}}" in t["hovertemplate"] for t in parts)
+    assert [t["name"] for t in by_title["KV-cache usage"]["data"]] == [SHOWN]
+    assert [t["name"] for t in by_title["Utilisation"]["data"]] == [f"GPU {SHOWN}"]
+
+    at = _page(at, "views/drift.py")
+    figs = _figures(at)
+    assert len(figs) == 2
+    _no_markup_from_data(figs)
+    scores, dist = figs
+    assert [t["name"] for t in scores["data"]] == [SHOWN]                      # the metric, in the legend
+    assert dist["layout"]["title"]["text"] == f"{SHOWN}: share per bucket (latest run)"
+    assert [(t["name"], t["x"], t["y"]) for t in dist["data"]] == [
+        ("reference", [f"{SHOWN}0", f"{SHOWN}1"], [0.5, 0.5]), ("current", [f"{SHOWN}0", f"{SHOWN}1"], [0.2, 0.8])]
+
+    at = _page(at, "views/requests.py")
+    figs = _figures(at)
+    assert len(figs) == 1
+    _no_markup_from_data(figs)
+    (trace,) = figs[0]["data"]
+    assert trace["name"] == SHOWN and trace["y"] == [SHOWN]                       # service; span name tick
+    assert trace["customdata"] == [[SHOWN, SHOWN, f"e{0:015x}"]]                   # kind, status in the hover
+    assert trace["hovertemplate"].startswith(f"service={SHOWN}<br>")
+
+    from monitor.dashboard.ui import chart_text
+
+    assert chart_text(EVIL) == SHOWN and chart_text(ENTITY) == ENTITY_SHOWN and chart_text(None) == ""

@@ -1,6 +1,7 @@
 """`monitor up` serves the dashboards in-process: every page loads in headless Chromium with no
-exception shown, a screenshot per page is kept as a test artifact, and a prompt carrying HTML and
-markdown is displayed literally (no element injected, no script run).
+exception shown, a screenshot per page is kept as a test artifact, a prompt carrying HTML and
+markdown is displayed literally (no element injected, no script run), and so is a model and
+service name carrying HTML in the charts' legends, ticks and hover labels.
 
 Chromium is Debian's (``apt-get install -y chromium``; tests/run.sh installs it), driven by
 Playwright's Python package with ``executable_path``: no browser download.
@@ -8,6 +9,7 @@ Playwright's Python package with ``executable_path``: no browser download.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -24,6 +26,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 ARTIFACTS = Path(os.environ.get("MONITOR_TEST_ARTIFACTS") or ROOT / "tests" / "artifacts") / "dashboard"
 INJECTION = "<script>window.__xss = 1; alert(1)</script> see [click](http://evil) <img src=x onerror=\"window.__xss=2\">"
+EVIL = "<a href=https://evil.example>CLICK-ME</a><b>BOLD</b><br>"  # a model and service name
 PAGES = [("", "Overview"), ("latency_gpu", "Latency & GPU"), ("drift", "Drift"), ("quality", "Quality"),
          ("requests", "Requests"), ("alerts", "Alerts")]
 
@@ -40,21 +43,24 @@ def _chromium() -> str:
     return path
 
 
-def _spans(n: int) -> bytes:
+def _spans(n: int, model: str = "shop-llm", service: str = "browser-test", injection: str = INJECTION,
+           ago_s: float = 0.0, engine: bool = False) -> bytes:
+    """``n`` chat spans a second apart, ending ``ago_s`` ago; the last one's prompt is ``injection``.
+    ``engine``: with vLLM's engine timings (seconds), as the server's own spans carry them."""
     req = trace_service_pb2.ExportTraceServiceRequest()
     rs = req.resource_spans.add()
     kv = rs.resource.attributes.add()
-    kv.key, kv.value.string_value = "service.name", "browser-test"
+    kv.key, kv.value.string_value = "service.name", service
     ss = rs.scope_spans.add()
-    now = time.time_ns()
+    now = time.time_ns() - int(ago_s * 1e9)
     for i in range(n):
         span = ss.spans.add()
         span.trace_id, span.span_id = random.randbytes(16), random.randbytes(8)
-        span.name, span.kind = "chat shop-llm", 3
+        span.name, span.kind = f"chat {model}", 3
         span.start_time_unix_nano = now - (n - i) * 1_000_000_000
         span.end_time_unix_nano = span.start_time_unix_nano + (300 + 10 * i) * 1_000_000
-        prompt = INJECTION if i == n - 1 else f"where is my order {i}?"
-        for key, value in (("gen_ai.operation.name", "chat"), ("gen_ai.request.model", "shop-llm"),
+        prompt = injection if i == n - 1 else f"where is my order {i}?"
+        for key, value in (("gen_ai.operation.name", "chat"), ("gen_ai.request.model", model),
                            ("gen_ai.input.messages", json.dumps([{"role": "user", "content": prompt}])),
                            ("gen_ai.output.messages", json.dumps([{"role": "assistant", "content": f"answer {i}"}])),
                            ("gen_ai.response.finish_reasons", '["stop"]')):
@@ -63,6 +69,11 @@ def _spans(n: int) -> bytes:
         for key, value in (("gen_ai.usage.input_tokens", 12), ("gen_ai.usage.output_tokens", 30)):
             a = span.attributes.add()
             a.key, a.value.int_value = key, value
+        timings = (("gen_ai.latency.time_in_queue", 0.01), ("gen_ai.latency.time_in_model_prefill", 0.05),
+                   ("gen_ai.latency.time_in_model_decode", 0.2), ("gen_ai.latency.e2e", 0.28))
+        for key, value in timings if engine else ():
+            a = span.attributes.add()
+            a.key, a.value.double_value = key, value
     return req.SerializeToString()
 
 
@@ -74,12 +85,16 @@ def _up(url: str) -> bool:
         return False
 
 
-def test_every_page_loads_in_chromium_and_shows_injected_text_literally(tmp_path):
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory):
+    """`monitor up` with the dashboards on, 20 requests of shop-llm (the newest one's prompt is
+    INJECTION) and 10 older ones of a model and service named EVIL."""
     chromium = _chromium()
-    from playwright.sync_api import sync_playwright
-
+    tmp_path = tmp_path_factory.mktemp("dashboard")
     http_port, dash_port, mport = free_port(), free_port(), free_port()
-    env = dict(os.environ, MONITOR_DASHBOARD__ENABLED="true", MONITOR_CHECKS__ENABLED="false")
+    # no auto-refresh: a chart re-rendered under the mouse (its time axis moved on) would hover another point
+    env = dict(os.environ, MONITOR_DASHBOARD__ENABLED="true", MONITOR_CHECKS__ENABLED="false",
+               MONITOR_DASHBOARD__REFRESH_S="0")
     proc = subprocess.Popen([*MONITOR, "up", "--data-dir", str(tmp_path / "data"), "--http-port", str(http_port),
                              "--grpc-port", str(free_port()), "--metrics-port", str(mport), "--admin-port",
                              str(free_port()), "--dashboard-port", str(dash_port)],
@@ -87,43 +102,15 @@ def test_every_page_loads_in_chromium_and_shows_injected_text_literally(tmp_path
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
         wait_until(lambda: _up(f"http://127.0.0.1:{dash_port}/_stcore/health"), timeout=90, message="dashboard")
-        assert post_traces(http_port, _spans(20)) == 200
+        # the dashboard can answer before the OTLP receiver listens: a refused request accepted nothing, so retry it
+        for body in (_spans(20), _spans(10, model=EVIL, service=EVIL, injection="plain", ago_s=120, engine=True)):
+            wait_until(lambda: post_traces(http_port, body) == 200, timeout=60, message="the OTLP receiver")
 
         from monitor.status import fetch, summary
 
         wait_until(lambda: summary(fetch(f"http://127.0.0.1:{mport}/metrics"))["store"]["rows_written"].get(
-            "inference_events", 0) >= 20, timeout=60, message="the spans stored")
-
-        dialogs: list[str] = []
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-dev-shm-usage"])
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-                for i, (path, title) in enumerate(PAGES):
-                    page.goto(f"http://127.0.0.1:{dash_port}/{path}", wait_until="domcontentloaded")
-                    page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=60_000)
-                    if path == "requests":
-                        page.wait_for_function("t => document.body.innerText.includes(t)", arg=INJECTION,
-                                               timeout=60_000)
-                    _settle(page)
-                    page.screenshot(path=str(ARTIFACTS / f"{i + 1}_{path or 'overview'}.png"), full_page=True)
-                    assert page.locator("[data-testid='stException']").count() == 0, \
-                        f"{title}: " + page.locator("[data-testid='stException']").first.inner_text()
-                    if path == "":
-                        assert "Requests/s" in page.inner_text("body")
-                    if path == "requests":
-                        text = page.inner_text("body")
-                        assert INJECTION in text                       # shown literally, as typed
-                        assert page.locator("a[href='http://evil']").count() == 0
-                        assert page.locator("img[src='x']").count() == 0
-                        assert page.evaluate("() => window.__xss === undefined")
-                    assert page.locator("script:has-text('__xss')").count() == 0
-            finally:
-                browser.close()
-        assert dialogs == []
+            "inference_events", 0) >= 30, timeout=60, message="the spans stored")
+        yield {"url": f"http://127.0.0.1:{dash_port}", "chromium": chromium}
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -134,6 +121,106 @@ def test_every_page_loads_in_chromium_and_shows_injected_text_literally(tmp_path
     assert proc.returncode == 0, err[-3000:]
     assert f"dashboard on http://127.0.0.1:{dash_port}" in err
     assert "stopped; everything accepted was written" in err
+
+
+@contextlib.contextmanager
+def _browser(chromium: str):
+    from playwright.sync_api import sync_playwright
+
+    dialogs: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            yield page
+        finally:
+            browser.close()
+    assert dialogs == []
+
+
+def test_every_page_loads_in_chromium_and_shows_injected_text_literally(dashboard):
+    with _browser(dashboard["chromium"]) as page:
+        for i, (path, title) in enumerate(PAGES):
+            page.goto(f"{dashboard['url']}/{path}", wait_until="domcontentloaded")
+            page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=60_000)
+            if path == "requests":
+                page.wait_for_function("t => document.body.innerText.includes(t)", arg=INJECTION, timeout=60_000)
+            _settle(page)
+            page.screenshot(path=str(ARTIFACTS / f"{i + 1}_{path or 'overview'}.png"), full_page=True)
+            assert page.locator("[data-testid='stException']").count() == 0, \
+                f"{title}: " + page.locator("[data-testid='stException']").first.inner_text()
+            if path == "":
+                assert "Requests/s" in page.inner_text("body")
+            if path == "requests":
+                text = page.inner_text("body")
+                assert INJECTION in text                       # shown literally, as typed
+                assert page.locator("a[href='http://evil']").count() == 0
+                assert page.locator("img[src='x']").count() == 0
+                assert page.evaluate("() => window.__xss === undefined")
+            assert page.locator("script:has-text('__xss')").count() == 0
+
+
+# elements (any namespace) linking to the evil URL (href, xlink:href): an <a> made from the data would. Plotly's
+# data-unformatted attribute keeps the label's source text, which is the escaped text and links nowhere.
+_LINKS_FROM_DATA = """() => [...document.querySelectorAll('*')].filter(
+    e => [...e.attributes].some(a => /href$/i.test(a.name) && a.value.includes('evil.example'))).length"""
+
+
+# viewport coordinates of the last point of the trace whose name contains the argument
+_LAST_POINT = """(gd, name) => {
+    const i = gd._fullData.findIndex(t => String(t.name).includes(name));
+    const cd = gd.calcdata[i], pt = cd[cd.length - 1];
+    const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+    const box = gd.querySelector('.main-svg').getBoundingClientRect();
+    return [box.left + xa._offset + xa.c2p(pt.x), box.top + ya._offset + ya.c2p(pt.y)];
+}"""
+
+
+def _no_markup_from_data(page) -> None:
+    assert page.evaluate(_LINKS_FROM_DATA) == 0
+    assert page.locator(".js-plotly-plot svg a").count() == 0                 # plotly's <a> is an svg:a
+    for text in ("BOLD", "CLICK-ME"):  # a <b> becomes a bold tspan (Streamlit's theme bolds the titles itself)
+        assert page.locator(".js-plotly-plot tspan[style*='bold']", has_text=text).count() == 0
+
+
+def test_chart_labels_show_stored_html_literally_in_chromium(dashboard):
+    """A model / service name with <a>, <b> and <br> is text in every chart: the legend entries,
+    the category ticks and the hover label read exactly as stored, and no element comes of it."""
+    with _browser(dashboard["chromium"]) as page:
+        page.goto(dashboard["url"] + "/", wait_until="domcontentloaded")
+        page.get_by_role("heading", name="Overview", exact=True).first.wait_for(timeout=60_000)
+        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .legendtext').length >= 10",
+                               timeout=60_000)
+        _settle(page)
+        page.screenshot(path=str(ARTIFACTS / "chart_labels_overview.png"), full_page=True)
+        legend = page.locator(".js-plotly-plot .legendtext").all_text_contents()
+        assert sorted(legend) == sorted([EVIL, "shop-llm"] * 5), legend  # five charts, two models each
+        assert page.locator(".js-plotly-plot .legendtext tspan.line").count() == 0  # no <br> line break
+        _no_markup_from_data(page)
+        # the hover label of the EVIL line's newest point (found through plotly's own calcdata and axes)
+        chart = page.locator(".js-plotly-plot").first
+        chart.scroll_into_view_if_needed()
+        x, y = chart.evaluate(_LAST_POINT, "CLICK-ME")
+        page.mouse.move(x, y)
+        page.wait_for_function("() => document.querySelector('.hoverlayer .hovertext') !== null", timeout=10_000)
+        # both lines may have a point there (equal values): find the EVIL one among the hover labels
+        labels = page.locator(".hoverlayer .hovertext")
+        texts = labels.all_text_contents()
+        mine = [i for i, t in enumerate(texts) if t.startswith(f"model={EVIL}t=")]
+        assert mine, texts  # <br> is plotly's own
+        assert labels.nth(mine[0]).locator("tspan.line").count() == 3  # model, t, rate: no line from the data's <br>
+        _no_markup_from_data(page)
+
+        page.goto(dashboard["url"] + "/latency_gpu", wait_until="domcontentloaded")
+        page.get_by_role("heading", name="Latency & GPU", exact=True).first.wait_for(timeout=60_000)
+        page.get_by_text("Mean time per request (ms)").first.wait_for(timeout=60_000)
+        _settle(page)
+        ticks = page.locator(".js-plotly-plot").first.locator(".ytick text").all_text_contents()
+        assert ticks == [EVIL]  # the model with engine timings, on the bar chart's y axis
+        _no_markup_from_data(page)
 
 
 def _settle(page, quiet_s: float = 1.0, timeout_s: float = 30.0) -> None:

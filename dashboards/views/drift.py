@@ -1,7 +1,6 @@
 """Drift: per-feature drift scores over time, reference versus current distributions, semantic
 drift with the clusters that grew or shrank and example prompts."""
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from monitor.dashboard import ui
@@ -52,11 +51,11 @@ else:
     if dist.empty:
         st.caption("no distribution stored for this result")
     else:
-        fig = go.Figure([go.Bar(name="reference", x=dist["bucket"], y=dist["reference_share"]),
-                         go.Bar(name="current", x=dist["bucket"], y=dist["current_share"])])
-        fig.update_layout(barmode="group", height=320, margin=dict(l=10, r=10, t=30, b=10), yaxis_tickformat=".0%",
-                          title=f"{metric}: share per bucket (latest run)")
-        st.plotly_chart(fig, width="stretch", key="drift_dist")
+        shares = dist.melt(id_vars="bucket", value_vars=["reference_share", "current_share"], var_name="window",
+                           value_name="share")
+        shares["window"] = shares["window"].str.removesuffix("_share")
+        ui.bar_chart(shares, f"{metric}: share per bucket (latest run)", "drift_dist", 320, x="bucket", y="share",
+                     color="window", barmode="group", layout={"yaxis_tickformat": ".0%", "xaxis_title": None})
 
 st.subheader("Semantic drift")
 sem = [s for s in q.semantic(store, f) if s["model"] == model and s["group"] == group]

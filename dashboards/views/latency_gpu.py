@@ -1,7 +1,6 @@
 """Latency & GPU: client-seen versus engine-side time (queue, prefill, decode), GPU utilisation,
 memory and power, KV-cache usage and queue depth from the scraped server metrics, GPU cost."""
 
-import plotly.express as px
 import streamlit as st
 
 from monitor.dashboard import ui
@@ -30,9 +29,8 @@ else:
                 "`--otlp-traces-endpoint http://127.0.0.1:4317`); the capture proxy joins them to the "
                 "client-seen request.", icon=":material/info:")
     else:
-        fig = px.bar(parts, x="ms", y="model", color="part", orientation="h", title="Mean time per request (ms)")
-        fig.update_layout(height=120 + 40 * len(bd), margin=dict(l=10, r=10, t=40, b=10), legend_title_text="")
-        st.plotly_chart(fig, width="stretch", key="parts")
+        ui.bar_chart(parts, "Mean time per request (ms)", "parts", 120 + 40 * len(bd), x="ms", y="model", color="part",
+                     orientation="h")
     show = bd[["model", "requests", "with_engine", "latency_ms_p50", "engine_latency_ms_p50", "ttft_ms_p50",
                "engine_ttft_ms_p50", "queue_ms_p50", "prefill_ms_p50", "decode_ms_p50", "latency_ms_p95",
                "engine_latency_ms_p95", "queue_ms_p95", "prefill_ms_p95", "decode_ms_p95"]]

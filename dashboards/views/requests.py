@@ -2,7 +2,6 @@
 
 import json
 
-import plotly.express as px
 import streamlit as st
 
 from monitor.dashboard import ui
@@ -84,11 +83,9 @@ spans = q.spans(store, d["trace_id"])
 if spans.empty:
     st.caption("no spans stored for this trace")
 else:
-    fig = px.bar(spans, x="duration_ms", y="name", base="offset_ms", orientation="h", color="service",
-                 hover_data=["kind", "status", "span_id"], title="Spans (ms from the trace's start)")
-    fig.update_layout(height=120 + 32 * len(spans), margin=dict(l=10, r=10, t=40, b=10), yaxis_autorange="reversed",
-                      legend_title_text="")
-    st.plotly_chart(fig, width="stretch", key="trace")
+    ui.bar_chart(spans.drop(columns=["attributes"]), "Spans (ms from the trace's start)", "trace",
+                 120 + 32 * len(spans), layout={"yaxis_autorange": "reversed"}, x="duration_ms", y="name",
+                 base="offset_ms", orientation="h", color="service", hover_data=["kind", "status", "span_id"])
     ui.table(spans.drop(columns=["attributes"]))
     for _, s in spans.iterrows():
         with st.expander(f"{ui.md_escape(s['name'])} · {s['duration_ms']:.1f} ms · attributes"):

@@ -1,18 +1,31 @@
-"""Delivers the outbox: one daemon thread, one request per due row, retries with backoff.
+"""Delivers the outbox: one lane (a daemon thread) per channel, one request per due row, retries
+with backoff.
 
 Outcomes of an attempt:
 
 - 2xx: ``delivered``.
-- 408, 429, 5xx, a timeout or a connection error: ``retry`` after exponential backoff with full
-  jitter (``Retry-After`` honoured when longer), until ``alerts.retry.max_age_s`` after the
+- 408, 429, 5xx, a timeout, a connection error, an answer that is not HTTP, a sender that raised:
+  ``retry`` after exponential backoff with full jitter (``Retry-After`` of any form honoured when
+  longer, capped at ``alerts.retry.max_s``), until ``alerts.retry.max_age_s`` after the
   notification was enqueued; then ``dead`` with the last error.
-- any other status (4xx, a redirect: URLs are never followed away from the config): ``dead`` at once.
+- any other status (4xx, a redirect: URLs are never followed away from the config), or a row
+  whose request cannot be built (a corrupt payload): ``dead`` at once.
+
+Isolation. Each channel has its own lane, so a channel that hangs, fails or answers garbage
+delays no other channel. Within a lane, each attempt runs under a deadline (the channel's
+``timeout_s`` plus a grace second) and its failure is that row's failure only: the next rows are
+attempted in the same pass. An attempt past its deadline is abandoned (its thread is left to
+finish); while two of a channel's attempts hang, the next ones fail at once instead of piling up
+threads. Exceptions inside a pass are logged and counted (``monitor_alert_notifications``
+outcome ``error``, and :attr:`Dispatcher.errors`); a store error ends the pass, and the rows
+wait in the outbox.
 
 Per alert and channel, rows go out in order: a resolve waits until the fire before it is
-delivered or dead. Stopping lets the attempt in flight finish; pending rows stay in the outbox
-for the next start. A crash after the receiver's 2xx and before the outbox update sends that
-notification again on restart, with the same ``Idempotency-Key`` (PagerDuty: the same
-``dedup_key``), so receivers that dedupe by it see it once.
+delivered or dead. Stopping lets the attempts in flight finish (at most their deadline); pending
+rows stay in the outbox for the next start. A crash after the receiver's 2xx and before the
+outbox update sends that notification again on restart, with the same ``Idempotency-Key``
+(PagerDuty: the same ``dedup_key``), so receivers that dedupe by it see it once; so may an
+abandoned attempt that was answered after its deadline.
 """
 
 from __future__ import annotations
@@ -20,87 +33,38 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from email.utils import parsedate_to_datetime
-from typing import Protocol
 
 from monitor.alerts.channels import render_request
 from monitor.alerts.outbox import Outbox, OutboxRow
+from monitor.alerts.sender import HttpSender, Response, Sender, classify, parse_retry_after
 from monitor.backoff import full_jitter
+from monitor.errors import StoreError
 
-__all__ = ["Dispatcher", "HttpSender", "Response", "Sender", "classify"]
+__all__ = ["Dispatcher", "HttpSender", "Response", "Sender", "classify", "parse_retry_after"]
 
 log = logging.getLogger("monitor.alerts")
 
+DEADLINE_GRACE_S = 1.0
+"""An attempt is abandoned this long after its channel's ``timeout_s`` (urllib's timeout bounds
+each read, not the whole answer)."""
+MAX_HANGING = 2
+"""Abandoned attempts per channel still running before the next ones fail without a request."""
+_MAX_DELAY_S = 365 * 86400.0  # whatever the config says, a retry time stays a representable date
+
 
 @dataclass
-class Response:
-    status: int | None
-    """HTTP status, None when no response came (timeout, refused connection)."""
-    error: str = ""
-    retry_after: float | None = None
+class _Lane:
+    """The rows of one channel (``name``), or of every channel no longer configured (None)."""
 
-
-class Sender(Protocol):
-    def send(self, url: str, headers: dict[str, str], body: bytes, timeout: float) -> Response: ...
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D401
-        return None  # a 3xx comes back as an HTTPError: the configured URL is the only one used
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
-        except (TypeError, ValueError):
-            return None
-
-
-class HttpSender:
-    """POST with urllib; the timeout bounds the connect and each read."""
-
-    def __init__(self):
-        self._opener = urllib.request.build_opener(_NoRedirect)
-
-    def send(self, url: str, headers: dict[str, str], body: bytes, timeout: float) -> Response:
-        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        try:
-            with self._opener.open(req, timeout=timeout) as r:
-                r.read(65536)
-                return Response(r.status)
-        except urllib.error.HTTPError as exc:
-            text = exc.read(300).decode("utf-8", "replace").strip() if exc.fp else ""
-            return Response(exc.code, f"HTTP {exc.code}{': ' + text if text else ''}",
-                            _retry_after(exc.headers.get("Retry-After") if exc.headers else None))
-        except TimeoutError:
-            return Response(None, f"timed out after {timeout:g}s")
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, TimeoutError):
-                return Response(None, f"timed out after {timeout:g}s")
-            return Response(None, f"connection failed: {reason}")
-        except OSError as exc:
-            return Response(None, f"connection failed: {exc}")
-
-
-def classify(resp: Response) -> str:
-    """``delivered``, ``retry`` or ``dead`` for one response."""
-    if resp.status is None:
-        return "retry"
-    if 200 <= resp.status < 300:
-        return "delivered"
-    if resp.status in (408, 429) or resp.status >= 500:
-        return "retry"
-    return "dead"
+    name: str | None
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one pass or synchronous delivery at a time
+    wake: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    due_in: float | None = None  # seconds until the soonest retry, from the last pass
+    hanging: list[threading.Thread] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -110,11 +74,11 @@ class Dispatcher:
         self.settings = settings
         self.metrics = metrics
         self.sender = sender or HttpSender()
-        self._lock = threading.Lock()  # one pass (or one synchronous delivery) at a time
-        self._wake = threading.Event()
+        self.errors: Counter[str] = Counter()
+        """Exceptions contained, by channel (``""``: a pass of the lane of unconfigured channels)."""
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._due_in: float | None = None  # seconds until the soonest retry, from the last pass
+        self._lanes: dict[str | None, _Lane] = {name: _Lane(name) for name in settings.channels}
+        self._lanes[None] = _Lane(None)
         from monitor import __version__
         self._user_agent = f"llm-monitor/{__version__}"
 
@@ -122,43 +86,68 @@ class Dispatcher:
 
     def start(self) -> None:
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="monitor-alerts", daemon=True)
-        self._thread.start()
+        for lane in self._lanes.values():
+            lane.thread = threading.Thread(target=self._loop, args=(lane,), daemon=True,
+                                           name=f"monitor-alerts-{lane.name or '(unconfigured)'}")
+            lane.thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Safe without start(). The attempt in flight finishes; pending rows stay for the next start."""
+        """Safe without start(). The attempts in flight finish (within their deadline); pending rows
+        stay for the next start."""
         self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        for lane in self._lanes.values():
+            lane.wake.set()
+        end = time.monotonic() + timeout
+        for lane in self._lanes.values():
+            if lane.thread is not None:
+                lane.thread.join(max(0.0, end - time.monotonic()))
+                lane.thread = None
 
     def wake(self) -> None:
         """Look at the outbox now (new rows were enqueued)."""
-        self._wake.set()
+        for lane in self._lanes.values():
+            lane.wake.set()
 
-    def _loop(self) -> None:
+    def _loop(self, lane: _Lane) -> None:
         while not self._stop.is_set():
+            lane.wake.clear()  # a wake from now on (rows enqueued during the pass) starts another pass
             try:
-                self.run_once()
-            except Exception:  # the store may be away; the rows wait in the outbox
-                log.exception("alert delivery pass failed; next try in %gs", self.settings.poll_interval_s)
-            self._wake.wait(self._next_wait())
-            self._wake.clear()
+                with lane.lock:
+                    self._pass(lane, None)
+            except Exception as exc:  # the store may be away; the rows wait in the outbox
+                lane.due_in = None
+                self._error(lane.name, exc, "alert delivery pass failed; next try in "
+                            f"{self.settings.poll_interval_s:g}s")
+            lane.wake.wait(max(0.05, lane.due_in) if lane.due_in is not None else self.settings.poll_interval_s)
 
-    def _next_wait(self) -> float:
-        return max(0.05, self._due_in) if self._due_in is not None else self.settings.poll_interval_s
+    def _lane(self, channel: str) -> _Lane:
+        return self._lanes.get(channel) or self._lanes[None]
+
+    def _error(self, channel: str | None, exc: BaseException, message: str) -> None:
+        """Log and count an exception contained inside a pass."""
+        self.errors[channel or ""] += 1
+        self._count(channel or "", "error")
+        log.error("%s: %s: %s", message, type(exc).__name__, exc, exc_info=exc)
 
     # -- delivery ---------------------------------------------------------------------
 
     def run_once(self, now: datetime | None = None) -> int:
-        """One pass over the pending rows; returns how many were delivered."""
-        with self._lock:
-            return self._pass(now)
+        """One pass over the pending rows of every lane, one lane after the other; returns how many
+        were delivered."""
+        delivered = 0
+        for lane in self._lanes.values():
+            with lane.lock:
+                delivered += self._pass(lane, now)
+        return delivered
 
-    def _pass(self, now: datetime | None) -> int:
-        rows = self.outbox.pending()
-        blocked: set[tuple[str, str]] = set()
+    def _pending(self, lane: _Lane) -> list[OutboxRow]:
+        if lane.name is None:
+            return self.outbox.pending([n for n in self._lanes if n is not None], exclude=True)
+        return self.outbox.pending([lane.name])
+
+    def _pass(self, lane: _Lane, now: datetime | None) -> int:
+        rows = self._pending(lane)
+        blocked: set[tuple[str, str]] = set()  # (alert, channel) whose earlier row is not delivered or dead
         delivered = 0
         soonest: float | None = None
         for row in rows:
@@ -173,14 +162,22 @@ class Dispatcher:
                 wait = (row.next_attempt_at - t).total_seconds()
                 soonest = wait if soonest is None else min(soonest, wait)
                 continue
-            new = self._attempt(row, t)
+            try:
+                new = self._attempt(lane, row, t)
+            except StoreError:
+                raise  # the outbox cannot be written: end the pass, every row waits
+            except Exception as exc:  # a bug on one row: the others still go out
+                blocked.add(key)
+                self._error(row.channel, exc, f"alert {row.event} {row.notification_id} to {row.channel}: "
+                                              "the attempt failed inside the monitor")
+                continue
             if new.status == "delivered":
                 delivered += 1
             elif new.status == "pending":
                 blocked.add(key)
                 wait = max(0.0, (new.next_attempt_at - datetime.now(timezone.utc)).total_seconds())
                 soonest = wait if soonest is None else min(soonest, wait)
-        self._due_in = None if soonest is None else min(soonest, self.settings.poll_interval_s)
+        lane.due_in = None if soonest is None else min(soonest, self.settings.poll_interval_s)
         self._update_gauge()
         return delivered
 
@@ -194,9 +191,10 @@ class Dispatcher:
     def deliver(self, notification_id: str, channel: str, deadline_s: float) -> OutboxRow | None:
         """Deliver one row now, retrying until delivered, dead or ``deadline_s`` has passed (then
         it is marked dead: for ``monitor alerts test``, which reports the outcome)."""
+        lane = self._lane(channel)
         end = time.monotonic() + deadline_s
         while True:
-            with self._lock:
+            with lane.lock:
                 row = self.outbox.get(notification_id, channel)
                 if row is None or row.status != "pending":
                     return row
@@ -208,7 +206,7 @@ class Dispatcher:
                     self._count(channel, "dead")
                     return new
                 if row.next_attempt_at <= now:
-                    row = self._attempt(row, now)
+                    row = self._attempt(lane, row, now)
                     if row.status != "pending":
                         return row
                 wait = (row.next_attempt_at - datetime.now(timezone.utc)).total_seconds()
@@ -218,30 +216,77 @@ class Dispatcher:
         if self.metrics is not None:
             self.metrics.alert_notifications.labels(channel, outcome).inc()
 
-    def _attempt(self, row: OutboxRow, now: datetime) -> OutboxRow:
+    def _attempt(self, lane: _Lane, row: OutboxRow, now: datetime) -> OutboxRow:
+        """One attempt; whatever the channel or the sender does, the row's outcome is recorded.
+        Only a failing outbox write raises."""
         cfg = self.settings.channels.get(row.channel)
         attempt = row.attempts + 1
         if cfg is None:
             return self._finish(row, now, attempt, "dead", None,
                                 f"channel {row.channel!r} is no longer in the config", 0.0)
-        url, headers, body = render_request(cfg, row.payload, row.notification_id, user_agent=self._user_agent)
+        try:
+            url, headers, body = render_request(cfg, row.payload, row.notification_id, user_agent=self._user_agent)
+        except Exception as exc:  # a corrupt stored payload: no attempt can succeed
+            self._error(row.channel, exc, f"alert {row.notification_id} to {row.channel}: cannot build the request")
+            return self._finish(row, now, attempt, "dead", None,
+                                f"cannot build the request: {type(exc).__name__}: {exc}", 0.0)
         t0 = time.monotonic()
-        resp = self.sender.send(url, headers, body, cfg.timeout_s)
+        resp = self._send(lane, row, url, headers, body, cfg.timeout_s)
         ms = (time.monotonic() - t0) * 1000
         outcome = classify(resp)
         error = "" if outcome == "delivered" else (resp.error or f"HTTP {resp.status}")
         return self._finish(row, datetime.now(timezone.utc), attempt, outcome, resp.status, error, ms,
                             resp.retry_after)
 
+    def _send(self, lane: _Lane, row: OutboxRow, url: str, headers: dict[str, str], body: bytes,
+              timeout: float) -> Response:
+        """``sender.send`` under a deadline, in a thread of its own; never raises, and returns a
+        well-formed :class:`Response` whatever the sender returned."""
+        lane.hanging = [t for t in lane.hanging if t.is_alive()]
+        if len(lane.hanging) >= MAX_HANGING:
+            return Response(None, f"not sent: {len(lane.hanging)} earlier requests to this channel are "
+                                  "still hanging")
+        box: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                box["resp"] = self.sender.send(url, headers, body, timeout)
+            except BaseException as exc:  # reported by the dispatcher's thread
+                box["exc"] = exc
+
+        deadline = timeout + DEADLINE_GRACE_S
+        t = threading.Thread(target=run, name=f"monitor-alerts-send-{row.channel}", daemon=True)
+        t.start()
+        t.join(deadline)
+        if t.is_alive():
+            lane.hanging.append(t)
+            return Response(None, f"no complete answer within {deadline:g}s (request abandoned)")
+        if "exc" in box:
+            exc = box["exc"]
+            self._error(row.channel, exc, f"alert {row.notification_id} to {row.channel}: the sender raised")
+            return Response(None, f"the sender raised {type(exc).__name__}: {str(exc)[:300]}")
+        resp = box.get("resp")
+        if not isinstance(resp, Response):
+            return Response(None, f"the sender returned {type(resp).__name__}, not a Response")
+        status = resp.status
+        if status is not None and (not isinstance(status, int) or isinstance(status, bool)
+                                   or not 100 <= status <= 999):
+            return Response(None, f"invalid HTTP status {status!r}")
+        return Response(status, str(resp.error or "")[:2000], parse_retry_after(resp.retry_after))
+
     def _finish(self, row: OutboxRow, now: datetime, attempt: int, outcome: str, status: int | None, error: str,
                 ms: float, retry_after: float | None = None) -> OutboxRow:
         r = self.settings.retry
+        error = error[:2000]
         if outcome == "retry":
-            delay = max(full_jitter(attempt, r.initial_s, r.max_s), retry_after or 0.0)
-            next_at = now + timedelta(seconds=delay)
-            if (next_at - row.created_at).total_seconds() > r.max_age_s:
+            hint = min(retry_after, r.max_s) if retry_after is not None else 0.0
+            delay = min(max(full_jitter(attempt, r.initial_s, r.max_s), hint), _MAX_DELAY_S)
+            age = (now - row.created_at).total_seconds()
+            if age + delay > r.max_age_s:
                 outcome = "dead"
-                error = f"gave up after {attempt} attempts over {r.max_age_s:g}s: {error}"
+                error = f"gave up after {attempt} attempts over {r.max_age_s:g}s: {error}"[:2000]
+            else:
+                next_at = now + timedelta(seconds=delay)
         self.outbox.record_attempt(row, now, attempt, outcome, status, error, ms)
         self._count(row.channel, outcome)
         if outcome == "delivered":

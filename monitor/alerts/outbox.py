@@ -84,9 +84,13 @@ class Outbox:
                               settings={"insert_deduplication_token": token[:1000]})
         return new
 
-    def pending(self) -> list[OutboxRow]:
-        """Every pending row, due or not, oldest first (fire before resolve)."""
-        return self._rows("status = 'pending'")
+    def pending(self, channels: list[str] | None = None, exclude: bool = False) -> list[OutboxRow]:
+        """Every pending row, due or not, oldest first (fire before resolve); only those of
+        ``channels`` when given (with ``exclude``: only those of every other channel)."""
+        if channels is None:
+            return self._rows("status = 'pending'")
+        op = "NOT IN" if exclude else "IN"
+        return self._rows(f"status = 'pending' AND channel {op} {{chs:Array(String)}}", {"chs": list(channels)})
 
     def get(self, notification_id: str, channel: str) -> OutboxRow | None:
         rows = self._rows("notification_id = {n:String} AND channel = {c:String}",

@@ -7,7 +7,8 @@ what only a process of its own may do: installing signal handlers, rewriting ``s
 watching files. The pages read the process's store (:func:`monitor.dashboard.store.register`),
 so inside ``monitor up`` they share the one chdb handle.
 
-:class:`DashboardApp` is ``monitor dashboard``: the same server over a read-only store of its own.
+``monitor dashboard`` (:class:`monitor.runtime.apps.DashboardApp`) runs the same server over a
+read-only store of its own.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from monitor.dashboard.store import register, unregister
-from monitor.runtime.apps import App
 
-__all__ = ["DashboardServer", "DashboardApp", "app_path"]
+__all__ = ["DashboardServer", "app_path"]
 
 log = logging.getLogger("monitor.dashboard")
 
@@ -120,29 +120,3 @@ class DashboardServer:
                 log.warning("the dashboard did not stop within %.0f s; leaving its daemon thread", timeout)
         self._server = None
         unregister()
-
-
-class DashboardApp(App):
-    """``monitor dashboard --clickhouse URL``: the dashboards over a read-only store of their own."""
-
-    default_metrics_port = 9468
-    role = "dashboard"
-
-    def __init__(self, settings):
-        super().__init__(settings)
-        from monitor.store.client import Store
-
-        self.store = Store(settings.store, readonly=True)
-        d = settings.dashboard
-        self.server = DashboardServer(d.host, d.port, self.store, d.refresh_s)
-
-    def start(self) -> None:
-        self._serve_metrics()
-        log.info("store: %s (read-only)", self.store.describe())
-        url = self.server.start()
-        log.info("dashboard on %s", url)
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.store.close()
-        self.metrics.close()

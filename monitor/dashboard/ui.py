@@ -4,6 +4,10 @@ plain-text display of user content, number formats, plotly charts.
 User content (prompts, completions, attributes, error texts) is only ever shown with
 :func:`plain` (``st.code``: literal text, no markdown, no HTML) or inside ``st.dataframe`` (a
 canvas grid of plain strings). ``st.markdown`` here only renders this module's own constant text.
+
+Charts are only built by :func:`line_chart` and :func:`bar_chart`: plotly.js renders a subset of
+HTML (``<a href>``, ``<b>``, ``<br>``, ``<span style>``...) in legends, titles, ticks and hover
+labels, so every text column of a chart's data and its titles go through :func:`chart_text` first.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import streamlit as st  # noqa: E402
 from monitor.dashboard.filters import AUTO, RANGES, Filters, fitting_range, preset
 from monitor.dashboard.store import get_store, options
 
-__all__ = ["store", "sidebar", "filters", "require_events", "plain", "table", "line_chart", "fmt_ms", "fmt_rate",
-           "fmt_pct", "fmt_num", "md_escape", "CUSTOM", "NO_DATA_HELP"]
+__all__ = ["store", "sidebar", "filters", "require_events", "plain", "table", "line_chart", "bar_chart", "chart_text",
+           "chart_frame", "fmt_ms", "fmt_rate", "fmt_pct", "fmt_num", "md_escape", "CUSTOM", "NO_DATA_HELP"]
 
 CUSTOM = "Custom"
 _STATE = "monitor_filters"
@@ -168,17 +172,49 @@ def table(df: pd.DataFrame, **kw: Any) -> None:
     st.dataframe(df, hide_index=True, width="stretch", **kw)
 
 
+def chart_text(text: Any) -> str:
+    """``text`` for a plotly label (legend, title, axis tick, hover, annotation): ``&``, ``<`` and
+    ``>`` as entities. plotly.js splits text on ``<...>`` tags before it decodes entities into
+    plain text nodes, so the escaped text can never become a tag and still reads exactly as stored
+    (``&amp;lt;`` shows as ``&lt;``)."""
+    return ("" if text is None else str(text)).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def chart_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` with every text value through :func:`chart_text` (plotly express puts column
+    values into trace names, category ticks and hover templates; numbers, times and missing
+    values stay as they are)."""
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]) or \
+                isinstance(out[col].dtype, pd.CategoricalDtype):
+            out[col] = out[col].map(lambda v: chart_text(v) if isinstance(v, str) else v)
+    return out
+
+
 def line_chart(df: pd.DataFrame, y: str, color: str | None, title: str, y_title: str, percent: bool = False,
                key: str | None = None) -> None:
     import plotly.express as px
 
-    fig = px.line(df, x="t", y=y, color=color, markers=len(df) < 40, title=title)
+    fig = px.line(chart_frame(df), x="t", y=y, color=color, markers=len(df) < 40, title=chart_text(title))
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10), legend_title_text="", xaxis_title=None,
-                      yaxis_title=y_title)
+                      yaxis_title=chart_text(y_title))
     f = filters()  # the whole selected range on the time axis, however few buckets have data
     fig.update_xaxes(range=[_naive_utc(f.start), _naive_utc(f.end)])
     if percent:
         fig.update_yaxes(tickformat=".1%")
+    st.plotly_chart(fig, width="stretch", key=key)
+
+
+def bar_chart(df: pd.DataFrame, title: str, key: str, height: int, layout: dict[str, Any] | None = None,
+              **columns: Any) -> None:
+    """``px.bar`` over :func:`chart_frame` of ``df``. ``columns``: px.bar's arguments (``x``, ``y``,
+    ``color``, ``base``, ``hover_data``, ``orientation``, ``barmode``); ``layout``: constant layout
+    settings (no text from the store)."""
+    import plotly.express as px
+
+    fig = px.bar(chart_frame(df), title=chart_text(title), **columns)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), legend_title_text="", **(layout or {}))
     st.plotly_chart(fig, width="stretch", key=key)
 
 
