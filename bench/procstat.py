@@ -61,6 +61,26 @@ def cpu_jiffies(pids: list[int]) -> int:
     return total
 
 
+def cpu_jiffies_own(pid: int) -> int:
+    """utime+stime of ``pid`` alone (its threads, not its children); 0 when it is gone."""
+    try:
+        f = _stat_fields(pid)
+    except OSError:
+        return 0
+    return int(f[11]) + int(f[12])
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` in KiB (0 when it is gone)."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def pid_alive(pid: int) -> bool:
     try:
         return _stat_fields(pid)[0] != "Z"

@@ -67,7 +67,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from procstat import CLK_TCK, cpu_jiffies, descendants, free_port, machine_busy, pid_alive
+from procstat import CLK_TCK, cpu_jiffies, cpu_jiffies_own, descendants, free_port, machine_busy, pid_alive, rss_kib
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = ("direct", "monitor", "nginx")
@@ -691,6 +691,10 @@ def summarize(cells: list[dict[str, Any]], levels: list[int], paths: list[str]) 
             row["warmup_errors"] = sum(v for x in rs for k, v in x["error_kinds"].items() if k.startswith("warmup_"))
             cpu = [x["cpu"]["proxy_ms_per_req"] for x in rs if x["cpu"].get("proxy_ms_per_req") is not None]
             row["proxy_cpu_ms_per_req"] = statistics.median(cpu) if cpu else None
+            own = [x["cpu"]["proxy_process_ms_per_req"] for x in rs if x["cpu"].get("proxy_process_ms_per_req")]
+            row["proxy_process_cpu_ms_per_req"] = statistics.median(own) if own else None
+            rss = [x["proxy_rss_mib"] for x in rs if x.get("proxy_rss_mib")]
+            row["proxy_rss_mib"] = max(rss) if rss else None
             row["machine_busy_pct"] = statistics.median(x["cpu"]["machine_busy_pct"] for x in rs)
             row["other_cpu_pct"] = statistics.median(x["cpu"]["other_pct"] for x in rs)
             level[p] = row
@@ -721,8 +725,15 @@ def render(summary: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{_f(r['total_p99'])} | " + " ".join(_f(a, 8, True) for a in added) +
                 f" | {r['errors']:>6} {_f(r['proxy_cpu_ms_per_req'], 7)} {r['machine_busy_pct']:5.0f} "
                 f"{r['other_cpu_pct']:6.1f}")
-    lines.append("\ncpu/req: CPU ms per request of the proxy process (monitor: the whole `monitor up` process, "
-                 "capture + span export + chdb ingest; nginx: master+workers; direct: -). busy%: whole machine "
+    for c, level in summary.items():
+        m = level.get("monitor") or {}
+        if m.get("proxy_process_cpu_ms_per_req") is not None:
+            lines.append(f"monitor at concurrency {c}: the proxy process {m['proxy_process_cpu_ms_per_req']:.3f} ms "
+                         f"CPU per request (RSS {m['proxy_rss_mib']:.0f} MiB); the whole monitor "
+                         f"{m['proxy_cpu_ms_per_req']:.3f} ms (proxy, pipeline: spans, join, redaction, spool; store: "
+                         "ingest, quality signals, chdb)")
+    lines.append("\ncpu/req: CPU ms per request of the path's processes (monitor: every process of `monitor up`: "
+                 "proxy, pipeline, store, supervisor; nginx: master+workers; direct: -). busy%: whole machine "
                  "(100% = all cores); other%: CPU of processes not started by this bench, in % of the machine.")
     return "\n".join(lines)
 
@@ -950,6 +961,14 @@ def main(argv: list[str] | None = None) -> int:
             wait_until("the aiohttp pass-through", lambda: http_get(urls["aiohttp"] + "/health")[0] == 200,
                        [procs["aiohttp"]], args.start_timeout)
 
+        def monitor_proxy_pids() -> list[int]:
+            """The pids of `monitor up`'s proxy process(es), from its /metrics (monitor_process_pid)."""
+            st, text = http_get(metrics_url)
+            if st != 200:
+                return []
+            return [int(v) for k2, v in parse_metrics(text).items()
+                    if k2.startswith("monitor_process_pid{") and 'process="proxy' in k2 and v > 0]
+
         # -- load generator
         procs["loadgen"] = Proc("loadgen", [py, me, "_loadgen"], workdir / "logs" / "loadgen.log", pipe=True)
         sent_through: dict[str, int] = {p: 0 for p in paths}
@@ -961,6 +980,8 @@ def main(argv: list[str] | None = None) -> int:
                    "request_timeout": args.request_timeout, "max_requests": max_requests}
             busy0, tot0 = machine_busy()
             ours0 = {k: cpu_jiffies([p.pid]) for k, p in procs.items()}
+            proxy_pids = monitor_proxy_pids() if path == "monitor" else []
+            px0 = sum(cpu_jiffies_own(q) for q in proxy_pids)
             thr0 = thread_jiffies(procs["monitor"].pid) if path == "monitor" else {}
             t0 = time.monotonic()
             res = procs["loadgen"].ask(cmd, warmup + duration + args.request_timeout + 60)
@@ -969,6 +990,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise BenchError(f"load generator failed on {path} c={conc}: {res['fatal']}")
             busy1, tot1 = machine_busy()
             ours1 = {k: cpu_jiffies([p.pid]) for k, p in procs.items()}
+            px1 = sum(cpu_jiffies_own(q) for q in proxy_pids)
             if path == "monitor":
                 thr1 = thread_jiffies(procs["monitor"].pid)
                 res["monitor_threads"] = {tid: [comm, (j - thr0.get(tid, ("", 0))[1]) / CLK_TCK]
@@ -983,6 +1005,9 @@ def main(argv: list[str] | None = None) -> int:
                           "machine_busy_pct": 100 * machine_s / span, "other_pct": 100 * other / span,
                           "proxy_ms_per_req": (1000 * proxy_s / res["sent"]) if proxy_s is not None and res["sent"]
                           else None, "wall_s": round(wall, 2)}
+            if proxy_pids and res["sent"]:  # the capture proxy's own process(es), apart from the rest of the monitor
+                res["cpu"]["proxy_process_ms_per_req"] = 1000 * (px1 - px0) / CLK_TCK / res["sent"]
+                res["proxy_rss_mib"] = sum(rss_kib(q) for q in proxy_pids) / 1024
             return res
 
         # -- smoke: a few requests per path, streamed and not, checked like every other

@@ -34,7 +34,9 @@ def _load(ctx: click.Context, overrides: dict[str, Any]) -> _config.Settings:
         settings = _config.load(ctx.obj.get("config"), overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    _setup_logging(ctx.obj.get("log_level") or settings.log_level)
+    if ctx.obj.get("log_level"):
+        settings.log_level = ctx.obj["log_level"]  # child processes log at the same level
+    _setup_logging(settings.log_level)
     return settings
 
 
@@ -142,15 +144,20 @@ def _dashboard_overrides(port: int | None, off: bool) -> dict[str, Any]:
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="chdb data directory [./monitor-data].")
 @click.option("--retention-days", type=int, default=None, help="TTL of every table [30].")
+@click.option("--single-process", is_flag=True, default=False,
+              help="Run every part in this one process (debugging; the proxy then shares the checks' interpreter).")
 @_admin_port
 @_with(_dashboard)
 @_with(_common)
 @click.pass_context
-def up(ctx, data_dir, retention_days, admin_port, dashboard_port, no_dashboard, upstream, proxy_port, scrape_url, host,
-       grpc_port, http_port, metrics_port, metrics_host):
-    """Embedded mode: OTLP receiver, ingest and ClickHouse (chdb) in one process."""
+def up(ctx, data_dir, retention_days, single_process, admin_port, dashboard_port, no_dashboard, upstream, proxy_port,
+       scrape_url, host, grpc_port, http_port, metrics_port, metrics_host):
+    """Embedded mode: receiver, capture proxy, ingest, ClickHouse (chdb), checks and dashboards on this host.
+
+    The data plane (capture proxy, OTLP receiver) runs in processes of its own, apart from the store
+    process (ingest, checks, dashboards): nothing the analysis does reaches the request path."""
     _needs("embedded", "`monitor up`")
-    from monitor.runtime.apps import Embedded
+    from monitor.runtime.apps import Embedded, Up
 
     store: dict[str, Any] = {"retention_days": retention_days}
     if data_dir is not None:
@@ -162,7 +169,7 @@ def up(ctx, data_dir, retention_days, admin_port, dashboard_port, no_dashboard, 
     if not settings.store.is_embedded:
         raise click.ClickException("`monitor up` is the embedded mode and needs a chdb:// store; "
                                    "use `monitor ingest --clickhouse URL` for a ClickHouse server")
-    _run(Embedded, settings)
+    _run(Embedded if single_process else Up, settings)
 
 
 @main.command()
@@ -467,7 +474,7 @@ def dashboard(ctx, url, data_dir, host, port, metrics_port, metrics_host):
 
     `monitor up` serves them itself; use this against a ClickHouse server."""
     _needs("dashboards", "`monitor dashboard`")
-    from monitor.dashboard.server import DashboardApp
+    from monitor.runtime.apps import DashboardApp
 
     settings = _load(ctx, {"store": _store_overrides(url, data_dir), "dashboard": {"host": host, "port": port},
                            "telemetry": {"metrics_port": metrics_port, "metrics_host": metrics_host}})

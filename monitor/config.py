@@ -96,6 +96,10 @@ class ReceiverSettings(_Section):
     """Largest request accepted, compressed or not (checked after decompression too): 413 past it."""
     retry_after_s: int = Field(1, ge=1)
     """Retry-After sent with 503 when the pipeline is saturated."""
+    max_in_flight: int = Field(64, gt=0)
+    """Requests being decoded, processed and spooled at once; past it the receiver answers 503 at once."""
+    workers: int = Field(2, gt=0, le=64)
+    """Threads doing that work (off the event loop: a huge request delays only itself)."""
     auth_token: str | None = None
     """When set, OTLP requests must carry ``Authorization: Bearer <token>`` (401 otherwise)."""
 
@@ -120,6 +124,9 @@ class KafkaSettings(_Section):
     linger_ms: int = Field(5, ge=0)
     max_message_bytes: int = Field(1_000_000, gt=1024)
     """Upper bound for one produced message (the broker's message.max.bytes); traces are split to fit."""
+    partition_traces_by_id: bool = False
+    """One message per trace, keyed by the trace id (the Collector's option of this name); off: one
+    message per request, like the Collector's default (cheaper: no per-span copy)."""
     delivery_timeout_ms: int = Field(30_000, gt=0)
     client_id: str = "llm-monitor"
     group_id: str = "monitor-ingest"
@@ -140,10 +147,11 @@ class KafkaSettings(_Section):
 
 
 class SpoolSettings(_Section):
-    """The sidecar's durable buffer (SQLite, WAL) between the receiver and Kafka.
+    """The durable buffer (SQLite, WAL) after the receiver: drained by the Kafka forwarder
+    (``monitor sidecar``) or by the store process's ingest (``monitor up``).
 
     Every accepted request is committed here before the 200 goes out, so an
-    acknowledged span survives a broker outage and a sidecar restart.
+    acknowledged span survives a broker outage, a restart of either process and a crash.
     """
 
     path: Path = Path("monitor-spool/spool.sqlite")
@@ -196,19 +204,18 @@ class StoreSettings(_Section):
 
 
 class IngestSettings(_Section):
-    """Batching from the transport into the store."""
+    """Batching from the transport (Kafka, or the local spool of ``monitor up``) into the store."""
 
-    max_batch_items: int = Field(5000, gt=0)
-    """Spans + data points + log records per insert, at most."""
-    flush_interval_ms: int = Field(1000, gt=0)
-    """Longest a received item waits for its batch to fill. Embedded mode cuts a batch earlier when
-    arrivals pause, but inserts at most every quarter of this (ClickHouse prefers few large inserts,
-    and each insert costs the process CPU that a co-located proxy would otherwise use)."""
-    queue_max_requests: int = Field(2000, gt=0)
-    """Embedded mode: requests waiting for ingest before the receiver answers 503."""
-    queue_max_bytes: int = Field(256 * MiB, gt=0)
+    max_batch_messages: int = Field(512, gt=0)
+    """Messages (one OTLP request each, typically) per batch, at most; one insert per table per batch."""
+    max_batch_bytes: int = Field(16 * MiB, gt=0)
+    """Bytes of messages per batch, at most (a single larger message still makes a batch of its own)."""
+    flush_interval_ms: int = Field(500, gt=0)
+    """Longest a received item waits for its batch to fill (ClickHouse prefers few large inserts)."""
     max_poll_records: int = Field(2000, gt=0)
     retry_backoff_max_s: float = Field(30.0, gt=0)
+    quality: bool = True
+    """Compute the quality signals of every model request (languages, refusal, ...) at ingest."""
 
 
 class ProxySettings(_Section):
@@ -220,6 +227,10 @@ class ProxySettings(_Section):
     port: int = Field(8080, ge=0, le=65535)
     service_name: str = "llm-proxy"
     """service.name of the spans the proxy emits."""
+    workers: int = Field(1, ge=1, le=64)
+    """Proxy processes sharing the port (SO_REUSEPORT); one per core at most."""
+    capture_socket: str | None = None
+    """Unix socket the proxy process sends its capture records to (default: beside the spool)."""
     auth_token: str | None = None
     """When set, clients must send ``Authorization: Bearer <token>``; the header is not forwarded then."""
     capture_content: dict[str, bool] = Field(default_factory=dict)
@@ -229,10 +240,28 @@ class ProxySettings(_Section):
     max_field_bytes: int = Field(32_768, ge=256)
     """Longest stored prompt/completion/message field; longer ones end in a truncation marker."""
     upstream_timeout_s: float = Field(600.0, gt=0)
+    """Longest silence of the model server on a request: before its response head (then 504) and
+    between two pieces of its body (then the client's connection is cut). Not a total duration:
+    a stream may run for hours as long as it keeps sending."""
+    max_request_bytes: int = Field(32 * MiB, gt=0)
+    """Largest request body on a captured route (413 past it, connection closed). Other paths
+    stream their bodies and have no limit here."""
+    max_capture_bytes: int = Field(4 * MiB, ge=0)
+    """How much of each request and response body is copied into the capture record; the rest is
+    forwarded, counted and not kept. Forwarding is never limited by it."""
+    header_timeout_s: float = Field(30.0, gt=0)
+    """A client's request head (request line and headers) must arrive within this, from its first
+    byte (from the connection's start for the first request); the connection closes otherwise."""
+    idle_timeout_s: float = Field(75.0, gt=0)
+    """A keep-alive client connection with no request, or a request body that stops coming, is
+    closed after this."""
+    request_usage: Literal["auto", "no"] = "auto"
+    """``auto``: for an OpenAI stream that does not ask for usage, ask the server for the usage event
+    (``stream_options.include_usage``) and keep it from the client; a server that answers such a
+    request with 400/422 gets the client's own request again and is not asked again. ``no``:
+    never change the request body (streams then have no token usage from the server)."""
     drain_s: float = Field(2.0, ge=0, le=120)
     """When the proxy stops (Ctrl-C, SIGTERM): how long streams in flight may take to finish."""
-    queue_max_spans: int = Field(10_000, gt=0)
-    """Spans waiting to be exported; past it spans are dropped and counted, requests never wait."""
     engine_join_window_s: float = Field(10.0, ge=0)
     """How long a proxy span waits for the engine's own span (vLLM ``llm_request``) to put both
     timings in one event; 0 turns joining off. Only once the upstream has been seen tracing."""
@@ -252,6 +281,10 @@ class RedactionSettings(_Section):
     """Built-in detectors to run (all by default)."""
     custom: dict[str, str] = Field(default_factory=dict)
     """Extra ``NAME: regex`` rules; matches become ``[NAME]``."""
+    max_value_bytes: int = Field(MiB, ge=1024)
+    """Longest content value (UTF-8 bytes) that is scanned: a longer one is cut to this size, marker
+    ``…[truncated N bytes]`` included, before any scanning, and counted as ``TRUNCATED``. Bounds the
+    time one request can take (a 30 MB prompt would otherwise hold a worker for seconds)."""
 
 
 class ScrapeSettings(_Section):
@@ -519,11 +552,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":
-        if self.ingest.queue_max_bytes < self.receiver.max_request_bytes:
+        if self.spool.max_bytes < self.receiver.max_request_bytes:
             raise ValueError(
-                "ingest.queue_max_bytes must be at least receiver.max_request_bytes, "
-                "or a single large request could never be queued")
+                "spool.max_bytes must be at least receiver.max_request_bytes, "
+                "or a single large request could never be spooled")
         return self
+
+    def embedded_spool_path(self) -> Path:
+        """``monitor up``: the spool between the pipeline and the store process, inside the data
+        directory unless ``spool.path`` was set."""
+        if self.spool.path != SpoolSettings.model_fields["path"].default:
+            return self.spool.path
+        return self.store.chdb_path() / "spool" / "spool.sqlite"
 
 
     @classmethod
@@ -559,7 +599,12 @@ def load(config_file: str | Path | None = None, overrides: dict[str, Any] | None
             "model_config": SettingsConfigDict(**{**Settings.model_config, "yaml_file": str(path)}),
         })
     try:
-        return cls(**_drop_none(overrides or {}))
+        settings = cls(**_drop_none(overrides or {}))
+        if cls is not Settings:
+            # a plain Settings with the same values (no sources read again): the file's class is made
+            # here, and the supervisor hands settings to its children pickled
+            settings = Settings.model_validate(settings.model_dump())
+        return settings
     except SettingsError as exc:
         raise ConfigError(f"invalid setting from the environment or {path or 'the config file'}: {exc}; "
                           "lists may be given as a,b,c or as JSON, maps as JSON") from None

@@ -4,8 +4,9 @@
     ├── ConfigError          bad settings; raised at start, never mid-run
     ├── Cancelled            long work (a check, model training) stopped because the process stops
     ├── PermanentError       the data itself is bad; retrying cannot help (drop or dead-letter it)
-    │   └── DecodeError      bytes that are not OTLP in the declared encoding
-    │       └── PayloadTooLarge  over the size limit, before or after decompression
+    │   ├── DecodeError      bytes that are not OTLP in the declared encoding
+    │   │   └── PayloadTooLarge  over the size limit, before or after decompression
+    │   └── RejectedData     the store refused an insert because of a value in it
     └── RetryableError       the pipeline or a dependency is unavailable now; retry later
         ├── Overloaded       a bounded queue or spool is full (maps to 503/UNAVAILABLE + Retry-After)
         ├── TransportError   Kafka is unreachable or refused the write
@@ -24,6 +25,7 @@ __all__ = [
     "PermanentError",
     "DecodeError",
     "PayloadTooLarge",
+    "RejectedData",
     "RetryableError",
     "Overloaded",
     "TransportError",
@@ -53,6 +55,11 @@ class DecodeError(PermanentError):
 
 class PayloadTooLarge(DecodeError):
     """The payload is over the configured limit (compressed or decompressed)."""
+
+
+class RejectedData(PermanentError):
+    """The store refused an insert because of what it holds (a value out of a column's range, a type it
+    cannot convert); the same rows will be refused again, so they must be isolated and set aside."""
 
 
 class RetryableError(MonitorError):

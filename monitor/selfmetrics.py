@@ -63,12 +63,32 @@ class SelfMetrics:
             "monitor_store_rows_written", "Rows written to ClickHouse", ["table"], registry=r)
         self.store_errors = Counter(
             "monitor_store_errors", "Failed inserts (retried; offsets not committed)", registry=r)
+        self.rows_refused = Counter(
+            "monitor_store_rows_refused", "Rows the store refused (isolated from their batch and set aside in "
+            "dead_letters; the rest of the batch was stored)", ["table"], registry=r)
+        self.values_fixed = Counter(
+            "monitor_ingest_values_fixed", "Values outside what their column holds, replaced at normalisation "
+            "(the original is kept in the attribute monitor.fixed)", registry=r)
+        self.dead_letters = Counter(
+            "monitor_ingest_dead_letters", "Messages or items set aside in the dead_letters table, by why",
+            ["signal", "why"], registry=r)
+        self.ingest_batches = Counter(
+            "monitor_ingest_batches", "Batches ingest wrote (each one insert per table)", registry=r)
+        self.ingest_stage_seconds = Counter(
+            "monitor_ingest_stage_seconds", "Time spent per ingest stage (decode, normalize, enrich, write)",
+            ["stage"], registry=r)
         self.proxy_requests = Counter(
             "monitor_proxy_requests", "Requests through the capture proxy by route and HTTP status",
             ["route", "status"], registry=r)
         self.proxy_capture_errors = Counter(
             "monitor_proxy_capture_errors", "Capture steps that failed (the request itself went on unmonitored)",
             registry=r)
+        self.capture_dropped = Counter(
+            "monitor_capture_dropped", "Capture records or proxy spans dropped because the pipeline fell behind "
+            "(the requests themselves were served; only their monitoring is missing)", ["reason"], registry=r)
+        self.proxy_capture_dropped = Counter(
+            "monitor_proxy_capture_dropped", "Capture records the sink refused (its buffer full or the pipeline "
+            "away): the request itself went on, its record was lost", registry=r)
         self.redactions = Counter(
             "monitor_redactions", "Redacted findings in content, by kind", ["kind"], registry=r)
         self.alerts_fired = Counter(

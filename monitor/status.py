@@ -77,7 +77,20 @@ def summary(snap: Snapshot) -> dict[str, Any]:
             "insert_p50_s": _quantile(snap, "monitor_store_insert_seconds", 0.5),
             "insert_p95_s": _quantile(snap, "monitor_store_insert_seconds", 0.95),
             "insert_errors": _sum(snap, "monitor_store_errors_total"),
+            "rows_refused": _sum(snap, "monitor_store_rows_refused_total"),
+            "dead_letters": _by(snap, "monitor_ingest_dead_letters_total", "why"),
+            "values_fixed": _sum(snap, "monitor_ingest_values_fixed_total"),
         },
+        "proxy": {
+            "requests": _sum(snap, "monitor_proxy_requests_total"),
+            "capture_errors": _sum(snap, "monitor_proxy_capture_errors_total"),
+            "capture_dropped": _sum(snap, "monitor_proxy_capture_dropped_total")
+            + _sum(snap, "monitor_capture_dropped_total"),
+        },
+        "processes": {labels.get("process", ""): {
+            "up": bool(v), "pid": int(_sum(snap, "monitor_process_pid", process=labels.get("process", ""))),
+            "restarts": int(_sum(snap, "monitor_process_restarts_total", process=labels.get("process", "")))}
+            for labels, v in snap.get("monitor_process_up", [])},
     }
 
 
@@ -91,23 +104,27 @@ def render(snap: Snapshot, as_json: bool = False) -> str:
     def kv(d: dict[str, float]) -> str:
         return ", ".join(f"{k or '-'}={v:g}" for k, v in sorted(d.items())) or "0"
 
-    r, q, sp, k, st = s["receiver"], s["queue"], s["spool"], s["kafka"], s["store"]
+    r, sp, k, st, px = s["receiver"], s["spool"], s["kafka"], s["store"], s["proxy"]
     lines = [f"monitor {role or '?'}"]
+    if s["processes"]:
+        lines.append("processes  " + ", ".join(
+            f"{name} {'up' if p['up'] else 'DOWN'} (pid {p['pid']}{', restarted ' + str(p['restarts']) + 'x' if p['restarts'] else ''})"
+            for name, p in sorted(s["processes"].items())))
     if role in ("up", "sidecar", ""):
         lines += [
             f"receiver   accepted: {kv(r['accepted'])}",
             f"           rejected: {kv(r['rejected'])}",
             f"           requests: {kv(r['requests'])}",
         ]
-    if role in ("up", ""):
-        lines.append(f"queue      depth {q['depth']:g} requests, {q['bytes'] / 1e6:.1f} MB")
-    if role in ("sidecar", ""):
-        lines += [
+        if px["requests"]:
+            lines.append(f"proxy      requests {px['requests']:g}, capture errors {px['capture_errors']:g}, "
+                         f"captures dropped {px['capture_dropped']:g}")
+        lines.append(
             f"spool      {sp['messages']:g} messages, {sp['bytes'] / 1e6:.1f} of {sp['capacity_bytes'] / 1e6:.0f} MB, "
-            f"oldest {sp['oldest_age_s']:.0f}s{'  FULL (answering 503)' if sp['full'] else ''}",
-            f"kafka      produced {k['produced']:g}, errors {k['produce_errors']:g}, "
-            f"broker {'up' if k['broker_up'] else 'down'}",
-        ]
+            f"oldest {sp['oldest_age_s']:.0f}s{'  FULL (answering 503)' if sp['full'] else ''}")
+    if role in ("sidecar", ""):
+        lines.append(f"kafka      produced {k['produced']:g}, errors {k['produce_errors']:g}, "
+                     f"broker {'up' if k['broker_up'] else 'down'}")
     if role in ("ingest", ""):
         lines.append(f"kafka      consumer lag {k['consumer_lag']:g}, dead-lettered {k['dead_lettered']:g}")
     if role in ("up", "ingest", ""):
@@ -116,6 +133,9 @@ def render(snap: Snapshot, as_json: bool = False) -> str:
             f"           insert p50 {_fmt_s(st['insert_p50_s'])}, p95 {_fmt_s(st['insert_p95_s'])}, "
             f"errors {st['insert_errors']:g}",
         ]
+        if st["dead_letters"] or st["values_fixed"]:
+            lines.append(f"           set aside in dead_letters: {kv(st['dead_letters'])}; values fixed "
+                         f"{st['values_fixed']:g}")
     return "\n".join(lines)
 
 

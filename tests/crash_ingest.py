@@ -17,7 +17,7 @@ settings = load(overrides={
     "kafka": {"bootstrap_servers": bootstrap, "group_id": group, "spans_topic": topic,
               "metrics_topic": topic + "_m", "logs_topic": topic + "_l"},
     "store": {"url": f"chdb://{chdb_dir}"},
-    "ingest": {"max_poll_records": 50, "max_batch_items": 50, "flush_interval_ms": 50},
+    "ingest": {"max_poll_records": 50, "max_batch_messages": 50, "flush_interval_ms": 50},
     "telemetry": {"metrics_port": 0},
 })
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")

@@ -70,12 +70,12 @@ def _events(texts_a, texts_b, n: int, start_ns: int, span_ns: int, drift: bool, 
 def test_monitor_check_finds_injected_drift_through_the_admin_endpoint(tmp_path):
     rng = random.Random(11)
     texts_a, texts_b = _sentences(TOPIC_A), _sentences(TOPIC_B)
-    data, http_port, admin_port = tmp_path / "data", free_port(), free_port()
+    data, http_port, admin_port, metrics_port = tmp_path / "data", free_port(), free_port(), free_port()
     env = dict(os.environ, MONITOR_CHECKS__ENABLED="false", MONITOR_CHECKS__ADMIN_PORT=str(admin_port),
                MONITOR_CHECKS__SEMANTIC__SAMPLE="600", MONITOR_CHECKS__SEMANTIC__PERMUTATIONS="500",
                MONITOR_CHECKS__SEMANTIC__FIELDS="prompt")
     proc = subprocess.Popen([*MONITOR, "up", "--data-dir", str(data), "--http-port", str(http_port),
-                             "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
+                             "--grpc-port", str(free_port()), "--metrics-port", str(metrics_port),
                              "--admin-port", str(admin_port)], stderr=subprocess.PIPE, text=True, env=env)
     try:
         def listening():
@@ -93,6 +93,10 @@ def test_monitor_check_finds_injected_drift_through_the_admin_endpoint(tmp_path)
             assert _post(http_port, _request(batch)) == 200
         for batch in (current[i:i + 300] for i in range(0, 900, 300)):
             assert _post(http_port, _request(batch)) == 200
+        # a 200 means "spooled": the store process has them a moment later
+        from monitor.status import fetch, summary
+        wait_until(lambda: summary(fetch(f"http://127.0.0.1:{metrics_port}/metrics"))["store"]["rows_written"].get(
+            "inference_events", 0) >= 1800, timeout=60, message="the 1800 events stored")
 
         run = subprocess.run([*MONITOR, "check", "--window", "1h", "--reference", "day", "--json"],
                              capture_output=True, text=True, env=env, timeout=600)

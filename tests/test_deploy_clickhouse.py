@@ -107,6 +107,7 @@ SHARDING_KEYS = {
     "alert_outbox": "cityHash64(notification_id)",
     "alert_deliveries": "cityHash64(notification_id)",
     "alert_state": "cityHash64(alert_id)",
+    "dead_letters": "cityHash64(source)",
 }
 # Metrics: deterministic per point, so a retried insert splits over the shards as the first try did.
 DEFAULT_SHARDING_KEY = "cityHash64(ServiceName, MetricName, TimeUnix)"

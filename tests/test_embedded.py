@@ -97,6 +97,8 @@ def test_non_model_spans_stay_in_otel_traces_only(up, store, settings):
                 s.set_attribute("gen_ai.operation.name", "execute_tool")
             chat_span(tr, 1)
     wait_until(lambda: _count(store, "otel_traces") == 3, message="3 spans")
+    wait_until(lambda: _count(store, "inference_events") == 1, message="the model request's event")  # own insert
+    time.sleep(0.3)
     assert _count(store, "inference_events") == 1
     parents = dict(store.query_rows("SELECT SpanName, ParentSpanId != '' FROM otel_traces"))
     assert parents == {"POST /v1/chat": 0, "execute_tool search": 1, "chat llama-3-8b": 1}

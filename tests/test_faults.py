@@ -176,7 +176,7 @@ def test_sidecar_killed_twice_loses_and_duplicates_nothing(own_kafka, settings, 
                             str(spool), settings.kafka.spans_topic, settings.kafka.metrics_topic,
                             settings.kafka.logs_topic], capture_output=True, text=True, timeout=180)
     assert crash.returncode == 9, crash.stdout + crash.stderr
-    assert "kafka acknowledged 200 messages" in crash.stdout
+    assert "kafka acknowledged 40 messages" in crash.stdout  # one message per request
     ingest = Ingest(settings)
     ingest.start()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
@@ -190,7 +190,7 @@ def test_sidecar_killed_twice_loses_and_duplicates_nothing(own_kafka, settings, 
         _, err = proc.communicate(timeout=60)
         ingest.stop()
     assert "from an earlier run" in err
-    assert "200 of the 200 messages in flight when the last attempt ended were already in Kafka" in err
+    assert "40 of the 40 messages in flight when the last attempt ended were already in Kafka" in err
 
 
 def test_monitor_up_subprocess_flushes_everything_accepted_on_sigint(tmp_path):

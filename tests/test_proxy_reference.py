@@ -33,7 +33,7 @@ def test_openai_sdk_through_the_proxy_to_the_reference_server(stack, store):
     model = direct.models.list().data[0].id
     # The first traced request teaches the proxy that the upstream traces (see monitor/sidecar/proxy/join.py).
     via.chat.completions.create(model=model, messages=[{"role": "user", "content": "warm up"}], max_tokens=4)
-    wait_until(lambda: app.sources.join.upstream_traces, timeout=30, message="the proxy to see the engine trace")
+    wait_until(lambda: app.sources.capture.join.upstream_traces, timeout=30, message="the proxy to see the engine trace")
     prompt = "Write to ops@example.org about the parser: it returns the string"
     msgs = [{"role": "user", "content": prompt}]
     plain = via.chat.completions.create(model=model, messages=msgs, temperature=0, max_tokens=24)

@@ -108,33 +108,37 @@ def test_grpc_bad_and_oversized_messages(up, settings):
 
 
 def test_saturated_pipeline_answers_503_with_retry_after_and_loses_nothing_it_accepted(settings, store):
-    """A queue of 2 requests and a store slowed down: the receiver refuses instead of buffering."""
+    """A spool room for ~3 requests and a store slowed down: the receiver refuses instead of buffering,
+    within a second, and every request it accepted is stored."""
     import time
-    settings.ingest.queue_max_requests = 2
+    body0 = _valid_pb(0)
+    settings.spool.max_bytes = 3 * len(body0) + 10
     settings.ingest.flush_interval_ms = 50
     app = Embedded(settings)
-    real_write = app.writer.write
+    real_write = app.node.stage.writer.write
 
     def slow_write(rows, token):
         time.sleep(0.3)
         return real_write(rows, token)
 
-    app.writer.write = slow_write
+    app.node.stage.writer.write = slow_write
     app.start()
     try:
         port = settings.receiver.http_port
         bodies = [_valid_pb(i) for i in range(40)]
 
         def send(body):
+            t0 = time.monotonic()
             status, headers, _ = _post(port, body, {"Content-Type": "application/x-protobuf"})
-            return status, headers.get("Retry-After")
+            return status, headers.get("Retry-After"), time.monotonic() - t0
 
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             outcomes = list(pool.map(send, bodies))
-        accepted = [i for i, (s, _) in enumerate(outcomes) if s == 200]
-        refused = [(s, ra) for s, ra in outcomes if s != 200]
-        assert refused, "a 2-request queue behind a slow store must refuse some of 40 concurrent requests"
-        assert all(s == 503 and ra == "1" for s, ra in refused), refused
+        accepted = [i for i, (s, _, _) in enumerate(outcomes) if s == 200]
+        refused = [(s, ra, t) for s, ra, t in outcomes if s != 200]
+        assert refused, "a 3-request spool behind a slow store must refuse some of 40 concurrent requests"
+        assert all(s == 503 and ra == "1" for s, ra, _ in refused), refused
+        assert max(t for _, _, t in refused) < 1.0  # refused at once, never queued
         wait_until(lambda: _count(store, "otel_traces") == len(accepted), message="every accepted span")
         expected = {f"{i + 1:016x}" for i in accepted}
         assert {r[0] for r in store.query_rows("SELECT SpanId FROM otel_traces")} == expected

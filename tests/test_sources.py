@@ -14,7 +14,8 @@ import pytest
 from conftest import free_port
 
 from monitor.config import GpuSettings, ScrapeSettings
-from monitor.otlp.rows import TABLE_COLUMNS, metrics_rows
+from monitor.ingest.normalize import Batch, metrics_rows
+from monitor.store.tables import TABLE_COLUMNS
 from monitor.otlp.values import to_python
 from monitor.sidecar.emitter import MemoryEmitter
 from monitor.sidecar.gpu import NvmlSampler
@@ -67,7 +68,7 @@ def point(msg, metric: str, **match):
 
 def table(msg, name: str) -> list[dict]:
     """Rows ``metrics_rows`` makes for ``msg``, as dicts, in the table they land in."""
-    return [dict(zip(TABLE_COLUMNS[name], row)) for row in metrics_rows(msg).get(name, [])]
+    return [dict(zip(TABLE_COLUMNS[name], row)) for row in metrics_rows(msg, Batch()).rows.get(name, [])]
 
 
 def rows_named(msg, table_name: str, metric: str) -> list[dict]:

@@ -52,7 +52,10 @@ def test_split_keys_messages_by_trace_and_keeps_resource_and_scope():
     ss.scope.name = "lib"
     for trace in (1, 2, 1, 3, 2):
         ss.spans.add(trace_id=trace.to_bytes(16, "big"), span_id=len(ss.spans).__add__(1).to_bytes(8, "big"))
-    split = split_for_kafka("traces", req, 1_000_000)
+    whole = split_for_kafka("traces", req, 1_000_000)  # the default: the request as one message, like the Collector
+    assert whole.rejected == 0 and len(whole.messages) == 1 and whole.messages[0][0] is None
+    assert whole.messages[0][1] == req.SerializeToString()
+    split = split_for_kafka("traces", req, 1_000_000, by_trace=True)
     assert split.rejected == 0
     by_key = {k: trace_pb2.TracesData.FromString(v) for k, v in split.messages}
     assert sorted(int.from_bytes(k, "big") for k in by_key) == [1, 2, 3]

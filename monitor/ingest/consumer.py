@@ -11,9 +11,12 @@ Exactly-once into ClickHouse, with at-least-once Kafka delivery underneath:
 
 If the process dies between 2 and 3, whoever owns the partition next reads
 the pending range from the commit metadata, rebuilds exactly the same batch,
-and its inserts are dropped as duplicates by ClickHouse. Undecodable
-messages go to ``<topic>_dlq`` (reason in the ``monitor.dlq.reason``
-header) before the offset moves past them; ingest goes on.
+and its inserts are dropped as duplicates by ClickHouse. The batch goes
+through the same :class:`~monitor.ingest.stage.IngestStage` as embedded
+ingest: undecodable messages, and messages holding an item the store refuses,
+are set aside in the ``dead_letters`` table and copied to ``<topic>_dlq``
+(reason in the ``monitor.dlq.reason`` header) before the offset moves past
+them; ingest goes on, and a poison message cannot stall its partition.
 """
 
 from __future__ import annotations
@@ -27,9 +30,8 @@ from typing import Any
 
 from monitor.backoff import Backoff
 from monitor.config import IngestSettings, KafkaSettings
-from monitor.errors import DecodeError, StoreError, TransportError
-from monitor.otlp.codec import decode_message
-from monitor.otlp.rows import rows_for
+from monitor.errors import Cancelled, TransportError
+from monitor.ingest.stage import DeadLetter, IngestStage, Message
 from monitor.selfmetrics import SelfMetrics
 from monitor.store.writer import Writer
 from monitor.transport.kafka_common import all_topics, client_kwargs, dead_letter_topic, ensure_topics
@@ -64,6 +66,8 @@ class KafkaIngest:
         self.settings = ingest
         self.writer = writer
         self.metrics = metrics
+        self.stage = IngestStage(writer, metrics, quality=ingest.quality, retry_max_s=ingest.retry_backoff_max_s,
+                                 on_dead_letter=self._dead_letter)
         self.topics = all_topics(kafka)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -73,6 +77,7 @@ class KafkaIngest:
         self._pending: dict[Any, tuple[int, int]] = {}
         self._unchecked: set[Any] = set()
         self._first_buffered: float | None = None
+        self._keys: dict[str, bytes | None] = {}
         self.batches_written = 0
 
     # -- lifecycle -------------------------------------------------------------
@@ -140,8 +145,7 @@ class KafkaIngest:
                  k.group_id)
 
     def _run(self) -> None:
-        from monitor.quality import warm_up
-        warm_up()  # load the language model now, not on the first batch
+        self.stage.warm_up()  # load the language model now, not on the first batch
         backoff = Backoff(0.5, 10.0)
         while not self._stop.is_set():
             try:
@@ -149,6 +153,8 @@ class KafkaIngest:
                     self._connect()
                     backoff.reset()
                 self._step()
+            except Cancelled:
+                break
             except (TransportError, Exception) as exc:  # noqa: BLE001 - keep consuming whatever happens
                 from kafka.errors import KafkaError
                 if isinstance(exc, (TransportError, KafkaError)):
@@ -189,7 +195,7 @@ class KafkaIngest:
         self._load_pending()
         self._update_lag()
         buffered = sum(len(v) for v in self._buffers.values())
-        if buffered and (buffered >= s.max_batch_items or
+        if buffered and (buffered >= s.max_batch_messages or
                          time.monotonic() - (self._first_buffered or 0) >= s.flush_interval_ms / 1000):
             self._flush()
             self._update_lag()
@@ -237,47 +243,24 @@ class KafkaIngest:
         self._commit({tp: OffsetAndMetadata(start, json.dumps({"pending": [start, end]}), -1)
                       for tp, _, start, end in batches})
         for tp, chunk, start, end in batches:
-            decoded, dead = [], []
-            for m in chunk:
-                signal = self.kafka.signal_of(m.topic)
-                try:
-                    decoded.append((signal, decode_message(signal, m.value)))
-                except DecodeError as exc:
-                    dead.append((m, str(exc)))
-            if dead:
-                self._dead_letter(dead)
-            self._write_with_retry(rows_for(decoded), f"{tp.topic}/{tp.partition}/{start}-{end}")
+            messages = [Message(self.kafka.signal_of(m.topic), m.value or b"", f"{m.topic}/{m.partition}@{m.offset}")
+                        for m in chunk]
+            self._keys = {msg.source: m.key for msg, m in zip(messages, chunk)}
+            self.stage.run(messages, f"{tp.topic}/{tp.partition}/{start}-{end}", self._stop)
             self.batches_written += 1
         self._commit({tp: OffsetAndMetadata(end, "", -1) for tp, _, _, end in batches})
 
-    def _write_with_retry(self, rows: Any, token: str) -> None:
-        backoff = Backoff(0.2, self.settings.retry_backoff_max_s)
-        while True:
-            try:
-                self.writer.write(rows, token)
-                return
-            except StoreError as exc:
-                delay = backoff.next_delay(exc.retry_after)
-                log.warning("insert failed (%s); offsets not committed, retrying in %.1fs", exc, delay)
-                # keep group membership alive while the store is away
-                paused = self._consumer.assignment()
-                self._consumer.pause(*paused)
-                end = time.monotonic() + delay
-                while time.monotonic() < end:
-                    self._consumer.poll(timeout_ms=200)
-                    if self._stop.is_set() and time.monotonic() > end:
-                        break
-                self._consumer.resume(*paused)
-
-    def _dead_letter(self, dead: list[tuple[Any, str]]) -> None:
+    def _dead_letter(self, dead: list[DeadLetter]) -> None:
+        """Copy set-aside messages to ``<topic>_dlq`` (they are in the dead_letters table already)."""
         futures = []
-        for m, reason in dead:
-            headers = [("monitor.dlq.reason", reason[:1000].encode()),
-                       ("monitor.dlq.source", f"{m.topic}/{m.partition}/{m.offset}".encode())]
-            futures.append(self._dlq.send(dead_letter_topic(self.kafka, m.topic), key=m.key, value=m.value or b"",
-                                          headers=headers))
-            self.metrics.dead_lettered.labels(m.topic).inc()
-            log.warning("dead-lettered %s-%d@%d: %s", m.topic, m.partition, m.offset, reason)
+        for d in dead:
+            topic, _, where = d.message.source.partition("/")
+            headers = [("monitor.dlq.reason", d.reason[:1000].encode()),
+                       ("monitor.dlq.source", d.message.source.encode()),
+                       ("monitor.dlq.item", str(d.item).encode())]
+            futures.append(self._dlq.send(dead_letter_topic(self.kafka, topic), key=self._keys.get(d.message.source),
+                                          value=d.message.value, headers=headers))
+            self.metrics.dead_lettered.labels(topic).inc()
         self._dlq.flush(timeout=30)
         for f in futures:
             if not f.succeeded():

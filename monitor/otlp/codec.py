@@ -176,12 +176,16 @@ def parse_json(body: bytes | str, msg: Message) -> Message:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise DecodeError("body is JSON nested too deeply to be OTLP") from None
     if not isinstance(data, dict):
         raise DecodeError("OTLP/JSON body must be a JSON object")
     try:
         json_format.ParseDict(_hex_ids_to_b64(data), msg, ignore_unknown_fields=True)
-    except (json_format.ParseError, binascii.Error, TypeError, ValueError) as exc:
+    except (json_format.ParseError, binascii.Error, TypeError, ValueError, AttributeError) as exc:
         raise DecodeError(f"body is not a valid OTLP/JSON {msg.DESCRIPTOR.name}: {exc}") from None
+    except RecursionError:
+        raise DecodeError(f"body is nested too deeply for an OTLP/JSON {msg.DESCRIPTOR.name}") from None
     return msg
 
 

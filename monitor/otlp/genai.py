@@ -18,6 +18,11 @@ Dialects understood (all may appear in one deployment):
 
 A span that is not a model request (a tool call, an agent step, an HTTP
 handler) yields ``None`` and stays in ``otel_traces`` only.
+
+The mapping is pure and knows nothing of quality: the quality columns are
+filled later, by ingest's enrich step (:mod:`monitor.ingest.enrich`), for the
+events :func:`wants_quality` selects. Token counts outside UInt32 become
+``None`` and the original value is kept in the attribute :data:`FIXED_KEY`.
 """
 
 from __future__ import annotations
@@ -28,9 +33,17 @@ from typing import Any
 
 from monitor.events import InferenceEvent
 from monitor.otlp.values import attrs_to_str_map, to_python
-from monitor.quality import analyse
 
-__all__ = ["span_to_event", "is_model_request"]
+__all__ = ["span_to_event", "is_model_request", "wants_quality", "FIXED_KEY", "GPU_COUNT_KEY",
+           "GPU_PRICE_KEY"]
+
+FIXED_KEY = "monitor.fixed"
+"""Attribute listing values ingest had to replace (``name=original``, comma-separated)."""
+GPU_COUNT_KEY = "monitor.gpu.count"
+"""GPUs serving one request (stamped by the sidecar's cost processor)."""
+GPU_PRICE_KEY = "monitor.gpu.price_per_hour"
+
+_UINT32 = 1 << 32
 
 MODEL_OPERATIONS = frozenset({"chat", "text_completion", "generate_content", "embeddings", "completion"})
 """gen_ai.operation.name values that are model requests (not execute_tool, invoke_agent, ...)."""
@@ -72,20 +85,26 @@ def is_model_request(name: str, attrs: dict[str, Any]) -> str | None:
     return None
 
 
-def span_to_event(span: Any, service_name: str, attrs: dict[str, str] | None = None) -> InferenceEvent | None:
+def span_to_event(span: Any, service_name: str, attrs: dict[str, str] | None = None,
+                  start: int | None = None, end: int | None = None,
+                  resource: dict[str, str] | None = None) -> InferenceEvent | None:
     """Map one ``opentelemetry.proto.trace.v1.Span``; None if it is not a model request.
 
     ``attrs`` is the span's attributes as the Collector stringifies them (arrays and maps as
-    JSON); pass it when already computed for ``otel_traces`` so the work is done once.
+    JSON); pass it when already computed for ``otel_traces`` so the work is done once. ``start`` /
+    ``end``: the span's times after ingest's range checks (default: as sent). ``resource``: the
+    resource's attributes (the GPU count may be stamped there, see :mod:`monitor.sidecar.cost`).
     """
     if attrs is None:
         attrs = attrs_to_str_map(span.attributes)
+    start = span.start_time_unix_nano if start is None else start
+    end = span.end_time_unix_nano if end is None else end
     dialect = is_model_request(span.name, attrs)
     if dialect is None or "monitor.joined_into" in attrs:
         return None  # not a model request, or an engine span already joined into the proxy's event
 
     ev = InferenceEvent(
-        timestamp=span.start_time_unix_nano,
+        timestamp=start,
         trace_id=span.trace_id.hex(),
         span_id=span.span_id.hex(),
         service_name=service_name,
@@ -100,13 +119,13 @@ def span_to_event(span: Any, service_name: str, attrs: dict[str, str] | None = N
         ev.operation = "embeddings" if str(attrs.get("openinference.span.kind")).upper() == "EMBEDDING" else "chat"
     ev.request_id = _first_str(attrs, "gen_ai.response.id", "gen_ai.request.id")
 
-    ev.input_tokens = _first_int(attrs, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens",
-                                 "llm.token_count.prompt")
-    ev.output_tokens = _first_int(attrs, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens",
-                                  "llm.token_count.completion")
+    ev.input_tokens = _tokens(attrs, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens",
+                              "llm.token_count.prompt")
+    ev.output_tokens = _tokens(attrs, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens",
+                               "llm.token_count.completion")
 
-    duration_ns = span.end_time_unix_nano - span.start_time_unix_nano
-    span_ms = duration_ns / 1e6 if span.end_time_unix_nano and duration_ns >= 0 else None
+    duration_ns = end - start
+    span_ms = duration_ns / 1e6 if end and duration_ns >= 0 else None
     ev.engine_latency_ms = _seconds_ms(attrs, "gen_ai.latency.e2e")
     ev.engine_ttft_ms = _seconds_ms(attrs, "gen_ai.latency.time_to_first_token", "gen_ai.server.time_to_first_token")
     if attrs.get("monitor.proxy") == "true":
@@ -123,12 +142,16 @@ def span_to_event(span: Any, service_name: str, attrs: dict[str, str] | None = N
     ev.decode_ms = _seconds_ms(attrs, "gen_ai.latency.time_in_model_decode")
     ev.inference_ms = _seconds_ms(attrs, "gen_ai.latency.time_in_model_inference")
 
-    gpus = _first_int(attrs, "monitor.gpu.count")
+    gpus = _first_int(attrs, GPU_COUNT_KEY)
+    if gpus is None and resource:
+        gpus = _first_int(resource, GPU_COUNT_KEY)
     if gpus:
         engine_ms = next((v for v in (ev.inference_ms, ev.engine_latency_ms, ev.latency_ms) if v is not None), None)
         if engine_ms is not None:
             ev.gpu_seconds = engine_ms / 1000 * gpus
-            price = _first_float(attrs, "monitor.gpu.price_per_hour")
+            price = _first_float(attrs, GPU_PRICE_KEY)
+            if price is None and resource:
+                price = _first_float(resource, GPU_PRICE_KEY)
             if price:
                 ev.gpu_cost = ev.gpu_seconds * price / 3600
 
@@ -151,9 +174,6 @@ def span_to_event(span: Any, service_name: str, attrs: dict[str, str] | None = N
     if outputs:
         ev.output_messages = raw_out or json.dumps(outputs, ensure_ascii=False, separators=(",", ":"))
 
-    if ev.operation != "embeddings" and ev.status_code != "Error" and attrs.get("monitor.content.captured") != "false":
-        _quality(ev, attrs)
-
     ev.attributes = {k: v for k, v in attrs.items()
                      if k not in _CONTENT_KEYS and not k.startswith(_CONTENT_PREFIXES)}
     if len(reasons) > 1:
@@ -161,14 +181,21 @@ def span_to_event(span: Any, service_name: str, attrs: dict[str, str] | None = N
     return ev
 
 
-def _quality(ev: InferenceEvent, attrs: dict[str, str]) -> None:
-    """The quality columns (languages, refusal, empty, truncated, JSON validity, PII, repetition)."""
-    q = analyse(ev.prompt, ev.completion, ev.finish_reason, attrs, system_prompt=ev.system_prompt)
-    ev.prompt_language, ev.completion_language = q.prompt_language, q.completion_language
-    ev.refusal, ev.empty_output, ev.truncated = int(q.refusal), int(q.empty), int(q.truncated)
-    ev.json_valid = None if q.json_valid is None else int(q.json_valid)
-    ev.pii_in_output, ev.repetition = q.pii_in_output, q.repetition
-    ev.degenerate, ev.language_mismatch = int(q.degenerate), int(q.language_mismatch)
+def wants_quality(ev: InferenceEvent) -> bool:
+    """Whether the quality signals apply: generated text that was captured, from a request that did
+    not fail (an error's output is not the model's answer)."""
+    return (ev.operation != "embeddings" and ev.status_code != "Error"
+            and ev.attributes.get("monitor.content.captured") != "false")
+
+
+def _tokens(attrs: dict[str, Any], *keys: str) -> int | None:
+    """A token count that fits ``UInt32``; anything else is ``None``, noted in :data:`FIXED_KEY`."""
+    v = _first_int(attrs, *keys)
+    if v is not None and not 0 <= v < _UINT32:
+        note = f"{next(k for k in keys if k in attrs)}={v}"
+        attrs[FIXED_KEY] = f"{attrs[FIXED_KEY]},{note}" if FIXED_KEY in attrs else note
+        return None
+    return v
 
 
 # -- attribute helpers ---------------------------------------------------------

@@ -14,7 +14,7 @@ import logging
 import grpc
 from google.protobuf.message import DecodeError as _PbDecodeError
 
-from monitor.errors import Overloaded, PermanentError, RetryableError
+from monitor.errors import DecodeError, Overloaded, PermanentError, RetryableError
 from monitor.otlp.codec import Signal, request_type, response_type
 from monitor.receiver.ingress import Ingress
 
@@ -40,15 +40,18 @@ def _handler(ingress: Ingress, signal: Signal, auth_token: str | None = None) ->
                 "authorization") != f"Bearer {auth_token}":
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "missing or invalid bearer token (receiver.auth_token is set)")
-        request = req_type()
+        def decode():  # on the ingress's worker thread
+            request = req_type()
+            try:
+                request.ParseFromString(data)
+            except _PbDecodeError as exc:
+                raise DecodeError(f"not a valid {req_type.DESCRIPTOR.name}: {exc}") from None
+            return request
         try:
-            request.ParseFromString(data)
-        except _PbDecodeError as exc:
+            rejected, reason = await ingress.export_with(signal, decode, "grpc")
+        except DecodeError as exc:
             ingress.metrics.requests.labels(signal, "grpc", "INVALID_ARGUMENT").inc()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"not a valid {req_type.DESCRIPTOR.name}: {exc}")
-        try:
-            rejected, reason = await ingress.export(signal, request, "grpc")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Overloaded as exc:
             ingress.metrics.requests.labels(signal, "grpc", "UNAVAILABLE").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))

@@ -66,17 +66,20 @@ def build_app(ingress: Ingress, max_bytes: int, retry_after: int, auth_token: st
             body += chunk
             if len(body) > max_bytes:
                 return fail(413, f"body exceeds the {max_bytes}-byte limit")
+        ctype_header, encoding = request.headers.get("Content-Type"), request.headers.get("Content-Encoding")
+        raw = bytes(body)
+        del body
+
+        def decode():  # on the ingress's worker thread: inflating and parsing grow with the body
+            return decode_body(signal, raw, ctype_header, encoding, max_bytes)[0]
         try:
-            msg, as_json = decode_body(signal, bytes(body), request.headers.get("Content-Type"),
-                                       request.headers.get("Content-Encoding"), max_bytes)
+            rejected, reason = await ingress.export_with(signal, decode, "http")
         except PayloadTooLarge as exc:
             return fail(413, str(exc))
         except UnsupportedMediaType as exc:
             return fail(415, str(exc))
         except DecodeError as exc:
             return fail(400, str(exc))
-        try:
-            rejected, reason = await ingress.export(signal, msg, "http")
         except Overloaded as exc:
             return fail(503, str(exc), {"Retry-After": str(int(exc.retry_after or retry_after))})
         except PermanentError as exc:

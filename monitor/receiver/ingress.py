@@ -1,14 +1,25 @@
-"""What both OTLP front ends do with a decoded request: validate, publish, count.
+"""What both OTLP front ends (and the in-process sources) do with a request: decode, validate,
+process, publish, count -- off the event loop.
 
-Returns ``(rejected, reason)`` for partial success; raises
-:class:`~monitor.errors.Overloaded` when the pipeline is saturated (the front
-end maps it to 503/UNAVAILABLE with Retry-After).
+Work that grows with the request (inflating gzip, parsing protobuf or JSON,
+validation, the processors: engine join, GPU cost, redaction; writing the
+spool) runs on a small pool of worker threads, never on the receiver's event
+loop: one huge request delays only itself. The number of requests in that
+pipeline at once is bounded (``receiver.max_in_flight``); past it a request
+is refused at once with :class:`~monitor.errors.Overloaded` (503 /
+UNAVAILABLE + Retry-After), so saturation is answered within a second instead
+of queueing without bound.
+
+Returns ``(rejected, reason)`` for partial success.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from google.protobuf.message import Message
 
@@ -23,17 +34,49 @@ __all__ = ["Ingress", "Processor"]
 log = logging.getLogger("monitor.receiver")
 
 Processor = Callable[[Signal, Message], None]
-"""Pure, in-place transformation of a request before it leaves the receiver (redaction, sampling)."""
+"""In-place transformation of a request before it leaves the receiver (engine join, cost, redaction)."""
 
 
 class Ingress:
-    def __init__(self, transport: Transport, metrics: SelfMetrics, processors: list[Processor] | None = None):
+    def __init__(self, transport: Transport, metrics: SelfMetrics, processors: list[Processor] | None = None,
+                 workers: int = 2, max_in_flight: int = 64, retry_after: float = 1.0):
         self.transport = transport
         self.metrics = metrics
         self.processors = processors or []
+        self.max_in_flight = max_in_flight
+        self.retry_after = retry_after
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="monitor-ingress")
+        self._in_flight = 0
+        self._lock = threading.Lock()
         self._overload_logged = False
 
     async def export(self, signal: Signal, msg: Message, protocol: str) -> tuple[int, str]:
+        """A decoded request (in-process sources)."""
+        return await self.export_with(signal, lambda: msg, protocol)
+
+    async def export_with(self, signal: Signal, decode: Callable[[], Message], protocol: str) -> tuple[int, str]:
+        """``decode()`` (raising DecodeError for bad bytes), then validate, process and publish, all on a
+        worker thread. Raises Overloaded when ``max_in_flight`` requests are already in the pipeline."""
+        with self._lock:
+            if self._in_flight >= self.max_in_flight:
+                full = True
+            else:
+                full = False
+                self._in_flight += 1
+        if full:
+            self.metrics.requests.labels(signal, protocol, "overloaded").inc()
+            self._note_overload(f"{self.max_in_flight} requests already in the pipeline")
+            raise Overloaded(f"receiver busy ({self.max_in_flight} requests in the pipeline)",
+                             retry_after=self.retry_after)
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, self._export, signal, decode, protocol)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _export(self, signal: Signal, decode: Callable[[], Message], protocol: str) -> tuple[int, str]:
+        msg = decode()
         total = item_count(signal, msg)
         rejected, reason = reject_invalid(signal, msg)
         if rejected:
@@ -43,13 +86,11 @@ class Ingress:
         accepted = total - rejected
         if accepted > 0:
             try:
-                result = await self.transport.publish(signal, msg)
+                result = self.transport.publish(signal, msg)
             except Overloaded as exc:
                 self.metrics.rejected.labels(signal, protocol, "overloaded").inc(accepted)
                 self.metrics.requests.labels(signal, protocol, "overloaded").inc()
-                if not self._overload_logged:
-                    log.warning("pipeline saturated, answering 503/UNAVAILABLE with Retry-After: %s", exc)
-                    self._overload_logged = True
+                self._note_overload(str(exc))
                 raise
             self._overload_logged = False
             if result.rejected:
@@ -60,3 +101,11 @@ class Ingress:
         self.metrics.received.labels(signal, protocol).inc(accepted)
         self.metrics.requests.labels(signal, protocol, "partial" if rejected else "ok").inc()
         return rejected, reason
+
+    def _note_overload(self, why: str) -> None:
+        if not self._overload_logged:
+            log.warning("pipeline saturated, answering 503/UNAVAILABLE with Retry-After: %s", why)
+            self._overload_logged = True
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

@@ -1,8 +1,13 @@
-"""The three ways to run, each a start()/stop() pair over the same components.
+"""The ways to run, each a start()/stop() pair over the same components.
 
-- :class:`Embedded` (``monitor up``): receiver -> in-process queue -> ingest -> chdb.
-- :class:`Sidecar` (``monitor sidecar``): receiver -> SQLite spool -> Kafka.
-- :class:`Ingest` (``monitor ingest``): Kafka consumer group -> ClickHouse.
+- :class:`Up` (``monitor up``): a supervisor over the store process (chdb, ingest from the
+  spool, checks, alerts, admin, dashboards), the pipeline process (receiver, capture intake,
+  processors, the spool) and the capture proxy's process(es). See :mod:`monitor.runtime.supervisor`.
+- :class:`Embedded`: the same components in one process (``monitor up --single-process``, tests).
+- :class:`Sidecar` (``monitor sidecar``): the pipeline producing to Kafka (and the proxy's
+  process(es) when ``--upstream`` is set).
+- :class:`Ingest` (``monitor ingest``): Kafka consumer group member -> ClickHouse.
+- :class:`ChecksService` (``monitor checks``) and :class:`DashboardApp` (``monitor dashboard``).
 
 Start order is sink first, source last; stop order is the reverse, so what a
 source accepted is always drained into its sink before the sink stops.
@@ -15,20 +20,12 @@ import signal
 import threading
 
 from monitor.config import Settings
-from monitor.ingest.consumer import KafkaIngest
-from monitor.ingest.embedded import EmbeddedIngest
-from monitor.receiver.ingress import Ingress
-from monitor.runtime.receiver_service import ReceiverService
-from monitor.runtime.sources import SidecarSources
 from monitor.selfmetrics import SelfMetrics
 from monitor.store.client import Store
 from monitor.store.migrate import check_schema, migrate
-from monitor.store.writer import Writer
-from monitor.transport.inprocess import InProcessTransport
-from monitor.transport.kafka import KafkaTransport
-from monitor.transport.spool import Spool
 
-__all__ = ["App", "Embedded", "Sidecar", "Ingest", "run_until_signal"]
+__all__ = ["App", "Up", "Embedded", "Sidecar", "Ingest", "ChecksService", "DashboardApp", "run_until_signal",
+           "open_store"]
 
 log = logging.getLogger("monitor")
 
@@ -55,13 +52,11 @@ class App:
         raise NotImplementedError
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(settings: Settings, readonly: bool = False) -> Store:
     """The store, with its schema applied (or checked, with ``store.apply_schema: false``)."""
-    return _open_store(settings)
-
-
-def _open_store(settings: Settings) -> Store:
-    store = Store(settings.store)
+    store = Store(settings.store, readonly=readonly)
+    if readonly:
+        return store
     if settings.store.apply_schema:
         migrate(store, settings.store.retention_days)
     else:
@@ -70,126 +65,140 @@ def _open_store(settings: Settings) -> Store:
     return store
 
 
-class Embedded(App):
-    """Everything in one process, nothing to install: ``monitor up``."""
+def _proxy_specs(settings: Settings, spool_path):
+    """The proxy children; fixes what they must agree on with the pipeline before the settings are
+    handed out: the capture socket, and one port for every worker."""
+    from monitor.runtime.pipeline import capture_socket_path
+    from monitor.runtime.supervisor import ChildSpec
+
+    p = settings.proxy
+    if not p.upstream:
+        return []
+    p.capture_socket = str(capture_socket_path(settings, spool_path))
+    if p.workers > 1:  # they share one port (SO_REUSEPORT): pick it now when any would do
+        if p.port == 0:
+            import socket
+            with socket.socket() as s:
+                s.bind((p.host, 0))
+                p.port = s.getsockname()[1]
+    return [ChildSpec("proxy", i, ready_timeout_s=60) for i in range(p.workers)]
+
+
+class Up(App):
+    """``monitor up``: the store, pipeline and proxy processes under one command."""
 
     role = "up"
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        s = settings
-        self.store = _open_store(s)
-        self.writer = Writer(self.store, self.metrics)
-        self.transport = InProcessTransport(s.ingest.queue_max_requests, s.ingest.queue_max_bytes, self.metrics,
-                                            s.receiver.retry_after_s)
-        self.ingest = EmbeddedIngest(self.transport, self.writer, s.ingest)
-        self.sources = SidecarSources(s, self.metrics)
-        self.ingress = Ingress(self.transport, self.metrics, self.sources.processors())
-        self.receiver = ReceiverService(s.receiver, self.ingress, grace=s.shutdown_grace_s)
-        from monitor.checks.admin import AdminServer
-        from monitor.checks.runner import CheckRunner, CheckScheduler
-        self.check_runner = CheckRunner(self.store, s)
-        checks_on = s.checks.enabled and _extra_or_say("checks", "the scheduled checks")
-        self.scheduler = CheckScheduler(self.check_runner, s.checks.interval_s,
-                                        first_delay_s=min(30.0, s.checks.interval_s)) if checks_on else None
-        self.alerts = _alerts(self.store, s, self.metrics, self.scheduler)
-        self.admin = AdminServer(self.check_runner, s.checks.admin_host, s.checks.admin_port, self.alerts)
-        self.dashboard = None
-        if s.dashboard.enabled and _extra_or_say("dashboards", "the dashboards"):
-            # Streamlit in a thread of this process, over this store (one chdb handle)
-            from monitor.dashboard.server import DashboardServer
-            self.dashboard = DashboardServer(s.dashboard.host, s.dashboard.port, self.store, s.dashboard.refresh_s)
+        from monitor.runtime.supervisor import ChildSpec, Supervisor
+
+        proxies = _proxy_specs(settings, settings.embedded_spool_path())
+        self.supervisor = Supervisor(settings, [ChildSpec("store"), ChildSpec("pipeline", ready_timeout_s=120),
+                                                *proxies])
+        self.metrics.registry.register(self.supervisor.collector())
 
     def start(self) -> None:
-        import asyncio
         self._serve_metrics()
-        if self.settings.proxy.upstream:
-            self._warm_up()
-        self.ingest.start()
-        self.receiver.start()
-        if self.dashboard is not None:
-            log.info("dashboard on %s", self.dashboard.start())
-        self.sources.start(self.ingress, self.receiver.loop)
-        port = asyncio.run_coroutine_threadsafe(self.admin.start(), self.receiver.loop).result(30)
-        log.info("admin endpoint for `monitor check` / `monitor baseline` on http://%s:%d",
-                 self.settings.checks.admin_host, port)
-        if self.alerts is not None:
-            self.alerts.start()
-        if self.scheduler is not None:
-            self.scheduler.start()
-
-    def _warm_up(self) -> None:
-        """Before the capture proxy serves: load what the checks and pages import later.
-
-        The proxy shares this process's interpreter. Importing torch holds the GIL for up to ~0.75 s
-        in one stretch (sentence-transformers ~0.45 s, evidently ~0.2 s, measured here), which would
-        land on the proxied requests in flight at the first check run or page view. Loaded now,
-        later runs only compete for CPU in slices of the interpreter's switch interval."""
-        import importlib
-        import time
-        t0 = time.monotonic()
-        what = []
-        if self.scheduler is not None:
-            log.info("loading the checks' libraries and models before the proxy serves (torch, "
-                     "sentence-transformers: a few seconds)")
-            self.check_runner.warm_up()
-            what.append("checks")
-        if self.dashboard is not None:
-            for module in ("pandas", "plotly.express"):
-                importlib.import_module(module)
-            what.append("dashboard")
-        if what:
-            log.info("warmed up %s in %.1fs", " and ".join(what), time.monotonic() - t0)
+        self.supervisor.start()
+        proxy = self.supervisor.info("proxy")
+        if proxy:
+            log.info("capture proxy: http://%s:%d -> %s (%d worker process%s)", self.settings.proxy.host,
+                     proxy.get("port", 0), self.settings.proxy.upstream, self.settings.proxy.workers,
+                     "es" if self.settings.proxy.workers > 1 else "")
 
     def stop(self) -> None:
-        import asyncio
-        log.info("stopping: finishing requests in flight and flushing %d queued", self.transport.pending())
-        if self.dashboard is not None:  # first: no page queries while the store closes
-            self.dashboard.stop()
-        if self.scheduler is not None:
-            self.scheduler.stop()
-        if self.alerts is not None:
-            self.alerts.stop(timeout=self.settings.shutdown_grace_s)
-        if self.receiver.loop.is_running():
-            asyncio.run_coroutine_threadsafe(self.admin.stop(), self.receiver.loop).result(30)
-        self.sources.stop()
-        self.receiver.stop()
-        if not self.ingest.stop():
-            log.error("the store did not take the last batch; its senders were answered 503 and will retry")
+        log.info("stopping: the proxy, then the pipeline, then the store (everything accepted is written)")
+        self.supervisor.stop()
+        self.metrics.close()
+        log.info("stopped")
+
+
+class Embedded(App):
+    """The store node, the pipeline and the proxy in one process (``monitor up --single-process``; tests).
+
+    Same components and data path as :class:`Up` (receiver -> spool -> ingest -> chdb), but one
+    interpreter: a heavy check or page competes with the proxy for it."""
+
+    role = "up"
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        from monitor.runtime.pipeline import Pipeline
+        from monitor.runtime.storenode import StoreNode
+
+        self.store = open_store(settings)
+        self.node = StoreNode(settings, self.metrics, self.store)
+        self.pipeline = Pipeline(settings, self.metrics, embedded=True)
+        self.proxy = None
+        if settings.proxy.upstream:
+            from monitor.runtime.proxynode import InProcessProxy
+            assert self.pipeline.capture is not None
+            self.proxy = InProcessProxy(settings, self.metrics, self.pipeline.capture.on_frame)
+        # the names tests and the demo reach for
+        self.check_runner = self.node.check_runner
+        self.scheduler = self.node.scheduler
+        self.alerts = self.node.alerts
+        self.dashboard = self.node.dashboard
+        self.receiver = self.pipeline.receiver
+        self.sources = self.pipeline.sources
+
+    def start(self) -> None:
+        self._serve_metrics()
+        self.node.start()
+        self.pipeline.start()
+        if self.proxy is not None:
+            self.proxy.start()
+
+    def pending(self) -> int:
+        """Requests accepted and not yet stored."""
+        return self.node.ingest.pending()
+
+    def stop(self) -> None:
+        log.info("stopping: finishing requests in flight and storing %d spooled", self.pending())
+        if self.proxy is not None:
+            self.proxy.stop()
+        self.pipeline.stop()
+        self.node.stop()
         self.store.close()
         self.metrics.close()
         log.info("stopped; everything accepted was written")
 
 
 class Sidecar(App):
-    """Receiver -> durable spool -> Kafka: ``monitor sidecar --kafka HOST:PORT``."""
+    """Receiver -> durable spool -> Kafka: ``monitor sidecar --kafka HOST:PORT`` (plus the proxy)."""
 
     role = "sidecar"
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        s = settings
-        self.spool = Spool(s.spool.path, s.spool.max_bytes, self.metrics, s.spool.synchronous,
-                           s.receiver.retry_after_s)
-        self.transport = KafkaTransport(s.kafka, self.spool, self.metrics)
-        self.sources = SidecarSources(s, self.metrics)
-        self.ingress = Ingress(self.transport, self.metrics, self.sources.processors())
-        self.receiver = ReceiverService(s.receiver, self.ingress, grace=s.shutdown_grace_s)
-        log.info("spool: %s (limit %d MiB)", self.spool.path.resolve(), s.spool.max_bytes // (1024 * 1024))
+        self.supervisor = None
+        self.pipeline = None
+        if settings.proxy.upstream:
+            from monitor.runtime.supervisor import ChildSpec, Supervisor
+            proxies = _proxy_specs(settings, settings.spool.path)
+            self.supervisor = Supervisor(settings, [ChildSpec("sidecar", ready_timeout_s=120), *proxies],
+                                         role="sidecar")
+            self.metrics.registry.register(self.supervisor.collector())
+        else:
+            from monitor.runtime.pipeline import Pipeline
+            self.pipeline = Pipeline(settings, self.metrics, embedded=False)
+        self.spool = self.pipeline.spool if self.pipeline is not None else None
+        """The spool, when the pipeline runs in this process (no proxy)."""
 
     def start(self) -> None:
         self._serve_metrics()
-        self.transport.start()
-        self.receiver.start()
-        self.sources.start(self.ingress, self.receiver.loop)
-        log.info("forwarding to Kafka at %s (topics %s, %s, %s)", ",".join(self.settings.kafka.bootstrap_servers),
-                 self.settings.kafka.spans_topic, self.settings.kafka.metrics_topic, self.settings.kafka.logs_topic)
+        if self.supervisor is not None:
+            self.supervisor.start()
+        else:
+            assert self.pipeline is not None
+            self.pipeline.start()
 
     def stop(self) -> None:
-        self.sources.stop()
-        self.receiver.stop()
-        # What the spool holds is durable: forward for a moment more, the rest goes at the next start.
-        self.transport.close(timeout=self.settings.shutdown_grace_s)
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        elif self.pipeline is not None:
+            self.pipeline.stop()
         self.metrics.close()
 
 
@@ -201,17 +210,19 @@ class Ingest(App):
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        s = settings
-        self.store = _open_store(s)
+        from monitor.ingest.consumer import KafkaIngest
+        from monitor.store.writer import Writer
+
+        self.store = open_store(settings)
         self.writer = Writer(self.store, self.metrics)
-        self.consumer = KafkaIngest(s.kafka, s.ingest, self.writer, self.metrics)
+        self.consumer = KafkaIngest(settings.kafka, settings.ingest, self.writer, self.metrics)
 
     def start(self) -> None:
         self._serve_metrics()
         self.consumer.start()
 
     def stop(self) -> None:
-        self.consumer.stop()
+        self.consumer.stop(timeout=self.settings.shutdown_grace_s + 5)
         self.store.close()
         self.metrics.close()
 
@@ -225,10 +236,12 @@ class ChecksService(App):
     def __init__(self, settings: Settings):
         super().__init__(settings)
         from monitor.checks.runner import CheckRunner, CheckScheduler
-        self.store = _open_store(settings)
+        from monitor.runtime.storenode import alerts_service
+
+        self.store = open_store(settings)
         self.scheduler = CheckScheduler(CheckRunner(self.store, settings), settings.checks.interval_s,
                                         first_delay_s=1.0)
-        self.alerts = _alerts(self.store, settings, self.metrics, self.scheduler)
+        self.alerts = alerts_service(self.store, settings, self.metrics, self.scheduler)
 
     def start(self) -> None:
         self._serve_metrics()
@@ -237,33 +250,36 @@ class ChecksService(App):
         self.scheduler.start()
 
     def stop(self) -> None:
-        self.scheduler.stop()
+        self.scheduler.stop(timeout=self.settings.shutdown_grace_s)
         if self.alerts is not None:
-            self.alerts.stop()
+            self.alerts.stop(timeout=self.settings.shutdown_grace_s)
         self.store.close()
         self.metrics.close()
 
 
-def _extra_or_say(extra: str, what: str) -> bool:
-    """True when ``extra`` is installed; else one warning line that says how to get ``what``."""
-    from monitor.extras import install_line, installed
+class DashboardApp(App):
+    """``monitor dashboard --clickhouse URL``: the dashboards over a read-only store of their own."""
 
-    if installed(extra):
-        return True
-    log.warning("%s are off: they need the %s extra (%s)", what, extra, install_line(extra))
-    return False
+    default_metrics_port = 9468
+    role = "dashboard"
 
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        from monitor.dashboard.server import DashboardServer
 
-def _alerts(store: Store, settings: Settings, metrics: SelfMetrics, scheduler):
-    """The alert service when rules or channels are configured, fed by the scheduler's runs."""
-    from monitor.alerts.service import AlertService
+        self.store = open_store(settings, readonly=True)
+        d = settings.dashboard
+        self.server = DashboardServer(d.host, d.port, self.store, d.refresh_s)
 
-    if not AlertService.wanted(settings):
-        return None
-    service = AlertService(store, settings, metrics)
-    if scheduler is not None:
-        scheduler.add_listener(service.on_report)
-    return service
+    def start(self) -> None:
+        self._serve_metrics()
+        log.info("store: %s (read-only)", self.store.describe())
+        log.info("dashboard on %s", self.server.start())
+
+    def stop(self) -> None:
+        self.server.stop(timeout=self.settings.shutdown_grace_s)
+        self.store.close()
+        self.metrics.close()
 
 
 def run_until_signal(app) -> None:
@@ -308,3 +324,4 @@ def run_until_signal(app) -> None:
     while not stop.wait(1.0):
         pass
     app.stop()
+

@@ -69,7 +69,8 @@ class Demo:
         self.model = self.server.engine.model_name
         log.info("demo: loading the checks' models before the first phase")
         self.embedded.check_runner.warm_up()
-        proxy = f"http://{self.settings.proxy.host}:{self.embedded.sources.proxy.port}"
+        assert self.embedded.proxy is not None
+        proxy = f"http://{self.settings.proxy.host}:{self.embedded.proxy.port}"
         self.traffic = TrafficGenerator(proxy, self.server.url, self.model, rate=self.rate,
                                         phase_seconds=self.phase_seconds, loop=self.loop,
                                         on_phase_end=self._phase_ended, on_done=self._summary)
@@ -123,12 +124,12 @@ class Demo:
         """Wait until the phase's last requests are stored (the proxy waits for the engine's span)."""
         assert self.embedded is not None
         deadline = time.monotonic() + timeout
+        capture = self.embedded.pipeline.capture
         while time.monotonic() < deadline:
-            if not self.embedded.sources.join or self.embedded.sources.join.waiting() == 0:
-                if self.embedded.transport.pending() == 0:
-                    break
+            if (capture is None or capture.waiting() == 0) and self.embedded.pending() == 0:
+                break
             time.sleep(0.2)
-        time.sleep(0.5)  # the last batch's insert
+        time.sleep(1.0)  # the last batch's inserts
 
     def _summary(self) -> None:
         expected = [n for n, (_, line) in self.verdicts.items() if "caught" in line or "MISSED" in line]

@@ -14,29 +14,28 @@ from collections.abc import Callable
 from google.protobuf.message import Message
 
 from monitor.otlp.codec import Signal
+from monitor.otlp.genai import GPU_COUNT_KEY as GPU_COUNT
+from monitor.otlp.genai import GPU_PRICE_KEY as GPU_PRICE
 
 __all__ = ["cost_processor", "GPU_COUNT", "GPU_PRICE"]
 
-GPU_COUNT = "monitor.gpu.count"
-GPU_PRICE = "monitor.gpu.price_per_hour"
-
 
 def cost_processor(gpus: Callable[[], int], price_per_gpu_hour: float) -> Callable[[Signal, Message], None]:
-    """An Ingress processor adding the GPU count (and price, when set) to GenAI spans without them."""
+    """An Ingress processor adding the GPU count (and price, when set) to the resource of every span
+    batch without them: the GPUs belong to the host that served the requests, and stamping the resource
+    costs one look per resource, not per span. A span's own ``monitor.gpu.count`` still wins."""
 
     def process(signal: Signal, msg: Message) -> None:
         if signal != "traces":
             return
         count = gpus()
         for rs in msg.resource_spans:
-            for ss in rs.scope_spans:
-                for span in ss.spans:
-                    keys = {kv.key for kv in span.attributes}
-                    if GPU_COUNT in keys or not any(k.startswith("gen_ai.") for k in keys):
-                        continue
-                    a = span.attributes.add()
-                    a.key, a.value.int_value = GPU_COUNT, count
-                    if price_per_gpu_hour > 0:
-                        b = span.attributes.add()
-                        b.key, b.value.double_value = GPU_PRICE, price_per_gpu_hour
+            attrs = rs.resource.attributes
+            if any(kv.key == GPU_COUNT for kv in attrs):
+                continue
+            a = attrs.add()
+            a.key, a.value.int_value = GPU_COUNT, count
+            if price_per_gpu_hour > 0:
+                b = attrs.add()
+                b.key, b.value.double_value = GPU_PRICE, price_per_gpu_hour
     return process

@@ -1,7 +1,9 @@
 """The one place that opens ClickHouse: chdb (in-process) or an HTTP(S) server.
 
 Only :mod:`monitor.store` imports ``clickhouse_connect``; its exceptions are
-translated into :class:`~monitor.errors.StoreError` (retryable) here.
+translated here: :class:`~monitor.errors.RejectedData` when ClickHouse (or the
+client serialising the insert) refused a value -- retrying the same rows can
+never succeed -- else :class:`~monitor.errors.StoreError` (retryable).
 
 chdb allows one process per data directory and one data directory per
 process; :func:`connect` turns the engine's lock error into a message that
@@ -11,19 +13,48 @@ says which process to stop or which command to use instead.
 from __future__ import annotations
 
 import logging
+import re
+import struct
 import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from monitor.config import StoreSettings
-from monitor.errors import ConfigError, StoreError
+from monitor.errors import ConfigError, RejectedData, StoreError
 
 __all__ = ["Store", "connect"]
 
 log = logging.getLogger("monitor.store")
 
 _chdb_lock = threading.Lock()
+
+_DATA_ERROR_CODES = frozenset({
+    6,    # CANNOT_PARSE_TEXT
+    26,   # CANNOT_PARSE_QUOTED_STRING
+    27,   # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    32,   # ATTEMPT_TO_READ_AFTER_EOF
+    33,   # CANNOT_READ_ALL_DATA
+    38,   # CANNOT_PARSE_DATE
+    41,   # CANNOT_PARSE_DATETIME
+    53,   # TYPE_MISMATCH
+    69,   # ARGUMENT_OUT_OF_BOUND
+    70,   # CANNOT_CONVERT_TYPE
+    72,   # CANNOT_PARSE_NUMBER
+    117,  # INCORRECT_DATA
+    131,  # TOO_LARGE_STRING_SIZE
+    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+    407,  # DECIMAL_OVERFLOW
+})
+"""ClickHouse error codes that mean "this data", not "this moment": inserts failing with them are
+:class:`RejectedData`."""
+_CODE = re.compile(r"Code: (\d+)")
+
+
+def _error_code(text: str) -> int | None:
+    m = _CODE.search(text)
+    return int(m.group(1)) if m else None
 
 
 class Store:
@@ -111,7 +142,22 @@ class Store:
 
     def insert(self, table: str, rows: list[list], columns: tuple[str, ...] | list[str],
                settings: dict | None = None) -> None:
-        self._call("insert", table, rows, column_names=list(columns), settings=settings)
+        """Insert ``rows``; raises :class:`RejectedData` when a value was refused (by ClickHouse, or by
+        the client while encoding it), :class:`StoreError` when the store is unavailable."""
+        try:
+            self._call("insert", table, rows, column_names=list(columns), settings=settings)
+        except (struct.error, OverflowError, TypeError, ValueError, UnicodeError) as exc:
+            # clickhouse-connect encodes the block before sending: a value that does not fit its column
+            # fails here, and would fail the same way on every retry
+            raise RejectedData(f"{table}: a value does not fit its column ({type(exc).__name__}: {exc})") \
+                from exc
+
+    def healthy(self) -> bool:
+        """Whether the store answers a query now (tells a refused batch from an unavailable store)."""
+        try:
+            return self.query_rows("SELECT 1")[0][0] == 1
+        except StoreError:
+            return False
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         from clickhouse_connect.driver.exceptions import ClickHouseError
@@ -119,7 +165,10 @@ class Store:
         try:
             return getattr(self.client(), method)(*args, **kwargs)
         except ClickHouseError as exc:
-            raise StoreError(f"ClickHouse {method} failed: {_first_line(str(exc))}") from exc
+            text = _first_line(str(exc))
+            if method == "insert" and _error_code(str(exc)) in _DATA_ERROR_CODES:
+                raise RejectedData(f"ClickHouse refused the insert: {text}") from exc
+            raise StoreError(f"ClickHouse {method} failed: {text}") from exc
         except OSError as exc:
             raise StoreError(f"ClickHouse {method} failed: {exc}") from exc
 

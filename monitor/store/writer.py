@@ -1,26 +1,42 @@
-"""Batched inserts with deterministic deduplication tokens.
+"""Batched inserts with deterministic deduplication tokens, and isolation of refused rows.
 
 Every insert carries ``insert_deduplication_token = <batch token>:<table>``.
 Tables are created with ``non_replicated_deduplication_window`` (Replicated
 tables deduplicate by default), so inserting the same batch again with the
 same token is a no-op on chdb and on a server alike. Ingest derives the
-batch token from Kafka (topic, partition, offset range), which is what
-makes a redelivered batch land once.
+batch token from where the batch came from (Kafka topic, partition and offset
+range; spool position range), which is what makes a redelivered batch land
+once.
+
+A table insert the store *refuses* (:class:`~monitor.errors.RejectedData`: a
+value it cannot hold) is split in halves, recursively, each half with a token
+derived from its position (``...:<table>/0/1``), until the refused rows stand
+alone; every other row lands. The split is deterministic, so a batch retried
+after a crash splits the same way and its halves deduplicate too. The refused
+rows are returned to the caller to set aside; an unavailable store
+(:class:`~monitor.errors.StoreError`) is raised for the caller to retry.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from monitor.otlp.rows import TABLE_COLUMNS, Rows
+from monitor.errors import RejectedData
 from monitor.selfmetrics import SelfMetrics
 from monitor.store.client import Store
+from monitor.store.tables import INSERT_ORDER, TABLE_COLUMNS
 
-__all__ = ["Writer"]
+__all__ = ["Writer", "Refused"]
 
-# Inserted first so a partially applied batch is retried from the same tables.
-_ORDER = ("otel_traces", "inference_events", "otel_metrics_gauge", "otel_metrics_sum", "otel_metrics_histogram",
-          "otel_metrics_exponential_histogram", "otel_metrics_summary", "otel_logs")
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Row ``index`` of ``table`` in the batch was refused by the store, for ``reason``."""
+
+    table: str
+    index: int
+    reason: str
 
 
 class Writer:
@@ -28,21 +44,33 @@ class Writer:
         self.store = store
         self.metrics = metrics
 
-    def write(self, rows: Rows, token: str) -> int:
-        """Insert every non-empty table; raises StoreError (retry with the same token)."""
-        total = 0
-        for table in _ORDER:
+    def write(self, rows: dict[str, list[list]], token: str) -> list[Refused]:
+        """Insert every non-empty table (in :data:`INSERT_ORDER`); returns the rows the store refused.
+
+        Raises StoreError when the store is unavailable: retry the whole batch with the same token."""
+        refused: list[Refused] = []
+        for table in INSERT_ORDER:
             batch = rows.get(table)
-            if not batch:
-                continue
-            t0 = time.perf_counter()
-            try:
-                self.store.insert(table, batch, TABLE_COLUMNS[table],
-                                  settings={"insert_deduplication_token": f"{token}:{table}"})
-            except Exception:
-                self.metrics.store_errors.inc()
-                raise
-            self.metrics.insert_seconds.labels(table).observe(time.perf_counter() - t0)
-            self.metrics.rows_written.labels(table).inc(len(batch))
-            total += len(batch)
-        return total
+            if batch:
+                self._insert(table, batch, 0, f"{token}:{table}", refused)
+        return refused
+
+    def _insert(self, table: str, rows: list[list], offset: int, token: str, refused: list[Refused]) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.store.insert(table, rows, TABLE_COLUMNS[table], settings={"insert_deduplication_token": token})
+        except RejectedData as exc:
+            self.metrics.store_errors.inc()
+            if len(rows) == 1:
+                refused.append(Refused(table, offset, str(exc)))
+                self.metrics.rows_refused.labels(table).inc()
+                return
+            mid = len(rows) // 2
+            self._insert(table, rows[:mid], offset, f"{token}/0", refused)
+            self._insert(table, rows[mid:], offset + mid, f"{token}/1", refused)
+            return
+        except Exception:
+            self.metrics.store_errors.inc()
+            raise
+        self.metrics.insert_seconds.labels(table).observe(time.perf_counter() - t0)
+        self.metrics.rows_written.labels(table).inc(len(rows))

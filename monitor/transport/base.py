@@ -1,11 +1,13 @@
 """The transport contract between the receiver and ingest.
 
-``publish`` returns only once the data is durable in the transport's sense
-(stored in ClickHouse for the in-process transport, committed to the SQLite
-spool for Kafka), so an OTLP 200 always means "will not be lost". When a
-bounded buffer is full it raises :class:`~monitor.errors.Overloaded` and the
-receiver answers 503/UNAVAILABLE with Retry-After; it never blocks the
-caller indefinitely and never grows without bound.
+``publish`` returns only once the data is durable: committed to the SQLite
+spool, which the Kafka forwarder (``monitor sidecar``) or the store process's
+ingest (``monitor up``) drains, so an OTLP 200 always means "will not be
+lost". It is called on one of the receiver's worker threads (never its event
+loop) and may block for a disk write. When a bounded buffer is full it raises
+:class:`~monitor.errors.Overloaded` and the receiver answers 503/UNAVAILABLE
+with Retry-After; it never blocks the caller indefinitely and never grows
+without bound.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ class Accepted:
 
 
 class Transport(Protocol):
-    async def publish(self, signal: Signal, msg: Message) -> Accepted:
-        """Hand one validated export request over; returns when it is durable."""
+    def publish(self, signal: Signal, msg: Message) -> Accepted:
+        """Hand one validated export request over; returns when it is durable (blocking)."""
         ...
 
     def start(self) -> None:

@@ -12,11 +12,9 @@ back the backlog is replayed oldest first.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from google.protobuf.message import Message
 
@@ -44,21 +42,16 @@ class KafkaTransport:
         self.settings = settings
         self.spool = spool
         self.metrics = metrics
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="monitor-spool")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._producer = None
         self._down_since: float | None = None
         self._last_down_log = 0.0
 
-    # -- receiver side -------------------------------------------------------------
-    async def publish(self, signal: Signal, msg: Message) -> Accepted:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._spool, signal, msg)
-
-    def _spool(self, signal: Signal, msg: Message) -> Accepted:
+    # -- receiver side (a worker thread) ---------------------------------------------------
+    def publish(self, signal: Signal, msg: Message) -> Accepted:
         s = self.settings
-        split = split_for_kafka(signal, msg, s.max_message_bytes, s.encoding)
+        split = split_for_kafka(signal, msg, s.max_message_bytes, s.encoding, s.partition_traces_by_id)
         if split.messages:
             topic = s.topic(signal)
             self.spool.append([(topic, k, v) for k, v in split.messages])
@@ -71,7 +64,6 @@ class KafkaTransport:
 
     def close(self, timeout: float = 30.0) -> None:
         """Forward what is spooled for up to ``timeout`` s; the rest stays on disk for the next start."""
-        self._pool.shutdown(wait=True)
         deadline = time.monotonic() + timeout
         while self._thread is not None and self._thread.is_alive() and time.monotonic() < deadline:
             if self.spool.stats()[0] == 0:
@@ -173,7 +165,7 @@ class KafkaTransport:
                 consumer.close()
         except KafkaError as exc:
             raise TransportError(f"cannot check which in-flight messages reached Kafka: {exc}") from None
-        already = [m for m in self.spool.head(last - first + 1, 1 << 62) if m[0] in found]
+        already = [m for m in self.spool.between(first, last) if m[0] in found]
         self.spool.delete(already, clear_in_flight=True)
         log.info("%d of the %d messages in flight when the last attempt ended were already in Kafka; "
                  "they are not sent again", len(already), last - first + 1)

@@ -16,7 +16,7 @@ class MemoryTransport:
         self.published: list[tuple[Signal, Message]] = []
         self.overloaded = overloaded
 
-    async def publish(self, signal: Signal, msg: Message) -> Accepted:
+    def publish(self, signal: Signal, msg: Message) -> Accepted:
         if self.overloaded:
             raise Overloaded("memory transport set to overloaded", retry_after=1)
         self.published.append((signal, msg))

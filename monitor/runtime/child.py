@@ -1,0 +1,116 @@
+"""One process of ``monitor up`` / ``monitor sidecar``: ``python -m monitor.runtime.child ROLE [INDEX]``.
+
+Started by :class:`~monitor.runtime.supervisor.Supervisor` only: reads the
+pickled settings on stdin, runs its role until SIGTERM (SIGINT is the
+supervisor's to handle), reports readiness on the pipe ``MONITOR_READY_FD``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import pickle
+import signal
+import sys
+import threading
+
+log = logging.getLogger("monitor")
+
+
+def _die_with_parent() -> None:
+    """SIGTERM when the supervisor dies (even by SIGKILL), so no child outlives it (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the supervisor's stop() is the only way
+        pass
+
+
+def _open_store_when_free(settings, wait_s: float = 20.0):
+    """The store, waiting a little while the chdb directory is still held: a store process of an
+    instance that was just stopped or killed may still be exiting (one process per directory)."""
+    import time
+
+    from monitor.errors import ConfigError
+    from monitor.runtime.apps import open_store
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return open_store(settings)
+        except ConfigError as exc:
+            if "held by another process" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _node(role: str, index: int, settings):
+    from monitor.selfmetrics import SelfMetrics
+
+    metrics = SelfMetrics("up")
+    if role == "store":
+        from monitor.runtime.storenode import StoreNode
+        return StoreNode(settings, metrics, _open_store_when_free(settings)), metrics
+    if role in ("pipeline", "sidecar"):  # to the store process's spool / to Kafka
+        from monitor.runtime.pipeline import Pipeline
+        return Pipeline(settings, metrics, embedded=role == "pipeline"), metrics
+    if role == "proxy":
+        from monitor.runtime.proxynode import ProxyNode
+        return ProxyNode(settings, metrics, index), metrics
+    raise SystemExit(f"unknown role {role!r}")
+
+
+def main(argv: list[str]) -> int:
+    role = argv[0]
+    index = int(argv[1]) if len(argv) > 1 else 0
+    name = role if role != "proxy" or index == 0 else f"{role}-{index}"
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    settings = pickle.loads(sys.stdin.buffer.read())
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr, force=True, datefmt="%H:%M:%S",
+                        format=f"%(asctime)s %(levelname)-7s [{name}] %(name)s: %(message)s")
+    for noisy in ("kafka", "clickhouse_connect", "grpc", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    from monitor.errors import ConfigError, MonitorError
+
+    try:
+        node, metrics = _node(role, index, settings)
+        metrics_port = metrics.serve("127.0.0.1", 0)
+        node.start()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        log.error("%s (is another instance running? choose other ports with the flags)", exc)
+        return 1
+    except MonitorError as exc:
+        log.error("%s", exc)
+        return 1
+    ready = {"role": role, "index": index, "pid": os.getpid(), "metrics_port": metrics_port,
+             **getattr(node, "ports", lambda: {})()}
+    fd = int(os.environ.get("MONITOR_READY_FD", "-1"))
+    if fd >= 0:
+        os.write(fd, (json.dumps(ready) + "\n").encode())
+        os.close(fd)
+    warm = getattr(node, "warm_up", None)
+    if warm is not None:  # after ready: nothing here shares the data plane's interpreter
+        threading.Thread(target=warm, name="monitor-warm-up", daemon=True).start()
+    while not stop.wait(1.0):
+        pass
+    import time
+    t0 = time.monotonic()
+    try:
+        node.stop()
+    finally:
+        metrics.close()
+    log.debug("stopped in %.1fs", time.monotonic() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,215 @@
+"""`monitor up` as processes: the data plane apart from the analysis plane.
+
+- The capture proxy's latency does not move while a heavy check runs in the store process (a ratio).
+- A killed proxy process is restarted, and the log says why.
+- A killed store process loses nothing the receiver acknowledged, and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import statistics
+import subprocess
+import threading
+import time
+import urllib.request
+
+import pytest
+from conftest import MONITOR, chdb_query, free_port, otlp_request, post_traces, wait_until
+from fake_upstream import FakeUpstream
+
+
+def _metrics(port: int) -> dict[str, float]:
+    from monitor.status import fetch
+    snap = fetch(f"http://127.0.0.1:{port}/metrics")
+    return {f"{name}{{{','.join(f'{k}={v}' for k, v in sorted(labels.items()))}}}": value
+            for name, samples in snap.items() for labels, value in samples}
+
+
+def _pid(mport: int, process: str) -> int:
+    return int(_metrics(mport).get(f"monitor_process_pid{{process={process}}}", 0))
+
+
+class _Up:
+    def __init__(self, tmp_path, upstream: str | None = None, env: dict | None = None):
+        self.data = tmp_path / "data"
+        self.http, self.grpc, self.mport, self.admin = free_port(), free_port(), free_port(), free_port()
+        self.proxy = free_port()
+        cmd = [*MONITOR, "up", "--data-dir", str(self.data), "--http-port", str(self.http), "--grpc-port",
+               str(self.grpc), "--metrics-port", str(self.mport), "--admin-port", str(self.admin), "--no-dashboard"]
+        if upstream:
+            cmd += ["--upstream", upstream, "--proxy-port", str(self.proxy)]
+        self.log = tmp_path / "up.log"
+        self._f = open(self.log, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._f, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, MONITOR_CHECKS__ENABLED="false", **(env or {})))
+        wait_until(lambda: "ready; Ctrl-C to stop" in self.text() or self.proc.poll() is not None, timeout=180,
+                   message="monitor up ready")
+        assert self.proc.poll() is None, self.text()[-3000:]
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._f.close()
+        return self.proc.returncode
+
+
+def _first_byte_ms(port: int, i: int) -> float:
+    body = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": f"q{i}"}]}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    first = resp.read(1)
+    t = (time.perf_counter() - t0) * 1000
+    resp.read()
+    conn.close()
+    assert first and resp.status == 200
+    return t
+
+
+def _load(port: int, seconds: float, streams: int = 6) -> list[float]:
+    out: list[float] = []
+    stop = time.monotonic() + seconds
+
+    def worker(k: int) -> None:
+        i = 0
+        while time.monotonic() < stop:
+            out.append(_first_byte_ms(port, k * 100000 + i))
+            i += 1
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(out)
+
+
+def _q(xs: list[float], q: float) -> float:
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def _seed_texts(port: int, n: int, hours_ago: float, topic: str) -> None:
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+    now = time.time_ns() - int(hours_ago * 3600e9)
+    for start in range(0, n, 250):
+        req = trace_service_pb2.ExportTraceServiceRequest()
+        ss = req.resource_spans.add().scope_spans.add()
+        for j in range(start, min(n, start + 250)):
+            sid = (hash((topic, j)) & (2**63 - 1)) or 1
+            span = ss.spans.add(trace_id=sid.to_bytes(16, "big"), span_id=sid.to_bytes(8, "big"), name="chat heavy",
+                                start_time_unix_nano=now + j * 1_000_000, end_time_unix_nano=now + j * 1_000_000 + 10)
+            for key, value in (("gen_ai.operation.name", "chat"), ("gen_ai.request.model", "heavy"),
+                               ("gen_ai.input.messages", json.dumps([{"role": "user", "content":
+                                                                      f"{topic} question number {j} about item {j * 7}"}]))):
+                span.attributes.add(key=key).value.string_value = value
+        assert post_traces(port, req.SerializeToString()) == 200
+
+
+def test_proxy_latency_does_not_move_while_a_heavy_check_runs(tmp_path):
+    upstream = FakeUpstream(tokens=["tok"] * 8, pace_s=0.005).start()
+    up = _Up(tmp_path, upstream.url, env={"MONITOR_CHECKS__SEMANTIC__SAMPLE": "1500",
+                                           "MONITOR_CHECKS__SEMANTIC__FIELDS": "prompt"})
+    check = None
+    try:
+        _seed_texts(up.http, 1500, 0.2, "database")
+        _seed_texts(up.http, 1500, 24.2, "shopping")
+        wait_until(lambda: _metrics(up.mport).get("monitor_store_rows_written_total{process=store,table=inference_events}",
+                                                   0) >= 3000, timeout=60, message="the texts stored")
+        _load(up.proxy, 1.0)  # warm the connection pools
+        idle = _load(up.proxy, 4.0)
+        check = subprocess.Popen([*MONITOR, "check", "--only", "semantic_drift", "--window", "1h", "--reference",
+                                  "day"], env=dict(os.environ, MONITOR_CHECKS__ADMIN_PORT=str(up.admin)),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # torch and the model load (one core, for seconds), then the embedding of 3,000 texts starts
+        wait_until(lambda: "embedding model" in up.text(), timeout=120, message="the check's model loaded")
+        time.sleep(1.0)
+        busy = _load(up.proxy, 4.0)
+        still_running = check.poll() is None
+    finally:
+        if check is not None and check.poll() is None:
+            check.kill()
+        rc = up.stop()
+        upstream.stop()
+    assert rc == 0, up.text()[-3000:]
+    assert still_running, "the check must still be running while the busy load is measured"
+    assert len(idle) > 50 and len(busy) > 50
+    p50_idle, p50_busy, p90_idle, p90_busy = _q(idle, .5), _q(busy, .5), _q(idle, .9), _q(busy, .9)
+    # the store process embeds texts on one core; the proxy is a process of its own: no GIL to wait for
+    assert p50_busy <= 1.5 * p50_idle + 5.0, (p50_idle, p50_busy)
+    assert p90_busy <= 1.5 * p90_idle + 10.0, (p90_idle, p90_busy)
+
+
+def test_a_killed_proxy_process_is_restarted_and_serves_again(tmp_path):
+    upstream = FakeUpstream(pace_s=0.001).start()
+    up = _Up(tmp_path, upstream.url)
+    try:
+        assert _first_byte_ms(up.proxy, 1) > 0
+        pid = _pid(up.mport, "proxy")
+        assert pid > 0
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: _pid(up.mport, "proxy") not in (0, pid), timeout=30, message="a new proxy process")
+        wait_until(lambda: _try(lambda: _first_byte_ms(up.proxy, 2)), timeout=10, message="the proxy serving again")
+        m = _metrics(up.mport)
+        assert m["monitor_process_restarts_total{process=proxy}"] == 1
+    finally:
+        rc = up.stop()
+        upstream.stop()
+    assert rc == 0
+    assert "proxy killed by SIGKILL; restarting it" in up.text()
+
+
+def _try(fn) -> bool:
+    try:
+        fn()
+        return True
+    except (OSError, AssertionError, http.client.HTTPException):
+        return False
+
+
+def test_killing_the_store_process_loses_nothing_the_receiver_acknowledged(tmp_path):
+    up = _Up(tmp_path)
+    acked: list[int] = []
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def sender() -> None:
+        i = 0
+        while not stop.is_set():
+            status = post_traces(up.http, otlp_request(i, spans=5), timeout=30)
+            statuses.append(status)
+            if status == 200:
+                acked.append(i)
+            i += 1
+    t = threading.Thread(target=sender)
+    t.start()
+    try:
+        wait_until(lambda: len(acked) > 20, timeout=60, message="traffic acknowledged")
+        pid = _pid(up.mport, "store")
+        os.kill(pid, signal.SIGKILL)  # mid-batch, most likely
+        wait_until(lambda: _pid(up.mport, "store") not in (0, pid), timeout=120, message="a new store process")
+        time.sleep(1.0)
+        stop.set()
+        t.join(60)
+        assert set(statuses) <= {200, 503}, set(statuses)  # the receiver never saw the store go
+        want = 5 * len(acked)
+        wait_until(lambda: _metrics(up.mport).get("monitor_spool_messages{process=pipeline}", 1) == 0, timeout=120,
+                   message="the spool drained")
+    finally:
+        stop.set()
+        rc = up.stop()
+    assert rc == 0, up.text()[-3000:]
+    assert "store killed by SIGKILL; restarting it" in up.text()
+    assert chdb_query(up.data, "SELECT count(), uniqExact(SpanId) FROM otel_traces")[0] == [want, want]
+    assert chdb_query(up.data, "SELECT count() FROM inference_events")[0][0] == want
