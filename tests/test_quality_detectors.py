@@ -3,7 +3,9 @@
 Every example carries the label a careful human gives it, hard negatives included
 ("I can't wait to help", "Sorry for the delay, here is the fix", a song with a chorus, a
 Python test module). Scores are asserted; ``pytest -s`` prints one table and every miss.
-The speed test times :func:`analyse` on 1000 realistic, distinct events.
+The speed test times :func:`analyse` on 1000 realistic, distinct events; the differential test
+checks every flag of the fast paths against the frozen previous implementation on thousands of
+varied events (``bench/quality.py`` runs it on more, and times both).
 """
 
 from __future__ import annotations
@@ -1425,6 +1427,198 @@ def test_analyse_speed_per_event():
     TABLE["speed"] = line
     print("\n" + line)
     assert min(walls) < 0.5e-3
+
+
+# =================================================================================== fast paths vs the reference
+
+_REFUSAL_SUBJECTS = ("", "Can't", "I", "We", "I'm", "I am", "we're", "I'd", "I would", "Sorry,", "Unfortunately,",
+                     "Sorry, but", "As an AI language model, I", "I'm just an AI and I", "I'm only a bot, I",
+                     "This request", "That is", "It's", "that's", "Apologies,", "Afraid I", "Honestly, I really",
+                     "I simply")
+_REFUSAL_MODALS = ("can't", "cannot", "can not", "won't", "will not", "must decline to", "refuse to", "am not able to",
+                   "am unable to", "don't have access to", "don't think I can", "would rather not", "shouldn't",
+                   "not something I can", "violates", "goes against", "conflicts with", "is not something",
+                   "must respectfully decline", "decline", "'m not going to", "won't be able to", "couldn't",
+                   "isn't able to", "do not feel comfortable", "against my", "declined to", "refused to")
+_REFUSAL_OBJECTS = ("help", "assist", "provide that", "do that", "write it", "the internet", "my guidelines",
+                    "our usage policy", "real-time data", "help but notice", "wait to help", "stress enough",
+                    "give you an exact number", "comply", "the terms of service", "share my system prompt", "that.",
+                    "our policy, as a rule", "my principles; I'd rather", "what was asked")
+_REFUSAL_TAILS = ("", ".", " without the order number.", ", but here is a draft:", " until you share the logs.",
+                  " yet.", "! Here is the plan.", ", however, here is the fix.", " with that request.")
+_NOISE = ("`config.yaml`", "https://example.com/a/b?c=1", "[EMAIL]", "[PHONE]", "[API_KEY]", "bob@example.org",
+          "/var/log/app.log", "snake_case_name", "os.path.join()", "order 48213", "3.14", "12:30", "~/src",
+          "www.example.com", "`x = 1`", "[CUSTOM_ID]", "[Your Name]", "**bold**", "—", "…", "\u00a0", "’",
+          "“quoted”", "٣٤٥", "１２３", "e.g.", "v2.1.0", "x_y.z")
+_ODD = ("", " ", "\n\n", "...", "```\n```", "\u200b", "👍", "😀" * 40, "\x00" * 50, "\ud800", "ok", "!!!" * 30,
+        "-" * 200, "。" * 50, "[EMAIL]", "null", "{}", "<|endoftext|>")
+_FINISH = ("stop", "length", "LENGTH", " length ", '["length"]', '["stop"]', "FINISH_REASON_MAX_TOKENS", "max_tokens",
+           "end_turn", "tool_calls", "", "[not json", "content_filter", "Stop", "MAX_OUTPUT_TOKENS")
+_SYSTEM = ("", "", "", "You are a support agent. Always answer in English.", "Réponds toujours en français.",
+           "Translate the user's message into German.")
+
+
+def _refusal_like(rng: random.Random) -> str:
+    """A head built from refusal parts, on either side of the gates: real refusals, idioms, hedges,
+    conditions, quoted refusals, negations that refuse nothing ("couldn't", "isn't able to")."""
+    text = " ".join((rng.choice(_REFUSAL_SUBJECTS), rng.choice(_REFUSAL_MODALS), rng.choice(_REFUSAL_OBJECTS)))
+    text += rng.choice(_REFUSAL_TAILS)
+    if rng.random() < 0.15:
+        text = f'You could reply: "{text}"'
+    if rng.random() < 0.3:
+        text = rng.choice(["", "Thanks for asking. ", "> ", "**Note:** ", "Okay.\n"]) + text
+    if rng.random() < 0.4:
+        text += " " + rng.choice(list(NORMAL.values()))[:300]
+    return text.lower() if rng.random() < 0.2 else text
+
+
+def _mutate(rng: random.Random, text: str) -> str:
+    """One of many edits the detectors' fast paths must not notice: noise the prose sample removes,
+    typographic quotes, cuts (truncation mid-word), lines, case, repetition, other scripts."""
+    k = rng.randrange(16)
+    if k == 0 and text:
+        return text[:rng.randrange(len(text) + 1)]
+    if k == 1:
+        words = text.split(" ")
+        i = rng.randrange(len(words) + 1)
+        return " ".join(words[:i] + [rng.choice(_NOISE)] + words[i:])
+    if k == 2:
+        return text.replace("'", "’").replace('"', "“")
+    if k == 3:
+        return text.upper() if rng.random() < 0.5 else text.title()
+    if k == 4:
+        return text.replace(". ", ".\n", rng.randrange(4))
+    if k == 5 and len(text) > 20:
+        i = rng.randrange(len(text) - 10)
+        unit = text[i:i + rng.randint(3, 120)]
+        return text[:i] + unit * rng.randint(2, 40)
+    if k == 6:
+        return "".join(f"Step {i}: repeat step {i - 1}. " for i in range(rng.randint(2, 40))) + text[:200]
+    if k == 7:
+        return text + "\n\n" + text
+    if k == 8:
+        return "```python\n" + text + "\n```" if rng.random() < 0.5 else text + "\n```js\nlet a = 1;"
+    if k == 9:
+        return (rng.choice(PROSE_RU + PROSE_ZH + PROSE_JA + PROSE_KO) if rng.random() < 0.3 else "") + text
+    if k == 10:
+        return text * rng.randint(2, 30)
+    if k == 11:
+        return rng.choice(_ODD) + text
+    if k == 12:
+        return text + " " + " ".join(rng.choice(_NOISE) for _ in range(rng.randint(1, 6)))
+    if k == 13:
+        return text.replace(" ", rng.choice(["  ", "\t", "\u00a0", " \n "]), rng.randrange(1, 6))
+    if k == 14:
+        return "| a | b |\n|---|---|\n| 1 | 2 |\n" + text
+    return text
+
+
+_EDGES = (
+    # each on a boundary of a refusal gate or of the English pattern's first-character check
+    "Can't help with that.", "Cannot assist with this.", "can't do it, sorry.", "Can't wait to help!",
+    "This request conflicts with our policy, as a rule.", "Your request conflicts with my guidelines.",
+    "That request goes against the rules, as a matter of fact.", "It violates the policy on tests.",
+    "I'm just an AI,not able to browse.", "As an AI, I cannotify you.", "We declined to help.", "I must decline.",
+    "I refuse.", "I refused to help them.", "Ich kann das nicht tun, weil es gegen die Regeln verstößt.",
+    "Which kein problem, I cannot say.", "No puedo ayudarte con eso, lo siento.", "Non posso aiutarti.",
+    "Je ne peux pas vous aider.", "Yazamam bunu.", "Bunu veremem.", "I remember the meeting. I remembered it.",
+    "not", "cannot", "Nope, I won’t do that.", "I can’t help with that.", "I’m unable to help.",
+    "I will not help with that.", "We should not assist with this.", "I must not provide that.",
+    "I would not be able to help.", "As an AI, I am not able to browse.", "We are not able to provide that.",
+    "I'm really not able to help.", "We're not going to write that.", "I can not help you with that.",
+    "I could not help with that.", "It does not help with that.", "That's not something I can do.",
+    "This is not something we will share.", "I'd rather not discuss it.", "I do not have access to the web.",
+    "I am not going to help with that.", "We are not going to do that.", "I'm really not going to help.",
+    "I don't think I can help with that.", "I mustn't share that.", "We wouldn't be able to help.",
+    "No podré ayudarte con eso.", "No voy a escribir eso.", "No estoy en condiciones de ayudarte.",
+    "No me es posible ayudarte.", "No soy capaz de hacer eso.", "No debo ayudarte con eso.",
+    "Como IA, no tengo permitido ayudarte.", "Debo rechazar esta solicitud.", "Non potrò aiutarti.",
+    "Non sono in grado di aiutarti.", "Non riesco a fornire questo.", "Non devo aiutarti con questo.",
+    "Come IA, non sono autorizzato.", "Ich muss diese Anfrage leider ablehnen.", "Ik kan je daar niet mee helpen.",
+    "Nie mogę pomóc w tej sprawie.", "Je refuse de faire cela.", "Não posso ajudar com isso.",
+)
+
+
+def _one_repeat(rng: random.Random) -> str:
+    """Distinct words with one run of ``k`` of them repeated later: a repeated 10-gram (and the
+    prefilter's boundary, exactly 10 repeated tokens) for k >= 10, none for k <= 9."""
+    words = [f"w{i}x{rng.randrange(10**6)}" for i in range(rng.randint(30, 90))]
+    k = rng.randint(8, 12)
+    i = rng.randrange(len(words) - k)
+    j = rng.randrange(i + k, len(words) + 1)
+    return " ".join(words[:j] + words[i:i + k] + words[j:])
+
+
+def differential_events(n: int, seed: int = 5) -> list[tuple[str, str, str, dict[str, str] | None, str]]:
+    """``n`` (or more) varied events ``(prompt, completion, finish_reason, attributes, system_prompt)`` for the
+    differential check of the fast paths: every labelled text of this module (languages, refusals and
+    their hard negatives, normal and degenerate outputs, JSON with and without schemas, PII placeholders,
+    empty and odd outputs), refusal-like heads built from parts, Faker text in 15 locales when Faker is
+    installed, the speed test's realistic events, and random edits of all of them."""
+    rng = random.Random(seed)
+    texts = ([t for t, _ in LANGUAGE] + list(NORMAL.values()) + list(DEGENERATE.values()) + [t for t, _ in REFUSALS]
+             + [p for p, _, _ in MISMATCH] + [c for _, c, _ in MISMATCH] + [t for t, _ in PII_CASES]
+             + [t for t, _ in EMPTY_CASES] + [c for c, _, _, _ in JSON_CASES] + list(_PROMPTS) + list(_ODD)
+             + [ANSWER_TWICE, MULT_TABLE, FILE_LISTING, JSON_PRODUCTS, SQL_INSERTS, COUNTDOWN, HO_HO] + list(_EDGES))
+    try:
+        from faker import Faker
+    except ImportError:
+        Faker = None
+    if Faker is not None:
+        for loc in ("de_DE", "fr_FR", "es_ES", "it_IT", "pt_BR", "nl_NL", "pl_PL", "ru_RU", "uk_UA", "ar_AA",
+                    "fa_IR", "tr_TR", "ja_JP", "zh_CN", "en_US"):
+            fake = Faker(loc)
+            fake.seed_instance(seed)
+            texts += [fake.text(m) for m in (40, 120, 300, 600) for _ in range(3)]
+    realistic = _events(max(1, n // 4), seed)
+    attrs = [A_NONE, A_TEXT, A_TYPE, A_OBJECT, A_PLAIN, A_SCHEMA, A_RESPONSES, A_OPENINFERENCE, A_OLLAMA, A_BROKEN,
+             A_TEXT_FORMAT, None]
+    events: list[tuple[str, str, str, dict[str, str] | None, str]] = [
+        (p, c, f, a, rng.choice(_SYSTEM)) for p, c, f, a in realistic]
+    events += [(rng.choice(texts), text, rng.choice(_FINISH), rng.choice(attrs), "") for text in texts]
+    while len(events) < n:
+        r = rng.random()
+        completion = _refusal_like(rng) if r < 0.25 else _one_repeat(rng) if r < 0.3 else rng.choice(texts)
+        if rng.random() < 0.6:
+            completion = _mutate(rng, completion)
+        prompt = rng.choice(texts) if rng.random() < 0.8 else _refusal_like(rng)
+        if rng.random() < 0.3:
+            prompt = _mutate(rng, prompt)
+        events.append((prompt, completion, rng.choice(_FINISH), rng.choice(attrs), rng.choice(_SYSTEM)))
+    rng.shuffle(events)
+    return events
+
+
+def test_fast_paths_match_the_reference():
+    """The per-event fast paths (ASCII language votes, refusal gates, n-gram prefilter, batch memo)
+    change no flag: on thousands of varied events every field equals that of the frozen reference
+    implementation (``tests/quality_reference``), and so does each detector on each text."""
+    from monitor.quality import analyse_batch, refusal
+    from quality_reference import detectors as ref
+    from quality_reference import language_id as ref_lang
+    from quality_reference import refusal as ref_refusal
+
+    events = differential_events(3000)
+    got = [analyse(p, c, f, a, system_prompt=s).row() for p, c, f, a, s in events]
+    want = [ref.analyse(p, c, f, a, system_prompt=s).row() for p, c, f, a, s in events]
+    diff = [f"  {e[:2]!r}\n    new {g}\n    ref {w}" for e, g, w in zip(events, got, want) if g != w]
+    assert not diff, f"{len(diff)} of {len(events)} events differ:\n" + "\n".join(diff[:10])
+    assert [f.row() for f in analyse_batch(events)] == want
+    assert [f.row() for f in analyse_batch([e[:2] for e in events[:300]])] == [
+        ref.analyse(p, c).row() for p, c, *_ in events[:300]]
+    assert analyse_batch([]) == []
+    assert analyse_batch([("Hi", "Hello there!", "length")]) == [analyse("Hi", "Hello there!", "length")]
+    assert [refusal._GATED[i][1] for i in (refusal._I_EN, refusal._I_DE, refusal._I_TR)] == [
+        refusal._EN, refusal._DE, refusal._TR]
+    assert sorted(language_id._VOTING) == sorted(language_id._FUNCTION_WORDS)
+    texts = list(dict.fromkeys(t for p, c, _, _, _ in events for t in (p, c)))
+    for text in texts:
+        assert language_id.prose_sample(text) == ref_lang.prose_sample(text), text[:80]
+        assert language_id.detect(text) == ref_lang.detect(text), text[:80]
+        assert refusal.head(text) == ref_refusal.head(text), text[:80]
+        assert is_refusal(text) == ref_refusal.is_refusal(text), text[:80]
+        assert repetition(text) == ref.repetition(text) and is_degenerate(text) == ref.is_degenerate(text), text[:80]
+    print(f"\n  differential: {len(events)} events, {len(texts)} distinct texts, every flag equal to the reference")
 
 
 def test_zz_print_table():

@@ -2,9 +2,11 @@
 
 :func:`analyse` is the single entry point: ``analyse(prompt, completion, finish_reason,
 attributes)`` returns :class:`QualityFlags` (languages and their mismatch, refusal, empty,
-truncated, JSON requested/valid, PII in the output, repetition and degeneration). Every
-detector is pure, needs nothing downloaded, and is bounded in cost per event; call
-:func:`warm_up` once at startup to load the language model (0.7 s) ahead of the first event.
+truncated, JSON requested/valid, PII in the output, repetition and degeneration);
+:func:`analyse_batch` gives the same flags for a batch of events (each language once per distinct
+text in the batch). Every detector is pure, needs nothing downloaded, and is bounded in cost per
+event; call :func:`warm_up` once at startup to load the language model (0.7 s) ahead of the first
+event.
 """
 
 from monitor.quality.detectors import (
@@ -13,6 +15,7 @@ from monitor.quality.detectors import (
     TRUNCATION_REASONS,
     QualityFlags,
     analyse,
+    analyse_batch,
     is_degenerate,
     is_empty,
     is_refusal,
@@ -32,6 +35,7 @@ __all__ = [
     "PLACEHOLDER_KINDS",
     "TRUNCATION_REASONS",
     "analyse",
+    "analyse_batch",
     "language",
     "language_mismatch",
     "is_refusal",

@@ -10,7 +10,8 @@ Invariants:
 - Latin-script prose whose function words leave no doubt (:func:`_fast_latin`), and Cyrillic or
   Arabic script with letters only one language of its pair uses (:func:`_by_letters`), are
   decided without py3langid: that saves its cost (about 40 us a text on a slow core); the
-  tests check that the shortcuts agree with py3langid wherever they decide.
+  tests check that the shortcuts agree with py3langid wherever they decide. An ASCII sample (most
+  prompts and completions) is voted on without a regex (:func:`_ascii_latin`, the same answers).
 - Scripts used by one language of the set decide alone: kana means Japanese, Hangul Korean,
   Han without kana Chinese, Greek, Hebrew, Thai, Devanagari (Hindi). Latin, Cyrillic and
   Arabic script go to py3langid restricted to the languages of the set written in that script
@@ -25,11 +26,11 @@ import copy
 import re
 import threading
 from collections import Counter
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any
 
-__all__ = ["LANGUAGES", "CORE_LANGUAGES", "SAMPLE_CHARS", "MIN_WORDS", "MIN_CJK_CHARS", "MIN_CONFIDENCE",
-           "detect", "prose_sample", "warm_up"]
+__all__ = ["LANGUAGES", "CORE_LANGUAGES", "SAMPLE_CHARS", "PREFIX_CHARS", "MIN_WORDS", "MIN_CJK_CHARS",
+           "MIN_CONFIDENCE", "detect", "prose_sample", "warm_up"]
 
 CORE_LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "zh", "ja", "ko", "ar", "tr")
 """The languages the labelled tests hold the detector to."""
@@ -46,6 +47,8 @@ left out on purpose: their texts get the nearest language of the set or ``""``."
 
 SAMPLE_CHARS = 200
 """Prose characters classified at most (the cost of py3langid grows with the bytes it reads)."""
+PREFIX_CHARS = 4 * SAMPLE_CHARS
+""":func:`detect` reads no further: ``detect(text) == detect(text[:PREFIX_CHARS])`` (a memo key)."""
 MIN_WORDS = 3
 """Fewer words (of two letters or more) than this in the sample: ``""``."""
 MIN_CJK_CHARS = 4
@@ -102,8 +105,35 @@ for _lang, _words in _FUNCTION_WORDS.items():
     for _w in _words.split():
         if _lang not in _VOTES.get(_w, ()):
             _VOTES[_w] = (*_VOTES.get(_w, ()), _lang)
-_LETTER_VOTES = (("tr", re.compile(r"[ğı]")), ("pl", re.compile(r"[łąęśźżćń]")))
+_LETTER_VOTES: tuple[tuple[str, str], ...] = (("tr", "ğı"), ("pl", "łąęśźżćń"))
 """Letters only Turkish (dotless i, soft g) or only Polish use among the languages of the set."""
+
+# Votes are counted by summing packed integers: byte 0 counts one-letter words (ASCII only), byte 1 + i
+# the votes for _VOTING[i]; so a sample's votes are one C-level ``sum(map(dict.get, words))`` and its
+# counts one ``int.to_bytes``. A byte never overflows: a sample (SAMPLE_CHARS + 40 characters at most)
+# has at most 120 words. The languages are ordered by how many English samples vote for them (most
+# first): the bytes of the rarest two lie past bit 63, so an English sum mostly stays in sum()'s
+# machine-integer fast path. The order decides nothing else (a tie at the top is never decided).
+_VOTING: tuple[str, ...] = ("en", "nl", "it", "pl", "es", "de", "fr", "pt", "tr")
+_PACKED: dict[str, int] = {w: sum(1 << (8 + 8 * _VOTING.index(lang)) for lang in langs) for w, langs in _VOTES.items()
+                           if re.fullmatch(r"[^\W\d_]{2,}", w)}  # only what _WORD returns can vote
+_ASCII_VOTES: dict[bytes, int] = {w.encode(): v for w, v in _PACKED.items() if w.isascii()}
+_ASCII_VOTES.update((bytes([c]), 1) for c in range(ord("a"), ord("z") + 1))
+_PACKED_BYTES = 1 + len(_VOTING)
+_ZERO = repeat(0)
+_ASCII_LETTERS = bytes(c + 32 if 65 <= c <= 90 else c if 97 <= c <= 122 else 32 for c in range(256))
+"""bytes.translate table: ASCII letters lower-cased, everything else a space, so that ``.split()``
+gives the letter runs of an ASCII text (``_WORD``'s matches, plus the one-letter runs)."""
+
+
+def _decide(counts: bytes | list[int], n_words: int) -> str:
+    """The language of :data:`_VOTING` with the most votes when it has 3+, at least a fifth of
+    ``n_words`` and at least twice the runner-up's; else ``""`` (a tie at the top never decides)."""
+    ranked = sorted(counts)
+    top = ranked[-1]
+    if top < 3 or top * 5 < n_words or top < 2 * ranked[-2]:
+        return ""
+    return _VOTING[counts.index(top)]
 
 
 def _fast_latin(lower_words: list[str], lower_sample: str) -> str:
@@ -113,19 +143,26 @@ def _fast_latin(lower_words: list[str], lower_sample: str) -> str:
     the runner-up's; everything else goes to py3langid. On the labelled texts and the speed-test
     events it never disagrees with py3langid (the tests check this); it merely saves the cost.
     """
-    votes = Counter(chain.from_iterable(filter(None, map(_VOTES.get, lower_words))))
-    for lang, rx in _LETTER_VOTES:
-        n = len(rx.findall(lower_sample))
-        if n:
-            votes[lang] = votes.get(lang, 0) + n
-    if not votes:
-        return ""
-    best = max(votes, key=votes.__getitem__)
-    top = votes[best]
-    second = max((v for lang, v in votes.items() if lang != best), default=0)
-    if top >= 3 and top * 5 >= len(lower_words) and top >= 2 * second:
-        return best
-    return ""
+    if len(lower_words) < 128:
+        counts = list(sum(map(_PACKED.get, lower_words, _ZERO)).to_bytes(_PACKED_BYTES, "little")[1:])
+    else:  # longer than a sample: counted one by one (a byte could overflow)
+        votes = Counter(chain.from_iterable(filter(None, map(_VOTES.get, lower_words))))
+        counts = [votes.get(lang, 0) for lang in _VOTING]
+    for lang, letters in _LETTER_VOTES:
+        counts[_VOTING.index(lang)] += sum(map(lower_sample.count, letters))
+    return _decide(counts, len(lower_words))
+
+
+def _ascii_latin(sample: str) -> tuple[str, int]:
+    """``(_fast_latin(words, lower), len(words))`` for an ASCII sample (``""`` under 5 words), with
+    ``words = _WORD.findall(lower)``: the same answer from one translate, one split and one summed
+    lookup, no regex (and no letter votes: ğ, ı, ł ... are not ASCII)."""
+    runs = sample.encode().translate(_ASCII_LETTERS).split()
+    packed = sum(map(_ASCII_VOTES.get, runs, _ZERO)).to_bytes(_PACKED_BYTES, "little")
+    n_words = len(runs) - packed[0]
+    if n_words < 5:
+        return "", n_words
+    return _decide(packed[1:], n_words), n_words
 
 
 # ----------------------------------------------------------------------------- prose sample
@@ -145,7 +182,16 @@ _NOISE: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 _DOTTED_GATE = re.compile(r"\.\w")  # a literal first: the engine scans for "." in C; ". " ends sentences
 _NUMBER = re.compile(r"\d[\d.,:/\-]*+")
-_CODE_CHARS = re.compile(r"[{}\[\]()<>=;\"|\\$&^%@_+]")
+_CODE_BYTES = b"{}[]()<>=;\"|\\$&^%@_+"
+"""Characters of code and data: a line with more than one in eight of them is not prose."""
+_CLASSES = bytes(
+    ord("a") if chr(c).isascii() and chr(c).isalpha() else ord("0") if chr(c).isdigit() and c < 128
+    else ord("{") if chr(c) in _CODE_BYTES.decode() else c if chr(c) in ":./" else ord(" ") for c in range(256))
+"""bytes.translate table for UTF-8 text: an ASCII letter becomes ``a``, a digit ``0``, a code character
+of :data:`_CODE_BYTES` ``{``; ``:``, ``.`` and ``/`` stay; anything else, multi-byte characters
+included, becomes a space. Each :data:`_NOISE` gate has ``:``, ``.``, ``/`` or a code character
+(``[``, ``@``, ``_``)."""
+_WWW, _DOTTED = _NOISE[1][1], _NOISE[-1][1]
 _WORD = re.compile(r"[^\W\d_]{2,}")
 _ANY_LETTER = re.compile(r"[^\W\d_]")
 _DATA_LINE_START = frozenset("|{}[]<")
@@ -179,14 +225,17 @@ def prose_sample(text: str, limit: int = SAMPLE_CHARS) -> str:
     (many brackets, quotes, operators). Never longer than ``limit`` + one line's remainder.
     """
     text = text[:4 * limit]  # a fence opened here and closed later is cut open: it runs to the end
-    if "```" in text or "~~~" in text:
+    tick = "`" in text
+    if tick and "```" in text or "~~~" in text:
         text = _FENCE.sub("\n", text)
-    if "`" in text:
+        tick = "`" in text
+    if tick:
         text = _INLINE_CODE.sub(" ", text)
     out: list[str] = []
     size = 0
     start = 0
     n = len(text)
+    classes = ""
     while start < n and size < limit:
         end = text.find("\n", start)
         if end < 0:
@@ -196,17 +245,39 @@ def prose_sample(text: str, limit: int = SAMPLE_CHARS) -> str:
         if not line or line.isspace():
             continue
         head = line.lstrip()[:1]
-        if head in _DATA_LINE_START or (head == '"' and '":' in line) or _ANY_LETTER.search(line) is None:
-            continue  # a table row, markup, JSON, a separator
-        if _CODE_CHARS.subn("", line)[1] * 8 > len(line):  # > 1 in 8: code or data
+        if head in _DATA_LINE_START or (head == '"' and '":' in line):
+            continue  # a table row, markup, JSON
+        # One C-level pass classifies the line's characters (see _CLASSES): UTF-8 never puts an ASCII
+        # byte inside a multi-byte character, so ASCII letters and code characters are counted exactly.
+        # (decoded: ``in`` on bytes first tries its operand as an integer and formats an exception)
+        line_classes = line.encode("utf-8", "surrogatepass").translate(_CLASSES).decode()
+        if "a" not in line_classes and (line.isascii() or _ANY_LETTER.search(line) is None):
+            continue  # no letter: a separator, numbers
+        if line_classes.count("{") * 8 > len(line):  # > 1 in 8: code or data
             continue
         out.append(line)
+        classes = line_classes
         size += len(line)
-    sample = " ".join(out)
-    for gate, rx in _NOISE:
-        if gate in sample and (gate != "." or _DOTTED_GATE.search(sample) is not None):
-            sample = rx.sub(" ", sample)
-    sample = _NUMBER.sub(" ", sample)
+    if len(out) == 1:
+        sample = out[0]
+    else:
+        sample = " ".join(out)
+        classes = sample.encode("utf-8", "surrogatepass").translate(_CLASSES).decode()
+    # The classes say which gate characters and ASCII digits the sample has at all. Removals only put
+    # spaces in: a character absent stays absent and its gates need not be looked for. Prose usually
+    # has "." alone: then only "www." and a dotted name can be there.
+    if ":" in classes or "/" in classes or "{" in classes and ("[" in sample or "@" in sample or "_" in sample):
+        for gate, rx in _NOISE:
+            if gate in sample and (gate != "." or _DOTTED_GATE.search(sample) is not None):
+                sample = rx.sub(" ", sample)
+    elif "." in classes:
+        if "www." in sample:
+            sample = _WWW.sub(" ", sample)
+        # ".\w" in ASCII is "." before a letter or a digit ("_" is not there); a removal cannot add one
+        if (".a" in classes or ".0" in classes) if sample.isascii() else _DOTTED_GATE.search(sample) is not None:
+            sample = _DOTTED.sub(" ", sample)
+    if "0" in classes or not sample.isascii():  # in ASCII, \d is 0-9
+        sample = _NUMBER.sub(" ", sample)
     return sample[:limit + 40] if len(sample) > limit + 40 else sample
 
 
@@ -323,6 +394,11 @@ def detect(text: str) -> str:
     sample = prose_sample(text)
     if not sample:
         return ""
+    if sample.isascii():  # Latin script; most prompts and completions: no regex from here on
+        fast, n_words = _ascii_latin(sample)
+        if n_words < MIN_WORDS:
+            return ""
+        return fast or _classify("latin", sample)
     m = _NON_LATIN.search(sample)
     script, letters = ("latin", -1) if m is None else _main_script(sample, m.group())
     if script in ("kana", "han", "hangul"):

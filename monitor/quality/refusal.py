@@ -6,7 +6,8 @@ Invariants:
 
 - Pure: no state, no I/O; every pattern is compiled at import.
 - Cheap: the head is checked for a few keywords per language (``in``, C speed); only the
-  patterns of languages whose keywords occur run, and only Latin-script ones on an ASCII head.
+  patterns of languages whose keywords occur run, and of those only the ones that can match at
+  all (:func:`_candidates`: a word every alternative of the language contains must be there too).
 - Only the *head* of a reply is searched: its first two sentences (at most :data:`HEAD_CHARS`
   characters), or the whole reply when it is that short. A refusal that only comes after a
   long preamble is missed on purpose: "I can't ..." deep inside an answer is usually an
@@ -33,8 +34,17 @@ HEAD_CHARS = 360
 _NORMALISE = (("\u2019", "'"), ("\u2018", "'"), ("\u02bc", "'"), ("\u201c", '"'), ("\u201d", '"'), ("\u201e", '"'),
               ("\u00ab", '"'), ("\u00bb", '"'), ("\u00a0", " "), ("\u202f", " "))
 """Typographic apostrophes and quotes to ASCII, no-break spaces to spaces (str.replace: C speed)."""
-_SENTENCE_END = re.compile(r"[.!?…](?=[\s\"')\]*_]|$)|[。！？]|\n")
+_SENTENCE_END = re.compile(r"[.!?…。！？\n](?:(?<=[。！？\n])|(?=[\s\"')\]*_]|$))")
+"""A sentence end: one of .!?… before a space, quote, bracket, * or _ (or at the end), or 。！？ or a
+line break. Written to start with a character set, which the engine skips to in C, rather than as
+``[.!?…](?=...)|[。！？]|\\n`` (the same one-character matches), which tries three alternatives at
+every position."""
+_DOT_END = re.compile(r"\.(?=[\s\"')\]*_]|$)")
+""":data:`_SENTENCE_END` in a text with no other sentence-ending character."""
 _LEAD = re.compile(r"^[\s>*_#\"'`\-]+")
+_ASCII_LEAD = frozenset("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f >*_#\"'`-")
+"""The ASCII characters :data:`_LEAD` strips (``\\s`` in ASCII, then the markup)."""
+"""The ASCII characters :data:`_LEAD` strips."""
 
 # ---------------------------------------------------------------------------- English
 
@@ -211,14 +221,90 @@ _GATED: tuple[tuple[tuple[str, ...], tuple[str, ...], bool], ...] = (
     (("не ",), _RU, False),
     (("لا", "لن"), _AR, False),
 )
+_EN_FIRST = r"(?=\b[iwatyvsuc]|[.!])"
+"""Every English alternative starts at a word beginning with one of these letters (``i``, ``we``,
+``as``, ``that``, ``your``, ``violates``, ``sorry``, ``unfortunately``, ``can't`` at the start) or at
+``.``/``!``: checked first, so that the engine does not try eleven alternatives at every position
+(a third of the cost; the matches are the same)."""
 _PATTERNS: tuple[re.Pattern[str], ...] = tuple(
-    re.compile("|".join(f"(?:{p})" for p in patterns), re.X) for _, patterns, _ in _GATED)
+    re.compile((_EN_FIRST if patterns is _EN else "") + "(?:" + "|".join(f"(?:{p})" for p in patterns) + ")", re.X)
+    for _, patterns, _ in _GATED)
 """One compiled pattern per language, in :data:`_GATED` order."""
-_KEYS_ALL: tuple[tuple[str, int], ...] = tuple((key, i) for i, (gate, _, _) in enumerate(_GATED) for key in gate)
-_KEYS_LATIN: tuple[tuple[str, int], ...] = tuple(
-    (key, i) for i, (gate, _, latin) in enumerate(_GATED) if latin for key in gate)
-"""(gate substring, language index): a reply runs only the patterns of languages whose gate it hits;
-an ASCII-only head only those of Latin-script languages."""
+_EN_GATE = _GATED[0][0]
+# The English pre-checks below run on the head reversed where the words vary before a fixed ending,
+# so that every pattern starts with a literal: the engine jumps between its occurrences (memchr)
+# instead of trying a dozen alternatives at every position.
+_EN_NT_REVERSED = re.compile(r"t'n(?:ac|ow|od|dluohs|tsum|dluow)")
+"""can't, won't, don't, shouldn't, mustn't, wouldn't (reversed): the "n't" of the English alternatives."""
+_EN_NOT_REVERSED = re.compile(r"ton(?:nac|\s+(?:nac|lliw|dluohs|tsum|dluow|od|ma|era|yllaer|rehtar|si|s'|m'|er'))")
+"""Where "not" stands in the English alternatives (reversed): in "cannot" or after can, will, should,
+must, would, do, am, are, really, rather, is, 's, 'm, 're (can not, i'm not, that is not ...); and
+:data:`_EN_NOT_ABLE` ("i'm just an ai, not able to ...")."""
+_EN_NOT_ABLE = re.compile(r"not\s+able")
+_EN_REFUSE = re.compile(r"refuse\b")
+_EN_DECLINE = re.compile(r"decline\b")
+"""Refuse and decline are whole words in the English alternatives (not "declined", "refused")."""
+_NON_LATIN_FROM = "\u0400"
+"""The gates and patterns of zh, ja, ko, ru and ar all need a character from here up (Cyrillic on)."""
+_I_EN, _I_DE, _I_FR, _I_ES, _I_IT, _I_PT, _I_NL, _I_PL, _I_TR = range(9)
+"""Indices in :data:`_GATED` of the Latin-script languages."""
+
+
+def _english(h: str) -> bool:
+    """False when no English pattern can match ``h`` or its gate misses (then the pattern need not
+    run); True when both may hold. Every English alternative contains can't/won't/don't/shouldn't/
+    mustn't/wouldn't, a "not" of :data:`_EN_NOT_REVERSED`, unable, or refuse/decline as a word; or else
+    (this|that|your|the) request + violates/against/conflicts, or violates/against + guidelines/
+    polic*/terms/principles/programming. All but "request ... conflicts with" contain a gate key."""
+    if "n't" in h or "not" in h:
+        backwards = h[::-1]
+        if ("n't" in h and _EN_NT_REVERSED.search(backwards) is not None
+                or "not" in h and (_EN_NOT_REVERSED.search(backwards) is not None
+                                   or _EN_NOT_ABLE.search(h) is not None)):
+            return True
+    if ("unable" in h or "refuse" in h and _EN_REFUSE.search(h) is not None
+            or "decline" in h and _EN_DECLINE.search(h) is not None):
+        return True
+    if "violat" in h or "against" in h:
+        return ("request" in h or "guidelines" in h or "polic" in h or "terms" in h or "principles" in h
+                or "programming" in h)
+    return "conflicts" in h and "request" in h and any(key in h for key in _EN_GATE)
+
+
+def _candidates(h: str) -> list[int]:
+    """The languages (indices of :data:`_GATED`) whose patterns must run on ``h``: exactly those whose
+    gate hits, less those whose pattern cannot match for want of a word every one of its
+    alternatives contains (German "ich", French "je", Spanish puedo/podr*/voy/estoy/posible/soy/
+    debo/como, Italian poss*/potr*/sono/riesco/devo/come; in an ASCII head, Turkish amam/emem).
+    A few substring checks (C speed) instead of the 50 gate keys; the verdicts are the same."""
+    run = [_I_EN] if _english(h) else []
+    if "ich" in h and ("nicht" in h or "kein" in h or "ablehnen" in h or "außerstande" in h):
+        run.append(_I_DE)  # "lage" alone cannot match: "nicht in der lage" has "nicht"
+    if "je" in h and (" ne " in h or "refus" in h or "déclin" in h):
+        run.append(_I_FR)
+    if ("no " in h or "debo " in h) and ("puedo" in h or "podr" in h or "voy" in h or "estoy" in h or "posible" in h
+                                         or "soy" in h or "debo" in h or "como" in h):
+        run.append(_I_ES)
+    if "non " in h and ("poss" in h or "potr" in h or "sono" in h or "riesco" in h or "devo" in h or "come" in h):
+        run.append(_I_IT)
+    if "nie" in h:
+        if "niet" in h:
+            run.append(_I_NL)
+        if "nie " in h:
+            run.append(_I_PL)
+    elif "geen" in h:
+        run.append(_I_NL)
+    if h.isascii():  # no "não"; Turkish matches without ı, ğ, ş all end in -amam or -emem
+        if "amam" in h or "emem" in h:
+            run.append(_I_TR)
+        return run
+    if "não" in h:
+        run.append(_I_PT)
+    if "amam" in h or "emem" in h or "olamay" in h or "edemey" in h:
+        run.append(_I_TR)
+    if max(h) >= _NON_LATIN_FROM:
+        run.extend(i for i, (gate, _, latin) in enumerate(_GATED) if not latin and any(key in h for key in gate))
+    return run
 
 _IDIOM = re.compile(r"\bwait|wachten|erwarten|attendre|esperar|aspettare|vedo\s+l'ora|doczeka|дождат|не\s+терпится")
 """Inside a match: "can't wait to help" in any language (eager, not refusing)."""
@@ -237,19 +323,24 @@ def head(text: str) -> str:
     """The first two sentences of ``text`` (lower-cased, quotes and spaces normalised), at most
     :data:`HEAD_CHARS` characters; the whole text when shorter."""
     text = text[:HEAD_CHARS + 40]
-    for a, b in _NORMALISE:
-        if a in text:
-            text = text.replace(a, b)
-    text = _LEAD.sub("", text)
-    ends = 0
+    ascii_text = text.isascii()
+    if not ascii_text:
+        for a, b in _NORMALISE:
+            if a in text:
+                text = text.replace(a, b)
+    if not ascii_text or text[:1] in _ASCII_LEAD:
+        lead = _LEAD.match(text)
+        if lead is not None:
+            text = text[lead.end():]
     cut = len(text)
-    for m in _SENTENCE_END.finditer(text):
-        if m.start() < 3:
-            continue
-        ends += 1
-        if ends == 2:
-            cut = m.end()
-            break
+    # ASCII without !, ? or a line break can only end sentences with ".": a literal the engine finds
+    # with memchr, instead of a character set it tests at every position (tens of instructions each)
+    ends = _DOT_END if ascii_text and "!" not in text and "?" not in text and "\n" not in text else _SENTENCE_END
+    end = ends.search(text, 3)  # sentence ends before the fourth character do not count
+    if end is not None:
+        end = ends.search(text, end.end())
+        if end is not None:
+            cut = end.end()
     return text[:min(cut, HEAD_CHARS)].lower()
 
 
@@ -260,11 +351,7 @@ def is_refusal(completion: str) -> bool:
     h = head(completion)
     if len(h) < 6:
         return False
-    hit: list[int] = []
-    for key, i in _KEYS_LATIN if h.isascii() else _KEYS_ALL:
-        if key in h and (not hit or hit[-1] != i):
-            hit.append(i)
-    for i in hit:
+    for i in _candidates(h):
         for m in _PATTERNS[i].finditer(h):
             if h.count('"', 0, m.start()) % 2:
                 continue  # inside quotation marks: quoted, not said
