@@ -262,7 +262,7 @@ def check(ctx, model, window, reference, only, url, data_dir, as_json, verbose):
     While `monitor up` holds the embedded store, this asks it through its admin endpoint."""
     import json as _json
 
-    from monitor.checks.admin import admin_available, admin_call
+    from monitor.runtime.admin import admin_available, admin_call
     from monitor.checks.report import render
 
     settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
@@ -305,7 +305,7 @@ def baseline():
 @click.pass_context
 def baseline_pin(ctx, model, start, end, group, note, url, data_dir):
     """Use [--from, --to) of MODEL as the reference of its checks."""
-    from monitor.checks.admin import admin_available, admin_call, parse_time
+    from monitor.runtime.admin import admin_available, admin_call, parse_time
     from monitor.checks.windows import pin_baseline
 
     settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
@@ -332,7 +332,7 @@ def baseline_pin(ctx, model, start, end, group, note, url, data_dir):
 @click.pass_context
 def baseline_list(ctx, url, data_dir):
     """Show the pinned baselines."""
-    from monitor.checks.admin import admin_available, admin_call
+    from monitor.runtime.admin import admin_available, admin_call
 
     settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
     try:
@@ -387,7 +387,7 @@ def alerts_test(ctx, channel, wait_s, url, data_dir):
     """Send a test notification to CHANNEL and print the outcome; exit 1 when it was not delivered.
 
     While `monitor up` holds the embedded store, it sends it (through its admin endpoint)."""
-    from monitor.checks.admin import admin_available, admin_call
+    from monitor.runtime.admin import admin_available, admin_call
 
     settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
     if channel not in settings.alerts.channels:
@@ -426,7 +426,7 @@ def alerts_list(ctx, history, as_json, url, data_dir):
     """Firing alerts, recent fire/resolve/test events, and the notification outbox."""
     import json as _json
 
-    from monitor.checks.admin import admin_available, admin_call
+    from monitor.runtime.admin import admin_available, admin_call
 
     settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
     try:

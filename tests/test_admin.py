@@ -16,11 +16,11 @@ import pytest
 from conftest import free_port
 
 from monitor.alerts.service import AlertService
-from monitor.checks.admin import AdminServer
+from monitor.runtime.admin import AdminServer
 from monitor.config import AlertsSettings
 
 SECRET = "s3cret-key"
-MAX_BODY_BYTES = 1024 * 1024  # the documented limit (monitor.checks.admin.MAX_BODY_BYTES)
+MAX_BODY_BYTES = 1024 * 1024  # the documented limit (monitor.runtime.admin.MAX_BODY_BYTES)
 
 
 class Hook:
@@ -212,7 +212,7 @@ def test_oversized_bodies_are_413_and_a_body_of_exactly_the_limit_is_read(admin)
     exact = b'{"model": "x"}' + b" " * (MAX_BODY_BYTES - len(b'{"model": "x"}'))
     status, _, raw = admin.call("POST", "/admin/check", exact)
     assert status == 200 and json.loads(raw)["scopes"] == []
-    from monitor.checks.admin import MAX_BODY_BYTES as limit
+    from monitor.runtime.admin import MAX_BODY_BYTES as limit
     assert limit == MAX_BODY_BYTES
 
 

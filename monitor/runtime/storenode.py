@@ -38,7 +38,7 @@ def extra_or_say(extra: str, what: str) -> bool:
 
 class StoreNode:
     def __init__(self, settings: Settings, metrics: SelfMetrics, store: Store):
-        from monitor.checks.admin import AdminServer
+        from monitor.runtime.admin import AdminServer
         from monitor.checks.runner import CheckRunner, CheckScheduler
 
         s = settings

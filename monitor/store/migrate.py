@@ -92,7 +92,7 @@ def _apply_retention(store: Store, days: int) -> None:
 def check_schema(store: Store) -> None:
     """With ``store.apply_schema: false``: fail at start, with what to do, if a table is missing."""
     from monitor.errors import ConfigError
-    from monitor.otlp.rows import TABLE_COLUMNS
+    from monitor.store.tables import TABLE_COLUMNS
 
     have = {r[0] for r in store.query_rows(
         "SELECT name FROM system.tables WHERE database = {db:String}", {"db": store.database})}
