@@ -522,6 +522,19 @@ class TelemetrySettings(_Section):
     """None: the command's default (9464 for up and sidecar, 9465 for ingest). 0 picks a free port."""
 
 
+class ProcessSettings(_Section):
+    """How ``monitor up`` (and ``monitor sidecar`` with a proxy) share the CPU among their processes.
+
+    When the cores are contended, the OS gives them to the proxy (and the model server) first: the
+    pipeline and the store process run at a lower priority (a higher niceness). When the analysis
+    side falls behind it sheds capture (counted), never a request's latency."""
+
+    pipeline_nice: int = Field(5, ge=0, le=19)
+    """Niceness of the pipeline process (receiver, capture intake, redaction, spool)."""
+    store_nice: int = Field(10, ge=0, le=19)
+    """Niceness of the store process (ingest, quality signals, checks, dashboards)."""
+
+
 class Settings(BaseSettings):
     """Everything the monitor reads. See the module docstring for precedence."""
 
@@ -546,6 +559,7 @@ class Settings(BaseSettings):
     dashboard: DashboardSettings = DashboardSettings()
     alerts: AlertsSettings = AlertsSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    processes: ProcessSettings = ProcessSettings()
     shutdown_grace_s: float = Field(2.0, ge=0, le=120)
     """After Ctrl-C or SIGTERM: how long requests in flight (OTLP, proxied streams) may take to
     finish before their connections close. What was accepted is written either way."""

@@ -71,6 +71,13 @@ def main(argv: list[str]) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     settings = pickle.loads(sys.stdin.buffer.read())
+    nice = {"pipeline": settings.processes.pipeline_nice, "sidecar": settings.processes.pipeline_nice,
+            "store": settings.processes.store_nice}.get(role, 0)
+    if nice:
+        try:  # under CPU contention the proxy (niceness 0) and the model server go first
+            os.nice(nice)
+        except OSError:
+            pass
     logging.basicConfig(level=settings.log_level, stream=sys.stderr, force=True, datefmt="%H:%M:%S",
                         format=f"%(asctime)s %(levelname)-7s [{name}] %(name)s: %(message)s")
     for noisy in ("kafka", "clickhouse_connect", "grpc", "aiohttp.access"):
