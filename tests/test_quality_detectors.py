@@ -1107,7 +1107,7 @@ def test_json_requested_and_valid():
 
 
 def test_json_schema_extraction_and_fallbacks(monkeypatch):
-    import monitor.quality.detectors as det
+    import monitor.quality.json_output as det
 
     assert json_requested(A_SCHEMA) == (True, ORDER_SCHEMA)
     assert json_requested(A_RESPONSES) == (True, ORDER_SCHEMA)
@@ -1180,7 +1180,7 @@ def _mutations(value, rng: random.Random, n: int) -> list:
 
 def test_native_schema_check_agrees_with_jsonschema():
     jsonschema = pytest.importorskip("jsonschema")
-    import monitor.quality.detectors as det
+    import monitor.quality.json_output as det
 
     rng = random.Random(5)
     bases = [json.loads(ORDER), {"answer": "yes", "confidence": 0.9, "sources": ["a"], "kind": "fact", "flag": True,
