@@ -143,7 +143,7 @@ def _context(store):
 
 
 def run_monitor(directory: str, repeat: int) -> dict:
-    from monitor.checks.stat_drift import FeatureDriftCheck
+    from monitor.checks.feature_drift import FeatureDriftCheck
     from monitor.config import ChecksSettings, StoreSettings
     from monitor.store.client import Store
 
@@ -179,7 +179,7 @@ def run_evidently(directory: str, features: dict, progress: str) -> dict:
     state: dict = {"phase": "loading"}
     import pandas as pd
 
-    from monitor.checks.stat_drift import FEATURES
+    from monitor.checks.feature_drift import FEATURES
     from monitor.config import StoreSettings
     from monitor.store.client import Store
 

@@ -11,7 +11,7 @@ def __getattr__(name):  # the rest pulls in the checks; a receiver importing ver
         from monitor.alerts.service import AlertService
         return AlertService
     if name == "AlertManager":
-        from monitor.alerts.engine import AlertManager
+        from monitor.alerts.manager import AlertManager
         return AlertManager
     if name == "Dispatcher":
         from monitor.alerts.dispatcher import Dispatcher

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from monitor.alerts.dispatcher import Dispatcher
-from monitor.alerts.engine import AlertManager
+from monitor.alerts.manager import AlertManager
 from monitor.alerts.outbox import Outbox
 
 __all__ = ["AlertService", "send_test", "list_alerts"]

@@ -26,9 +26,9 @@ def default_checks(settings) -> list[Check]:
     Raises :class:`~monitor.extras.MissingExtra` without the ``checks`` extra."""
     from monitor.extras import require
     require("checks", "the check runner")
-    from monitor.checks.quality import QualityCheck
+    from monitor.checks.quality_rates import QualityCheck
     from monitor.checks.slo import SloCheck
-    from monitor.checks.stat_drift import FeatureDriftCheck
+    from monitor.checks.feature_drift import FeatureDriftCheck
 
     checks: list[Check] = [FeatureDriftCheck(settings.checks), QualityCheck(), SloCheck()]
     if settings.checks.semantic.enabled:

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST
 from monitor.demo.model import CHAT_STOP, DemoModel, chat_prompt, message_text
 
-from monitor.demo.engine import DONE, DEFAULT_BLOCKED_TOPICS, REFUSAL, DEFAULT_MAX_TOKENS, MAX_TOKENS_CAP, Engine, Work, RequestError, log
+from monitor.demo.worker import DONE, DEFAULT_BLOCKED_TOPICS, REFUSAL, DEFAULT_MAX_TOKENS, MAX_TOKENS_CAP, ModelWorker, Work, RequestError, log
 
 __all__ = ["create_app", "describe", "ENGINE"]
 
@@ -44,7 +44,7 @@ def _int(body: dict, key: str) -> int | None:
     return v
 
 
-def _common(engine: Engine, body: dict, kind: str, request_id: str) -> Work:
+def _common(engine: ModelWorker, body: dict, kind: str, request_id: str) -> Work:
     model = body.get("model")
     if model is not None and model != engine.model_name:
         raise RequestError(f"The model `{model}` does not exist.", "model", status=404, code="model_not_found")
@@ -87,7 +87,7 @@ def _common(engine: Engine, body: dict, kind: str, request_id: str) -> Work:
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 
-def parse_chat(engine: Engine, body: dict) -> Work:
+def parse_chat(engine: ModelWorker, body: dict) -> Work:
     work = _common(engine, body, "chat", f"chatcmpl-{uuid.uuid4().hex}")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -105,7 +105,7 @@ def parse_chat(engine: Engine, body: dict) -> Work:
     return work
 
 
-def parse_completion(engine: Engine, body: dict) -> Work:
+def parse_completion(engine: ModelWorker, body: dict) -> Work:
     work = _common(engine, body, "completion", f"cmpl-{uuid.uuid4().hex}")
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -117,7 +117,7 @@ def parse_completion(engine: Engine, body: dict) -> Work:
     return work
 
 
-def parse_embedding(engine: Engine, body: dict) -> tuple[Work, str]:
+def parse_embedding(engine: ModelWorker, body: dict) -> tuple[Work, str]:
     model = body.get("model")
     if model is not None and model != engine.model_name:
         raise RequestError(f"The model `{model}` does not exist.", "model", status=404, code="model_not_found")
@@ -152,7 +152,7 @@ def parse_embedding(engine: Engine, body: dict) -> tuple[Work, str]:
 
 # -- HTTP ----------------------------------------------------------------------------------------
 
-ENGINE = web.AppKey("engine", Engine)
+ENGINE = web.AppKey("engine", ModelWorker)
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -173,7 +173,7 @@ async def _json_body(request: web.Request) -> dict:
     return body
 
 
-async def _generate(request: web.Request, parse: Callable[[Engine, dict], Work]) -> web.StreamResponse:
+async def _generate(request: web.Request, parse: Callable[[ModelWorker, dict], Work]) -> web.StreamResponse:
     engine = request.app[ENGINE]
     try:
         body = await _json_body(request)
@@ -364,7 +364,7 @@ async def create_app(model_name: str = "monitor-demo-tiny", *, seed: int = 0, sl
     """
     if model is None:
         model = await asyncio.to_thread(DemoModel.load, seed, cancel=cancel)
-    engine = Engine(model, model_name, seed=seed, slowdown=slowdown, otlp_endpoint=otlp_endpoint,
+    engine = ModelWorker(model, model_name, seed=seed, slowdown=slowdown, otlp_endpoint=otlp_endpoint,
                     tracer_provider=tracer_provider, blocked_topics=blocked_topics, max_tokens_cap=max_tokens_cap)
     app = web.Application(middlewares=[_openai_errors], client_max_size=8 * 1024 * 1024)
     app[ENGINE] = engine
@@ -383,7 +383,7 @@ async def create_app(model_name: str = "monitor-demo-tiny", *, seed: int = 0, sl
     return app
 
 
-def describe(engine: Engine, url: str) -> str:
+def describe(engine: ModelWorker, url: str) -> str:
     model = engine.model
     cfg = model.cfg
     how = (f"trained in {model.train_seconds:.1f}s (first use), cached at {model.path}" if model.trained

@@ -46,9 +46,9 @@ from typing import Any
 from aiohttp import web
 
 from monitor.demo.api import ENGINE, create_app, describe
-from monitor.demo.engine import DEFAULT_BLOCKED_TOPICS, Engine, REFUSAL, log
+from monitor.demo.worker import DEFAULT_BLOCKED_TOPICS, ModelWorker, REFUSAL, log
 
-__all__ = ["DEFAULT_BLOCKED_TOPICS", "REFUSAL", "DemoServer", "Engine", "create_app", "serve", "main"]
+__all__ = ["DEFAULT_BLOCKED_TOPICS", "REFUSAL", "DemoServer", "ModelWorker", "create_app", "serve", "main"]
 
 
 class DemoServer:
@@ -69,7 +69,7 @@ class DemoServer:
         self._runner: web.AppRunner | None = None
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> ModelWorker:
         assert self.app is not None
         return self.app[ENGINE]
 

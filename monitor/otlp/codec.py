@@ -37,6 +37,7 @@ __all__ = [
     "decode_message",
     "encode_message",
     "encode_response",
+    "export_response",
     "gunzip_bounded",
     "parse_json",
     "to_json",
@@ -122,16 +123,23 @@ def decode_body(signal: Signal, body: bytes, content_type: str | None,
     return msg, is_json
 
 
-def encode_response(signal: Signal, rejected: int = 0, error_message: str = "",
-                    as_json: bool = False) -> bytes:
-    """An ``Export*ServiceResponse``, with ``partial_success`` when something was rejected."""
+_REJECTED_FIELD = {"traces": "rejected_spans", "metrics": "rejected_data_points", "logs": "rejected_log_records"}
+
+
+def export_response(signal: Signal, rejected: int = 0, error_message: str = "") -> Message:
+    """An ``Export*ServiceResponse`` message, with ``partial_success`` when something was rejected."""
     resp = _RESPONSE[signal]()
     if rejected or error_message:
         ps = resp.partial_success
-        field = {"traces": "rejected_spans", "metrics": "rejected_data_points",
-                 "logs": "rejected_log_records"}[signal]
-        setattr(ps, field, rejected)
+        setattr(ps, _REJECTED_FIELD[signal], rejected)
         ps.error_message = error_message
+    return resp
+
+
+def encode_response(signal: Signal, rejected: int = 0, error_message: str = "",
+                    as_json: bool = False) -> bytes:
+    """:func:`export_response`, serialized (protobuf, or OTLP/JSON)."""
+    resp = export_response(signal, rejected, error_message)
     if as_json:
         return json_format.MessageToJson(resp, indent=None).encode()
     return resp.SerializeToString()

@@ -1,4 +1,4 @@
-"""The reference server's engine: one worker thread running the demo model, vLLM-shaped spans
+"""The reference server's model worker: one thread running the demo model, vLLM-shaped spans
 and vLLM-named Prometheus metrics. See :mod:`monitor.demo.server` for the whole picture."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from monitor.demo.model import DemoModel, GenerateResult, seeded_rng
 
-__all__ = ["DEFAULT_BLOCKED_TOPICS", "REFUSAL", "DONE", "Engine", "Metrics", "Work", "RequestError"]
+__all__ = ["DEFAULT_BLOCKED_TOPICS", "REFUSAL", "DONE", "ModelWorker", "Metrics", "Work", "RequestError"]
 
 
 log = logging.getLogger("monitor.demo")
@@ -136,7 +136,7 @@ DONE = object()
 """Sentinel a streaming consumer receives after the last piece."""
 
 
-class Engine:
+class ModelWorker:
     """The model, its one worker thread, metrics and tracing; independent of HTTP."""
 
     def __init__(self, model: DemoModel, model_name: str = "monitor-demo-tiny", *, seed: int = 0,

@@ -1,4 +1,4 @@
-"""Feature drift (monitor.checks.stat_drift): agreement with evidently, statistical validity, contract.
+"""Feature drift (monitor.checks.feature_drift): agreement with evidently, statistical validity, contract.
 
 Data is generated inside chdb with ``INSERT ... SELECT FROM numbers()``. The random numbers are
 deterministic functions of the row number and a seed (uniforms from ``cityHash64``, normals by
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from monitor.checks.base import CheckContext, Scope, Window
-from monitor.checks.stat_drift import FEATURES, METHODS, FeatureDriftCheck, select_method, sturges_edges
+from monitor.checks.feature_drift import FEATURES, METHODS, FeatureDriftCheck, select_method, sturges_edges
 from monitor.config import ChecksSettings, FeatureOverride, StoreSettings
 from monitor.errors import ConfigError
 
