@@ -43,6 +43,7 @@ __all__ = [
     "IngestSettings",
     "ProxySettings",
     "RedactionSettings",
+    "PipelineSettings",
     "ScrapeSettings",
     "GpuSettings",
     "ChecksSettings",
@@ -522,6 +523,38 @@ class TelemetrySettings(_Section):
     """None: the command's default (9464 for up and sidecar, 9465 for ingest). 0 picks a free port."""
 
 
+ProcessorName = Literal["engine_join", "cost", "redaction"]
+"""The processors the pipeline can run (``monitor.runtime.sources.PROCESSORS`` builds each)."""
+
+
+class PipelineSettings(_Section):
+    """The processors every span, metric and log goes through in the pipeline, in order, like the
+    ``processors:`` list of an OpenTelemetry Collector pipeline.
+
+    ``engine_join`` merges the engine's own span into the capture proxy's (only with a proxy; it
+    needs the engine's span as sent, so it comes first); ``cost`` stamps the GPU count and price on
+    each resource; ``redaction`` (when ``redaction.enabled``) must come last, so nothing unredacted
+    is spooled. The list fails closed: with redaction enabled it must name ``redaction``."""
+
+    processors: CommaList = ["engine_join", "cost", "redaction"]
+
+    @field_validator("processors")
+    @classmethod
+    def _known_and_ordered(cls, v: list[str]) -> list[str]:
+        from typing import get_args
+        known = get_args(ProcessorName)
+        unknown = [name for name in v if name not in known]
+        if unknown:
+            raise ValueError(f"unknown processor(s) {unknown}; known: {list(known)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"a processor is listed twice: {v}")
+        if "engine_join" in v and v[0] != "engine_join":
+            raise ValueError("engine_join must come first: it needs the engine's span as it was sent")
+        if "redaction" in v and v[-1] != "redaction":
+            raise ValueError("redaction must come last, so that nothing unredacted is spooled")
+        return v
+
+
 class ProcessSettings(_Section):
     """How ``monitor up`` (and ``monitor sidecar`` with a proxy) share the CPU among their processes.
 
@@ -552,6 +585,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     proxy: ProxySettings = ProxySettings()
     redaction: RedactionSettings = RedactionSettings()
+    pipeline: PipelineSettings = PipelineSettings()
     scrape: ScrapeSettings = ScrapeSettings()
     gpu: GpuSettings = GpuSettings()
     checks: ChecksSettings = ChecksSettings()
@@ -566,6 +600,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":
+        if self.redaction.enabled and "redaction" not in self.pipeline.processors:
+            raise ValueError("redaction.enabled is true but pipeline.processors does not list redaction: "
+                             "add it (last), or set redaction.enabled: false")
         if self.spool.max_bytes < self.receiver.max_request_bytes:
             raise ValueError(
                 "spool.max_bytes must be at least receiver.max_request_bytes, "

@@ -156,3 +156,36 @@ def test_migrations_are_recorded_once_and_retention_is_altered(store):
                            "AND name = 'inference_events'", {"d": store.database})[0][0]
     assert "toIntervalDay(7)" in ddl
     assert store.query_rows("SELECT count() FROM schema_migrations")[0][0] == len(versions)
+
+
+def test_pipeline_processors_declared_in_config():
+    """pipeline.processors names the registry's processors, in a checked order, and fails closed."""
+    from typing import get_args
+
+    from monitor.config import ProcessorName, load
+    from monitor.errors import ConfigError
+    from monitor.runtime.sources import PROCESSORS, PipelineSources
+    from monitor.selfmetrics import SelfMetrics
+
+    assert set(get_args(ProcessorName)) == set(PROCESSORS)
+    assert load().pipeline.processors == ["engine_join", "cost", "redaction"]
+    for bad, says in ((["cost", "redaction", "engine_join"], "engine_join must come first"),
+                      (["redaction", "cost"], "redaction must come last"),
+                      (["cost", "cost", "redaction"], "listed twice"),
+                      (["cost", "sampler", "redaction"], "unknown processor")):
+        with pytest.raises(ConfigError, match=says):
+            load(overrides={"pipeline": {"processors": bad}})
+    with pytest.raises(ConfigError, match="does not list redaction"):
+        load(overrides={"pipeline": {"processors": ["cost"]}})
+    metrics = SelfMetrics()
+    # without a proxy the engine join does not apply; without redaction only cost is left
+    src = PipelineSources(load(), metrics)
+    assert len(src.processors(None)) == 2
+    off = load(overrides={"pipeline": {"processors": ["cost"]}, "redaction": {"enabled": False}})
+    assert len(PipelineSources(off, metrics).processors(None)) == 1
+    import os
+    os.environ["MONITOR_PIPELINE__PROCESSORS"] = "engine_join,redaction"
+    try:
+        assert load().pipeline.processors == ["engine_join", "redaction"]
+    finally:
+        del os.environ["MONITOR_PIPELINE__PROCESSORS"]

@@ -1,8 +1,9 @@
 """What the pipeline (the data plane) runs besides the receiver, built from the settings.
 
-The processors every request goes through before it leaves the receiver (in
-order: the engine-span join, which needs the engine's span as sent; the GPU
-cost stamp; redaction, last, so nothing unredacted is spooled), and the
+The processors every request goes through before it leaves the receiver, as
+``pipeline.processors`` names them (default: the engine-span join, which needs
+the engine's span as sent; the GPU cost stamp; redaction, last, so nothing
+unredacted is spooled), built from :data:`PROCESSORS`, and the
 in-process sources (the /metrics scraper, the NVML sampler, the capture
 proxy's intake) feeding the same :class:`~monitor.receiver.ingress.Ingress`
 through a :class:`~monitor.sidecar.emitter.LocalEmitter`, so their data is
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 
 from monitor.config import Settings
 from monitor.receiver.ingress import Ingress, Processor
@@ -25,7 +27,7 @@ from monitor.sidecar.gpu import NvmlSampler
 from monitor.sidecar.proxy.intake import CaptureIntake
 from monitor.sidecar.scrape import MetricsScraper
 
-__all__ = ["PipelineSources"]
+__all__ = ["PipelineSources", "PROCESSORS"]
 
 log = logging.getLogger("monitor")
 
@@ -50,16 +52,19 @@ class PipelineSources:
         return seen or 1
 
     def processors(self, capture: CaptureIntake | None) -> list[Processor]:
-        out: list[Processor] = []
-        if capture is not None:
-            out.append(capture.processor())
-        out.append(cost_processor(self.gpus_per_request, self.settings.gpu.price_per_gpu_hour))
-        if self.settings.redaction.enabled:
-            def count(counts: dict[str, int]) -> None:
-                for kind, n in counts.items():
-                    self.metrics.redactions.labels(kind).inc(n)
-            out.append(make_processor(self._redactor, on_counts=count))
-        return out
+        """The processors of ``pipeline.processors``, in order (one that does not apply, such as the
+        engine join without a proxy or redaction when it is disabled, is left out)."""
+        built = (PROCESSORS[name](self, capture) for name in self.settings.pipeline.processors)
+        return [p for p in built if p is not None]
+
+    def _redaction(self) -> Processor | None:
+        if not self.settings.redaction.enabled:
+            return None
+
+        def count(counts: dict[str, int]) -> None:
+            for kind, n in counts.items():
+                self.metrics.redactions.labels(kind).inc(n)
+        return make_processor(self._redactor, on_counts=count)
 
     def bind(self, ingress: Ingress, loop: asyncio.AbstractEventLoop) -> None:
         """The emitter in-process sources hand their data to (created before they start)."""
@@ -100,6 +105,18 @@ class PipelineSources:
                     log.warning("in-process sources: some data was not exported before the deadline")
             except Exception:
                 log.exception("could not flush the in-process sources")
+
+
+ProcessorFactory = Callable[[PipelineSources, "CaptureIntake | None"], "Processor | None"]
+
+PROCESSORS: dict[str, ProcessorFactory] = {
+    "engine_join": lambda src, capture: capture.processor() if capture is not None else None,
+    "cost": lambda src, capture: cost_processor(src.gpus_per_request, src.settings.gpu.price_per_gpu_hour),
+    "redaction": lambda src, capture: src._redaction(),
+}
+"""Every processor ``pipeline.processors`` can name (``monitor.config.ProcessorName``), by name: a
+factory from the pipeline's sources (and the capture intake, when a proxy runs) to an Ingress
+:data:`~monitor.receiver.ingress.Processor`, or None when it does not apply."""
 
 
 class _Unbound:
