@@ -94,23 +94,9 @@ STOCK_SYSTEM_LOGS = """<clickhouse>
 """
 
 # Distributed sharding keys: by trace id where rows of one trace belong together.
-SHARDING_KEYS = {
-    "otel_traces": "cityHash64(TraceId)",
-    "otel_traces_trace_id_ts": "cityHash64(TraceId)",
-    "inference_events": "cityHash64(trace_id)",
-    "otel_logs": "cityHash64(ServiceName, Timestamp)",
-    "check_results": "cityHash64(model)",
-    "check_distributions": "cityHash64(model)",
-    "baselines": "cityHash64(model)",
-    "embedding_cache": "cityHash64(text_hash)",
-    "alert_events": "cityHash64(alert_id)",
-    "alert_outbox": "cityHash64(notification_id)",
-    "alert_deliveries": "cityHash64(notification_id)",
-    "alert_state": "cityHash64(alert_id)",
-    "dead_letters": "cityHash64(source)",
-}
-# Metrics: deterministic per point, so a retried insert splits over the shards as the first try did.
-DEFAULT_SHARDING_KEY = "cityHash64(ServiceName, MetricName, TimeUnix)"
+from monitor.store.cluster_ddl import SHARDING_KEYS as _KEYS  # noqa: E402
+
+SHARDING_KEYS = {table: key for table, (key, _why) in _KEYS.items()}
 
 ON_CLUSTER = re.compile(r"\s+ON\s+CLUSTER\s+'\{cluster\}'")
 # ReplicatedMergeTree('path', 'replica') or a variant with engine arguments after them, e.g.
@@ -389,6 +375,19 @@ def test_cluster_has_one_file_per_schema_file():
     assert (DEPLOY / "README.md").is_file()
 
 
+def test_cluster_files_are_generated_from_the_schema():
+    """deploy/clickhouse/cluster is exactly what `python -m monitor.store.cluster_ddl` writes from
+    schemas/clickhouse (no hand copy to drift), and the generator refuses what it cannot shape."""
+    from monitor.store import cluster_ddl
+
+    assert cluster_ddl.main(["--check"]) == 0, "run: python -m monitor.store.cluster_ddl"
+    with pytest.raises(ValueError, match="no sharding key"):
+        cluster_ddl.generate("9999_x.sql", "CREATE TABLE IF NOT EXISTS $database.nobody (\n  a UInt8\n) "
+                                           "ENGINE = MergeTree ORDER BY a;\n")
+    with pytest.raises(ValueError, match="no cluster form"):
+        cluster_ddl.generate("9999_x.sql", "DROP TABLE $database.otel_logs;\n")
+
+
 def test_cluster_ddl_shape():
     """ON CLUSTER everywhere, Replicated local tables, Distributed tables on the right keys."""
     problems = []
@@ -416,7 +415,7 @@ def test_cluster_ddl_shape():
                     problems.append(f"{where}: engine is not ReplicatedMergeTree('{expected}', '{{replica}}')")
             elif dist:
                 cluster, database, table, *key = split_args(dist.group(1))
-                want = SHARDING_KEYS.get(name, DEFAULT_SHARDING_KEY)
+                want = SHARDING_KEYS[name]
                 if unquote(cluster) != "{cluster}":
                     problems.append(f"{where}: Distributed over cluster {cluster}, not '{{cluster}}'")
                 if unquote(database) != "db" or unquote(table) != f"{name}_local":

@@ -1,20 +1,8 @@
--- Cluster (sharded + replicated) variant of schemas/clickhouse/0002_otel_metrics.sql.
--- Not applied by monitor.store.migrate: apply it with clickhouse-client after
--- substituting $database and $retention_days (see README.md in this folder).
---
--- Every table of the single-node file becomes two tables on every node:
---   <table>_local  ReplicatedMergeTree holding this shard's rows, with the same
---                  columns, codecs, indexes, PARTITION BY, ORDER BY, TTL and
---                  SETTINGS as the single-node table.
---   <table>        Distributed over <table>_local: the name ingest inserts into
---                  and dashboards read, so both work unchanged.
--- The single-node tables set non_replicated_deduplication_window so that a
--- retried insert with the same insert_deduplication_token is a no-op. It only
--- applies to non-replicated tables and is dropped here: ReplicatedMergeTree
--- deduplicates by replicated_deduplication_window instead (on by default,
--- per shard, kept in Keeper). Its default and that of the time limit
--- replicated_deduplication_window_seconds depend on the version (see
--- system.merge_tree_settings): add them to SETTINGS if a retry can come later.
+-- Generated from schemas/clickhouse/0002_otel_metrics.sql by `python -m monitor.store.cluster_ddl`; do not edit
+-- (edit the schema file and run it again). Apply by hand with clickhouse-client after substituting
+-- $database and $retention_days (deploy/clickhouse/cluster/README.md); monitor.store.migrate does
+-- not apply it. Every table T becomes T_local (ReplicatedMergeTree, this shard's rows) and T
+-- (Distributed over T_local: the name ingest writes and dashboards read).
 
 -- Metrics, one table per OTLP data kind, in the OpenTelemetry Collector
 -- ClickHouse exporter's layout.
@@ -51,9 +39,7 @@ ORDER BY (ServiceName, MetricName, Attributes, toUnixTimestamp64Nano(TimeUnix))
 TTL toDateTime(TimeUnix) + toIntervalDay($retention_days)
 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1;
 
--- Metrics are spread by a hash of each point (service, name, time): even, and
--- deterministic, so a retried insert is split over the shards exactly as the
--- first try and each shard drops its part as a duplicate (rand() would not).
+-- Sharded by cityHash64(ServiceName, MetricName, TimeUnix): deterministic per point: a retried insert splits over the shards as the first try did.
 CREATE TABLE IF NOT EXISTS $database.otel_metrics_gauge ON CLUSTER '{cluster}'
 AS $database.otel_metrics_gauge_local
 ENGINE = Distributed('{cluster}', $database, otel_metrics_gauge_local, cityHash64(ServiceName, MetricName, TimeUnix));
@@ -93,6 +79,7 @@ ORDER BY (ServiceName, MetricName, Attributes, toUnixTimestamp64Nano(TimeUnix))
 TTL toDateTime(TimeUnix) + toIntervalDay($retention_days)
 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1;
 
+-- Sharded by cityHash64(ServiceName, MetricName, TimeUnix): as otel_metrics_gauge.
 CREATE TABLE IF NOT EXISTS $database.otel_metrics_sum ON CLUSTER '{cluster}'
 AS $database.otel_metrics_sum_local
 ENGINE = Distributed('{cluster}', $database, otel_metrics_sum_local, cityHash64(ServiceName, MetricName, TimeUnix));
@@ -136,6 +123,7 @@ ORDER BY (ServiceName, MetricName, Attributes, toUnixTimestamp64Nano(TimeUnix))
 TTL toDateTime(TimeUnix) + toIntervalDay($retention_days)
 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1;
 
+-- Sharded by cityHash64(ServiceName, MetricName, TimeUnix): as otel_metrics_gauge.
 CREATE TABLE IF NOT EXISTS $database.otel_metrics_histogram ON CLUSTER '{cluster}'
 AS $database.otel_metrics_histogram_local
 ENGINE = Distributed('{cluster}', $database, otel_metrics_histogram_local, cityHash64(ServiceName, MetricName, TimeUnix));
@@ -180,6 +168,7 @@ ORDER BY (ServiceName, MetricName, Attributes, toUnixTimestamp64Nano(TimeUnix))
 TTL toDateTime(TimeUnix) + toIntervalDay($retention_days)
 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1;
 
+-- Sharded by cityHash64(ServiceName, MetricName, TimeUnix): as otel_metrics_gauge.
 CREATE TABLE IF NOT EXISTS $database.otel_metrics_exponential_histogram ON CLUSTER '{cluster}'
 AS $database.otel_metrics_exponential_histogram_local
 ENGINE = Distributed('{cluster}', $database, otel_metrics_exponential_histogram_local, cityHash64(ServiceName, MetricName, TimeUnix));
@@ -212,6 +201,7 @@ ORDER BY (ServiceName, MetricName, Attributes, toUnixTimestamp64Nano(TimeUnix))
 TTL toDateTime(TimeUnix) + toIntervalDay($retention_days)
 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1;
 
+-- Sharded by cityHash64(ServiceName, MetricName, TimeUnix): as otel_metrics_gauge.
 CREATE TABLE IF NOT EXISTS $database.otel_metrics_summary ON CLUSTER '{cluster}'
 AS $database.otel_metrics_summary_local
 ENGINE = Distributed('{cluster}', $database, otel_metrics_summary_local, cityHash64(ServiceName, MetricName, TimeUnix));

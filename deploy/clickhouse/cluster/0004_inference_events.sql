@@ -1,20 +1,8 @@
--- Cluster (sharded + replicated) variant of schemas/clickhouse/0004_inference_events.sql.
--- Not applied by monitor.store.migrate: apply it with clickhouse-client after
--- substituting $database and $retention_days (see README.md in this folder).
---
--- Every table of the single-node file becomes two tables on every node:
---   <table>_local  ReplicatedMergeTree holding this shard's rows, with the same
---                  columns, codecs, indexes, PARTITION BY, ORDER BY, TTL and
---                  SETTINGS as the single-node table.
---   <table>        Distributed over <table>_local: the name ingest inserts into
---                  and dashboards read, so both work unchanged.
--- The single-node tables set non_replicated_deduplication_window so that a
--- retried insert with the same insert_deduplication_token is a no-op. It only
--- applies to non-replicated tables and is dropped here: ReplicatedMergeTree
--- deduplicates by replicated_deduplication_window instead (on by default,
--- per shard, kept in Keeper). Its default and that of the time limit
--- replicated_deduplication_window_seconds depend on the version (see
--- system.merge_tree_settings): add them to SETTINGS if a retry can come later.
+-- Generated from schemas/clickhouse/0004_inference_events.sql by `python -m monitor.store.cluster_ddl`; do not edit
+-- (edit the schema file and run it again). Apply by hand with clickhouse-client after substituting
+-- $database and $retention_days (deploy/clickhouse/cluster/README.md); monitor.store.migrate does
+-- not apply it. Every table T becomes T_local (ReplicatedMergeTree, this shard's rows) and T
+-- (Distributed over T_local: the name ingest writes and dashboards read).
 
 -- One typed row per model request, normalised from any GenAI dialect
 -- (see monitor/events.py for the meaning and unit of every column).
@@ -55,8 +43,7 @@ ORDER BY (model, timestamp)
 TTL toDateTime(timestamp) + toIntervalDay($retention_days)
 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1;
 
--- Sharded by trace id, like otel_traces, so a request's event and its spans
--- live on the same shard.
+-- Sharded by cityHash64(trace_id): a request's event and its spans on one shard.
 CREATE TABLE IF NOT EXISTS $database.inference_events ON CLUSTER '{cluster}'
 AS $database.inference_events_local
 ENGINE = Distributed('{cluster}', $database, inference_events_local, cityHash64(trace_id));
