@@ -58,12 +58,24 @@ __all__ = [
     "AlertRetrySettings",
     "load",
     "CONFIG_ENV",
+    "CACHE_ENV",
+    "cache_dir",
 ]
 
 CONFIG_ENV = "MONITOR_CONFIG"
 """Environment variable naming the YAML config file when ``--config`` is not given."""
 
+CACHE_ENV = "MONITOR_CACHE_DIR"
+"""Environment variable naming the cache folder (default ``~/.cache/llm-monitor``): the demo's trained
+model, test brokers' jars and virtualenvs."""
+
 MiB = 1024 * 1024
+
+
+def cache_dir() -> Path:
+    """Where the monitor caches what it builds or fetches once (``$MONITOR_CACHE_DIR`` or
+    ``~/.cache/llm-monitor``)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "llm-monitor")
 
 
 def _split_commas(v: Any) -> Any:

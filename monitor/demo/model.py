@@ -89,7 +89,9 @@ class ModelConfig:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("MONITOR_CACHE_DIR") or Path.home() / ".cache" / "llm-monitor")
+    """The trained model's cache: :func:`monitor.config.cache_dir`."""
+    from monitor.config import cache_dir
+    return cache_dir()
 
 
 def chat_prompt(messages: Sequence[dict[str, Any]]) -> str:
