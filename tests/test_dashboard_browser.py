@@ -179,6 +179,26 @@ _LAST_POINT = """(gd, name) => {
 }"""
 
 
+def _hover_last_point(page, chart, name: str) -> None:
+    """Moves the mouse onto the newest point of the trace named ``name`` until plotly shows its hover
+    label. The point is found again on every try: a rerun of the page (the auto refresh) may redraw the
+    chart or move it between finding the point and moving there, which a single move would miss."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(8):
+        chart.scroll_into_view_if_needed()
+        x, y = chart.evaluate(_LAST_POINT, name)
+        page.mouse.move(x - 12, y)  # plotly hovers on mouse movement: come from beside the point
+        page.mouse.move(x, y, steps=3)
+        try:
+            page.wait_for_function("() => document.querySelector('.hoverlayer .hovertext') !== null",
+                                   timeout=4_000)
+            return
+        except PlaywrightTimeout:
+            page.mouse.move(0, 0)
+    raise AssertionError(f"no hover label appeared over the newest point of {name!r} in 8 tries")
+
+
 def _no_markup_from_data(page) -> None:
     assert page.evaluate(_LINKS_FROM_DATA) == 0
     assert page.locator(".js-plotly-plot svg a").count() == 0                 # plotly's <a> is an svg:a
@@ -203,9 +223,7 @@ def test_chart_labels_show_stored_html_literally_in_chromium(dashboard):
         # the hover label of the EVIL line's newest point (found through plotly's own calcdata and axes)
         chart = page.locator(".js-plotly-plot").first
         chart.scroll_into_view_if_needed()
-        x, y = chart.evaluate(_LAST_POINT, "CLICK-ME")
-        page.mouse.move(x, y)
-        page.wait_for_function("() => document.querySelector('.hoverlayer .hovertext') !== null", timeout=10_000)
+        _hover_last_point(page, chart, "CLICK-ME")
         # both lines may have a point there (equal values): find the EVIL one among the hover labels
         labels = page.locator(".hoverlayer .hovertext")
         texts = labels.all_text_contents()
