@@ -36,12 +36,16 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from monitor.alerts.channels import render_request
 from monitor.alerts.outbox import Outbox, OutboxRow
 from monitor.alerts.sender import HttpSender, Response, Sender, classify, parse_retry_after
 from monitor.backoff import full_jitter
 from monitor.errors import StoreError
+
+if TYPE_CHECKING:
+    from monitor.config import AlertsSettings
 
 __all__ = ["Dispatcher", "HttpSender", "Response", "Sender", "classify", "parse_retry_after"]
 
@@ -68,7 +72,7 @@ class _Lane:
 
 
 class Dispatcher:
-    def __init__(self, outbox: Outbox, settings, metrics=None, sender: Sender | None = None):
+    def __init__(self, outbox: Outbox, settings: AlertsSettings, metrics=None, sender: Sender | None = None):
         """``settings``: the ``alerts`` section."""
         self.outbox = outbox
         self.settings = settings

@@ -26,11 +26,15 @@ import logging
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor.alerts.channels import build_payload, iso
+from monitor.alerts.history import latest_sql
 from monitor.alerts.outbox import Outbox, OutboxRow, to_ms, utc
 from monitor.alerts.rules import alert_id, describe, match_rule, result_summary
+
+if TYPE_CHECKING:
+    from monitor.config import Settings
 
 __all__ = ["AlertManager", "AlertState", "EVENT_COLUMNS", "notification_id"]
 
@@ -64,7 +68,7 @@ class AlertManager:
 
     ``on_enqueue`` is called after notifications were enqueued (the dispatcher's ``wake``)."""
 
-    def __init__(self, store, settings, outbox: Outbox | None = None, metrics=None, on_enqueue=None):
+    def __init__(self, store, settings: Settings, outbox: Outbox | None = None, metrics=None, on_enqueue=None):
         self.store = store
         self.settings = settings
         self.alerts = settings.alerts
@@ -84,11 +88,7 @@ class AlertManager:
                 f"SELECT {', '.join(_STATE_COLUMNS)} FROM alert_state FINAL"):
             states[aid] = (AlertState(aid, rule, model, group, state, utc(since),
                                       utc(resolved_at) if resolved_at else None), utc(updated_at))
-        latest = self.store.query_rows(
-            "SELECT alert_id, argMax(event, timestamp), max(timestamp), argMax(rule, timestamp), "
-            "argMax(severity, timestamp), argMax(model, timestamp), argMax(group, timestamp), "
-            "argMax(notification_id, timestamp), argMax(summary, timestamp), argMax(details, timestamp) "
-            "FROM alert_events WHERE event IN ('fire', 'resolve') GROUP BY alert_id")
+        latest = self.store.query_rows(latest_sql())
         events = []
         for aid, event, ts, rule, severity, model, group, nid, summary, details in latest:
             ts = utc(ts)

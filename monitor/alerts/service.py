@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor.alerts.dispatcher import Dispatcher
+from monitor.alerts.history import LATEST_COLUMNS, latest_sql
 from monitor.alerts.manager import AlertManager
 from monitor.alerts.outbox import Outbox
+
+if TYPE_CHECKING:
+    from monitor.config import Settings
 
 __all__ = ["AlertService", "send_test", "list_alerts"]
 
@@ -21,7 +25,7 @@ log = logging.getLogger("monitor.alerts")
 
 
 class AlertService:
-    def __init__(self, store, settings, metrics=None, sender=None):
+    def __init__(self, store, settings: Settings, metrics=None, sender=None):
         self.store = store
         self.settings = settings
         self.outbox = Outbox(store)
@@ -29,7 +33,7 @@ class AlertService:
         self.manager = AlertManager(store, settings, self.outbox, metrics, on_enqueue=self.dispatcher.wake)
 
     @staticmethod
-    def wanted(settings) -> bool:
+    def wanted(settings: Settings) -> bool:
         a = settings.alerts
         return a.enabled and bool(a.rules or a.channels)
 
@@ -57,11 +61,7 @@ def send_test(manager: AlertManager, dispatcher: Dispatcher, channel: str, wait_
 
 def list_alerts(store, history: int = 20) -> dict[str, Any]:
     """Firing alerts (the latest event of each alert is a fire), recent events, and the outbox."""
-    firing = store.query_rows(
-        "SELECT alert_id, argMax(rule, timestamp), argMax(severity, timestamp), argMax(model, timestamp), "
-        "argMax(group, timestamp), max(timestamp), argMax(summary, timestamp) FROM alert_events "
-        "WHERE event IN ('fire', 'resolve') GROUP BY alert_id HAVING argMax(event, timestamp) = 'fire' "
-        "ORDER BY max(timestamp) DESC")
+    firing = [dict(zip(LATEST_COLUMNS, r)) for r in store.query_rows(latest_sql(firing_only=True))]
     recent = store.query_rows(
         "SELECT timestamp, event, rule, severity, model, group, alert_id, notification_id, summary FROM alert_events "
         "ORDER BY timestamp DESC LIMIT {n:UInt32}", {"n": int(history)})
@@ -71,8 +71,8 @@ def list_alerts(store, history: int = 20) -> dict[str, Any]:
         "WHERE status = 'dead' ORDER BY updated_at DESC LIMIT 10")
     keys = ("timestamp", "event", "rule", "severity", "model", "group", "alert_id", "notification_id", "summary")
     return json.loads(json.dumps({
-        "firing": [dict(zip(("alert_id", "rule", "severity", "model", "group", "since", "summary"), r))
-                   for r in firing],
+        "firing": [{"alert_id": a["alert_id"], "rule": a["rule"], "severity": a["severity"], "model": a["model"],
+                    "group": a["group"], "since": a["at"], "summary": a["summary"]} for a in firing],
         "recent": [dict(zip(keys, r)) for r in recent],
         "outbox": [{"channel": c, "status": s, "count": n} for (c, s), n in sorted(outbox.items())],
         "dead": [dict(zip(("notification_id", "channel", "event", "attempts", "error", "at"), r)) for r in dead],

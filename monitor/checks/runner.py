@@ -9,19 +9,22 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from monitor.checks.base import Check, CheckContext, Result, Scope, Window, worst
 from monitor.checks.results import write_results
 from monitor.checks.windows import current_window, reference_window, scopes
 from monitor.errors import Cancelled
 
+if TYPE_CHECKING:
+    from monitor.config import Settings
+
 __all__ = ["CheckRunner", "RunReport", "CheckScheduler", "default_checks"]
 
 log = logging.getLogger("monitor.checks")
 
 
-def default_checks(settings) -> list[Check]:
+def default_checks(settings: Settings) -> list[Check]:
     """Feature drift, quality and SLO always; semantic drift when enabled (it loads torch).
     Raises :class:`~monitor.extras.MissingExtra` without the ``checks`` extra."""
     from monitor.extras import require
@@ -73,7 +76,7 @@ class RunReport:
 
 
 class CheckRunner:
-    def __init__(self, store, settings, checks: list[Check] | None = None):
+    def __init__(self, store, settings: Settings, checks: list[Check] | None = None):
         self.store = store
         self.settings = settings
         self._checks = checks

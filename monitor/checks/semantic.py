@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import torch
 
     from monitor.checks.embeddings import Embedder
+    from monitor.config import ChecksSettings
 
 __all__ = [
     "SemanticDriftCheck",
@@ -405,7 +406,7 @@ class SemanticDriftCheck:
 
     name = "semantic_drift"
 
-    def __init__(self, settings: Any = None, embedder: "Embedder | None" = None):
+    def __init__(self, settings: ChecksSettings | None = None, embedder: "Embedder | None" = None):
         self.settings = settings
         """The ``checks`` settings; ``ctx.settings`` wins when set."""
         self._embedder = embedder

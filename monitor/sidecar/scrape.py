@@ -34,13 +34,16 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor import __version__
 from monitor.otlp.metrics_builder import Hist, MetricsBuilder
+
+if TYPE_CHECKING:
+    from monitor.config import ScrapeSettings
 
 __all__ = [
     "page_to_otlp", "detect_engine", "MetricsScraper", "NORMALISED", "ENGINES",
@@ -358,7 +361,7 @@ class MetricsScraper:
 
     timeout_s = 5.0
 
-    def __init__(self, settings, emitter, resource: dict[str, str]):
+    def __init__(self, settings: ScrapeSettings, emitter, resource: dict[str, str]):
         self.settings = settings
         self.emitter = emitter
         self.resource = dict(resource)

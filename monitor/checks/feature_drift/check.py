@@ -7,7 +7,7 @@ import importlib.util
 import logging
 import math
 import warnings
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from monitor.checks.feature_drift.queries import (
 from monitor.checks.feature_drift.stattests import (
     METHODS, UNSUPPORTED, counts_test, distance, ks_pvalue, mad_bound, select_method, sturges_edges)
 from monitor.errors import ConfigError
+
+if TYPE_CHECKING:
+    from monitor.config import ChecksSettings
 
 __all__ = ["FeatureDriftCheck"]
 
@@ -48,7 +51,7 @@ class FeatureDriftCheck:
 
     name = "feature_drift"
 
-    def __init__(self, settings: Any, *, features: list[str] | None = None, raw_limit: int = 5000,
+    def __init__(self, settings: ChecksSettings, *, features: list[str] | None = None, raw_limit: int = 5000,
                  ks_edge_limit: int = 10_000, exact_limit: int = 50_000_000,
                  chisquare: Literal["two_sample", "evidently"] = "two_sample"):
         if chisquare not in ("two_sample", "evidently"):

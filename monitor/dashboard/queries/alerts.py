@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from monitor.alerts.history import latest_sql
 from monitor.dashboard.filters import Filters
 from monitor.dashboard.queries._sql import TS, frame
 
@@ -31,17 +32,11 @@ def _models(f: Filters, p: dict[str, Any]) -> str:
 
 def firing(store, f: Filters) -> pd.DataFrame:
     """Alerts whose latest event is ``fire`` (whatever the time range: firing means now)."""
-    p: dict[str, Any] = {}
-    having_models = ""
-    if f.models:
-        p["models"] = list(f.models)
-        having_models = " AND model IN {models:Array(String)}"
-    return frame(store.query(
-        "SELECT alert_id, argMax(rule, timestamp) AS rule, argMax(severity, timestamp) AS severity, "
-        "argMax(model, timestamp) AS model, argMax(group, timestamp) AS group, max(timestamp) AS since, "
-        "argMax(summary, timestamp) AS summary, argMax(event, timestamp) AS last_event "
-        "FROM alert_events WHERE event IN ('fire', 'resolve') GROUP BY alert_id "
-        f"HAVING last_event = 'fire'{having_models} ORDER BY since DESC", p))
+    p: dict[str, Any] = {"models": list(f.models)} if f.models else {}
+    df = frame(store.query(latest_sql(firing_only=True, models_param="models" if f.models else None), p))
+    df = df.rename(columns={"at": "since"})
+    return df[[c for c in ("alert_id", "rule", "severity", "model", "group", "since", "summary", "last_event")
+               if c in df.columns]]
 
 
 def history(store, f: Filters, limit: int = 500) -> pd.DataFrame:
