@@ -12,7 +12,8 @@ disturbs less) and the findings counted.
 Implementations:
 
 - ``legacy``: the redactor as it was before the prefilter (kept below, verbatim
-  apart from names, for comparison only; it uses the same detectors);
+  apart from names, for comparison only; it uses the same detectors and walks
+  every span in the places redaction covers today, without screening);
 - ``new``: :mod:`monitor.redaction` with Hyperscan;
 - ``new-no-hs``: the same with Hyperscan hidden (the fallback of other platforms).
 
@@ -49,21 +50,11 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue  # noqa:
 
 from ingest import build_requests  # noqa: E402
 from monitor.config import RedactionSettings  # noqa: E402
-from monitor.redaction import Redactor, redact_request  # noqa: E402
+from monitor.redaction import SAFE_KEYS, URL_KEYS, Redactor, redact_request  # noqa: E402
 from monitor.redaction import _prefilter  # noqa: E402
 from monitor.redaction.detectors import DETECTORS, KINDS, PRIORITY, Detector  # noqa: E402
 
 # ----------------------------------------------------------------------------- legacy implementation
-
-_LEGACY_CONTENT_KEYS = frozenset({
-    "gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions",
-    "gen_ai.prompt", "gen_ai.completion", "input.value", "output.value",
-    "gen_ai.tool.call.arguments", "gen_ai.tool.call.result",
-})
-_LEGACY_PREFIXES = ("gen_ai.prompt.", "gen_ai.completion.", "llm.input_messages.", "llm.output_messages.")
-_LEGACY_EVENTS = frozenset({"gen_ai.choice", "gen_ai.content.prompt", "gen_ai.content.completion"})
-_LEGACY_MESSAGE_EVENT = re.compile(r"^gen_ai\.[\w.]+\.message$")
-
 
 class LegacyRedactor:
     """monitor/redaction/redact.py before the prefilter: literal gates per text, every leaf walked."""
@@ -183,26 +174,39 @@ class LegacyRedactor:
 
 
 def legacy_redact_request(redactor: LegacyRedactor, signal: str, msg: Any) -> dict[str, int]:
+    """Every span and log record walked (no screening), in the places redact_request covers today:
+    span names, attributes but SAFE_KEYS, events, links, status messages; log bodies and attributes.
+    (URL attributes, which redact_request reads part by part, are left out: the loads here have none.)"""
     counts: dict[str, int] = {}
+
+    def attributes(kvs: Any) -> None:
+        for kv in kvs:
+            if kv.key not in SAFE_KEYS and kv.key not in URL_KEYS:
+                redactor.any_value(kv.value, counts)
+
     if signal == "traces":
         for rs in msg.resource_spans:
             for ss in rs.scope_spans:
                 for span in ss.spans:
-                    for kv in span.attributes:
-                        if kv.key in _LEGACY_CONTENT_KEYS or kv.key.startswith(_LEGACY_PREFIXES):
-                            redactor.any_value(kv.value, counts)
+                    name = redactor.content(span.name, counts)
+                    if name is not span.name:
+                        span.name = name
+                    attributes(span.attributes)
                     for event in span.events:
-                        if event.name in _LEGACY_EVENTS or _LEGACY_MESSAGE_EVENT.match(event.name):
-                            for kv in event.attributes:
-                                redactor.any_value(kv.value, counts)
+                        attributes(event.attributes)
+                    for link in span.links:
+                        attributes(link.attributes)
+                    if span.status.message:
+                        message = redactor.content(span.status.message, counts)
+                        if message is not span.status.message:
+                            span.status.message = message
     elif signal == "logs":
         for rl in msg.resource_logs:
             for sl in rl.scope_logs:
                 for record in sl.log_records:
                     if record.HasField("body"):
                         redactor.any_value(record.body, counts)
-                    for kv in record.attributes:
-                        redactor.any_value(kv.value, counts)
+                    attributes(record.attributes)
     return counts
 
 
@@ -238,6 +242,13 @@ PII_SNIPPETS = [
     "Phone-like but not phones: ZIP 94105-1234, SSN-style 123-45-6789, ISBN 978-3-16-148410-0.",
     '{"to": "alice@example.org", "cc": ["bob@example.com"], "note": "call 555-123-4567"}',
     "Already redacted: [EMAIL], [PHONE], password=[API_KEY], Bearer [BEARER_TOKEN].",
+    "Please transfer it to DE89 3704 0044 0532 0130 00 or GB82WEST12345698765432 (not DE89 3704 0044 0532 0130 01).",
+    "My SSN is 536-22-1234; social security number 219 45 8876; order 487-22-1934.",
+    "NI number AB 12 34 56 C, Steuer-ID 85970112430, BSN 436014944, NIR 2 81 01 95 498 510 48, DNI 48815112G.",
+    "Passport number: X1234567, Reisepassnummer C01X00T47.",
+    "I was born on 12 March 1985; geboren am 12.03.1985; née le 3 mai 1990.",
+    "Ship it to 221B Baker Street, London; Musterstraße 12, Berlin; 12 rue de la Paix; Calle Mayor 5.",
+    f"aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY and {AWS}",
 ]
 
 
@@ -272,6 +283,11 @@ def build_pii_requests(n_spans: int, seed: int) -> tuple[list[bytes], list[bytes
             if rng.random() < 0.1:
                 event = span.events.add(name=rng.choice(["gen_ai.user.message", "gen_ai.choice"]))
                 event.attributes.add(key="content", value=AnyValue(string_value=rng.choice(PII_SNIPPETS)))
+            if rng.random() < 0.05:  # PII outside content: a note, an exception, the status message
+                span.attributes.add(key="user.note", value=AnyValue(string_value=rng.choice(PII_SNIPPETS)))
+                event = span.events.add(name="exception")
+                event.attributes.add(key="exception.message", value=AnyValue(string_value=rng.choice(PII_SNIPPETS)))
+                span.status.message = json.dumps({"error": {"message": rng.choice(PII_SNIPPETS)}})
         traces.append(req.SerializeToString())
     logs: list[bytes] = []
     for i in range(max(1, n_spans // 1000)):

@@ -1,9 +1,10 @@
 """Redaction: a labelled corpus scored for precision and recall, JSON safety, the OTLP processor, speed.
 
-Every snippet in :data:`CASES` carries the exact spans a careful human would
-redact, as ``(kind, substring)`` in order of appearance (a substring that occurs
-twice is listed twice). Scoring is exact: a finding counts only when kind,
-start and end all agree. ``pytest -s`` prints the table and every miss.
+Every text of :data:`CASES` (tests/fixtures/pii_labelled.jsonl) carries the exact
+spans a careful human would redact, as ``(kind, substring)`` in order of
+appearance (a substring that occurs twice is listed twice). Scoring is exact
+(bench/redaction_quality.py): a finding counts only when kind, start and end
+all agree. ``pytest -s`` prints the table and every miss.
 
 The Hyperscan prefilter must not change a single finding: its supersets are
 checked detector by detector on mutated texts, and whole requests are redacted
@@ -46,10 +47,12 @@ from monitor.redaction import (
     make_processor,
     redact_request,
 )
-from monitor.redaction.detectors import CASE_TWINS
+from monitor.redaction.detectors import CASE_TWINS, KINDS
 from monitor.sidecar.proxy import capture
 
 ROOT = Path(__file__).resolve().parents[1]
+
+E, P, C, I, K, B = "EMAIL", "PHONE", "CARD", "IP", "API_KEY", "BEARER_TOKEN"
 
 # Fake but format-valid credentials (AWS and Stripe values are their documentation examples).
 OPENAI = "sk-proj-Xq3vB8nLp2RtY7wKz9MfH4sJc6DgA1eUo5iTb0NrQxWyZ"
@@ -73,176 +76,18 @@ JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI
 PEM = ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA1x2Kq8Zt9vXo3pQ7rLm5N4bC6dE8fG0hJ2kL\n"
        "q8Zt9vXo3pQ7rLm5N4bC6dE8fG0hJ2kL1x2Kq8Zt9vXo3pQ7==\n-----END RSA PRIVATE KEY-----")
 
-E, P, C, I, K, B = "EMAIL", "PHONE", "CARD", "IP", "API_KEY", "BEARER_TOKEN"
+def _quality():
+    spec = importlib.util.spec_from_file_location("redaction_quality", ROOT / "bench" / "redaction_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("redaction_quality", module)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
+
+quality = _quality()
 Case = tuple[str, list[tuple[str, str]]]
-
-CASES: list[Case] = [
-    # ---- support chats
-    ("Hi, I'm Jane. You can reach me at jane.doe@example.com or +1 (415) 555-0132 after 5pm.",
-     [(E, "jane.doe@example.com"), (P, "+1 (415) 555-0132")]),
-    ("My card 4111 1111 1111 1111 was charged twice for order #123456789 on 2024-05-01.",
-     [(C, "4111 1111 1111 1111")]),
-    ("Please refund $1,299.00 to the card ending in 0004. Ticket 48213 — thanks!", []),
-    ("Can you call me back on 555-123-4567? Office line is (212) 555-0198 ext. 12.",
-     [(P, "555-123-4567"), (P, "(212) 555-0198")]),
-    ("I tried to log in from 203.0.113.42 but got 'invalid password'.", [(I, "203.0.113.42")]),
-    ("The API returned 429 after 1000 requests in 60 s; retry after 30 seconds.", []),
-    ("Contact: 415 555 0132 (after 6pm), or text me at 415-555-0177.",
-     [(P, "415 555 0132"), (P, "415-555-0177")]),
-    ("Forgot your password? Click 'Reset password' and enter your email. The password is incorrect.", []),
-    ("Sure! My password is hunter2, don't tell anyone.", [(K, "hunter2")]),
-    ("WhatsApp: +44 7700 900 123 | Skype: jane.doe.uk | Telegram @janedoe", [(P, "+44 7700 900 123")]),
-    ("Track the parcel with number 1Z999AA10123456784 or call 1-800-555-0199.", [(P, "1-800-555-0199")]),
-    ("Order 555-123-4567 was delayed; invoice 212-555-0198 is attached.", []),
-    # ---- code and configuration
-    (f"# .env\nOPENAI_API_KEY={OPENAI}\nDATABASE_URL=postgres://app:S3cr3tPass@10.0.4.12:5432/app\nDEBUG=true",
-     [(K, OPENAI), (K, "S3cr3tPass"), (I, "10.0.4.12")]),
-    ('client = OpenAI(api_key=os.environ["OPENAI_API_KEY"])  # never hardcode keys', []),
-    (f'anthropic_client = Anthropic(api_key="{ANTHROPIC}")', [(K, ANTHROPIC)]),
-    (f"openai.api_key = '{OPENAI_LEGACY}'", [(K, OPENAI_LEGACY)]),
-    (f"aws:\n  access_key_id: {AWS}\n  secret_access_key: {AWS_SECRET}\n  region: eu-west-1",
-     [(K, AWS), (K, AWS_SECRET)]),
-    (f"export AWS_ACCESS_KEY_ID={AWS_STS}\nexport AWS_SESSION_TOKEN=FwoGZXIvYXdzEBYaDHqa0AP1Example",
-     [(K, AWS_STS), (K, "FwoGZXIvYXdzEBYaDHqa0AP1Example")]),
-    (f"git clone https://{GITHUB}@github.com/acme/private-repo.git", [(K, GITHUB)]),
-    (f"export GITHUB_TOKEN={GITHUB_PAT}\n# app installation token: {GITHUB_APP}", [(K, GITHUB_PAT), (K, GITHUB_APP)]),
-    (f"SLACK_BOT_TOKEN={SLACK}", [(K, SLACK)]),
-    (f"Slack webhook https://hooks.slack.com/services/T000/B000/XXXX and token {SLACK_USER}", [(K, SLACK_USER)]),
-    (f'const key = "{GOOGLE}"; // Maps JavaScript API', [(K, GOOGLE)]),
-    (f'stripe.api_key = "{STRIPE}"\nrestricted = "{STRIPE_RESTRICTED}"', [(K, STRIPE), (K, STRIPE_RESTRICTED)]),
-    (f"huggingface-cli login --token {HF}", [(K, HF)]),
-    (f"docker run -p 8080:80 -e HF_TOKEN={HF} -v /data:/data ghcr.io/org/img:v1.2.3", [(K, HF)]),
-    (f".npmrc: //registry.npmjs.org/:_authToken={NPM}", [(K, NPM)]),
-    (f"Set-Cookie: session={JWT}; HttpOnly; Secure", [(K, JWT)]),
-    ('curl -H "Authorization: Bearer 8f14e45fceea167a5a36dedd4bea2543" https://api.example.com/v1/chat',
-     [(B, "8f14e45fceea167a5a36dedd4bea2543")]),
-    (f"GET /v1/models HTTP/1.1\nHost: api.internal\nAuthorization: Bearer {JWT}", [(B, JWT)]),
-    ("proxy_set_header Authorization \"Basic dXNlcjpwYXNzd29yZA==\";", [(B, "dXNlcjpwYXNzd29yZA==")]),
-    ("requests.get(url, headers={'Authorization': f'Bearer {token}'})", []),
-    ("password = getpass.getpass('Password: ')", []),
-    ('db:\n  host: 10.12.0.5\n  user: app\n  password: "Tr0ub4dor&3"', [(I, "10.12.0.5"), (K, "Tr0ub4dor&3")]),
-    ("def login(username: str, password: str) -> bool:\n    return check(username, password=password)", []),
-    ("The Basic plan costs $9.99/month; Bearer bonds are not accepted.", []),
-    ("Your API key should look like sk-... (never share it); see the sk-learn docs.", []),
-    (f"Here is the deploy key:\n{PEM}\nkeep it safe", [(K, PEM)]),
-    ("kubectl create secret generic db --from-literal=password='pa55w0rd!' --from-literal=username=admin",
-     [(K, "pa55w0rd!")]),
-    ("pip install torch==2.3.0 --index-url https://download.pytorch.org/whl/cu121 && export PASSWORD_MIN_LENGTH=12",
-     []),
-    ("for i in range(0, 100): x[::2] = arr[::-1]  # std::vector<int> a; Foo::bar(); dead::beef", []),
-    ("Authorization header: Token abc123 is not a bearer token; they look like 'Bearer <token>'.", []),
-    # ---- logs and stack traces
-    ("2024-05-01T12:30:45.123Z ERROR upstream connect error: 10.0.0.15:8000 connection refused (pid 48213)",
-     [(I, "10.0.0.15")]),
-    ('Traceback (most recent call last):\n  File "/app/server.py", line 142, in handle\n'
-     '    conn = connect("192.168.1.20", 5432)\nConnectionRefusedError: [Errno 111] Connection refused',
-     [(I, "192.168.1.20")]),
-    ("INFO 2024-05-01 12:30:45 vllm.engine: Avg prompt throughput: 1523.4 tokens/s, "
-     "GPU KV cache usage: 87.5%, running: 12 reqs", []),
-    ("client 2001:db8:85a3::8a2e:370:7334 port 51234 sent 1048576 bytes", [(I, "2001:db8:85a3::8a2e:370:7334")]),
-    ("full form 2001:0db8:85a3:0000:0000:8a2e:0370:7334 and mapped ::ffff:192.0.2.128 here",
-     [(I, "2001:0db8:85a3:0000:0000:8a2e:0370:7334"), (I, "::ffff:192.0.2.128")]),
-    ("listening on [::]:8000 and [fe80::1ff:fe23:4567:890a%eth0]:9000", [(I, "fe80::1ff:fe23:4567:890a%eth0")]),
-    ('nginx: 198.51.100.7 - - [01/May/2024:12:30:45 +0000] "POST /v1/chat/completions HTTP/1.1" 200 5123',
-     [(I, "198.51.100.7")]),
-    ("Build 2024.05.01.1234 of torch 2.3.0+cu121 with CUDA 12.1 on driver 550.54.15", []),
-    ("Python 3.11.7, numpy 1.26.4, version 1.2.3.4 of the plugin, tag v10.0.0.1", []),
-    ("Request id 550e8400-e29b-41d4-a716-446655440000 commit 9fceb02d0ae598e95dc970b74767f19372d61af8", []),
-    ("Timestamp 1714566645123 (ms), epoch 1714566645, duration 12.345 s", []),
-    ('grpc._channel._InactiveRpcError: details = "failed to connect to all addresses; last error: UNKNOWN: '
-     'ipv6:%5B::1%5D:50051: Failed to connect" debug_error_string = "peer ipv4:127.0.0.1:50051"',
-     [(I, "127.0.0.1")]),
-    ("commit 3f786850e387550fdab836ed7e6dc881de23001b\nAuthor: Jane Doe <jane@example.com>\n"
-     "Date:   Wed May 1 12:30:45 2024 +0200", [(E, "jane@example.com")]),
-    ("Server at 172.16.254.1 forwards to 8.8.8.8; 256.1.1.1 is invalid, as is 1.2.3.",
-     [(I, "172.16.254.1"), (I, "8.8.8.8")]),
-    ("hey @channel, the staging box is 10.1.2.3 (ssh ubuntu@10.1.2.3), creds in 1Password",
-     [(I, "10.1.2.3"), (I, "10.1.2.3")]),
-    # ---- letters and e-mails, several languages
-    ("Sehr geehrte Frau Müller,\nbitte senden Sie die Rechnung Nr. 2024-00123 an buchhaltung@firma-beispiel.de. "
-     "Bei Fragen erreichen Sie mich unter +49 30 12345678 oder mobil 0171 2345678.\nMit freundlichen Grüßen",
-     [(E, "buchhaltung@firma-beispiel.de"), (P, "+49 30 12345678"), (P, "0171 2345678")]),
-    ("Ihre Bestellung 4711-0815 wurde am 01.05.2024 versandt. Telefon: 089 / 123 456 78",
-     [(P, "089 / 123 456 78")]),
-    ("Ihr neues Passwort lautet: Sommer2024! Bitte ändern Sie es nach der ersten Anmeldung.",
-     [(K, "Sommer2024!")]),
-    ("Hallo Jürgen, schreib mir an jürgen.weiß@beispiel.de oder ruf an: 030 1234567.",
-     [(E, "jürgen.weiß@beispiel.de"), (P, "030 1234567")]),
-    ("Bonjour, mon adresse est élodie.dupont@exemple.fr et mon numéro est le 06 12 34 56 78. "
-     "Facture n° FA-2024-0456.", [(E, "élodie.dupont@exemple.fr"), (P, "06 12 34 56 78")]),
-    ("Appelez-moi au +33 1 42 68 53 00 ou écrivez à contact@societe.fr.",
-     [(P, "+33 1 42 68 53 00"), (E, "contact@societe.fr")]),
-    ("Votre mot de passe : Azerty#2024. Le montant de 1 299 € sera prélevé le 01/06/2024.", [(K, "Azerty#2024")]),
-    ("Hola, soy Lucía. Mi correo es lucia.garcia@correo.es y mi móvil 612 34 56 78. "
-     "El pedido 100234567 cuesta 1.299,00 €.", [(E, "lucia.garcia@correo.es"), (P, "612 34 56 78")]),
-    ("Llámame al 91 123 45 67 o al +34 612 345 678.", [(P, "91 123 45 67"), (P, "+34 612 345 678")]),
-    ("Factura 2024-000123, NIF B12345678, total 1.234,56 €, teléfono de contacto 976 12 34 56",
-     [(P, "976 12 34 56")]),
-    ("From: Support Team <support@acme-corp.com>\nTo: bob.smith+billing@gmail.com\n"
-     "Subject: Invoice INV-2024-0042 for $4,500.00",
-     [(E, "support@acme-corp.com"), (E, "bob.smith+billing@gmail.com")]),
-    ("Our London office: 020 7946 0958, mobile 07700 900123. VAT reg GB 123 4567 89.",
-     [(P, "020 7946 0958"), (P, "07700 900123")]),
-    ("Email me: no-reply@ or user@localhost; assets icon@2x.png and logo@3x.webp; @decorator; a@b", []),
-    # ---- invoices, payments, identifiers
-    ("INVOICE #2024-0815\nDate: 2024-05-01\nCustomer: ACME GmbH, Musterstraße 12, 10115 Berlin\n"
-     "Amount due: €1.299,00 (incl. 19% VAT)\nIBAN: DE89 3704 0044 0532 0130 00\nPayment ref: 0049 1234 5678", []),
-    ("Order #123456789 shipped via DHL, tracking 00340434161234567890, total $1,299.00", []),
-    ("Paid with Mastercard 5500-0000-0000-0004 and Amex 3782 822463 10005; declined: 4111 1111 1111 1112, "
-     "1234 5678 9012 3456.", [(C, "5500-0000-0000-0004"), (C, "3782 822463 10005")]),
-    ("Test cards: 4242424242424242 (Visa), 6011 1111 1111 1117 (Discover), 3530 1113 3330 0000 (JCB), "
-     "4000 0566 5566 5556 (Visa debit), 5555 5555 5555 4444.",
-     [(C, "4242424242424242"), (C, "6011 1111 1111 1117"), (C, "3530 1113 3330 0000"),
-      (C, "4000 0566 5566 5556"), (C, "5555 5555 5555 4444")]),
-    ("Invalid: 4111-1111-1111-1111-0, 5500 0000 0000 0005, 6011 0000 0000 0000, 4111 1111-1111 1111", []),
-    ("ISBN 978-3-16-148410-0 and ISBN-10 0-306-40615-2; ISBN 9780306406157; see page 1234.", []),
-    ("Call center hours: 9-17, Mon–Fri. Ref 2024/05/01-0042. Room 1205, extension 4471.", []),
-    ("The model has 7000000000 parameters (7B) and a context of 128000 tokens; batch 1048576.", []),
-    ("Latency p50 120 ms, p99 1,250 ms; throughput 3.2k tok/s; 99.9% uptime; score 0.8734.", []),
-    ("Price list: 1 299 €, 12 999 €, 129 999 €; shipping 4,99 €; Δ +12.5% vs. +3 pts.", []),
-    ("Coordinates 52.5200, 13.4050; altitude 34 m; ratio 16:9; time 12:30:45; MAC 00:1A:2B:3C:4D:5E", []),
-    ("Phone-like but not phones: ZIP 94105-1234, SSN-style 123-45-6789, year range 1999-2024, "
-     "ISO 8601 2024-05-01T12:30:45+02:00, UTC+05:30.", []),
-    ("Account 12345678901234567890, IBAN GB82 WEST 1234 5698 7654 32, Konto 0123456789", []),
-    ("Meeting on 01.05.2024 at 10:30 in room 0.12; bring the 2023/24 report and 3 copies.", []),
-    ("Serial S/N 0012-3456-7890, part no. 0815-4711-000, port 0 8080 9090", []),
-    # ---- JSON message content and mixed
-    ('{"role":"user","content":"My email is maria@example.org and my IP is 192.0.2.55"}',
-     [(E, "maria@example.org"), (I, "192.0.2.55")]),
-    ('{"name":"send_invoice","arguments":{"to":"billing@example.com","card":"5555-5555-5555-4444","amount":129.99}}',
-     [(E, "billing@example.com"), (C, "5555-5555-5555-4444")]),
-    (f"Mixed: email a.b@c.io, card 5555 5555 5555 4444, ip 2001:db8::ff00:42:8329, key {AWS}, "
-     "phone +49 (0)30 1234 5678.",
-     [(E, "a.b@c.io"), (C, "5555 5555 5555 4444"), (I, "2001:db8::ff00:42:8329"), (K, AWS),
-      (P, "+49 (0)30 1234 5678")]),
-    ("Already redacted: [EMAIL], [PHONE], password=[API_KEY], Bearer [BEARER_TOKEN].", []),
-    # ---- more look-alikes
-    ("Phone: n/a. Mobile: see CRM record 0815-4711. The meeting ID is 854 2231 9987, passcode 123456.", []),
-    ("x = 0.5 * (a + b) / 1_000_000; y = 06/12/2024; z = 555-1234; boarding pass: 12345678", []),
-    ("PASSWORD=correcthorsebatterystaple\nDB_PASS=hunter22\nsmtp.pass: 'M4il!'",
-     [(K, "correcthorsebatterystaple"), (K, "hunter22"), (K, "M4il!")]),
-    ("curl -u admin:Pa55word! https://10.20.30.40:9200/_cluster/health; docker run -u 1000:1000 img",
-     [(K, "Pa55word!"), (I, "10.20.30.40")]),
-    ("Llamé al 600 123 456 pero nadie contestó; la población es de 612 345 678 habitantes.",
-     [(P, "600 123 456")]),
-    # a version number inside a URL path is indistinguishable from an address: an accepted false positive
-    ("Version 2.0.0.1 is out; see https://example.com/releases/2.0.0.1", []),
-]
-
-
-# ---------------------------------------------------------------------- scoring
-
-
-def _expected(text: str, spans: list[tuple[str, str]]) -> list[tuple[str, int, int]]:
-    out: list[tuple[str, int, int]] = []
-    pos = 0
-    for kind, sub in spans:
-        start = text.find(sub, pos)
-        assert start >= 0, f"labelled substring {sub!r} not found in {text!r} after {pos}"
-        out.append((kind, start, start + len(sub)))
-        pos = start + len(sub)
-    return out
+CASES: list[Case] = quality.load()
+"""The labelled set (tests/fixtures/pii_labelled.jsonl, described in bench/redaction_quality.py)."""
 
 
 def _apply(text: str, spans: list[tuple[str, int, int]]) -> str:
@@ -253,50 +98,36 @@ def _apply(text: str, spans: list[tuple[str, int, int]]) -> str:
     return "".join(parts) + text[pos:]
 
 
-def _score(redactor: Redactor) -> tuple[dict[str, Counter], list[str]]:
-    per: dict[str, Counter] = {}
-    misses: list[str] = []
-    for text, spans in CASES:
-        want = set(_expected(text, spans))
-        got = {(f.kind, f.start, f.end) for f in redactor.scan(text)}
-        for kind, start, end in got | want:
-            c = per.setdefault(kind, Counter())
-            if (kind, start, end) in got and (kind, start, end) in want:
-                c["tp"] += 1
-            elif (kind, start, end) in got:
-                c["fp"] += 1
-                misses.append(f"FP {kind:<12} {text[start:end]!r}  in  {text[:70]!r}")
-            else:
-                c["fn"] += 1
-                misses.append(f"FN {kind:<12} {text[start:end]!r}  in  {text[:70]!r}")
-    return per, misses
-
-
-def _ratio(a: int, b: int) -> float:
-    return a / b if b else 1.0
-
-
 def test_labelled_corpus_precision_and_recall():
-    assert len(CASES) >= 60
-    per, misses = _score(Redactor())
-    total = Counter()
-    rows = ["", f"{'kind':<13}{'tp':>5}{'fp':>5}{'fn':>5}{'precision':>11}{'recall':>8}"]
-    for kind in sorted(per):
-        c = per[kind]
-        total.update(c)
-        rows.append(f"{kind:<13}{c['tp']:>5}{c['fp']:>5}{c['fn']:>5}"
-                    f"{_ratio(c['tp'], c['tp'] + c['fp']):>11.3f}{_ratio(c['tp'], c['tp'] + c['fn']):>8.3f}")
-    precision = _ratio(total["tp"], total["tp"] + total["fp"])
-    recall = _ratio(total["tp"], total["tp"] + total["fn"])
-    rows.append(f"{'overall':<13}{total['tp']:>5}{total['fp']:>5}{total['fn']:>5}{precision:>11.3f}{recall:>8.3f}")
-    rows.append(f"({len(CASES)} snippets, {sum(len(s) for _, s in CASES)} labelled spans)")
-    print("\n".join(rows + misses))
-    assert precision >= 0.95 and recall >= 0.95, "\n".join(misses)
+    """Exact scoring per kind; the figures are README's (``bench/redaction_quality.py`` prints them)."""
+    assert len(CASES) >= 300
+    per, misses = quality.score(quality.findings(Redactor().scan, CASES), CASES)
+    total = sum(per.values(), Counter())
+    print("\n" + "\n".join(quality.table(per) + misses))
+    assert set(per) == set(KINDS.values())  # every kind is labelled
+    assert quality.precision(total) >= 0.98 and quality.recall(total) >= 0.97, "\n".join(misses)
     for kind, c in per.items():
-        assert _ratio(c["tp"], c["tp"] + c["fp"]) >= 0.9, (kind, "\n".join(misses))
-        assert _ratio(c["tp"], c["tp"] + c["fn"]) >= 0.9, (kind, "\n".join(misses))
-    card = per["CARD"]
-    assert card["fp"] == 0 and card["fn"] == 0, "\n".join(misses)  # Luhn + issuer ranges: exact
+        assert quality.precision(c) >= 0.94, (kind, "\n".join(misses))
+        assert quality.recall(c) >= 0.9, (kind, "\n".join(misses))
+    for kind in ("CARD", "IBAN", "NATIONAL_ID"):  # check digits: exact
+        assert per[kind]["fp"] == 0 and per[kind]["fn"] == 0, "\n".join(misses)
+
+
+@pytest.mark.parametrize("valid, invalid, check", [
+    (["DE89370400440532013000", "GB82WEST12345698765432", "NO9386011117947", "FR1420041010050500013M02606"],
+     ["DE89370400440532013001", "GB82WEST1234569876543", "XX89370400440532013000"], "iban_ok"),
+    (["85970112430", "22728695033", "76263194063"],
+     ["12345678901", "85970112431", "45269387774", "05970112430"], "steuer_id_ok"),  # 777: three in a row
+    (["436014944", "111222333"], ["123456789", "000000000", "436014945"], "bsn_ok"),
+    (["281019549851048", "275113306341295"], ["281019549851049", "281139549851046", "381019549851048"], "nir_ok"),
+    (["536221234", "001010001"], ["000121234", "666121234", "912345678", "123004567", "123450000", "078051120"],
+     "ssn_ok"),
+])
+def test_check_digits(valid, invalid, check):
+    """The checks against numbers python-stdnum calls valid, and ones that break a single rule."""
+    from monitor.redaction import _identifiers
+    fn = getattr(_identifiers, check)
+    assert all(fn(v) for v in valid) and not any(fn(v) for v in invalid)
 
 
 def test_redact_output_matches_scan_and_is_idempotent():
@@ -450,21 +281,21 @@ def _trace_request() -> trace_service_pb2.ExportTraceServiceRequest:
         scope_spans=[trace_pb2.ScopeSpans(spans=[span])])])
 
 
-def test_processor_redacts_content_keys_and_events_only():
+def test_processor_redacts_every_string_but_safe_keys():
     msg = _trace_request()
     before = msg.SerializeToString()
     counts = redact_request(Redactor(), "traces", msg)
     assert msg.SerializeToString() != before
     span = msg.resource_spans[0].scope_spans[0].spans[0]
     attrs = _attrs(span.attributes)
-    # untouched: not content
+    # untouched: safe keys (infrastructure, names, ids), numbers, resource attributes
     assert attrs["server.address"] == "10.0.0.7"
     assert attrs["gen_ai.request.model"] == "meta-llama/Llama-3.1-8B-Instruct"
-    assert attrs["user.email_hint"] == "ops@example.com"
     assert attrs["server.port"] == 8000
     assert _attrs(msg.resource_spans[0].resource.attributes)["host.ip"] == "10.0.0.5"
-    assert _attrs(span.events[2].attributes)["exception.message"] == "connect 10.9.9.9 failed"
-    # redacted: content
+    # redacted: content, and every other string a client sent
+    assert attrs["user.email_hint"] == "[EMAIL]"
+    assert _attrs(span.events[2].attributes)["exception.message"] == "connect [IP] failed"
     inputs = json.loads(attrs["gen_ai.input.messages"])
     assert inputs[0]["parts"][0]["content"] == "I'm [EMAIL], key [API_KEY]"
     assert attrs["gen_ai.system_instructions"] == "Escalate to [PHONE]."
@@ -475,8 +306,43 @@ def test_processor_redacts_content_keys_and_events_only():
     assert choice == {"index": 0, "message": {"role": "assistant", "content": "Reach me at [EMAIL]"},
                       "finish_reason": "stop"}
     assert _attrs(span.events[1].attributes) == {"content": "my IP is [IP]"}
-    assert counts == {"EMAIL": 3, "API_KEY": 1, "PHONE": 1, "CARD": 1, "IP": 2}
+    assert counts == {"EMAIL": 4, "API_KEY": 1, "PHONE": 1, "CARD": 1, "IP": 3}
     # idempotent: a second pass finds nothing
+    assert redact_request(Redactor(), "traces", msg) == {}
+
+
+def test_span_name_status_message_links_and_any_attribute():
+    """What the issue's hostile run found stored raw: a note attribute, the status message (the proxy
+    copies the upstream's error body), span events, tool-call arguments; and links, the span name."""
+    error_body = json.dumps({"error": {"message": "account DE89 3704 0044 0532 0130 00 of jane@example.com "
+                                                 "is locked", "code": 403}})
+    span = trace_pb2.Span(
+        trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="lookup 536-22-1234",
+        attributes=[_kv("user.note", "SSN 536-22-1234, DOB 12/03/1985, lives at 221B Baker Street"),
+                    _kv("gen_ai.operation.name", "chat"), _kv("gen_ai.response.id", "chatcmpl-536-22-1234"),
+                    _kv("client.address", "203.0.113.9"),
+                    _kv("gen_ai.tool.call.arguments", json.dumps({"iban": "GB82WEST12345698765432"}))],
+        events=[trace_pb2.Span.Event(name="exception", attributes=[
+            _kv("exception.type", "ValueError"), _kv("exception.message", "bad passport number: X1234567")])],
+        links=[trace_pb2.Span.Link(trace_id=b"\x03" * 16, span_id=b"\x04" * 8,
+                                   attributes=[_kv("note", "NINO AB 12 34 56 C")])],
+        status=trace_pb2.Status(code=trace_pb2.Status.STATUS_CODE_ERROR, message=error_body))
+    msg = trace_service_pb2.ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
+        scope_spans=[trace_pb2.ScopeSpans(spans=[span])])])
+    counts = redact_request(Redactor(), "traces", msg)
+    out = msg.resource_spans[0].scope_spans[0].spans[0]
+    assert out.name == "lookup [SSN]"
+    attrs = _attrs(out.attributes)
+    assert attrs["user.note"] == "SSN [SSN], DOB [DATE_OF_BIRTH], lives at [ADDRESS]"
+    assert attrs["gen_ai.response.id"] == "chatcmpl-536-22-1234"  # a safe key: never scanned
+    assert attrs["client.address"] == "[IP]"
+    assert json.loads(attrs["gen_ai.tool.call.arguments"]) == {"iban": "[IBAN]"}
+    assert _attrs(out.events[0].attributes) == {"exception.type": "ValueError",
+                                                 "exception.message": "bad passport number: [PASSPORT]"}
+    assert _attrs(out.links[0].attributes) == {"note": "NINO [NATIONAL_ID]"}
+    assert json.loads(out.status.message) == {"error": {"message": "account [IBAN] of [EMAIL] is locked", "code": 403}}
+    assert counts == {"SSN": 2, "DATE_OF_BIRTH": 1, "ADDRESS": 1, "IP": 1, "IBAN": 2, "PASSPORT": 1,
+                      "NATIONAL_ID": 1, "EMAIL": 1}
     assert redact_request(Redactor(), "traces", msg) == {}
 
 
@@ -505,9 +371,10 @@ def test_processor_logs_and_metrics():
     assert metrics.SerializeToString() == before
 
 
-def test_processor_skips_spans_without_content():
+def test_processor_leaves_safe_keys_and_url_hosts_alone():
     span = trace_pb2.Span(trace_id=b"\x01" * 16, span_id=b"\x01" * 8, name="GET /health",
-                          attributes=[_kv("net.peer.ip", "10.0.0.1"), _kv("http.url", "http://a@b.io/")])
+                          attributes=[_kv("server.address", "10.0.0.1"), _kv("http.url", "http://a@b.io/"),
+                                      _kv("url.full", "http://10.0.0.1:8000/v1/models")])
     msg = trace_service_pb2.ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
         scope_spans=[trace_pb2.ScopeSpans(spans=[span])])])
     before = msg.SerializeToString()
@@ -550,7 +417,7 @@ def test_disabled_is_a_no_op():
 
 
 @pytest.mark.parametrize("settings, message", [
-    (RedactionSettings(detectors=["email", "ssn"]), "unknown detector"),
+    (RedactionSettings(detectors=["email", "zip_code"]), "unknown detector"),
     (RedactionSettings(custom={"BAD": "(unclosed"}), "invalid regular expression"),
     (RedactionSettings(custom={"EMPTY": "x*"}), "empty string"),
     (RedactionSettings(custom={"bad name": "x"}), "rule name"),
@@ -578,11 +445,11 @@ def test_one_megabyte_in_well_under_a_second():
     text = "".join(chunks)[:1_000_000]
     r.redact(text[:10_000])  # warm up
     best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
+    for _ in range(3):  # CPU time of this thread: what redaction costs, not what other processes take of the cores
+        t0 = time.thread_time()
         out, counts = r.redact_with_counts(text)
-        best = min(best, time.perf_counter() - t0)
-    print(f"\nredacted {len(text) / 1e6:.2f} MB in {best * 1000:.0f} ms (best of 3); findings {dict(counts)}")
+        best = min(best, time.thread_time() - t0)
+    print(f"\nredacted {len(text) / 1e6:.2f} MB in {best * 1000:.0f} ms CPU (best of 3); findings {dict(counts)}")
     assert sum(counts.values()) > 100 and "[CARD]" in out
     assert best < 1.0
 
@@ -597,7 +464,8 @@ def _span_request(attributes=(), events=()) -> trace_service_pb2.ExportTraceServ
         scope_spans=[trace_pb2.ScopeSpans(spans=[span])])])
 
 
-# (attribute, value, value after redaction); None: unchanged. Only query strings are redacted, decoded.
+# (attribute, value, value after redaction); None: unchanged. Path and query are redacted decoded; of the
+# authority only credentials.
 URL_CASES: list[tuple[str, str, str | None]] = [
     ("url.full", "https://api.example.com/v1/users?email=jane%40example.com&page=2#top",
      "https://api.example.com/v1/users?email=[EMAIL]&page=2#top"),
@@ -611,22 +479,25 @@ URL_CASES: list[tuple[str, str, str | None]] = [
     ("url.full", "https://example.com/a?next=%2Fhome&ip=198.51.100.7#frag",
      "https://example.com/a?next=%2Fhome&ip=[IP]#frag"),
     ("url.full", "https://example.com/search?q=weather+in+berlin&lang=en", None),
-    ("url.full", "https://example.com/users/10.0.0.1/jane@example.com", None),  # no query string
+    ("url.full", "https://example.com/users/10.0.0.1/jane%40example.com", "https://example.com/users/[IP]/[EMAIL]"),
+    ("url.full", "https://bob:hunter22x@10.0.0.1:9200/_search?q=x", "https://bob:[API_KEY]@10.0.0.1:9200/_search?q=x"),
+    ("url.path", "/v1/users/jane@example.com/orders", "/v1/users/[EMAIL]/orders"),
+    ("http.target", "/lookup/536-22-1234?iban=DE89370400440532013000", "/lookup/[SSN]?iban=[IBAN]"),
     ("url.full", "https://example.com/?email=[EMAIL]&n=1", None),  # already redacted
     ("url.query", "email=a.b%40c.io&debug=true", "email=[EMAIL]&debug=true"),
     ("url.query", f"api_key={OPENAI}", "api_key=[API_KEY]"),
     ("url.query", "jane%40example.com", "[EMAIL]"),
     ("url.query", "q=order+123456789&page=3", None),
-    ("http.url", "http://a@b.io/?email=x%40y.io", None),  # not a URL attribute this covers
+    ("http.url", "http://a@b.io/?email=x%40y.io", "http://a@b.io/?email=[EMAIL]"),  # the host stays
 ]
 
-# (event name, attributes, attributes after redaction): content keys of any event, every attribute of messages
+# (event name, attributes, attributes after redaction): every attribute of any event but safe keys
 EVENT_CASES: list[tuple[str, dict, dict]] = [
     ("gen_ai.evaluation.result",
      {"gen_ai.output.messages": '[{"content":"mail a@b.io"}]', "note": "call 555-123-4567"},
-     {"gen_ai.output.messages": '[{"content":"mail [EMAIL]"}]', "note": "call 555-123-4567"}),
+     {"gen_ai.output.messages": '[{"content":"mail [EMAIL]"}]', "note": "call [PHONE]"}),
     ("exception", {"exception.message": "connect 10.9.9.9 failed", "gen_ai.prompt": "my IP is 203.0.113.9"},
-     {"exception.message": "connect 10.9.9.9 failed", "gen_ai.prompt": "my IP is [IP]"}),
+     {"exception.message": "connect [IP] failed", "gen_ai.prompt": "my IP is [IP]"}),
     ("tool.result", {"gen_ai.tool.call.result": '{"email": "carol@example.net", "n": 3}'},
      {"gen_ai.tool.call.result": '{"email":"[EMAIL]","n":3}'}),
     ("feedback", {"input.value": "reach me at +44 7700 900 123",
@@ -634,7 +505,8 @@ EVENT_CASES: list[tuple[str, dict, dict]] = [
      {"input.value": "reach me at [PHONE]", "llm.output_messages.0.content": "[CARD]"}),
     ("gen_ai.assistant.message", {"content": "served from 192.0.2.1", "id": "msg-1"},
      {"content": "served from [IP]", "id": "msg-1"}),
-    ("audit", {"message": "user bob@example.com logged in"}, {"message": "user bob@example.com logged in"}),
+    ("audit", {"message": "user bob@example.com logged in", "exception.type": "a@b.io"},
+     {"message": "user [EMAIL] logged in", "exception.type": "a@b.io"}),
 ]
 
 
@@ -649,7 +521,7 @@ def test_url_query_strings(key, value, expected):
 
 
 @pytest.mark.parametrize("name, attributes, expected", EVENT_CASES)
-def test_events_of_any_name_with_content_keys(name, attributes, expected):
+def test_events_of_any_name(name, attributes, expected):
     event = trace_pb2.Span.Event(name=name, attributes=[_kv(k, v) for k, v in attributes.items()])
     msg = _span_request(events=[event])
     redact_request(Redactor(), "traces", msg)
@@ -683,11 +555,11 @@ def test_huge_prompt_is_cut_before_scanning():
     value = json.dumps([{"role": "user", "parts": [{"type": "text", "content": prompt}]}])
     msg = _span_request([_kv("gen_ai.operation.name", "chat"), _kv("gen_ai.input.messages", value)])
     seen: list[dict] = []
-    t0 = time.perf_counter()
+    t0 = time.thread_time()  # CPU time: the cut is what keeps it cheap, whatever else runs on the machine
     make_processor(Redactor(), seen.append)("traces", msg)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.thread_time() - t0
     out = _attrs(msg.resource_spans[0].scope_spans[0].spans[0].attributes)["gen_ai.input.messages"]
-    print(f"\n{len(value) / 1e6:.0f} MB prompt redacted in {elapsed * 1000:.0f} ms")
+    print(f"\n{len(value) / 1e6:.0f} MB prompt redacted in {elapsed * 1000:.0f} ms CPU")
     assert elapsed < 0.5
     assert seen == [{TRUNCATED: 1, "EMAIL": 1}]
     kept, marker = out[:out.rindex("…")], out[out.rindex("…"):]

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
 __all__ = ["PLACEHOLDER_KINDS", "pii_in_output"]
 
 
-PLACEHOLDER_KINDS: tuple[str, ...] = ("EMAIL", "PHONE", "CARD", "IP", "API_KEY", "BEARER_TOKEN")
+PLACEHOLDER_KINDS: tuple[str, ...] = ("EMAIL", "PHONE", "CARD", "IP", "API_KEY", "BEARER_TOKEN", "IBAN", "SSN",
+                                     "NATIONAL_ID", "PASSPORT", "DATE_OF_BIRTH", "ADDRESS")
 """The built-in redaction placeholders (``monitor.redaction.KINDS``; a test keeps them in step)."""
 
 _PLACEHOLDER = re.compile(r"\[(?:" + "|".join(sorted(PLACEHOLDER_KINDS, key=len, reverse=True)) + r")\]")

@@ -54,7 +54,7 @@ ESCAPE_CAP = 64
 """More JSON escapes than this in one request: :meth:`Prefilter.locate` stops listing them."""
 ESCAPE = rb"\\(?:[\"\\/bfnrt]|u[0-9a-fA-F]{4})"
 """A JSON escape: where a text is not its own bytes in a serialized request."""
-URL_KEYS = (b"url.full", b"url.query")
+URL_KEYS = (b"url.full", b"url.query", b"url.path", b"http.url", b"http.target")
 """Attribute keys whose values are redacted URL-decoded: where a text is not its own bytes either."""
 
 _SIMPLE_ESCAPES = ((b'\\"', b'"'), (b"\\/", b"/"), (b"\\b", b"\b"), (b"\\f", b"\f"), (b"\\n", b"\n"),

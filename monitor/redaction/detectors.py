@@ -1,5 +1,9 @@
 """The built-in detectors: compiled patterns plus the checks a regex cannot express.
 
+Secrets, e-mail, cards, IPs and phones live here; identity and account numbers (IBAN, SSN,
+national ids, passports, dates of birth, AWS secret keys) in :mod:`._identifiers`, street
+addresses in :mod:`._addresses`; :data:`DETECTORS` gathers them under their setting names.
+
 Invariants:
 
 - A :class:`Detector` is pure and immutable; every pattern is compiled once, at import.
@@ -8,8 +12,10 @@ Invariants:
   its own output, so a placeholder (``[EMAIL]``) is never matched again.
 - Precision first: a candidate is kept only when its checks pass (Luhn and
   issuer ranges for cards, octet ranges and :mod:`ipaddress` for IPs, digit
-  counts, separators and context for phones). Plain digit runs are never phones
-  unless a phone keyword (``Tel:``, ``phone``, ``Handy`` ...) stands right before.
+  counts, separators and context for phones; check digits for IBANs and national
+  ids). Plain digit runs are never phones unless a phone keyword (``Tel:``,
+  ``phone``, ``Handy`` ...) stands right before; never SSNs, passport numbers or
+  dates of birth without their own keyword.
 - Where ``groups`` names groups, only the first group that took part is
   replaced (``Bearer [BEARER_TOKEN]``, ``api_key=[API_KEY]``); else the whole match.
 - Speed: every pattern starts with a literal or a single character class so
@@ -34,107 +40,33 @@ Invariants:
   that starts with a common class makes Hyperscan slow everywhere.
 """
 
+
 from __future__ import annotations
 
 import base64
 import binascii
 import ipaddress
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
-from monitor.redaction._prefilter import STAND_IN
+from monitor.redaction._addresses import ADDRESS
+from monitor.redaction._base import (
+    _DIGITS,
+    _HI,
+    _NOT_BLANK,
+    CASE_TWINS,
+    Detector,
+    Validator,
+    _after,
+    _before,
+    _lower,
+    _ndigits,
+    _word,
+    _word_start,
+)
+from monitor.redaction._identifiers import AWS_SECRET, DATE_OF_BIRTH, IBAN, NATIONAL_ID, PASSPORT, SSN
 
 __all__ = ["Detector", "DETECTORS", "PRIORITY", "KINDS", "CASE_TWINS", "luhn_ok"]
-
-Validator = Callable[[re.Match[str], str], bool]
-"""``(match, original_text) -> keep?``; ``match.string`` is the lower-cased text for keyword patterns."""
-Finder = Callable[[re.Pattern[str], str], Iterator[re.Match[str]]]
-
-
-@dataclass(frozen=True, slots=True)
-class Detector:
-    """One pattern of one kind.
-
-    ``prefilter``: literals of which one must occur in the text (else the detector is skipped);
-    ``prefilter_ci``: the same against the lower-cased text. ``ci``: when set, ``pattern`` is
-    lower-case and runs on the lower-cased text, ``ci`` (case-insensitive) on the original.
-    ``finder``: yields candidate matches itself (anchored search) instead of ``finditer``.
-    ``superset``: a Hyperscan pattern over the UTF-8 bytes (case-insensitive when ``ci`` is set)
-    that matches wherever this detector can report a finding; empty when there is none (custom
-    rules): the detector then always runs.
-    """
-
-    kind: str
-    pattern: re.Pattern[str]
-    groups: tuple[int | str, ...] = (0,)
-    prefilter: tuple[str, ...] = ()
-    prefilter_ci: tuple[str, ...] = ()
-    validate: Validator | None = None
-    ci: re.Pattern[str] | None = None
-    finder: Finder | None = None
-    superset: str = ""
-
-    def candidates(self, text: str, lower: str) -> Iterator[re.Match[str]]:
-        if self.finder is not None:
-            return self.finder(self.pattern, text)
-        if self.ci is not None:
-            return self.pattern.finditer(lower) if len(lower) == len(text) else self.ci.finditer(text)
-        return self.pattern.finditer(text)
-
-    def span(self, m: re.Match[str]) -> tuple[int, int]:
-        """The part of a match to replace: the first group in ``groups`` that matched."""
-        for g in self.groups:
-            start, end = m.span(g)
-            if start >= 0:
-                return start, end
-        return m.span()
-
-
-_DIGITS = tuple("0123456789")
-
-# Building blocks of the byte-level supersets (module docstring: what keeps them supersets).
-_HI = r"\x80-\xff"
-"""Inside a byte class: every byte of a non-ASCII character."""
-_BLANKS = rf"[\s\x1c-\x1f{_HI}]+"
-"""``\\s+``: the ASCII characters Python's ``\\s`` matches, or any non-ASCII byte."""
-_NOT_BLANK = r"\s\x1c-\x1f"
-"""The ASCII characters Python's ``\\s`` matches: a class without ``\\s`` may leave these out too."""
-
-CASE_TWINS = ("\u0130", "\u212a")
-"""The non-ASCII characters that become ASCII letters in the text keyword patterns run on:
-:meth:`Redactor.scan` replaces ``İ`` by ``i`` and lower-cases, which maps the Kelvin sign to ``k``.
-Keyword supersets spell ASCII letters only, so a text holding one of these runs every keyword
-detector. (The ``re.I`` twins never run: after that replacement lower-casing keeps the length;
-tests/test_redaction.py checks both facts.)"""
-
-
-def _lower(pattern: str, flags: int = 0) -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """A lower-case pattern for the lower-cased text, and its case-insensitive twin."""
-    return re.compile(pattern, flags), re.compile(pattern, flags | re.I)
-
-
-def _before(m: re.Match[str], n: int = 32, group: int | str = 0) -> str:
-    start = m.start(group)
-    return m.string[max(0, start - n):start]
-
-
-def _after(m: re.Match[str], n: int = 16, group: int | str = 0) -> str:
-    end = m.end(group)
-    return m.string[end:end + n]
-
-
-def _word_start(text: str, i: int, extra: str = "") -> bool:
-    """``text[i]`` starts a word: nothing, or neither a letter, digit, ``_`` nor one of ``extra`` before it."""
-    if i == 0:
-        return True
-    c = text[i - 1]
-    return not (c.isalnum() or c == "_" or c in extra)
-
-
-def _ndigits(s: str) -> int:
-    return sum(c.isdigit() for c in s)
-
 
 # --------------------------------------------------------------------------- bearer / basic
 
@@ -536,19 +468,6 @@ _PHONE_W = ("phone", "telefon")  # followed by \w*
 _LLAM = ("llam", "ll\u00e1m")  # ll[áa]m\w*\s+al
 
 
-def _word(word: str) -> str:
-    """A keyword of a case-insensitive superset: a blank stands for ``\\s+``; a non-ASCII letter for its
-    UTF-8, that of its upper case and the JSON stand-in (``\\u00e9`` in JSON text)."""
-    out = []
-    for c in word:
-        if c == " ":
-            out.append(_BLANKS)
-        elif c.isascii():
-            out.append(re.escape(c))
-        else:
-            alts = {c, c.upper(), STAND_IN.decode()}
-            out.append("(?:" + "|".join(sorted("".join(f"\\x{b:02x}" for b in a.encode()) for a in alts)) + ")")
-    return "".join(out)
 
 
 _PHONE_AFTER = (rf"(?:[^a-z0-9_\n{_HI}][^0-9\n{_HI}]{{0,25}}[0-9][0-9 \t().\-/]{{6}}"
@@ -559,7 +478,7 @@ _SUP_NANP = r"(?:[.\-]|\)[ \t]?)[0-9]{3}[.\-][0-9]{4}"  # both NANP forms, from 
 PHONE = (
     Detector("PHONE", _PHONE_KEYWORD, ("v",), prefilter=_DIGITS, validate=_phone_keyword_ok, ci=_PHONE_KEYWORD_CI,
              superset="(?:" + "|".join(map(_word, _PHONE_FIXED)) + "|(?:" + "|".join(map(_word, _PHONE_W))
-                      + ")[a-z0-9_]*|(?:" + "|".join(map(_word, _LLAM)) + rf")[a-z0-9_]*[\s\x1c-\x1f]+al)"
+                      + ")[a-z0-9_]*|(?:" + "|".join(map(_word, _LLAM)) + r")[a-z0-9_]*[\s\x1c-\x1f]+al)"
                       + _PHONE_AFTER + "|(?:" + "|".join(map(_word, _LLAM)) + rf")[a-z0-9_]*[\s\x1c-\x1f]*[{_HI}]"),
     Detector("PHONE", _PHONE_INTL, prefilter=("+",), validate=_phone_context(8, 16),
              superset=r"\+[0-9][0-9 \t().\-/]{7}"),
@@ -577,17 +496,26 @@ PHONE = (
 
 DETECTORS: dict[str, tuple[Detector, ...]] = {
     "bearer_token": BEARER_TOKEN,
-    "api_key": API_KEY,
+    "api_key": API_KEY + AWS_SECRET,
     "email": EMAIL,
     "card": CARD,
+    "iban": IBAN,
+    "ssn": SSN,
+    "national_id": NATIONAL_ID,
+    "passport": PASSPORT,
+    "date_of_birth": DATE_OF_BIRTH,
     "ip": IP,
     "phone": PHONE,
+    "address": ADDRESS,
 }
 """Setting name (``redaction.detectors``) to its patterns."""
 
-PRIORITY: tuple[str, ...] = ("bearer_token", "api_key", "email", "card", "ip", "phone")
+PRIORITY: tuple[str, ...] = ("bearer_token", "api_key", "email", "card", "iban", "ssn", "national_id", "passport",
+                             "date_of_birth", "ip", "phone", "address")
 """Resolution order: a span claimed by an earlier detector cannot be claimed by a later one.
-Custom rules run right after ``api_key`` (secrets always win; operator rules beat heuristics)."""
+Custom rules run right after ``api_key`` (secrets always win; operator rules beat heuristics).
+Numbers with a check or a context word (IBAN ... date of birth) come before IP and phone, whose
+shapes they can contain (``DE89 3704 0044 ...`` holds a phone-like run)."""
 
 KINDS: dict[str, str] = {name: dets[0].kind for name, dets in DETECTORS.items()}
 """Setting name to placeholder kind (``email`` -> ``EMAIL``, shown as ``[EMAIL]``)."""

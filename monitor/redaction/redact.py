@@ -235,6 +235,15 @@ class Redactor:
         counts[TRUNCATED] = counts.get(TRUNCATED, 0) + 1
         return kept, TRUNCATION_MARKER.format(n=len(raw) - len(kept.encode("utf-8", "surrogatepass")))
 
+    def redact_text(self, text: str, counts: dict[str, int]) -> str:
+        """An OTLP string (a span name, a status message) as :meth:`redact_any_value` redacts a string
+        value: cut at ``max_value_bytes``, JSON kept valid; ``text`` itself when nothing changed."""
+        if len(text) < self._min_len:
+            return text
+        kept, marker = self._truncate(text, counts)
+        new = self._content(kept, counts, 0)
+        return new + marker if marker else new
+
     def redact_any_value(self, value: Any, counts: dict[str, int]) -> None:
         """Redact the strings of an OTLP ``AnyValue`` in place (arrays and kvlists recursively);
         a string longer than ``max_value_bytes`` is cut first."""
