@@ -3,8 +3,9 @@
 Applied versions are recorded in ``schema_migrations`` (version, name,
 checksum, time). A file whose checksum changed after it was applied is
 reported, not re-run: schema changes go in a new, higher-numbered file.
-Retention is a template variable; when ``store.retention_days`` changes, the
-TTL of existing tables is altered at start (without rewriting old parts).
+Retention is a template variable (``store.retention_days``); after the files, every
+table's TTL is brought to the retention settings (per table, per model:
+:mod:`monitor.store.retention`), which alters the tables whose TTL changed.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from pathlib import Path
 from string import Template
 
 from monitor.store.client import Store
+from monitor.store.retention import apply_retention
 
 __all__ = ["migrate", "check_schema", "schema_dir", "migration_files"]
 
 log = logging.getLogger("monitor.store")
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-_TTL = re.compile(r"TTL\s+(.+?)\s*\+\s*toIntervalDay\((\d+)\)", re.S)
 
 
 def schema_dir() -> Path:
@@ -48,8 +49,9 @@ def _statements(sql: str) -> list[str]:
     return [s.strip() for s in body.split(";") if s.strip()]
 
 
-def migrate(store: Store, retention_days: int) -> list[int]:
-    """Apply pending migrations; returns the versions applied now."""
+def migrate(store: Store, retention_days: int, retention=None) -> list[int]:
+    """Apply pending migrations, then the retention (``retention``: the ``retention`` settings; None:
+    their defaults); returns the versions applied now."""
     db = store.database
     store.command(
         f"CREATE TABLE IF NOT EXISTS `{db}`.schema_migrations ("
@@ -71,22 +73,11 @@ def migrate(store: Store, retention_days: int) -> list[int]:
         store.insert("schema_migrations", [[version, name, checksum]], ("version", "name", "checksum"))
         applied.append(version)
         log.info("applied schema %04d_%s to %s", version, name, store.describe())
-    _apply_retention(store, retention_days)
+    if retention is None:
+        from monitor.config import RetentionSettings
+        retention = RetentionSettings()
+    apply_retention(store, retention_days, retention)
     return applied
-
-
-def _apply_retention(store: Store, days: int) -> None:
-    rows = store.query_rows(
-        "SELECT name, create_table_query FROM system.tables WHERE database = {db:String} "
-        "AND engine LIKE '%MergeTree'", {"db": store.database})
-    for name, ddl in rows:
-        m = _TTL.search(ddl)
-        if m is None or int(m.group(2)) == days:
-            continue
-        store.command(
-            f"ALTER TABLE `{store.database}`.`{name}` MODIFY TTL {m.group(1)} + toIntervalDay({int(days)})",
-            settings={"materialize_ttl_after_modify": 0})
-        log.info("retention of %s changed from %s to %d days", name, m.group(2), days)
 
 
 def check_schema(store: Store) -> None:
