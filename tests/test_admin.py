@@ -20,6 +20,7 @@ from monitor.runtime.admin import AdminServer
 from monitor.config import AlertsSettings
 
 SECRET = "s3cret-key"
+TOKEN = "admin-token-for-the-hostile-request-tests"
 MAX_BODY_BYTES = 1024 * 1024  # the documented limit (monitor.runtime.admin.MAX_BODY_BYTES)
 
 
@@ -61,17 +62,21 @@ class Admin:
         from monitor.checks.slo import SloCheck
 
         self.alerts = AlertService(store, settings)
-        self.server = AdminServer(CheckRunner(store, settings, checks=[SloCheck()]), "127.0.0.1", 0, self.alerts)
+        self.server = AdminServer(CheckRunner(store, settings, checks=[SloCheck()]), "127.0.0.1", 0, self.alerts,
+                                  token=TOKEN)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
 
     def call(self, method: str, path: str, body=None, headers: dict | None = None, **kw):
-        """``(status, content type, raw body)``."""
+        """``(status, content type, raw body)``; as the CLI sends them: with the token, and a POST as
+        JSON (tests/test_security.py sends what else may come)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        headers = {"Authorization": f"Bearer {TOKEN}", **({"Content-Type": "application/json"} if method == "POST"
+                                                          else {}), **(headers or {})}
         try:
-            conn.request(method, path, body=body, headers=headers or {}, **kw)
+            conn.request(method, path, body=body, headers=headers, **kw)
             r = conn.getresponse()
             return r.status, r.getheader("Content-Type", ""), r.read()
         finally:

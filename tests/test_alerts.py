@@ -676,10 +676,16 @@ def _start_up(cfg, data, env, http_port, admin_port):
     def up():
         if proc.poll() is not None:
             raise AssertionError(proc.stderr.read()[-3000:])
-        try:  # the store process (admin endpoint), then the pipeline (receiver)
-            return urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/admin/health", timeout=2).status == 200 \
+        from monitor.config import load
+        from monitor.errors import ConfigError
+        from monitor.runtime.admin import admin_available
+
+        try:  # the store process (admin endpoint, with the token it wrote for this port), then the receiver
+            return admin_available(load(overrides={"checks": {"admin_port": admin_port}})) \
                 and urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=2).status == 200
         except OSError:
+            return False
+        except ConfigError:  # another process answered on the port (ours then fails to bind: poll() says so)
             return False
     wait_until(up, timeout=90, message="monitor up")
     return proc

@@ -154,14 +154,19 @@ def log_requests(draw):
 # -- the monitor under test ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def monitor(tmp_path_factory):
+def monitor(tmp_path_factory, chdb_dir):
+    import uuid
+
     from monitor.config import load
     from monitor.runtime.apps import Embedded
 
     tmp = tmp_path_factory.mktemp("fuzz")
+    # the worker's chdb directory, a database of its own: chdb takes one directory per process, and
+    # this module's monitor stays open while the worker runs other modules' tests in between
     s = load(overrides={
         "receiver": {"grpc_port": free_port(), "http_port": free_port()},
-        "store": {"url": f"chdb://{tmp / 'data'}"}, "telemetry": {"metrics_port": 0},
+        "store": {"url": f"chdb://{chdb_dir}", "database": f"fuzz_{uuid.uuid4().hex[:10]}"},
+        "telemetry": {"metrics_port": 0},
         "spool": {"path": str(tmp / "spool.sqlite")}, "ingest": {"flush_interval_ms": 50},
         "checks": {"enabled": False, "admin_port": 0}, "dashboard": {"enabled": False}})
     app = Embedded(s)

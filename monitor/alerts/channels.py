@@ -20,7 +20,7 @@ from typing import Any
 
 from monitor.alerts.signing import IDEMPOTENCY_HEADER, signature_headers
 
-__all__ = ["build_payload", "render_request", "iso"]
+__all__ = ["build_payload", "render_request", "iso", "channel_secrets"]
 
 _PD_ACTION = {"fire": "trigger", "resolve": "resolve", "test": "trigger"}
 _SLACK_MARK = {"fire": ":rotating_light:", "resolve": ":white_check_mark:", "test": ":wave:"}
@@ -126,3 +126,15 @@ def render_request(channel, payload: str, notification_id: str, now: float | Non
     if channel.type == "webhook":
         headers.update(signature_headers(channel.secret.get_secret_value(), body, notification_id, now))
     return channel.url, headers, body
+
+
+def channel_secrets(channel) -> list[str]:
+    """What of ``channel`` must never reach a log line or a stored row: its secret, routing key,
+    extra header values, and a Slack URL (whose path is the credential)."""
+    out = [v.get_secret_value() for v in (channel.secret, channel.routing_key) if v is not None]
+    out += [v for v in channel.headers.values() if v]
+    if channel.type == "slack" and channel.url:
+        from urllib.parse import urlsplit
+        parts = urlsplit(channel.url)
+        out += [channel.url, parts.path + (f"?{parts.query}" if parts.query else "")]
+    return out

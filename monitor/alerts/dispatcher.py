@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from monitor.alerts.channels import render_request
+from monitor.alerts.channels import channel_secrets, render_request
 from monitor.alerts.outbox import Outbox, OutboxRow
 from monitor.alerts.sender import HttpSender, Response, Sender, classify, parse_retry_after
+from monitor.auth import scrub
 from monitor.backoff import full_jitter
 from monitor.errors import StoreError
 
@@ -281,7 +282,10 @@ class Dispatcher:
     def _finish(self, row: OutboxRow, now: datetime, attempt: int, outcome: str, status: int | None, error: str,
                 ms: float, retry_after: float | None = None) -> OutboxRow:
         r = self.settings.retry
-        error = error[:2000]
+        cfg = self.settings.channels.get(row.channel)
+        # an error may echo what was sent (a receiver quoting its input, a refused header value):
+        # it is logged and stored, so the channel's secrets are taken out first
+        error = scrub(error, channel_secrets(cfg))[:2000] if cfg is not None else error[:2000]
         if outcome == "retry":
             hint = min(retry_after, r.max_s) if retry_after is not None else 0.0
             delay = min(max(full_jitter(attempt, r.initial_s, r.max_s), hint), _MAX_DELAY_S)

@@ -5,6 +5,11 @@ decodable request are reported as partial success); UNAVAILABLE (retryable)
 when saturated;
 messages over ``receiver.max_request_bytes`` are refused by gRPC itself
 with RESOURCE_EXHAUSTED. gzip is negotiated by gRPC.
+
+With ``receiver.auth_token`` every call must carry the metadata ``authorization: Bearer <token>``
+(what the official exporters send with ``OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20...``),
+compared in constant time; UNAUTHENTICATED otherwise, before the message is decoded. TLS (and
+client certificates) when ``receiver.tls`` is set.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import logging
 import grpc
 from google.protobuf.message import DecodeError as _PbDecodeError
 
+from monitor.auth import bearer_ok
 from monitor.errors import DecodeError, Overloaded, PermanentError, RetryableError
-from monitor.otlp.codec import Signal, request_type, response_type
+from monitor.otlp.codec import Signal, export_response, request_type
 from monitor.receiver.ingress import Ingress
 
 __all__ = ["GrpcReceiver"]
@@ -36,8 +42,9 @@ def _handler(ingress: Ingress, signal: Signal, auth_token: str | None = None) ->
     req_type = request_type(signal)
 
     async def export(data: bytes, context: grpc.aio.ServicerContext):
-        if auth_token is not None and dict(context.invocation_metadata() or ()).get(
-                "authorization") != f"Bearer {auth_token}":
+        if auth_token is not None and not bearer_ok(dict(context.invocation_metadata() or ()).get(
+                "authorization"), auth_token):
+            ingress.metrics.auth_refused.labels("otlp_grpc", "unauthenticated").inc()
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "missing or invalid bearer token (receiver.auth_token is set)")
         def decode():  # on the ingress's worker thread
@@ -59,22 +66,19 @@ def _handler(ingress: Ingress, signal: Signal, auth_token: str | None = None) ->
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except RetryableError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        resp = response_type(signal)()
-        if rejected:
-            field = {"traces": "rejected_spans", "metrics": "rejected_data_points",
-                     "logs": "rejected_log_records"}[signal]
-            setattr(resp.partial_success, field, rejected)
-            resp.partial_success.error_message = reason
-        return resp
+        return export_response(signal, rejected, reason if rejected else "")
 
     return grpc.unary_unary_rpc_method_handler(
         export, request_deserializer=None, response_serializer=lambda m: m.SerializeToString())
 
 
 class GrpcReceiver:
-    def __init__(self, ingress: Ingress, host: str, port: int, max_bytes: int, auth_token: str | None = None):
+    def __init__(self, ingress: Ingress, host: str, port: int, max_bytes: int, auth_token: str | None = None,
+                 tls: tuple[bytes, bytes, bytes | None] | None = None):
+        """``tls``: ``(certificate chain PEM, private key PEM, client CA PEM or None)``."""
         self.ingress = ingress
         self.auth_token = auth_token
+        self.tls = tls
         self.host = host
         self.port = port
         self.max_bytes = max_bytes
@@ -91,7 +95,13 @@ class GrpcReceiver:
             for signal, service in _SERVICES.items()
         ])
         host = f"[{self.host}]" if ":" in self.host else self.host
-        port = server.add_insecure_port(f"{host}:{self.port}")
+        if self.tls is not None:
+            chain, key, client_ca = self.tls
+            creds = grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca,
+                                                require_client_auth=client_ca is not None)
+            port = server.add_secure_port(f"{host}:{self.port}", creds)
+        else:
+            port = server.add_insecure_port(f"{host}:{self.port}")
         if port == 0:
             raise OSError(f"cannot bind OTLP/gRPC to {self.host}:{self.port} (port in use?)")
         await server.start()

@@ -10,7 +10,9 @@ import asyncio
 import logging
 import threading
 
+from monitor.auth import secret_value, server_ssl_context
 from monitor.config import ReceiverSettings
+from monitor.errors import ConfigError
 from monitor.receiver.grpc_server import GrpcReceiver
 from monitor.receiver.http_server import HttpReceiver
 from monitor.receiver.ingress import Ingress
@@ -41,15 +43,25 @@ class ReceiverService:
 
     async def _start(self) -> None:
         s = self.settings
+        token = secret_value(s.auth_token)
+        ssl_context, pems = None, None
+        if s.tls.enabled:
+            assert s.tls.cert_file is not None and s.tls.key_file is not None
+            ssl_context = server_ssl_context(s.tls.cert_file, s.tls.key_file, s.tls.client_ca_file)
+            pems = (_read(s.tls.cert_file), _read(s.tls.key_file),
+                    _read(s.tls.client_ca_file) if s.tls.client_ca_file is not None else None)
+        how = ("TLS, client certificates" if s.tls.client_ca_file else "TLS") if s.tls.enabled else "plaintext"
+        how += ", bearer token" if token else ""
         if s.grpc_enabled:
-            self.grpc = GrpcReceiver(self.ingress, s.host, s.grpc_port, s.max_request_bytes, s.auth_token)
+            self.grpc = GrpcReceiver(self.ingress, s.host, s.grpc_port, s.max_request_bytes, token, tls=pems)
             port = await self.grpc.start()
-            log.info("OTLP/gRPC listening on %s:%d", s.host, port)
+            log.info("OTLP/gRPC listening on %s:%d (%s)", s.host, port, how)
         if s.http_enabled:
             self.http = HttpReceiver(self.ingress, s.host, s.http_port, s.max_request_bytes, s.retry_after_s,
-                                     s.auth_token, grace=self.grace)
+                                     token, grace=self.grace, ssl_context=ssl_context)
             port = await self.http.start()
-            log.info("OTLP/HTTP listening on http://%s:%d (/v1/traces, /v1/metrics, /v1/logs)", s.host, port)
+            log.info("OTLP/HTTP listening on %s://%s:%d (/v1/traces, /v1/metrics, /v1/logs; %s)",
+                     "https" if s.tls.enabled else "http", s.host, port, how)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting; requests in flight get ``grace`` seconds to finish (and be answered)."""
@@ -66,3 +78,10 @@ class ReceiverService:
 
     async def _stop(self, grace: float) -> None:
         await asyncio.gather(*(r.stop(grace) for r in (self.grpc, self.http) if r is not None))
+
+
+def _read(path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None

@@ -18,7 +18,9 @@ log = logging.getLogger("monitor.kafka")
 
 
 def client_kwargs(s: KafkaSettings) -> dict[str, Any]:
-    """Connection settings common to producers, consumers and admin clients."""
+    """Connection settings common to producers, consumers and admin clients: the security settings
+    (``kafka.security_protocol``, SASL, SSL files) passed through to kafka-python. The result holds
+    secrets: never log it."""
     if not s.bootstrap_servers:
         raise ConfigError("kafka.bootstrap_servers is empty: pass --kafka HOST:PORT "
                           "or set MONITOR_KAFKA__BOOTSTRAP_SERVERS")
@@ -29,7 +31,17 @@ def client_kwargs(s: KafkaSettings) -> dict[str, Any]:
     }
     if s.sasl_mechanism:
         kw.update(sasl_mechanism=s.sasl_mechanism, sasl_plain_username=s.sasl_username,
-                  sasl_plain_password=s.sasl_password)
+                  sasl_plain_password=s.sasl_password.get_secret_value() if s.sasl_password else None)
+    if s.security_protocol in ("SSL", "SASL_SSL"):
+        kw["ssl_check_hostname"] = s.ssl_check_hostname
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(s, key)
+            if path is not None:
+                if not path.is_file():
+                    raise ConfigError(f"kafka.{key} {path} is not a file")
+                kw[key] = str(path)
+        if s.ssl_password is not None:
+            kw["ssl_password"] = s.ssl_password.get_secret_value()
     return kw
 
 
