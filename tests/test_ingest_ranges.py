@@ -73,7 +73,9 @@ def test_out_of_range_values_are_fixed_flagged_and_stored_with_the_rest(settings
         _span(ss, 1, start=U64_MAX)                                    # start past 2262
         _span(ss, 2, end=U64_MAX)                                      # end past 2262
         _span(ss, 3, start=U64_MAX, end=U64_MAX)                       # both
-        _span(ss, 4, ints={"gen_ai.usage.input_tokens": -1, "gen_ai.usage.output_tokens": 2**32})
+        _span(ss, 4, ints={"gen_ai.usage.input_tokens": -1, "gen_ai.usage.output_tokens": 2**32,
+                           "gen_ai.request.max_tokens": 2**40, "monitor.request.top_logprobs": 10**6,
+                           "monitor.request.logit_bias": -3})  # schema 0014's counts
         _span(ss, 5, events=[U64_MAX])                                 # an event's time
         _span(ss, 6)                                                   # a normal one
         assert post_traces(port, req.SerializeToString()) == 200
@@ -102,10 +104,14 @@ def test_out_of_range_values_are_fixed_flagged_and_stored_with_the_rest(settings
         assert rows[1][1]["monitor.fixed"] == f"start_time_unix_nano={U64_MAX}"
         assert rows[3][1]["monitor.fixed"] == f"start_time_unix_nano={U64_MAX},end_time_unix_nano={U64_MAX}"
         assert "monitor.fixed" not in rows[6][1]
-        ev = {int(s, 16): (i, o, a) for s, i, o, a in store.query_rows(
-            "SELECT span_id, input_tokens, output_tokens, attributes FROM inference_events")}
+        ev = {int(s, 16): (i, o, a, m, t, b, lp) for s, i, o, a, m, t, b, lp in store.query_rows(
+            "SELECT span_id, input_tokens, output_tokens, attributes, max_tokens, top_logprobs, logit_bias, "
+            "logprobs FROM inference_events")}
         assert ev[4][:2] == (None, None)
-        assert ev[4][2]["monitor.fixed"] == f"gen_ai.usage.input_tokens=-1,gen_ai.usage.output_tokens={2**32}"
+        assert ev[4][2]["monitor.fixed"] == (f"gen_ai.usage.input_tokens=-1,gen_ai.usage.output_tokens={2**32},"
+                                             f"gen_ai.request.max_tokens={2**40}")
+        assert ev[4][3:] == (None, 65535, 0, 1)  # counts capped or floored, a limit past UInt32 dropped
+        assert ev[6][3:] == (None, 0, 0, 0)
         assert store.query_rows("SELECT count() FROM inference_events")[0][0] == 7
         assert store.query_rows("SELECT SeverityNumber, LogAttributes['monitor.fixed'] FROM otel_logs")[0] == (
             0, f"time_unix_nano={U64_MAX},severity_number=1000")

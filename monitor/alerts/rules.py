@@ -98,6 +98,7 @@ def describe(rule, model: str, group: str, hits: list[Result], event: str) -> st
             bits.append(f"threshold {r.threshold:.4g}")
         if r.p_value is not None:
             bits.append(f"p {r.p_value:.3g}")
-        parts.append(f"{r.metric} {r.status}" + (f" ({', '.join(bits)})" if bits else ""))
+        who = f" client {r.details['client']}" if isinstance(r.details.get("client"), str) else ""  # abuse verdicts
+        parts.append(f"{r.metric}{who} {r.status}" + (f" ({', '.join(bits)})" if bits else ""))
     more = f", +{len(hits) - 5} more" if len(hits) > 5 else ""
     return f"[{rule.severity}] {rule.name} fired on {where}: {rule.check} " + ", ".join(parts) + more

@@ -4,7 +4,8 @@ The quality columns of ``inference_events`` (languages and their mismatch,
 refusal, empty, truncated, JSON validity, PII placeholders, repetition) are
 filled here for the events :func:`~monitor.otlp.genai.wants_quality` selects
 (captured output of a request that did not fail); :mod:`monitor.quality`
-holds the detectors. One shape for the flags: the event's own columns.
+holds the detectors. One shape for the flags: the event's own columns. The ``injection`` flag
+(:mod:`monitor.quality.injection`) is set for every event with a prompt, failed requests included.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ def warm_up() -> None:
 def enrich(events: list[InferenceEvent]) -> int:
     """Fill the quality columns of ``events`` in place; returns how many were analysed."""
     from monitor import quality
+    from monitor.quality.injection import is_injection
 
+    for ev in events:  # an attempt is one whether or not the request failed
+        if ev.prompt:
+            ev.injection = int(is_injection(ev.prompt))
     todo = [ev for ev in events if wants_quality(ev)]
     if not todo:
         return 0
