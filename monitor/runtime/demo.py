@@ -8,6 +8,14 @@ at the end of every later phase the checks compare that phase with it and the
 log says what was caught (or missed), and where to see it. A local webhook
 receiver stands in for the team's alert endpoint, so fired alerts show up too.
 
+Two versions of the model answer (README "Comparing models"): ``monitor-demo-tiny`` (labelled
+``v1`` by a proxy route) and ``monitor-demo-tiny-v2`` on a second server: the same weights, but
+its compute slowed by :data:`V2_SLOWDOWN` and a guardrail that also refuses refund and password
+questions (a degraded release). A share (:data:`SHADOW_SHARE`) of the requests to v1 is shadowed
+to v2, so the Compare page (and ``monitor compare --a monitor-demo-tiny --b
+monitor-demo-tiny-v2``) shows the difference on identical prompts; the log sums it up at the end.
+The checks of each phase look at v1 only.
+
 The demo runs the checks with strict thresholds (p < 0.001 for the drift and
 quality tests instead of 0.05 / 0.01), because its phases are short: a
 handful of requests per phase, where the default would flag noise in the
@@ -23,7 +31,7 @@ import threading
 import time
 from datetime import datetime
 
-from monitor.config import AlertChannel, AlertRule, Settings
+from monitor.config import AlertChannel, AlertRule, ProxyRoute, Settings, ShadowRule
 from monitor.runtime.apps import Embedded
 
 __all__ = ["Demo"]
@@ -31,6 +39,12 @@ __all__ = ["Demo"]
 log = logging.getLogger("monitor.demo")
 
 DEMO_ALPHA = 0.001
+V2 = "monitor-demo-tiny-v2"
+"""The demo's candidate version: the served name of the second server."""
+V2_SLOWDOWN = 1.6
+V2_BLOCKED = ("refund", "password")
+"""Topics the v2 guardrail refuses on top of the reference server's (a degraded release)."""
+SHADOW_SHARE = 0.2
 """p-value threshold of the demo's drift and quality tests (see the module docstring)."""
 
 
@@ -39,13 +53,17 @@ class Demo:
                  phase_seconds: float = 60.0, loop: bool = True):
         from monitor.extras import require
         require("demo", "`monitor demo`")
-        from monitor.demo.server import DemoServer
+        from monitor.demo.server import DEFAULT_BLOCKED_TOPICS, DemoServer
         from monitor.demo.webhook import WebhookReceiver
 
         r = settings.receiver
         self.server = DemoServer(host="127.0.0.1", port=server_port,
                                  otlp_endpoint=f"http://{'127.0.0.1' if r.host == '0.0.0.0' else r.host}:{r.grpc_port}")
         settings.proxy.upstream = f"http://127.0.0.1:{server_port}"
+        self.v2 = DemoServer(host="127.0.0.1", port=_free_port(), otlp_endpoint=self.server.app_kw["otlp_endpoint"],
+                             model_name=V2, slowdown=V2_SLOWDOWN,
+                             blocked_topics=(*DEFAULT_BLOCKED_TOPICS, *V2_BLOCKED))
+        _demo_versions(settings, settings.proxy.upstream, self.v2.url)
         self.webhook = WebhookReceiver(secrets.token_hex(16))
         _demo_checks(settings, self.webhook)
         self.settings = settings
@@ -67,6 +85,8 @@ class Demo:
         self.embedded.start()
         self.server.start()  # trains the tiny model on first use (Ctrl-C stops it), then loads it from the cache
         self.model = self.server.engine.model_name
+        self.v2.app_kw["model"] = self.server.engine.model  # the same weights, loaded once
+        self.v2.start()
         log.info("demo: loading the checks' models before the first phase")
         self.embedded.check_runner.warm_up()
         assert self.embedded.proxy is not None
@@ -131,7 +151,28 @@ class Demo:
             time.sleep(0.2)
         time.sleep(1.0)  # the last batch's inserts
 
+    def _compare_line(self) -> str:
+        """One line: v1 against v2 on the demo's traffic so far (no embeddings: quick)."""
+        from monitor.compare.queries import Side
+        from monitor.compare.report import compare
+
+        assert self.embedded is not None and self.traffic is not None
+        end = datetime.now(tz=self.baseline[0].tzinfo) if self.baseline else None
+        if end is None:
+            return "no comparison (the baseline phase did not run)"
+        r = compare(self.embedded.store, Side(self.model), Side(V2), self.baseline[0], end, semantic=False)
+        lat, ref = r["distributions"]["latency_ms"], r["rates"]["refusal_rate"]
+        pairs = r["pairs"]
+        return (f"{self.model} vs {V2}: median latency x{_fmt(lat.get('median_ratio'))} (Mann-Whitney p="
+                f"{_fmt(lat.get('p_value'))}), refusals {_pct(ref['rate_a'])} -> {_pct(ref['rate_b'])} (z-test p="
+                f"{_fmt(ref.get('p_value'))}), {pairs['pairs']} shadow pairs ({pairs.get('one_refused', 0)} where "
+                "only one refused); Compare page: A monitor-demo-tiny@v1, B monitor-demo-tiny-v2@v2")
+
     def _summary(self) -> None:
+        try:
+            log.info("demo: compared: %s", self._compare_line())
+        except Exception:
+            log.exception("demo: the comparison of the two versions failed")
         expected = [n for n, (_, line) in self.verdicts.items() if "caught" in line or "MISSED" in line]
         missed = [n for n, (ok, _) in self.verdicts.items() if not ok and n != "control"]
         control_ok = self.verdicts.get("control", (False, ""))[0]
@@ -151,10 +192,27 @@ class Demo:
             log.info("demo traffic: %d requests sent, %d failed", self.traffic.sent, self.traffic.errors)
         t0 = time.monotonic()
         self.server.stop()  # first: its last spans reach the receiver while it still listens
+        self.v2.stop()
         if self.embedded is not None:
             self.embedded.stop()
         self.webhook.stop()
         log.debug("demo stopped in %.1fs", time.monotonic() - t0)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _demo_versions(settings: Settings, v1_url: str, v2_url: str) -> None:
+    """v1 and v2 behind the one proxy, a share of v1's requests shadowed to v2."""
+    p = settings.proxy
+    p.routes = [*p.routes, ProxyRoute(model="monitor-demo-tiny", upstream=v1_url, model_version="v1", name="demo-v1"),
+                ProxyRoute(model=V2, upstream=v2_url, model_version="v2", name="demo-v2")]
+    p.shadow = [*p.shadow, ShadowRule(model="monitor-demo-tiny", to=V2, share=SHADOW_SHARE, max_per_s=1.0,
+                                      max_concurrency=1)]
 
 
 def _demo_checks(settings: Settings, webhook) -> None:
@@ -187,6 +245,14 @@ def _describe(r) -> str:
         example = (grew[0].get("examples") or [""])[0][:80]
         what += f"; the cluster that grew most: '{grew[0].get('label', '')}', e.g. \"{example}\""
     return what
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2g}"
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v * 100:.1f}%"
 
 
 def _names(results) -> str:

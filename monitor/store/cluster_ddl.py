@@ -50,6 +50,7 @@ SHARDING_KEYS: dict[str, tuple[str, str]] = {
     "inference_events": ("cityHash64(trace_id)", "a request's event and its spans on one shard"),
     "embedding_cache": ("cityHash64(text_hash)", "one text's embedding on one shard"),
     "check_results": ("cityHash64(model)", "a model's results together"),
+    "model_versions": ("cityHash64(model)", "a model's versions together (min/max merge per shard, the query merges shards)"),
     "check_distributions": ("cityHash64(model)", "beside the model's results"),
     "baselines": ("cityHash64(model)", "every version of a model's baseline on one shard, so FINAL collapses them"),
     "alert_events": ("cityHash64(alert_id)", "an alert's transitions on one shard"),

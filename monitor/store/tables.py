@@ -110,6 +110,12 @@ RANGE_GUARDS: dict[tuple[str, str], str] = {
     **{("inference_events", c): _FLAG for c in ("refusal", "empty_output", "truncated", "json_valid", "degenerate",
                                                 "language_mismatch")},
     ("inference_events", "pii_in_output"): "a count of placeholders, capped at 65535",
+    ("inference_events", "max_tokens"): "a token limit from attributes: outside 0..2^32-1 it becomes NULL and is flagged",
+    **{("inference_events", c): "a count from the request, capped at 65535 (monitor.otlp.identity, genai)"
+       for c in ("top_logprobs", "logit_bias")},
+    **{("inference_events", c): _FLAG for c in ("logprobs", "injection")},
+    ("inference_events", "cached_tokens"): "a token count from attributes: outside 0..2^32-1 it becomes NULL and is flagged",
+    ("inference_events", "token_cost"): _FLOAT + " (tokens x prices from config)",
     ("dead_letters", "timestamp"): "the time ingest set it aside (now)",
     ("dead_letters", "item"): "an index into the message (int32) or -1",
 }
