@@ -36,5 +36,24 @@ if [ "$#" -eq 0 ]; then
   # dependency: first install the README's own lines into fresh virtualenvs and run them.
   echo "the newcomer's path: the README's install lines in fresh virtualenvs (tests/newcomer.py)" >&2
   python3 tests/newcomer.py
+  # The real partners (llama.cpp's llama-server + a 98 MB model, the stock OpenTelemetry Collector) are
+  # built once per machine into $CACHE/partners (~9 + ~4 min on 2 cores, then seconds); building them here
+  # shows the progress in this log instead of inside a pytest worker. A missing toolchain is reported and
+  # the tests that need it are skipped, loudly (tests/partners.py).
+  echo "real partners: llama-server, SmolLM2, otelcol (tests/partners.py; built once, then cached)" >&2
+  "$VENV/bin/python" tests/partners.py build >&2 ||
+    echo "some partners could not be built (above): their tests will be SKIPPED (missing toolchain) or fail" >&2
+else
+  # A run of the files that need them builds just those (a no-op once cached); the tests themselves never
+  # build (a 9-minute build inside a pytest worker would meet the test's timeout), they skip loudly instead.
+  WANT=""
+  case " $* " in *test_llamacpp*) WANT="$WANT llama-server smollm2" ;; esac
+  case " $* " in *test_otelcol*) WANT="$WANT otelcol" ;; esac
+  if [ -n "$WANT" ]; then
+    echo "real partners:$WANT (tests/partners.py; built once, then cached)" >&2
+    # shellcheck disable=SC2086
+    "$VENV/bin/python" tests/partners.py build $WANT >&2 ||
+      echo "some partners could not be built (above): their tests will be SKIPPED (missing toolchain) or fail" >&2
+  fi
 fi
 exec "$VENV/bin/python" -m pytest -n "${PYTEST_WORKERS:-2}" -W ignore::DeprecationWarning "$@"

@@ -5,7 +5,11 @@ by chunk as it streams) and the times at which content reached the client;
 :meth:`Capture.attributes` turns it into GenAI span attributes. It
 understands the OpenAI API (chat, completions, embeddings; SSE streaming
 with or without a usage chunk) and Ollama's native ``/api/chat`` and
-``/api/generate`` (NDJSON streaming, durations in nanoseconds).
+``/api/generate`` (NDJSON streaming, durations in nanoseconds). Engine-side
+timings that a server puts in its own response become the ``gen_ai.latency.*``
+attributes a vLLM engine span carries: Ollama's ``*_duration`` fields and
+llama.cpp ``llama-server``'s ``timings`` object (``prompt_ms`` -> prefill,
+``predicted_ms`` -> decode; in the last stream chunk or the whole response).
 
 Client-seen timings are recorded under ``monitor.client.*`` (seconds): the
 proxy measures them when bytes leave towards the client, so they include
@@ -58,6 +62,13 @@ def _text_of(content: Any) -> str:
     return ""
 
 
+def _ms(v: Any) -> float | None:
+    """A duration in ms as a server reported it: a finite number >= 0, else None (not reported)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1e12:
+        return None  # NaN fails both comparisons
+    return float(v)
+
+
 @dataclass
 class Capture:
     api: str
@@ -71,6 +82,8 @@ class Capture:
     finish_reasons: list[str] = field(default_factory=list)
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cached_tokens: int | None = None
+    """OpenAI ``usage.prompt_tokens_details.cached_tokens``: input served from the prompt cache."""
     chunks: int = 0
     """Content-bearing chunks seen in a stream (one per token on vLLM, OpenAI, Ollama)."""
     output: list[str] = field(default_factory=list)
@@ -78,7 +91,7 @@ class Capture:
     roles: list[str] = field(default_factory=list)
     ollama_durations: dict[str, int] = field(default_factory=dict)
     engine: dict[str, float] = field(default_factory=dict)
-    """Engine-side timings (seconds) reported in the response itself (Ollama)."""
+    """Engine-side timings (seconds) reported in the response itself (Ollama, llama.cpp ``timings``)."""
     error_body: str = ""
     usage_requested: bool = False
     """The proxy added ``stream_options.include_usage``: the usage chunk is for us, not the client."""
@@ -226,6 +239,9 @@ class Capture:
                 self.input_tokens = int(usage["prompt_tokens"])
             if usage.get("completion_tokens") is not None:
                 self.output_tokens = int(usage["completion_tokens"])
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+                self.cached_tokens = int(details["cached_tokens"])
         for choice in data.get("choices") or []:
             if not isinstance(choice, dict):
                 continue
@@ -251,6 +267,20 @@ class Capture:
                 self.finish_reasons.append(str(choice["finish_reason"]))
         if data.get("object") == "list" and isinstance(data.get("data"), list):  # embeddings
             self.output = []
+        timings = data.get("timings")
+        if isinstance(timings, dict):
+            self._llamacpp_timings(timings)
+
+    def _llamacpp_timings(self, t: dict[str, Any]) -> None:
+        """llama-server's ``timings`` (milliseconds): ``prompt_ms`` is the prompt's evaluation (prefill,
+        only the tokens not already in its prompt cache), ``predicted_ms`` the generation (decode)."""
+        prompt, predicted = _ms(t.get("prompt_ms")), _ms(t.get("predicted_ms"))
+        if prompt is not None:
+            self.engine["gen_ai.latency.time_in_model_prefill"] = prompt / 1e3
+        if predicted is not None:
+            self.engine["gen_ai.latency.time_in_model_decode"] = predicted / 1e3
+        if prompt is not None and predicted is not None:
+            self.engine["gen_ai.latency.time_in_model_inference"] = (prompt + predicted) / 1e3
 
     def _ollama_object(self, data: dict[str, Any]) -> None:
         self.model = str(data.get("model") or self.model)
@@ -342,5 +372,7 @@ class Capture:
             attrs["monitor.usage.output_tokens_counted"] = True
         if out is not None:
             attrs["gen_ai.usage.output_tokens"] = out
+        if self.cached_tokens is not None:
+            attrs["gen_ai.usage.cache_read.input_tokens"] = self.cached_tokens
         attrs.update(self.engine)
         return attrs
