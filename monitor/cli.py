@@ -280,6 +280,9 @@ def check(ctx, model, window, reference, only, url, data_dir, as_json, verbose):
             try:
                 report = CheckRunner(store, settings).run(model=model, window=window, reference=reference,
                                                           only=only_list).as_dict()
+                from monitor.runtime.records import record_local  # records governance: audit_log
+                record_local(store, "run_checks", model or "", {"window": window, "reference": reference,
+                                                                "only": only_list})
             finally:
                 store.close()
     except MonitorError as exc:
@@ -287,6 +290,50 @@ def check(ctx, model, window, reference, only, url, data_dir, as_json, verbose):
     click.echo(_json.dumps(report, indent=2, default=str) if as_json else render(report, verbose))
     if report["status"] == "fail":
         sys.exit(1)
+
+
+@main.command()
+@click.option("--a", "side_a", required=True, help="Incumbent: MODEL[@VERSION][+ADAPTER].")
+@click.option("--b", "side_b", required=True, help="Candidate: MODEL[@VERSION][+ADAPTER].")
+@click.option("--window", default="24h", show_default=True, help="The last 30m, 1h, 24h, 7d ...")
+@click.option("--no-semantic", is_flag=True, help="Skip the embedding comparisons (no torch needed).")
+@click.option("--clickhouse", "url", default=None, help="chdb:///path or http(s)://user:pass@host:8123/db.")
+@click.option("--data-dir", default=None, help="Shorthand for --clickhouse chdb://DIR.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@click.pass_context
+def compare(ctx, side_a, side_b, window, no_semantic, url, data_dir, as_json):
+    """Compare two models, versions, adapters or endpoints on the same window (README "Comparing models"):
+    latency, TTFT, tokens/s, quality rates, output length, cost, semantic drift and shadow-pair
+    agreement, each difference with its test and p-value or confidence interval.
+
+    While `monitor up` holds the embedded store, this asks it through its admin endpoint."""
+    import json as _json
+
+    from monitor.checks.windows import current_window
+    from monitor.compare.queries import parse_side
+    from monitor.compare.report import compare as run_compare
+    from monitor.compare.report import render
+    from monitor.runtime.admin import admin_available, admin_call
+
+    settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
+    try:
+        a, b = parse_side(side_a), parse_side(side_b)
+        w = current_window(window)
+        if settings.store.is_embedded and admin_available(settings):
+            out = admin_call(settings, "/admin/compare", {"a": side_a, "b": side_b, "window": window,
+                                                          "semantic": not no_semantic})
+        else:
+            _store_needs(settings, "`monitor compare` on a chdb:// store")
+            from monitor.runtime.apps import open_store
+            store = open_store(settings)
+            try:
+                out = run_compare(store, a, b, w.start, w.end, semantic=not no_semantic,
+                                  semantic_settings=settings.checks.semantic)
+            finally:
+                store.close()
+    except MonitorError as exc:
+        raise _click_error(exc) from None
+    click.echo(_json.dumps(out, indent=2, default=str) if as_json else render(out))
 
 
 @main.group()
@@ -319,6 +366,8 @@ def baseline_pin(ctx, model, start, end, group, note, url, data_dir):
             store = open_store(settings)
             try:
                 pin_baseline(store, model, parse_time(start), parse_time(end), group, note)
+                from monitor.runtime.records import record_local  # records governance: audit_log
+                record_local(store, "pin_baseline", model, {"from": start, "to": end, "group": group, "note": note})
             finally:
                 store.close()
     except MonitorError as exc:
@@ -404,6 +453,8 @@ def alerts_test(ctx, channel, wait_s, url, data_dir):
             store = open_store(settings)
             try:
                 out = AlertService(store, settings).send_test(channel, wait_s)
+                from monitor.runtime.records import record_local  # records governance: audit_log
+                record_local(store, "test_alert", channel, {"status": out.get("status")})
             finally:
                 store.close()
     except MonitorError as exc:
@@ -461,6 +512,80 @@ def alerts_list(ctx, history, as_json, url, data_dir):
 
 
 @main.command()
+@click.option("--window", default="1h", show_default=True, help="How far back from now: 30m, 1h, 1d, 7d...")
+@click.option("--model", default=None, help="Only this model.")
+@click.option("--limit", type=int, default=50, show_default=True, help="Busiest clients listed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--clickhouse", "url", default=None, help="chdb:///path or http(s)://user:pass@host:8123/db.")
+@click.option("--data-dir", default=None, help="Shorthand for --clickhouse chdb://DIR.")
+@click.pass_context
+def clients(ctx, window, model, limit, as_json, url, data_dir):
+    """Usage per client: requests, tokens, cost, error and refusal rates, latency, abuse flags.
+
+    A client is the keyed hash of the API key it sent (else user:<id>); while `monitor up` holds
+    the embedded store, this asks it through its admin endpoint."""
+    import json as _json
+    import urllib.parse
+    from datetime import datetime, timezone
+
+    from monitor.checks.windows import parse_duration
+    from monitor.runtime.admin import admin_available, admin_call
+
+    if not 1 <= limit <= 10_000:
+        raise click.UsageError("--limit must be from 1 to 10000")
+    settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
+    try:
+        span = parse_duration(window)
+        if settings.store.is_embedded and admin_available(settings):
+            query = urllib.parse.urlencode({k: v for k, v in (("window", window), ("model", model),
+                                                               ("limit", limit)) if v})
+            out = admin_call(settings, f"/admin/clients?{query}")
+        else:
+            _store_needs(settings, "`monitor clients` on a chdb:// store")
+            from monitor.checks.clients import client_usage
+            from monitor.runtime.apps import open_store
+            end = datetime.now(timezone.utc)
+            store = open_store(settings)
+            try:
+                out = client_usage(store, end - span, end, model, limit)
+            finally:
+                store.close()
+    except MonitorError as exc:
+        raise _click_error(exc) from None
+    except OverflowError:
+        raise click.UsageError(f"--window {window} is too long") from None
+    if as_json:
+        click.echo(_json.dumps(out, indent=2))
+        return
+    click.echo(render_clients(out))
+
+
+def render_clients(out: dict[str, Any]) -> str:
+    """The table `monitor clients` prints."""
+    def pct(v):
+        return "-" if v is None else f"{v:.1%}"
+
+    def num(v, fmt="{:,.0f}"):
+        return "-" if v is None else fmt.format(v)
+
+    rows = out["clients"]
+    head = (f"clients {out['from'][:19]} .. {out['to'][:19]} UTC{' model ' + out['model'] if out['model'] else ''}: "
+            f"{out['total_clients']} (busiest {len(rows)})")
+    if not rows:
+        return head + "\nno requests in the window"
+    lines = [head, f"{'client':<34} {'requests':>8} {'tokens in':>10} {'tokens out':>10} {'cost':>8} "
+                   f"{'errors':>7} {'refusals':>8} {'p50 ms':>8} {'p95 ms':>8}  flags"]
+    for r in rows:
+        name = r["client"] if len(r["client"]) <= 34 else r["client"][:31] + "..."
+        lines.append(f"{name:<34} {r['requests']:>8,} {num(r['input_tokens']):>10} {num(r['output_tokens']):>10} "
+                     f"{num(r['cost'], '{:,.2f}'):>8} {pct(r['error_rate']):>7} {pct(r['refusal_rate']):>8} "
+                     f"{num(r['latency_ms_p50']):>8} {num(r['latency_ms_p95']):>8}  {','.join(r['flags'])}")
+        if r.get("flag_summary"):
+            lines.append(f"    {r['flag_summary']}")
+    return "\n".join(lines)
+
+
+@main.command()
 @click.option("--clickhouse", "url", default=None,
               help="http(s)://user:pass@host:8123/db (a read-only user: deploy/clickhouse/users.d) or chdb:///path.")
 @click.option("--data-dir", default=None, help="Shorthand for --clickhouse chdb://DIR (not while `monitor up` holds it).")
@@ -508,17 +633,193 @@ def demo_server(host, port, otlp_endpoint, seed, model_name, slowdown, blocked_t
 @click.option("--url", default=None, help="A /metrics URL [http://127.0.0.1:9464/metrics].")
 @click.option("--port", type=int, default=None, help="Shorthand for --url http://127.0.0.1:PORT/metrics.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def status(url, port, as_json):
-    """Print the health of a running monitor (receiver, queue, spool, consumer lag, inserts)."""
+@click.pass_context
+def status(ctx, url, port, as_json):
+    """Print the health of a running monitor (receiver, queue, spool, consumer lag, inserts).
+
+    Sends telemetry.auth_token (MONITOR_TELEMETRY__AUTH_TOKEN) when it is set."""
+    import urllib.error
+
+    from monitor.auth import secret_value
     from monitor.status import fetch, render
 
+    try:
+        token = secret_value(_config.load(ctx.obj.get("config")).telemetry.auth_token)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     url = url or f"http://127.0.0.1:{port or 9464}/metrics"
     try:
-        snapshot = fetch(url)
+        snapshot = fetch(url, token=token)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise click.ClickException(f"{url} wants a bearer token: set MONITOR_TELEMETRY__AUTH_TOKEN "
+                                       "(telemetry.auth_token) to the monitor's") from None
+        raise click.ClickException(f"{url} answered {exc.code}; is it a monitor's /metrics?") from None
     except OSError as exc:
         raise click.ClickException(f"no monitor answers at {url} ({exc}); is it running? "
                                    "pass --url or --port of its /metrics") from None
     click.echo(render(snapshot, as_json))
+
+
+# -- records governance (README "Records governance"): erase, export, audit ----------------------
+
+
+@main.command()
+@click.option("--user", default=None, help="An end-user id (enduser.id / user.id; the user_id column).")
+@click.option("--client", default=None, help="A client: its key hash or client id (`monitor clients` lists them).")
+@click.option("--conversation", default=None, help="A conversation id (gen_ai.conversation.id / session.id).")
+@click.option("--dry-run", is_flag=True, help="Count the rows per table; delete nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask before deleting (asked only on a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@click.option("--clickhouse", "url", default=None, help="chdb:///path or http(s)://user:pass@host:8123/db.")
+@click.option("--data-dir", default=None, help="Shorthand for --clickhouse chdb://DIR.")
+@click.pass_context
+def erase(ctx, user, client, conversation, dry_run, yes, as_json, url, data_dir):
+    """Delete one person's rows from every table (spans, events, logs, embeddings...) and print the
+    counts per table. Give exactly one of --user, --client, --conversation.
+
+    While `monitor up` holds the embedded store, this asks it through its admin endpoint."""
+    import json as _json
+
+    from monitor.runtime.admin import admin_available, admin_call
+    from monitor.runtime.records import erase_payload
+
+    try:
+        kind, value = erase_payload(user, client, conversation)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
+    if not dry_run and not yes and sys.stdin.isatty():
+        click.confirm(f"Delete every row of {kind} {value!r} from {settings.store.database_name()}? "
+                      "(--dry-run counts them first)", abort=True)
+    try:
+        if settings.store.is_embedded and admin_available(settings):
+            out = admin_call(settings, "/admin/erase", {kind: value, "dry_run": dry_run})
+        else:
+            _store_needs(settings, "`monitor erase` on a chdb:// store")
+            from monitor.runtime.apps import open_store
+            from monitor.runtime.records import erase_direct
+            store = open_store(settings)
+            try:
+                out = erase_direct(store, kind, value, dry_run)
+            finally:
+                store.close()
+    except MonitorError as exc:
+        raise _click_error(exc) from None
+    if as_json:
+        click.echo(_json.dumps(out, indent=2))
+        return
+    verb = "would delete" if out["dry_run"] else "deleted"
+    click.echo(f"{kind} {out['target']}: {out['traces']} trace(s); {verb}:")
+    for t in out["tables"]:
+        if t["matched"] or out["dry_run"]:
+            what = "rewritten (examples taken out)" if t["how"] == "rewrite" else "rows"
+            left = f", {t['left']} left" if t["left"] else ""
+            click.echo(f"  {t['table']:<36} {t['matched']:>9,} {what}{left}")
+    if not any(t["matched"] for t in out["tables"]):
+        click.echo("  nothing matched")
+    for note in out.get("notes", []):
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"({out['seconds']:.1f}s; recorded in the audit log as {out['target']})")
+
+
+@main.command("export")
+@click.option("--from", "start", required=True, help="ISO 8601 time (UTC if no zone) or -7d.")
+@click.option("--to", "end", default="now", show_default=True, help="ISO 8601 time, -1h or now.")
+@click.option("--model", default=None, help="Only this model (and, for spans and logs, its traces).")
+@click.option("--table", type=click.Choice(["inference_events", "otel_traces", "otel_logs", "audit_log"]),
+              default="inference_events", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default="parquet", show_default=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The file to write.")
+@click.option("--force", is_flag=True, help="Replace --out when it exists.")
+@click.option("--clickhouse", "url", default=None, help="chdb:///path or http(s)://user:pass@host:8123/db.")
+@click.option("--data-dir", default=None, help="Shorthand for --clickhouse chdb://DIR.")
+@click.pass_context
+def export(ctx, start, end, model, table, fmt, out_path, force, url, data_dir):
+    """Write the rows of [--from, --to) to a Parquet or JSON-lines file, for an audit; recorded in
+    the audit log (who, what range, how many rows) before the first byte is written."""
+    import os
+    from pathlib import Path
+
+    from monitor.runtime.admin import admin_available, admin_download
+
+    out = Path(out_path).expanduser().resolve()
+    if out.exists() and not force:
+        raise click.UsageError(f"{out} exists; pass --force to replace it")
+    settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
+    body = {"from": start, "to": end, "model": model, "table": table, "format": fmt}
+    part = out.with_name(out.name + ".part")
+    try:
+        if settings.store.is_embedded and admin_available(settings):
+            try:
+                with open(part, "wb") as fh:
+                    headers = admin_download(settings, "/admin/export", body, fh)
+                os.replace(part, out)
+            finally:
+                part.unlink(missing_ok=True)
+            result = {"rows": int(headers.get("X-Monitor-Rows", 0)), "bytes": out.stat().st_size,
+                      "seconds": float(headers.get("X-Monitor-Seconds", 0))}
+        else:
+            _store_needs(settings, "`monitor export` on a chdb:// store")
+            from monitor.runtime.apps import open_store
+            from monitor.runtime.records import export_direct
+            store = open_store(settings)
+            try:
+                result = export_direct(store, out, body)
+            finally:
+                store.close()
+    except MonitorError as exc:
+        raise _click_error(exc) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc}") from None
+    click.echo(f"{result['rows']:,} rows of {table} -> {out} ({fmt}, {result['bytes']:,} bytes, "
+               f"{result['seconds']:.1f}s)")
+
+
+@main.command("audit")
+@click.option("--since", default="7d", show_default=True, help="How far back: 1h, 7d, 90d...")
+@click.option("--actor", default=None, help="Only this actor (admin-token, dashboard-token, local, a user).")
+@click.option("--action", type=click.Choice(["search", "open_request", "pin_baseline", "export", "erase",
+                                             "test_alert", "run_checks"]), default=None)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--clickhouse", "url", default=None)
+@click.option("--data-dir", default=None)
+@click.pass_context
+def audit(ctx, since, actor, action, limit, as_json, url, data_dir):
+    """Who searched prompts, opened requests, pinned baselines, exported and erased (newest first)."""
+    import json as _json
+    import urllib.parse
+
+    from monitor.runtime.admin import admin_available, admin_call
+
+    settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
+    try:
+        if settings.store.is_embedded and admin_available(settings):
+            query = urllib.parse.urlencode({k: v for k, v in (("since", since), ("actor", actor), ("action", action),
+                                                               ("limit", limit)) if v})
+            rows = admin_call(settings, f"/admin/audit?{query}")
+        else:
+            _store_needs(settings, "`monitor audit` on a chdb:// store")
+            from monitor.runtime.apps import open_store
+            from monitor.runtime.records import audit_direct
+            store = open_store(settings)
+            try:
+                rows = audit_direct(store, since, actor, action, limit)
+            finally:
+                store.close()
+    except MonitorError as exc:
+        raise _click_error(exc) from None
+    if as_json:
+        click.echo(_json.dumps(rows, indent=2, default=str))
+        return
+    for r in rows:
+        details = _json.dumps(r["details"], default=str, ensure_ascii=False) if not isinstance(r["details"], str) \
+            else r["details"]
+        click.echo(f"{r['timestamp'][:23]} {r['actor']:<16} {r['action']:<13} {r['target'][:60]!r} "
+                   f"[{r['origin']}{' ' + r['address'] if r['address'] else ''}] {details[:200]}")
+    if not rows:
+        click.echo(f"no audit entries in the last {since}")
 
 
 if __name__ == "__main__":

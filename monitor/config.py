@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from typing import Annotated
 
-from pydantic import (BaseModel, BeforeValidator, Field, SecretStr, ValidationError, field_validator,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, Field, SecretStr, ValidationError, field_validator,
                       model_validator)
 from pydantic_settings import (
     BaseSettings,
@@ -36,12 +36,19 @@ from monitor.errors import ConfigError
 
 __all__ = [
     "Settings",
+    "TlsSettings",
     "ReceiverSettings",
     "KafkaSettings",
     "SpoolSettings",
     "StoreSettings",
+    "RetentionSettings",
     "IngestSettings",
     "ProxySettings",
+    "ProxyRoute",
+    "ShadowRule",
+    "TokenPrice",
+    "CostSettings",
+    "CanarySettings",
     "RedactionSettings",
     "PipelineSettings",
     "ScrapeSettings",
@@ -56,6 +63,8 @@ __all__ = [
     "AlertChannel",
     "AlertRule",
     "AlertRetrySettings",
+    "ClientsSettings",
+    "AbuseSettings",
     "load",
     "CONFIG_ENV",
     "CACHE_ENV",
@@ -96,6 +105,30 @@ class _Section(BaseModel):
     model_config = {"extra": "forbid"}
 
 
+class TlsSettings(_Section):
+    """TLS for a listener: off unless ``cert_file`` and ``key_file`` are set (PEM files)."""
+
+    cert_file: Path | None = None
+    """The server certificate (chain), PEM."""
+    key_file: Path | None = None
+    """Its private key, PEM (readable by the monitor's user only)."""
+    client_ca_file: Path | None = None
+    """When set, clients must present a certificate signed by this CA (mutual TLS); that
+    authenticates them as a token would."""
+
+    @model_validator(mode="after")
+    def _pair(self) -> "TlsSettings":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("set both cert_file and key_file (or neither)")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file needs cert_file and key_file (mutual TLS is TLS first)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
 class ReceiverSettings(_Section):
     """The OTLP receiver (gRPC and HTTP/protobuf+JSON)."""
 
@@ -113,8 +146,12 @@ class ReceiverSettings(_Section):
     """Requests being decoded, processed and spooled at once; past it the receiver answers 503 at once."""
     workers: int = Field(2, gt=0, le=64)
     """Threads doing that work (off the event loop: a huge request delays only itself)."""
-    auth_token: str | None = None
-    """When set, OTLP requests must carry ``Authorization: Bearer <token>`` (401 otherwise)."""
+    auth_token: SecretStr | None = None
+    """When set, OTLP requests must carry ``Authorization: Bearer <token>`` (HTTP 401, gRPC
+    UNAUTHENTICATED otherwise; gRPC metadata ``authorization``). Required when ``host`` is not
+    loopback (unless ``tls.client_ca_file`` authenticates clients)."""
+    tls: TlsSettings = TlsSettings()
+    """TLS on both OTLP ports when ``tls.cert_file`` and ``tls.key_file`` are set."""
 
 
 class KafkaSettings(_Section):
@@ -148,9 +185,35 @@ class KafkaSettings(_Section):
     partitions: int = Field(3, ge=1)
     replication_factor: int = Field(1, ge=1)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str | None = None
+    """Passed to kafka-python as is, with the settings below."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """Required with SASL_PLAINTEXT / SASL_SSL."""
     sasl_username: str | None = None
-    sasl_password: str | None = None
+    sasl_password: SecretStr | None = None
+    """Better from the environment: ``MONITOR_KAFKA__SASL_PASSWORD``."""
+    ssl_cafile: Path | None = None
+    """CA bundle (PEM) the broker certificates are checked against (SSL, SASL_SSL); default: the
+    system's."""
+    ssl_certfile: Path | None = None
+    """Client certificate (PEM) for brokers that authenticate clients by certificate."""
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    """Password of ``ssl_keyfile``, when it is encrypted."""
+    ssl_check_hostname: bool = True
+    """Check that the broker certificate names the host connected to."""
+
+    @model_validator(mode="after")
+    def _security(self) -> "KafkaSettings":
+        if self.security_protocol.startswith("SASL_"):
+            if self.sasl_mechanism is None:
+                raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism "
+                                 "(PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
+            if not self.sasl_username or self.sasl_password is None:
+                raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs sasl_username and sasl_password")
+        elif self.sasl_mechanism is not None:
+            raise ValueError(f"sasl_mechanism is set but security_protocol is {self.security_protocol}: "
+                             "use SASL_SSL (or SASL_PLAINTEXT on a trusted network)")
+        return self
 
     def topic(self, signal: str) -> str:
         return {"traces": self.spans_topic, "metrics": self.metrics_topic, "logs": self.logs_topic}[signal]
@@ -172,6 +235,43 @@ class SpoolSettings(_Section):
     """When full, the receiver answers 503 + Retry-After (senders retry); nothing accepted is dropped."""
     synchronous: Literal["normal", "full"] = "normal"
     """``normal`` survives a killed process; ``full`` also a power loss, at one fsync per request."""
+
+
+def _model_name(v: str) -> str:
+    if not v.strip() or any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError(f"a model name must be non-empty and without control characters (got {v!r})")
+    return v
+
+
+class RetentionSettings(_Section):
+    """How long rows are kept (README "Records governance"), as ClickHouse TTLs on each table.
+
+    Applied at start: a table whose TTL differs from this is altered then (``monitor up`` restarted,
+    ``monitor ingest`` restarted), and its expired rows go in the background. Tables not named keep
+    ``store.retention_days``. With ``store.apply_schema: false`` (a cluster) the TTLs are yours to
+    alter (deploy/clickhouse/cluster/README.md).
+
+    Example::
+
+        retention:
+          tables: {otel_traces: 7, "otel_metrics_*": 90}   # shell-style globs name several
+          models: {llama-3-70b: 180}                      # that model's requests
+    """
+
+    tables: dict[str, Annotated[int, Field(ge=1, le=36500)]] = Field(default_factory=dict)
+    """Days per table (or glob of tables). A companion table follows its table unless named itself:
+    ``otel_traces_trace_id_ts`` follows ``otel_traces``, ``check_distributions`` follows
+    ``check_results``, ``embedding_cache`` follows ``inference_events``. A name that matches no table
+    stops the start."""
+    models: dict[Annotated[str, AfterValidator(_model_name)], Annotated[int, Field(ge=1, le=36500)]] = \
+        Field(default_factory=dict)
+    """Days per model for its rows of ``inference_events`` (longer or shorter than the table's), and
+    for its spans in ``otel_traces`` (attribute ``gen_ai.request.model``) where that is shorter than
+    the spans' own retention. A table with per-model days deletes expired rows row by row (TTL merges
+    rewrite a day's part) instead of dropping whole days."""
+    audit_days: int = Field(365, ge=1, le=36500)
+    """Days the audit log (``audit_log``: who searched, opened, exported, erased) is kept, unless
+    ``tables`` names it."""
 
 
 class StoreSettings(_Section):
@@ -231,6 +331,104 @@ class IngestSettings(_Section):
     """Compute the quality signals of every model request (languages, refusal, ...) at ingest."""
 
 
+def _upstream_url(v: str) -> str:
+    u = urlsplit(v.rstrip("/"))
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ValueError(f"an upstream must be http(s)://host[:port][/prefix] (got {v!r})")
+    return v.rstrip("/")
+
+
+class ProxyRoute(_Section):
+    """One upstream behind the capture proxy, chosen by the model a request asks for (README "Comparing
+    models"). Routes are tried in order; the first whose ``model`` matches wins; a request no route
+    matches goes to ``proxy.upstream``.
+
+    Example::
+
+        routes:
+          - {model: "gpt-4o*", upstream: "https://api.openai.com", kind: managed, api_key_env: OPENAI_API_KEY}
+          - {model: llama-3-8b-v2, upstream: "http://10.0.0.7:8000", model_version: v2}
+    """
+
+    model: str = Field(min_length=1)
+    """The requested model name (the body's ``model``), or a shell-style glob (``gpt-4o*``)."""
+    upstream: Annotated[str, AfterValidator(_upstream_url)]
+    """Its base URL: ``http(s)://host[:port][/prefix]`` (``https://api.openai.com``)."""
+    kind: Literal["self_hosted", "managed"] = "self_hosted"
+    """``managed``: an OpenAI-compatible API priced per token (``cost.token_prices``), no GPU cost;
+    the client's ``Authorization`` is replaced by the route's key. ``self_hosted``: GPU-seconds x price."""
+    name: str = ""
+    """The endpoint's name in ``inference_events.endpoint`` (default: the upstream's host:port)."""
+    api_key_env: str | None = None
+    """Environment variable holding the upstream's API key (sent as ``Authorization: Bearer``). The key
+    is read at start, kept in memory only, never stored, logged or put in a record."""
+    model_version: str = ""
+    """Deployment label stored as ``model_version`` of its requests (when the span carries none)."""
+    adapter: str = ""
+    """LoRA adapter label stored as ``adapter`` of its requests."""
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not v.replace("_", "").isalnum():
+            raise ValueError(f"api_key_env must be an environment variable name (got {v!r})")
+        return v
+
+    def endpoint(self) -> str:
+        if self.name:
+            return self.name
+        u = urlsplit(self.upstream)
+        return f"{u.hostname}:{u.port}" if u.port else str(u.hostname)
+
+    def api_key(self) -> str | None:
+        """The key from ``api_key_env`` (None when unset or empty). The one place it is read."""
+        if not self.api_key_env:
+            return None
+        return os.environ.get(self.api_key_env) or None
+
+
+class ShadowRule(_Section):
+    """Shadow traffic (README "Comparing models"): a share of the requests to model ``model`` is sent
+    again, with ``model`` replaced by ``to``, once the client's response has ended, from the pipeline
+    process (never the request path). The client only ever sees the first answer; the shadow answer
+    is stored as its own ``inference_events`` row with ``shadow_of`` = the primary's span id (same
+    trace). Bounded by rate, concurrency and a daily budget of managed-endpoint tokens; counted in
+    ``monitor_shadow_requests_total{outcome}``."""
+
+    model: str = Field(min_length=1)
+    """Requests to this model (name or glob) are candidates for shadowing."""
+    to: str = Field(min_length=1)
+    """The candidate model name sent in the shadow request (routed by ``proxy.routes``)."""
+    share: float = Field(0.1, ge=0.0, le=1.0)
+    """Share of the matching requests shadowed (deterministic by trace id)."""
+    max_per_s: float = Field(5.0, gt=0)
+    """Shadow requests started per second at most (token bucket, bursts of up to 2x)."""
+    max_concurrency: int = Field(4, ge=1, le=1024)
+    """Shadow requests in flight at once at most; past it a request is not shadowed."""
+    max_managed_tokens_per_day: int = Field(1_000_000, ge=0)
+    """Tokens (input + output) the shadow requests to a ``managed`` route may use per UTC day."""
+    timeout_s: float = Field(120.0, gt=0)
+    """A shadow request that takes longer is cancelled (stored with ``error.type`` timeout)."""
+
+
+class TokenPrice(_Section):
+    """Price of a managed model's tokens, per million, in the currency of ``gpu.price_per_gpu_hour``."""
+
+    input_per_1m: float = Field(0.0, ge=0)
+    output_per_1m: float = Field(0.0, ge=0)
+    cached_input_per_1m: float | None = Field(None, ge=0)
+    """Input tokens served from the provider's prompt cache (default: the input price)."""
+
+
+class CostSettings(_Section):
+    """Per-token prices (managed endpoints) beside the GPU price of self-hosted ones (``gpu``)."""
+
+    token_prices: dict[str, TokenPrice] = Field(default_factory=dict)
+    """Model name or glob -> prices, e.g. ``{"gpt-4o-mini*": {input_per_1m: 0.15, output_per_1m: 0.6}}``.
+    A request of a matching model gets ``token_cost`` = (uncached input x input + cached input x cached
+    + output x output) / 1e6; requests to a ``managed`` route get no GPU cost."""
+
+
 class ProxySettings(_Section):
     """The OpenAI-compatible capture proxy in front of the model server."""
 
@@ -242,10 +440,19 @@ class ProxySettings(_Section):
     """service.name of the spans the proxy emits."""
     workers: int = Field(1, ge=1, le=64)
     """Proxy processes sharing the port (SO_REUSEPORT); one per core at most."""
+    implementation: Literal["auto", "native", "python"] = "auto"
+    """The request path of the proxy process: ``native`` (``monitor-proxy``, Rust: about a third of the
+    CPU per streamed request; built by ``pip install`` when cargo is on PATH; plain-http upstreams only),
+    ``python`` (FastProxy), ``auto``: native when it is built and the upstream is http, else Python.
+    ``native`` fails the start when it cannot run. ``--single-process`` always runs the Python path."""
     capture_socket: str | None = None
     """Unix socket the proxy process sends its capture records to (default: beside the spool)."""
-    auth_token: str | None = None
-    """When set, clients must send ``Authorization: Bearer <token>``; the header is not forwarded then."""
+    auth_token: SecretStr | None = None
+    """When set, clients must send ``Authorization: Bearer <token>``; the header is not forwarded then.
+    Required when ``host`` is not loopback (env ``MONITOR_PROXY__AUTH_TOKEN``)."""
+    tls: TlsSettings = TlsSettings()
+    """TLS towards the clients when ``tls.cert_file`` and ``tls.key_file`` are set (the Python request
+    path serves it: the native one speaks plain http)."""
     capture_content: dict[str, bool] = Field(default_factory=dict)
     """Per-route content capture, e.g. ``{"/v1/embeddings": false}``; routes not listed capture."""
     sample_rate: float = Field(1.0, ge=0.0, le=1.0)
@@ -283,6 +490,23 @@ class ProxySettings(_Section):
     engine span (that one request keeps the client-seen timings only); ``yes``: wait for the
     engine span from the first request (vLLM started with ``--otlp-traces-endpoint``); ``no``:
     never wait."""
+    routes: list[ProxyRoute] = Field(default_factory=list)
+    """Several upstreams behind one proxy, by requested model (first match wins; the rest go to
+    ``upstream``). Routes run on the Python request path (``implementation: auto`` falls back to it,
+    ``native`` refuses to start)."""
+    adapters: dict[str, str] = Field(default_factory=dict)
+    """LoRA adapters served by name (vLLM ``--lora-modules``): adapter -> base model, e.g.
+    ``{sql-lora: llama-3-8b}``. Their requests get ``adapter`` and ``monitor.model.base``."""
+    shadow: list[ShadowRule] = Field(default_factory=list)
+    """Shadow traffic to candidate models (see :class:`ShadowRule`)."""
+
+    def route_for(self, model: str) -> "ProxyRoute | None":
+        """The first route whose ``model`` matches ``model`` (None: ``upstream``)."""
+        import fnmatch
+        for r in self.routes:
+            if r.model == model or fnmatch.fnmatchcase(model, r.model):
+                return r
+        return None
 
 
 class RedactionSettings(_Section):
@@ -290,8 +514,9 @@ class RedactionSettings(_Section):
 
     enabled: bool = True
     detectors: CommaList = Field(default_factory=lambda: [
-        "email", "phone", "card", "ip", "api_key", "bearer_token"])
-    """Built-in detectors to run (all by default)."""
+        "email", "phone", "card", "ip", "api_key", "bearer_token", "iban", "ssn", "national_id", "passport",
+        "date_of_birth", "address"])
+    """Built-in detectors to run (all by default; ``monitor.redaction.DETECTORS`` lists them)."""
     custom: dict[str, str] = Field(default_factory=dict)
     """Extra ``NAME: regex`` rules; matches become ``[NAME]``."""
     max_value_bytes: int = Field(MiB, ge=1024)
@@ -375,6 +600,108 @@ class SloThresholds(_Section):
     kv_cache_usage_max: float | None = None
 
 
+class AbuseSettings(_Section):
+    """Extraction and abuse detection per client (the ``abuse`` check; README "Clients and abuse").
+
+    Every signal is judged per client (``client_id``: the key hash, else the user id) in the current
+    window of each model. The thresholds below are the ones ``bench/abuse.py`` calibrated: on replayed
+    normal traffic of many clients each signal flags a client in at most ``target_fpr`` of the check
+    runs (measured over many null windows), and an injected harvester is flagged in its first window.
+    """
+
+    enabled: bool = True
+    target_fpr: float = Field(0.01, gt=0, lt=1)
+    """The false-positive rate aimed at, per signal and check run (any client flagged on normal
+    traffic). Informational: the thresholds are what enforce it; bench/abuse.py measures it."""
+    min_requests: int = Field(20, ge=1)
+    """A client with fewer requests in the window is not judged on volume, templates or coverage."""
+    min_clients: int = Field(5, ge=2)
+    """Clients (with ``min_requests``) needed before a client is compared with its peers."""
+    history: str = "7d"
+    """How far back a client's own request rate is looked up (windows of ``checks.window``)."""
+    min_history_windows: int = Field(6, ge=2)
+    """Earlier windows a client needs before its own history counts; newer clients: peers only."""
+    volume_z: float = Field(6.0, gt=0)
+    """Robust z (median, MAD; Poisson floor) of the window's requests or tokens against the client's
+    own earlier windows."""
+    volume_peer_z: float = Field(3.5, gt=0)
+    """Robust z of log(requests or tokens) against the other clients' in the same window."""
+    volume_new_z: float = Field(5.0, gt=0)
+    """A client without ``min_history_windows`` is judged against its peers alone, with this z
+    (client volumes span orders of magnitude: a new heavy client is not abuse by itself)."""
+    volume_min_ratio: float = Field(3.0, ge=1)
+    """...and at least this many times the client's own median (or the peers' median)."""
+    template_min: int = Field(20, ge=2)
+    """Prompts of one client fitting a one-slot template (distinct ones) before it is flagged."""
+    template_share: float = Field(0.6, gt=0, le=1)
+    """Share of the client's sampled prompts that fit a one-slot template."""
+    template_fixed: float = Field(0.5, gt=0, lt=1)
+    """A prompt fits a template when another prompt of the client shares a prefix and a suffix
+    that together cover at least this share of its words (the rest: the one varying slot)."""
+    sample: int = Field(200, ge=20)
+    """Latest prompts per client read for the template and coverage signals."""
+    coverage: bool = True
+    """Embedding-space coverage with low repetition (sentence embeddings; needs the checks extra)."""
+    coverage_sample: int = Field(48, ge=10)
+    """Prompts per client embedded for coverage (the latest distinct ones)."""
+    coverage_z: float = Field(3.5, gt=0)
+    """Robust z of the client's embedding spread (mean pairwise cosine distance) against peers'."""
+    coverage_max_repetition: float = Field(0.2, ge=0, le=1)
+    """...with at most this share of repeated prompts in the window."""
+    prada_alpha: float = Field(1e-4, gt=0, lt=1)
+    """PRADA (Juuti et al. 2019): Shapiro-Wilk p-value of a client's nearest-earlier-query distances
+    below which its query stream is called non-normal; evidence of the coverage verdict, never a
+    verdict alone (natural text query streams are often not normal either: bench/abuse.py)."""
+    logprob_min: int = Field(10, ge=1)
+    """Requests asking for logprobs with a one-token answer and a trivially short prompt (or a logit
+    bias) before a client is flagged."""
+    logprob_share: float = Field(0.5, gt=0, le=1)
+    """...making up at least this share of its requests."""
+    short_prompt_chars: int = Field(16, ge=0)
+    """A prompt this short (characters) is trivially short."""
+    jailbreak_alpha: float = Field(1e-3, gt=0, lt=1)
+    """One-sided Fisher test of a client's share of injection attempts and refusals against the rest
+    of the traffic, Bonferroni-corrected over the clients tested."""
+    jailbreak_min: int = Field(5, ge=1)
+    """Injection attempts or refusals of one client before it can be flagged."""
+    examples: int = Field(3, ge=0, le=20)
+    """Example prompts per verdict (as stored: redacted)."""
+    allow_clients: CommaList = Field(default_factory=list)
+    """Client ids never flagged (a known batch job, an evaluation harness)."""
+
+
+class CanarySettings(_Section):
+    """The ``canary`` check: a candidate (new version, adapter, endpoint) against the incumbent on the
+    same window, with non-inferiority margins (README "Comparing models"). Each margin is a one-sided
+    test that the candidate is worse by more than the margin; ``fail`` when that is shown at
+    ``alpha``, ``warn`` when the point estimate is past the margin but not significantly."""
+
+    candidate: str | None = None
+    """``MODEL[@VERSION]`` (``@`` picks ``model_version``; ``MODEL+ADAPTER`` an adapter). None: off."""
+    incumbent: str | None = None
+    """``MODEL[@VERSION]`` the candidate is compared with."""
+    alpha: float = Field(0.05, gt=0, lt=1)
+    min_samples: int = Field(30, ge=5)
+    """Fewer requests of either side in the window: ``insufficient_data``."""
+    latency_p95_max_increase: float | None = Field(0.2, ge=0)
+    """p95 latency at most this fraction worse (0.2: 20%); bootstrap CI of the ratio."""
+    ttft_p95_max_increase: float | None = Field(None, ge=0)
+    refusal_rate_max_increase: float | None = Field(0.02, ge=0)
+    """Refusal rate at most this many points (as a fraction: 0.02 = 2 points) higher."""
+    error_rate_max_increase: float | None = Field(0.01, ge=0)
+    truncation_rate_max_increase: float | None = Field(0.05, ge=0)
+    invalid_json_rate_max_increase: float | None = Field(None, ge=0)
+    language_mismatch_rate_max_increase: float | None = Field(None, ge=0)
+    cost_per_request_max_increase: float | None = Field(None, ge=0)
+    """Mean cost per request at most this fraction higher (needs costs on both sides)."""
+
+    @model_validator(mode="after")
+    def _both(self) -> "CanarySettings":
+        if bool(self.candidate) != bool(self.incumbent):
+            raise ValueError("checks.canary needs both candidate and incumbent (or neither)")
+        return self
+
+
 class ChecksSettings(_Section):
     """Drift, quality and SLO checks: what runs, how often, against which reference."""
 
@@ -398,11 +725,30 @@ class ChecksSettings(_Section):
     quality_alpha: float = Field(0.01, gt=0, lt=1)
     """Significance of the proportion test comparing quality rates with the reference."""
     semantic: SemanticSettings = SemanticSettings()
+    abuse: AbuseSettings = AbuseSettings()
     slo: dict[str, SloThresholds] = Field(default_factory=dict)
     """Per model (``"*"`` for every model), e.g. ``{"*": {"latency_ms_p95": 2000}}``."""
+    canary: CanarySettings = CanarySettings()
     admin_host: str = "127.0.0.1"
     admin_port: int = Field(9466, ge=0, le=65535)
     """``monitor up`` answers ``monitor check`` / ``monitor baseline`` here (it holds the chdb lock)."""
+    admin_token: SecretStr | None = None
+    """The admin endpoint's bearer token. Unset (the default): ``monitor up`` makes a new one at
+    every start and writes it to ``admin_token_dir/admin-<port>.token`` (0600), where the CLI of
+    the same user reads it. Set it (here or ``MONITOR_CHECKS__ADMIN_TOKEN``, for both the server
+    and the CLI) when they run as different users."""
+    admin_token_dir: Path | None = None
+    """Where the admin token file goes; default ``$XDG_RUNTIME_DIR/llm-monitor``, else
+    ``~/.cache/llm-monitor/run`` (created 0700)."""
+
+    def admin_token_file(self, port: int) -> Path:
+        """The token file of the admin endpoint on ``port``."""
+        base = self.admin_token_dir
+        if base is None:
+            runtime = os.environ.get("XDG_RUNTIME_DIR")
+            base = Path(runtime) / "llm-monitor" if runtime and Path(runtime).is_dir() else \
+                Path.home() / ".cache" / "llm-monitor" / "run"
+        return base / f"admin-{port}.token"
 
 
 class AlertChannel(_Section):
@@ -458,7 +804,7 @@ class AlertRule(_Section):
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    check: Literal["feature_drift", "semantic_drift", "quality", "slo"]
+    check: Literal["feature_drift", "semantic_drift", "quality", "slo", "abuse", "canary"]
     metric: str = "*"
     """Feature, quality signal, SLO or semantic field; shell-style glob (``*_rate``, ``latency_ms*``)."""
     status: Literal["fail", "warn"] = "fail"
@@ -525,6 +871,39 @@ class DashboardSettings(_Section):
     """0 picks a free port (the log says which)."""
     refresh_s: float = Field(10.0, ge=0)
     """Auto-refresh interval of the Overview page; 0 turns it off."""
+    auth_token: SecretStr | None = None
+    """When set, the pages ask for it (a login form; the session is an HttpOnly cookie) or take
+    ``Authorization: Bearer <token>`` (what an authenticating reverse proxy in front adds).
+    Required when ``host`` is not loopback."""
+    audit_url: str | None = None
+    """``monitor dashboard`` only: a ClickHouse URL (``http(s)://user:pass@host:8123/db``) whose user
+    may INSERT into ``audit_log``, for the audit entries of searches and opened requests (the
+    dashboards' own user is read-only). Unset: those entries go to the log (logger ``monitor.audit``).
+    ``monitor up`` writes them to its own store."""
+
+
+class ClientsSettings(_Section):
+    """Who called: the client identity of each request (:mod:`monitor.otlp.identity`).
+
+    The API key or bearer token a client sent is never stored: only a keyed hash of it
+    (HMAC-SHA256 with ``secret``), so the same key always gives the same client id and nobody
+    without the secret can test a guessed key against it.
+    """
+
+    secret: SecretStr | None = None
+    """The HMAC key (``MONITOR_CLIENTS__SECRET``). Unset: a random one is made on first start in
+    ``<data dir>/client-secret`` (mode 0600) and read from there afterwards, so ids survive restarts."""
+    key_headers: CommaList = Field(default_factory=lambda: ["authorization", "x-api-key", "api-key"])
+    """Request headers holding the client's credential, first present wins (``Bearer``/``Basic`` stripped)."""
+    user_headers: CommaList = Field(default_factory=lambda: ["x-user-id"])
+    """Request headers naming the end user; else the OpenAI body's ``user`` / ``safety_identifier``."""
+    conversation_headers: CommaList = Field(default_factory=lambda: ["x-conversation-id", "x-session-id"])
+    """Request headers naming the conversation (``gen_ai.conversation.id``)."""
+    hash_bytes: int = Field(16, ge=8, le=32)
+    """Length of the key hash (bytes; hex is twice as long)."""
+    address_fallback: bool = True
+    """A request with neither a key nor a user id is attributed to a keyed hash of the client's
+    address (``client.address``), so anonymous traffic still splits by source."""
 
 
 class TelemetrySettings(_Section):
@@ -533,6 +912,10 @@ class TelemetrySettings(_Section):
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(None, ge=0, le=65535)
     """None: the command's default (9464 for up and sidecar, 9465 for ingest). 0 picks a free port."""
+    auth_token: SecretStr | None = None
+    """When set, ``/metrics`` needs ``Authorization: Bearer <token>`` (Prometheus:
+    ``authorization: {credentials_file: ...}``); ``/healthz`` stays open for probes. Required when
+    ``metrics_host`` is not loopback."""
 
 
 ProcessorName = Literal["engine_join", "cost", "redaction"]
@@ -594,6 +977,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     spool: SpoolSettings = SpoolSettings()
     store: StoreSettings = StoreSettings()
+    retention: RetentionSettings = RetentionSettings()
     ingest: IngestSettings = IngestSettings()
     proxy: ProxySettings = ProxySettings()
     redaction: RedactionSettings = RedactionSettings()
@@ -604,6 +988,8 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = TelemetrySettings()
     dashboard: DashboardSettings = DashboardSettings()
     alerts: AlertsSettings = AlertsSettings()
+    clients: ClientsSettings = ClientsSettings()
+    cost: CostSettings = CostSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     processes: ProcessSettings = ProcessSettings()
     shutdown_grace_s: float = Field(2.0, ge=0, le=120)

@@ -82,6 +82,42 @@ class InferenceEvent:
     degenerate: int = 0
     """1 when the completion loops or repeats itself degenerately."""
     language_mismatch: int = 0
+    client_id: str = ""
+    """Who called (:mod:`monitor.otlp.identity`): the key hash, else ``user:<id>``, else
+    ``addr:<hash>``, else ``""`` (anonymous). What the Clients page and the abuse checks group by."""
+    client_key_hash: str = ""
+    """HMAC-SHA256 of the API key or bearer token the client sent, hex (the key is never stored)."""
+    user_id: str = ""
+    """The end user (``enduser.id``/``user.id``, an ``x-user-id`` header, the OpenAI body's ``user``)."""
+    conversation_id: str = ""
+    """``gen_ai.conversation.id`` (or ``session.id``, an ``x-conversation-id`` header)."""
+    max_tokens: int | None = None
+    """The token limit the request asked for (``gen_ai.request.max_tokens``)."""
+    logprobs: int = 0
+    """1 when the request asked for log probabilities."""
+    top_logprobs: int = 0
+    """Alternatives per token it asked for (0: none)."""
+    logit_bias: int = 0
+    """Entries of its ``logit_bias`` (0: none)."""
+    injection: int = 0
+    """1 when the prompt reads like a jailbreak or prompt-injection attempt (:mod:`monitor.quality.injection`)."""
+    requested_model: str = ""
+    """``gen_ai.request.model``: what the client asked for (``model`` is what answered)."""
+    model_version: str = ""
+    """The deployment's version label (proxy route, ``model.version`` / ``service.version``), else the
+    served snapshot when it differs from the requested name (:mod:`monitor.otlp.genai`)."""
+    adapter: str = ""
+    """The LoRA adapter that answered (``proxy.adapters``, a proxy route), ``""`` for the base model."""
+    endpoint: str = ""
+    """The proxy route that served it (``proxy.routes``), ``""`` when none (the default upstream)."""
+    endpoint_kind: str = ""
+    """``self_hosted`` or ``managed`` (priced per token), ``""`` when unknown."""
+    shadow_of: str = ""
+    """A shadow request's primary: that request's span id (same ``trace_id``); ``""`` otherwise."""
+    cached_tokens: int | None = None
+    """Input tokens served from the provider's prompt cache (part of ``input_tokens``)."""
+    token_cost: float | None = None
+    """Tokens x ``cost.token_prices`` (managed endpoints); None when no price applies."""
     attributes: dict[str, str] = field(default_factory=dict)
     """Every other span attribute, stringified (content attributes excluded: they are in the columns)."""
 

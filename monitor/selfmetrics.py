@@ -3,14 +3,23 @@
 One :class:`SelfMetrics` per process (its own registry, so tests can run
 several pipelines in one interpreter). Every long-running command serves it;
 ``monitor status`` reads it back.
+
+``/metrics`` needs ``Authorization: Bearer <telemetry.auth_token>`` when that is set (and then
+``/healthz`` answers probes without it); without a token (loopback only) it refuses a ``Host``
+that DNS rebinding could produce. A credential in the query string is refused either way.
 """
 
 from __future__ import annotations
 
 import logging
-from wsgiref.simple_server import WSGIServer
+import socket
+from socketserver import ThreadingMixIn
+from urllib.parse import parse_qsl
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
+
+from monitor.auth import bearer_ok, host_allowed, query_has_credential
 
 __all__ = ["SelfMetrics"]
 
@@ -91,6 +100,15 @@ class SelfMetrics:
             "away): the request itself went on, its record was lost", registry=r)
         self.redactions = Counter(
             "monitor_redactions", "Redacted findings in content, by kind", ["kind"], registry=r)
+        self.shadow_requests = Counter(
+            "monitor_shadow_requests", "Shadow requests to candidate models (proxy.shadow), by outcome: ok, "
+            "error, timeout, and those not sent: rate, concurrency, budget, truncated, unparsable", ["outcome"],
+            registry=r)
+        self.shadow_managed_tokens = Counter(
+            "monitor_shadow_managed_tokens", "Tokens (input + output) shadow requests used on managed endpoints",
+            registry=r)
+        self.shadow_in_flight = Gauge(
+            "monitor_shadow_in_flight", "Shadow requests waiting for their answer", registry=r)
         self.alerts_fired = Counter(
             "monitor_alerts_fired", "Alerts that fired, by rule and severity", ["rule", "severity"], registry=r)
         self.alerts_resolved = Counter(
@@ -100,11 +118,23 @@ class SelfMetrics:
             "(delivered, retry, dead)", ["channel", "outcome"], registry=r)
         self.alert_outbox_pending = Gauge(
             "monitor_alert_outbox_pending", "Notifications waiting in the outbox, by channel", ["channel"], registry=r)
+        self.auth_refused = Counter(
+            "monitor_auth_refused", "Requests refused before they were served, by endpoint and why "
+            "(unauthenticated, credential_in_query, bad_host, browser_origin, content_type)",
+            ["endpoint", "reason"], registry=r)
         self._server: WSGIServer | None = None
 
-    def serve(self, host: str, port: int) -> int:
-        """Serve /metrics on ``host:port`` in a daemon thread; returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int, token: str | None = None) -> int:
+        """Serve /metrics on ``host:port`` in a daemon thread; returns the bound port. ``token``:
+        the bearer token callers need (see the module docstring)."""
+        import threading
+
+        class Server(_ThreadingWSGIServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        app = _guarded(make_wsgi_app(self.registry), token, host, self.auth_refused)
+        server = make_server(host, port, app, Server, handler_class=_SilentHandler)
+        threading.Thread(target=server.serve_forever, name="monitor-metrics", daemon=True).start()
         self._server = server
         return server.server_port
 
@@ -113,3 +143,38 @@ class SelfMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _SilentHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - no access log (a URL may hold what it should not)
+        pass
+
+
+def _guarded(app, token: str | None, bind_host: str, refused: Counter):
+    """The metrics WSGI app behind the checks of the module docstring."""
+
+    def guarded(environ, start_response):
+        def deny(status: str, reason: str, message: str, headers: tuple = ()):
+            refused.labels("metrics", reason).inc()
+            start_response(status, [("Content-Type", "text/plain; charset=utf-8"), *headers])
+            return [message.encode() + b"\n"]
+
+        query = environ.get("QUERY_STRING", "")
+        if query and query_has_credential(parse_qsl(query, keep_blank_values=True), token):
+            return deny("400 Bad Request", "credential_in_query",
+                        "credentials are not accepted in the query string; send Authorization: Bearer <token>")
+        if token is None and not host_allowed(environ.get("HTTP_HOST"), bind_host):
+            return deny("403 Forbidden", "bad_host", "the Host header does not name this endpoint")
+        if environ.get("PATH_INFO") == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"ok\n"]
+        if token is not None and not bearer_ok(environ.get("HTTP_AUTHORIZATION"), token):
+            return deny("401 Unauthorized", "unauthenticated", "missing or invalid bearer token "
+                        "(telemetry.auth_token is set)", (("WWW-Authenticate", "Bearer"),))
+        return app(environ, start_response)
+
+    return guarded

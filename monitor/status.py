@@ -15,8 +15,10 @@ Snapshot = dict[str, list[tuple[dict[str, str], float]]]
 """Sample name to ``(labels, value)`` pairs."""
 
 
-def fetch(url: str, timeout: float = 5.0) -> Snapshot:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (operator-given URL)
+def fetch(url: str, timeout: float = 5.0, token: str | None = None) -> Snapshot:
+    """``token``: the endpoint's ``telemetry.auth_token``, sent as a bearer token."""
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (operator-given URL)
         text = resp.read().decode()
     out: Snapshot = defaultdict(list)
     for fam in text_string_to_metric_families(text):

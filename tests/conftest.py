@@ -25,6 +25,10 @@ _spec = importlib.util.spec_from_file_location("kafka_broker", ROOT / "deploy" /
 kafka_broker = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kafka_broker)  # type: ignore[union-attr]
 
+# Real partners (llama.cpp's llama-server with a real model, the stock OpenTelemetry Collector), built once
+# per machine into ~/.cache/llm-monitor/partners (tests/partners.py); a missing toolchain skips loudly.
+from partners import llama_server, otelcol  # noqa: E402,F401
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # `monitor up` serves the dashboards on 8501 by default; the many tests that start it (in-process or as a
 # subprocess inheriting this environment) run without them. The dashboard tests turn them on with a free port.

@@ -5,13 +5,14 @@ A module may import from its own layer or a lower one (see README "Architecture"
     7  runtime, cli            process wiring, the admin endpoint, the commands
     6  dashboard, demo         pages over the store; the reference model server and traffic
     5  alerts                  rules over check results, channels, the outbox
-    4  checks                  drift, quality and SLO checks over the store
+    4  checks, compare,        drift, quality, SLO and canary checks over the store; model comparisons;
+       governance              the audit log, erasure of one person's rows
     3  sidecar, receiver,      the sources (capture proxy, scraper, NVML, OTLP receiver)
        ingest                  and the stage that stores what they produced
     2  store, transport        ClickHouse; the spool, Kafka
     1  otlp, quality,          the wire format; pure signals over text and requests
        redaction
-    0  errors, extras, config, events, backoff, selfmetrics, status, instrument, the package root
+    0  errors, extras, config, events, backoff, selfmetrics, status, instrument, auth, the package root
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "monitor"
 
 LAYERS = {
-    **dict.fromkeys(["", "errors", "extras", "config", "events", "backoff", "selfmetrics", "status", "instrument"], 0),
+    **dict.fromkeys(["", "errors", "extras", "config", "events", "backoff", "selfmetrics", "status", "instrument",
+                     "auth"], 0),
     **dict.fromkeys(["otlp", "quality", "redaction"], 1),
     **dict.fromkeys(["store", "transport"], 2),
     **dict.fromkeys(["sidecar", "receiver", "ingest"], 3),
-    "checks": 4,
+    **dict.fromkeys(["checks", "compare", "governance"], 4),
     "alerts": 5,
     **dict.fromkeys(["dashboard", "demo"], 6),
     **dict.fromkeys(["runtime", "cli", "__main__"], 7),

@@ -25,7 +25,8 @@ log = logging.getLogger("monitor.checks")
 
 
 def default_checks(settings: Settings) -> list[Check]:
-    """Feature drift, quality and SLO always; semantic drift when enabled (it loads torch).
+    """Feature drift, quality and SLO always; semantic drift and abuse when enabled (they load torch);
+    the canary when ``checks.canary`` names a candidate.
     Raises :class:`~monitor.extras.MissingExtra` without the ``checks`` extra."""
     from monitor.extras import require
     require("checks", "the check runner")
@@ -37,6 +38,12 @@ def default_checks(settings: Settings) -> list[Check]:
     if settings.checks.semantic.enabled:
         from monitor.checks.semantic import SemanticDriftCheck
         checks.append(SemanticDriftCheck(settings.checks))
+    if settings.checks.abuse.enabled:
+        from monitor.checks.abuse import AbuseCheck
+        checks.append(AbuseCheck(settings.checks))
+    if settings.checks.canary.candidate:
+        from monitor.checks.canary import CanaryCheck
+        checks.append(CanaryCheck(settings.checks))
     return checks
 
 

@@ -32,6 +32,9 @@ import re
 from typing import Any
 
 from monitor.events import InferenceEvent
+from monitor.otlp.identity import (LOGIT_BIAS_ATTR, LOGPROBS_ATTR, TOP_LOGPROBS_ATTR,
+                                   identity_from_attributes)
+from monitor.otlp.model_identity import apply_identity
 from monitor.otlp.values import attrs_to_str_map, to_python
 
 __all__ = ["span_to_event", "is_model_request", "wants_quality", "FIXED_KEY", "GPU_COUNT_KEY",
@@ -124,6 +127,16 @@ def span_to_event(span: Any, service_name: str, attrs: dict[str, str] | None = N
     ev.output_tokens = _tokens(attrs, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens",
                                "llm.token_count.completion")
 
+    ident = identity_from_attributes(attrs)
+    ev.client_id, ev.client_key_hash = ident["client_id"], ident["client_key_hash"]
+    ev.user_id, ev.conversation_id = ident["user_id"], ident["conversation_id"]
+    ev.max_tokens = _tokens(attrs, "gen_ai.request.max_tokens")
+    ev.logprobs = 1 if str(attrs.get(LOGPROBS_ATTR, "")).lower() in ("true", "1") else 0
+    ev.top_logprobs = min(max(_first_int(attrs, TOP_LOGPROBS_ATTR) or 0, 0), 65535)
+    ev.logit_bias = min(max(_first_int(attrs, LOGIT_BIAS_ATTR) or 0, 0), 65535)
+    if ev.top_logprobs:
+        ev.logprobs = 1
+
     duration_ns = end - start
     span_ms = duration_ns / 1e6 if end and duration_ns >= 0 else None
     ev.engine_latency_ms = _seconds_ms(attrs, "gen_ai.latency.e2e")
@@ -154,6 +167,8 @@ def span_to_event(span: Any, service_name: str, attrs: dict[str, str] | None = N
                 price = _first_float(resource, GPU_PRICE_KEY)
             if price:
                 ev.gpu_cost = ev.gpu_seconds * price / 3600
+
+    apply_identity(ev, span, attrs, resource)  # version, adapter, endpoint, shadow link, token cost
 
     reasons = _finish_reasons(attrs.get("gen_ai.response.finish_reasons"))
     ev.status_code = _STATUS.get(span.status.code, "Unset")

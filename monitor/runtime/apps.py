@@ -19,6 +19,7 @@ import logging
 import signal
 import threading
 
+from monitor.auth import check_exposure, listeners, secret_value
 from monitor.config import Settings
 from monitor.selfmetrics import SelfMetrics
 from monitor.store.client import Store
@@ -33,8 +34,13 @@ log = logging.getLogger("monitor")
 class App:
     default_metrics_port = 9464
     role = ""
+    serves: tuple[str, ...] = ()
+    """Listeners besides /metrics (``receiver``, ``proxy``, ``dashboard``), checked at start: one
+    bound off loopback without authentication stops the command (:func:`monitor.auth.check_exposure`)."""
 
     def __init__(self, settings: Settings):
+        check_exposure(listeners(settings, receiver="receiver" in self.serves, proxy="proxy" in self.serves,
+                                 dashboard="dashboard" in self.serves and settings.dashboard.enabled))
         self.settings = settings
         self.metrics = SelfMetrics(self.role)
         self.metrics_port: int | None = None
@@ -42,8 +48,10 @@ class App:
     def _serve_metrics(self) -> None:
         t = self.settings.telemetry
         port = t.metrics_port if t.metrics_port is not None else self.default_metrics_port
-        self.metrics_port = self.metrics.serve(t.metrics_host, port)
-        log.info("self-metrics on http://%s:%d/metrics", t.metrics_host, self.metrics_port)
+        token = secret_value(t.auth_token)
+        self.metrics_port = self.metrics.serve(t.metrics_host, port, token)
+        log.info("self-metrics on http://%s:%d/metrics%s", t.metrics_host, self.metrics_port,
+                 " (bearer token)" if token else "")
 
     def start(self) -> None:
         raise NotImplementedError
@@ -57,11 +65,16 @@ def open_store(settings: Settings, readonly: bool = False) -> Store:
     store = Store(settings.store, readonly=readonly)
     if readonly:
         return store
-    if settings.store.apply_schema:
-        migrate(store, settings.store.retention_days)
-    else:
-        check_schema(store)
-    log.info("store: %s, retention %d days", store.describe(), settings.store.retention_days)
+    try:
+        if settings.store.apply_schema:
+            migrate(store, settings.store.retention_days, settings.retention)
+        else:
+            check_schema(store)
+    except BaseException:  # a start that stops here must not leave the engine open (chdb: one path per process)
+        store.close()
+        raise
+    from monitor.store.retention import describe as _retention
+    log.info("store: %s, retention %s", store.describe(), _retention(settings.store.retention_days, settings.retention))
     return store
 
 
@@ -88,6 +101,7 @@ class Up(App):
     """``monitor up``: the store, pipeline and proxy processes under one command."""
 
     role = "up"
+    serves = ("receiver", "proxy", "dashboard")
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
@@ -121,6 +135,7 @@ class Embedded(App):
     interpreter: a heavy check or page competes with the proxy for it."""
 
     role = "up"
+    serves = ("receiver", "proxy", "dashboard")
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
@@ -169,6 +184,7 @@ class Sidecar(App):
     """Receiver -> durable spool -> Kafka: ``monitor sidecar --kafka HOST:PORT`` (plus the proxy)."""
 
     role = "sidecar"
+    serves = ("receiver", "proxy")
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
@@ -262,6 +278,7 @@ class DashboardApp(App):
 
     default_metrics_port = 9468
     role = "dashboard"
+    serves = ("dashboard",)
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
@@ -269,7 +286,15 @@ class DashboardApp(App):
 
         self.store = open_store(settings, readonly=True)
         d = settings.dashboard
-        self.server = DashboardServer(d.host, d.port, self.store, d.refresh_s)
+        self.server = DashboardServer(d.host, d.port, self.store, d.refresh_s, token=secret_value(d.auth_token),
+                                      metrics=self.metrics)
+        self.audit_store = None
+        if d.audit_url:  # a user that may INSERT into audit_log (records governance); no CREATE DATABASE
+            from monitor.config import StoreSettings
+            from monitor.governance.audit import AuditLog
+            self.audit_store = Store(StoreSettings(**{**settings.store.model_dump(), "url": d.audit_url}),
+                                     readonly=True)
+            self.server.audit_store = AuditLog(self.audit_store)
 
     def start(self) -> None:
         self._serve_metrics()
@@ -279,6 +304,8 @@ class DashboardApp(App):
     def stop(self) -> None:
         self.server.stop(timeout=self.settings.shutdown_grace_s)
         self.store.close()
+        if self.audit_store is not None:
+            self.audit_store.close()
         self.metrics.close()
 
 

@@ -18,6 +18,7 @@ import socket
 from collections.abc import Callable
 
 from monitor.config import Settings
+from monitor.otlp.identity import resolve_secret
 from monitor.receiver.ingress import Ingress, Processor
 from monitor.redaction import Redactor, make_processor
 from monitor.selfmetrics import SelfMetrics
@@ -77,7 +78,8 @@ class PipelineSources:
     def make_capture(self) -> CaptureIntake | None:
         if not self.settings.proxy.upstream:
             return None
-        self.capture = CaptureIntake(self.settings.proxy, _Unbound(), self.metrics)
+        self.capture = CaptureIntake(self.settings.proxy, _Unbound(), self.metrics, clients=self.settings.clients,
+                                     secret=resolve_secret(self.settings))
         return self.capture
 
     def start(self) -> None:
@@ -111,7 +113,8 @@ ProcessorFactory = Callable[[PipelineSources, "CaptureIntake | None"], "Processo
 
 PROCESSORS: dict[str, ProcessorFactory] = {
     "engine_join": lambda src, capture: capture.processor() if capture is not None else None,
-    "cost": lambda src, capture: cost_processor(src.gpus_per_request, src.settings.gpu.price_per_gpu_hour),
+    "cost": lambda src, capture: cost_processor(src.gpus_per_request, src.settings.gpu.price_per_gpu_hour,
+                                                src.settings.cost.token_prices),
     "redaction": lambda src, capture: src._redaction(),
 }
 """Every processor ``pipeline.processors`` can name (``monitor.config.ProcessorName``), by name: a

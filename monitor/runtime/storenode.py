@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 
+from monitor.auth import secret_value
 from monitor.config import Settings
 from monitor.ingest.spool_source import SpoolIngest
 from monitor.ingest.stage import IngestStage
@@ -38,7 +39,7 @@ def extra_or_say(extra: str, what: str) -> bool:
 
 class StoreNode:
     def __init__(self, settings: Settings, metrics: SelfMetrics, store: Store):
-        from monitor.runtime.admin import AdminServer
+        from monitor.runtime.admin import AdminServer, server_token
         from monitor.checks.runner import CheckRunner, CheckScheduler
 
         s = settings
@@ -56,21 +57,32 @@ class StoreNode:
         self.scheduler = CheckScheduler(self.check_runner, s.checks.interval_s,
                                         first_delay_s=min(30.0, s.checks.interval_s)) if checks_on else None
         self.alerts = alerts_service(store, s, metrics, self.scheduler)
-        self.admin = AdminServer(self.check_runner, s.checks.admin_host, s.checks.admin_port, self.alerts)
+        self._admin_token = server_token(s)
+        self._token_file = None
+        self.admin = AdminServer(self.check_runner, s.checks.admin_host, s.checks.admin_port, self.alerts,
+                                 token=self._admin_token, metrics=metrics)
+        self.admin.pending = self.ingest.pending  # an erasure says what was not stored yet (records governance)
         self.dashboard = None
         if s.dashboard.enabled and extra_or_say("dashboards", "the dashboards"):
             # Streamlit in a thread of this process, over this store (one chdb handle)
             from monitor.dashboard.server import DashboardServer
-            self.dashboard = DashboardServer(s.dashboard.host, s.dashboard.port, store, s.dashboard.refresh_s)
+            self.dashboard = DashboardServer(s.dashboard.host, s.dashboard.port, store, s.dashboard.refresh_s,
+                                             token=secret_value(s.dashboard.auth_token), metrics=metrics)
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="monitor-admin", daemon=True)
 
     def start(self) -> None:
         self.ingest.start()
         self._loop_thread.start()
-        port = asyncio.run_coroutine_threadsafe(self.admin.start(), self._loop).result(30)
-        log.info("admin endpoint for `monitor check` / `monitor baseline` on http://%s:%d",
-                 self.settings.checks.admin_host, port)
+        from monitor.runtime.admin import publish_token
+
+        def publish(bound: int) -> None:  # before the endpoint answers anyone: the CLI finds the token with the port
+            self._token_file = publish_token(self.settings, bound, self._admin_token)
+
+        port = asyncio.run_coroutine_threadsafe(self.admin.start(on_bound=publish), self._loop).result(30)
+        log.info("admin endpoint for `monitor check` / `monitor baseline` on http://%s:%d (token %s)",
+                 self.settings.checks.admin_host, port,
+                 f"in {self._token_file}" if self._token_file else "from checks.admin_token")
         if self.dashboard is not None:
             log.info("dashboard on %s", self.dashboard.start())
         if self.alerts is not None:
@@ -113,6 +125,9 @@ class StoreNode:
             except Exception:
                 log.exception("the admin endpoint did not stop cleanly")
             self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._token_file is not None:
+            from monitor.runtime.admin import unpublish_token
+            unpublish_token(self._token_file, self._admin_token)
         left = self.ingest.pending()
         if not self.ingest.stop(drain_s=grace):
             log.warning("ingest did not finish its batch; it is redone at the next start")

@@ -87,7 +87,7 @@ class Exchange:
         "trace_id", "span_id", "parent_span_id", "trace_state", "up", "connecting", "informational",
         "resp_begun", "status", "reason", "resp_headers", "head_sent", "mode", "until_close", "stripper",
         "parts", "cap_left", "resp_size", "chunks", "headers_ns", "last_ns", "content_type", "done",
-        "client_status")
+        "client_status", "up_auth")
 
     def __init__(self, conn: "_ClientConn", method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
                  t0: int, http11: bool, keep_alive: bool) -> None:
@@ -141,6 +141,8 @@ class Exchange:
         self.up_body = b""
         self.up_head = b""
         self.usage_added = self.usage_retry = self.stale_retried = False
+        self.up_auth: bytes | None = None
+        """A managed route's ``Bearer <key>``: replaces the client's Authorization upstream."""
         self.trace_id = self.span_id = self.parent_span_id = b""
         self.trace_state = ""
         self.up: UpstreamConn | None = None
@@ -258,6 +260,13 @@ class Exchange:
             self.body = self.up_body = parts[0] if len(parts) == 1 else b"".join(parts)
             self.req_parts = None
             try:
+                if proxy.router:  # several upstreams: the one of the model the body asks for
+                    route = proxy.router.route(self.body)
+                    if route is not None:
+                        self.pool, self.up_auth = route.pool, route.auth
+            except Exception:
+                proxy.capture_failed("choosing the route")
+            try:
                 self._trace()
                 if proxy.announce is not None:
                     proxy.announce(self.trace_id, self.span_id)
@@ -289,13 +298,16 @@ class Exchange:
         proxy = self.proxy
         drop = _CAPTURE_DROP if self.capture else _REQUEST_DROP
         named = self.named
-        drop_auth = proxy.auth is not None
+        up_auth = self.up_auth
+        drop_auth = proxy.auth is not None or up_auth is not None
         target = self.pool.prefix + self.target if self.target[:1] == b"/" else self.target
         out = [self.method, b" ", target, b" HTTP/1.1\r\nHost: ", self.pool.host_header, b"\r\n"]
         for (name, value), ln in zip(self.headers, self.lnames):
             if ln in drop or (named is not None and ln in named) or (drop_auth and ln == b"authorization"):
                 continue
             out += (name, b": ", value, b"\r\n")
+        if up_auth is not None:
+            out += (b"Authorization: ", up_auth, b"\r\n")
         if self.capture:
             if not self.trace_id:  # the capture step failed: still a valid trace for the engine
                 self._trace()
@@ -409,7 +421,7 @@ class Exchange:
         if self.usage_retry:
             self.usage_retry = False
             if status < 400:
-                self.proxy.usage_refused()
+                self.proxy.usage_refused(self.pool)
         self.status = self.client_status = status
         out = [b"HTTP/1.1 %d %b\r\n" % (status, self.reason)]
         length = None
@@ -598,9 +610,17 @@ class Exchange:
         body = self.body if self.body is not None else b"".join(self.req_parts or ())
         limit = self.proxy.max_capture
         attrs = dict(self.proxy.attributes)
+        if self.pool is not self.proxy.pool:
+            attrs["server.address"], attrs["server.port"] = self.pool.host, self.pool.port
         if self.client_status and self.client_status != self.status:
             attrs["http.response.status_code"] = self.client_status
         api, operation = self.route  # type: ignore[misc]
+        wanted = self.proxy.client_headers
+        client_headers: dict[str, str] = {}
+        if wanted:
+            for (_, value), ln in zip(self.headers, self.lnames):
+                if ln in wanted:
+                    client_headers.setdefault(ln.decode("latin-1"), value.decode("latin-1"))
         return CaptureRecord(
             api=api, operation=operation, path=self.path, trace_id=self.trace_id, span_id=self.span_id,
             parent_span_id=self.parent_span_id, trace_state=self.trace_state, start_ns=self.start_ns,
@@ -608,4 +628,5 @@ class Exchange:
             request_size=self.req_size, status=self.status, content_type=self.content_type.decode("latin-1"),
             response_body=b"".join(self.parts), response_size=self.resp_size, chunks=self.chunks,
             headers_ns=self.headers_ns, usage_requested=self.usage_added, error_type=error,
-            upstream=self.pool.base, attributes=attrs)
+            upstream=self.pool.base, attributes=attrs, client_headers=client_headers,
+            client_address=self.conn.peer)

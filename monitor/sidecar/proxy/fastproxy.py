@@ -17,7 +17,10 @@ What it changes on the way, and only that:
   with 400/422 gets the client's own body again and is not asked again);
 - hop-by-hop headers (and the ones ``Connection`` names) are not forwarded,
   ``Host`` is the upstream's, ``Expect: 100-continue`` is answered here;
-- with ``proxy.auth_token`` set, the client's ``Authorization`` stays here.
+- with ``proxy.auth_token`` set, the client's ``Authorization`` stays here;
+- with ``proxy.routes``, a captured request goes to the upstream of the model it asks for
+  (:mod:`~monitor.sidecar.proxy._routes`), and a managed route's key replaces the client's
+  ``Authorization``.
 
 Failures as the client sees them: 502/504 JSON errors when nothing was sent
 yet; a response cut mid-body reaches the client cut (its connection closes
@@ -37,14 +40,16 @@ import hmac
 import logging
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import httptools
 from prometheus_client import Counter
 
+from monitor.auth import secret_value, server_ssl_context
 from monitor.config import ProxySettings
 from monitor.selfmetrics import SelfMetrics
 from monitor.sidecar.proxy._exchange import Exchange, Stop, error_response
+from monitor.sidecar.proxy._routes import Router
 from monitor.sidecar.proxy._upstream import UpstreamPool
 from monitor.sidecar.proxy.record import CaptureRecord
 
@@ -103,12 +108,16 @@ class _ClientConn(asyncio.Protocol):
         self.t0 = 0
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.peer = ""
+        """The client's address (for its identity when it sends neither a key nor a user id)."""
         self._linger: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.tw = self.transport.write
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self.proxy.clients.add(self)
         self.deadline = _mono() + self.proxy.header_timeout_ns
 
@@ -317,7 +326,8 @@ class FastProxy:
     the record."""
 
     def __init__(self, settings: ProxySettings, sink: Callable[[CaptureRecord], bool],
-                 metrics: SelfMetrics, announce: Callable[[bytes, bytes], object] | None = None) -> None:
+                 metrics: SelfMetrics, announce: Callable[[bytes, bytes], object] | None = None,
+                 client_headers: Iterable[str] = ()) -> None:
         if not settings.upstream:
             raise ValueError("FastProxy needs proxy.upstream")
         self.settings = settings
@@ -327,7 +337,10 @@ class FastProxy:
         :meth:`RecordSender.send_start`), so the pipeline expects the record; guarded like the sink."""
         self.metrics = metrics
         self.pool = UpstreamPool(settings.upstream)
-        self.auth = f"Bearer {settings.auth_token}".encode() if settings.auth_token is not None else None
+        self.router = Router(settings, self.pool)
+        """``proxy.routes``: the upstream per requested model (falsy when none are configured)."""
+        token = secret_value(settings.auth_token)
+        self.auth = f"Bearer {token}".encode() if token is not None else None
         self.max_request = settings.max_request_bytes
         self.max_capture = settings.max_capture_bytes
         self.request_usage = settings.request_usage == "auto"
@@ -336,6 +349,12 @@ class FastProxy:
         self.upstream_timeout_ns = int(settings.upstream_timeout_s * 1e9)
         self.attributes: dict[str, Any] = {"server.address": self.pool.host, "server.port": self.pool.port}
         """Span attributes every record carries."""
+        wanted = {h.strip().lower().encode("latin-1") for h in client_headers}
+        if self.auth is not None:
+            wanted.discard(b"authorization")  # the proxy's own token, the same for every client
+        self.client_headers = frozenset(wanted)
+        """Request headers (lower case) copied into each record for the client's identity
+        (:func:`monitor.otlp.identity.wanted_headers`); the pipeline hashes the credential."""
         self.port = settings.port
         self.stopping = False
         self.clients: set[_ClientConn] = set()
@@ -356,9 +375,12 @@ class FastProxy:
         if reuse_port is None:
             reuse_port = getattr(self.settings, "workers", 1) > 1
         loop = asyncio.get_running_loop()
+        tls = getattr(self.settings, "tls", None)
+        ssl_ctx = server_ssl_context(tls.cert_file, tls.key_file, tls.client_ca_file) \
+            if tls is not None and tls.enabled else None
         self._server = await loop.create_server(
             lambda: _ClientConn(self), self.settings.host, self.settings.port, reuse_address=True,
-            reuse_port=True if reuse_port else None, backlog=2048)
+            reuse_port=True if reuse_port else None, backlog=2048, ssl=ssl_ctx)
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = loop.call_later(self._tick_s, self._sweep)
         return self.port
@@ -379,7 +401,7 @@ class FastProxy:
             await asyncio.sleep(0.02)
         for c in list(self.clients):
             c.shutdown()
-        self.pool.close()
+        self.router.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -393,8 +415,8 @@ class FastProxy:
             "records": self.n_records,
             "records_dropped": self.n_dropped,
             "capture_errors": self.n_capture_errors,
-            "upstream_connections": self.pool.open,
-            "upstream_idle": len(self.pool.idle),
+            "upstream_connections": sum(p.open for p in self.router.pools),
+            "upstream_idle": sum(len(p.idle) for p in self.router.pools),
             "request_usage": self.request_usage and not self.pool.usage_rejected,
         }
 
@@ -430,12 +452,13 @@ class FastProxy:
             log.warning("capture failed while %s; the request went on unmonitored (%d so far, logged at most "
                         "once a minute)", what, self.n_capture_errors, exc_info=True)
 
-    def usage_refused(self) -> None:
-        if not self.pool.usage_rejected:
-            self.pool.usage_rejected = True
+    def usage_refused(self, pool: UpstreamPool | None = None) -> None:
+        pool = pool or self.pool
+        if not pool.usage_rejected:
+            pool.usage_rejected = True
             log.warning("the model server at %s refused stream_options.include_usage (400/422) and accepted "
                         "the request without it; the proxy no longer adds it (token usage of streams whose "
-                        "clients did not ask for it is then counted from the stream)", self.pool.base)
+                        "clients did not ask for it is then counted from the stream)", pool.base)
 
     def _sweep(self) -> None:
         """Timeouts, about once a second: slow client heads and bodies, idle keep-alive clients,
@@ -450,7 +473,7 @@ class FastProxy:
                 elif ex is not None and ex.up is not None and not c.write_paused \
                         and now - ex.last_ns > up_timeout:
                     ex.upstream_timeout()
-            self.pool.expire(now)
+            self.router.expire(now)
         except Exception:
             log.exception("capture proxy: timeout sweep failed")
         finally:

@@ -8,6 +8,10 @@ counted, never the proxy slowed) and turned into a span on a worker thread
 (:class:`EngineJoin`) and exported in batches (every ``_FLUSH_S`` or
 ``_BATCH`` spans) through the emitter, the path every in-process source takes
 into the receiver's processors (redaction, cost) and the transport.
+
+With ``proxy.shadow`` rules, each record (once it is a span: the client's response has ended) is
+offered to the :class:`~monitor.sidecar.proxy.shadow.ShadowSender`; the shadow copies' records come
+back into the same queue and become spans the same way.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from monitor.config import ProxySettings
+from monitor.config import ClientsSettings, ProxySettings
 from monitor.selfmetrics import SelfMetrics
 from monitor.sidecar.emitter import Emitter
 from monitor.sidecar.proxy.join import EngineJoin
 from monitor.sidecar.proxy.record import CaptureRecord, CaptureStart
+from monitor.sidecar.proxy.shadow import RULE_ATTR, ShadowSender
 from monitor.sidecar.proxy.spans import kv, record_to_span
 
 __all__ = ["CaptureIntake"]
@@ -38,8 +43,13 @@ _MAX_QUEUE = 20_000
 
 
 class CaptureIntake:
-    def __init__(self, settings: ProxySettings, emitter: Emitter, metrics: SelfMetrics):
+    def __init__(self, settings: ProxySettings, emitter: Emitter, metrics: SelfMetrics,
+                 clients: ClientsSettings | None = None, secret: bytes | None = None):
+        """``clients`` and ``secret`` (:func:`monitor.otlp.identity.resolve_secret`): each span gets
+        the client's identity from its record (:func:`record_to_span`)."""
         self.settings = settings
+        self.clients = clients
+        self.secret = secret
         self.emitter = emitter
         self.metrics = metrics
         self.join = EngineJoin(self._ready, settings.engine_join_window_s, settings.upstream_traces)
@@ -52,6 +62,10 @@ class CaptureIntake:
         self._last_error_log = 0.0
         self.records = 0
         self.resource = [kv("service.name", settings.service_name), kv("host.name", socket.gethostname())]
+        self.shadow: ShadowSender | None = None
+        if settings.shadow:
+            self.shadow = ShadowSender(settings, metrics, self._shadow_record,
+                                       announce=lambda trace_id, span_id: self.join.announce(span_id))
 
     def processor(self):
         """The receiver-side half of the join: an Ingress processor seeing the engine's spans."""
@@ -61,9 +75,13 @@ class CaptureIntake:
         self.join.start()
         self._thread = threading.Thread(target=self._work, name="monitor-capture", daemon=True)
         self._thread.start()
+        if self.shadow is not None:
+            self.shadow.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Turn the queued records into spans, end the waiting ones, export everything."""
+        if self.shadow is not None:
+            self.shadow.stop(timeout)  # copies in flight first: their records join the queue
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -98,12 +116,14 @@ class CaptureIntake:
                         break
                     rec = self._records.popleft()
                 try:
-                    span = record_to_span(rec, self.settings)
+                    span = record_to_span(rec, self.settings, self.clients, self.secret)
                 except Exception:
                     self.metrics.proxy_capture_errors.inc()
                     self._say("a capture record could not become a span; it is dropped", exc_info=True)
                     continue
                 self.records += 1
+                if self.shadow is not None:
+                    self._shadow_step(rec, span)
                 self.join.add(span)
             if time.monotonic() >= next_flush or len(self._spans) >= _BATCH:
                 self._flush()
@@ -112,6 +132,24 @@ class CaptureIntake:
                 with self._lock:
                     if not self._records:
                         return
+
+    def _shadow_record(self, rec: CaptureRecord) -> None:
+        """A shadow copy's record (from the shadow loop): queued like the proxy's."""
+        self.on_frame(rec)
+
+    def _shadow_step(self, rec: CaptureRecord, span: Any) -> None:
+        """Offer a primary record for shadowing; count a shadow answer's tokens against its budget."""
+        assert self.shadow is not None
+        rule = rec.attributes.get(RULE_ATTR)
+        if rule is None:
+            try:
+                self.shadow.offer(rec)
+            except Exception:
+                self._say("shadow traffic: a record could not be offered", exc_info=True)
+            return
+        tokens = sum(a.value.int_value for a in span.attributes
+                     if a.key in ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"))
+        self.shadow.spent(int(rule), tokens)
 
     def _ready(self, span: Any) -> None:
         """A proxy span is complete (joined, or done waiting): export it with the next batch."""

@@ -84,6 +84,16 @@ class CaptureRecord:
     """The upstream base URL that served it (``http://host:port``)."""
     attributes: dict[str, str | int | float | bool] = field(default_factory=dict)
     """Extra span attributes from the proxy (``server.address``, ``server.port``, ...)."""
+    client_headers: dict[str, str] = field(default_factory=dict, repr=False)
+    """The client's request headers its identity comes from (``clients.key_headers``, ``user_headers``,
+    ``conversation_headers``; lower-case names, values as latin-1, the first of a repeated one). The
+    pipeline hashes the credential among them when it makes the span
+    (:func:`monitor.otlp.identity.client_attributes`) and drops the rest: never a span attribute,
+    never spooled. Absent from a record that does not carry it (an older or native proxy): the
+    request then has no key hash, its user and conversation come from the body alone."""
+    client_address: str = field(default="", repr=False)
+    """The peer address of the client's connection (for ``clients.address_fallback``: hashed, never
+    stored as is)."""
 
     @property
     def truncated(self) -> bool:
@@ -93,11 +103,17 @@ class CaptureRecord:
 _FIELDS = ("api", "operation", "path", "trace_state", "start_ns", "end_ns", "request_size", "status",
            "content_type", "response_size", "chunks", "headers_ns", "usage_requested", "error_type", "upstream",
            "attributes")
+_IDENTITY_FIELDS = ("client_headers", "client_address")
+"""Written only when set; a frame without them (the native proxy's, an older one) decodes with the defaults."""
 
 
 def encode(r: CaptureRecord) -> bytes:
     """One frame: header (version, lengths), JSON metadata, request body, response body."""
     meta = {k: getattr(r, k) for k in _FIELDS}
+    for k in _IDENTITY_FIELDS:
+        v = getattr(r, k)
+        if v:
+            meta[k] = v
     meta["ids"] = (r.trace_id + r.span_id + r.parent_span_id).hex()
     head = orjson.dumps(meta)
     return b"".join((_HEAD.pack(FORMAT_VERSION, len(head), len(r.request_body), len(r.response_body)), head,
@@ -128,5 +144,11 @@ def decode(frame: bytes | memoryview) -> CaptureRecord | CaptureStart:
     resp = bytes(view[pos + n_req:pos + n_req + n_resp])
     ids = bytes.fromhex(meta.pop("ids"))
     meta["chunks"] = [tuple(c) for c in meta["chunks"]]
+    headers = meta.get("client_headers")
+    if headers is not None and not (isinstance(headers, dict)
+                                    and all(isinstance(v, str) for v in headers.values())):
+        raise ValueError("capture frame: client_headers is not an object of strings")
+    if not isinstance(meta.get("client_address", ""), str):
+        raise ValueError("capture frame: client_address is not a string")
     return CaptureRecord(trace_id=ids[:16], span_id=ids[16:24], parent_span_id=ids[24:], request_body=req,
                          response_body=resp, **meta)

@@ -20,11 +20,14 @@ from typing import Any
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from monitor.config import ProxySettings
+from monitor.config import ClientsSettings, ProxySettings
+from monitor.otlp.identity import client_attributes, request_features
+from monitor.otlp.model_identity import (ADAPTER_ATTR, BASE_ATTR, ENDPOINT_ATTR, ENDPOINT_KIND_ATTR,
+                                         VERSION_ATTR)
 from monitor.sidecar.proxy.capture import Capture, truncate
 from monitor.sidecar.proxy.record import CaptureRecord
 
-__all__ = ["record_to_span", "kv", "keep_content"]
+__all__ = ["record_to_span", "kv", "keep_content", "identity_attributes"]
 
 _CLIENT = Span.SPAN_KIND_CLIENT
 _STREAMED = ("event-stream", "ndjson")
@@ -56,6 +59,29 @@ def keep_content(settings: ProxySettings, path: str, trace_id: bytes) -> bool:
     return int.from_bytes(hashlib.blake2b(trace_id, digest_size=8).digest(), "big") / 2 ** 64 < rate
 
 
+def identity_attributes(requested: Any, upstream: str, settings: ProxySettings) -> dict[str, Any]:
+    """What the config says about the model a request asked for: its name as asked
+    (``gen_ai.request.model``: the response's model goes in ``gen_ai.response.model``), the LoRA
+    adapter and its base (``proxy.adapters``), and the route that served it (``proxy.routes``: when
+    ``upstream``, the one the record says answered, is that route's)."""
+    if not isinstance(requested, str) or not requested:
+        return {}
+    out: dict[str, Any] = {"gen_ai.request.model": requested}
+    base = settings.adapters.get(requested)
+    if base:
+        out[ADAPTER_ATTR], out[BASE_ATTR] = requested, base
+    route = settings.route_for(requested) if settings.routes else None
+    if route is not None and route.upstream == upstream.rstrip("/"):
+        out[ENDPOINT_ATTR], out[ENDPOINT_KIND_ATTR] = route.endpoint(), route.kind
+        if route.model_version:
+            out[VERSION_ATTR] = route.model_version
+        if route.adapter:
+            out[ADAPTER_ATTR] = route.adapter
+            if base is None:
+                out.pop(BASE_ATTR, None)
+    return out
+
+
 def _replay(cap: Capture, rec: CaptureRecord) -> tuple[float | None, list[float]]:
     """Feed the stream chunk by chunk as the client got it; (TTFT s, gaps between content chunks)."""
     body = rec.response_body
@@ -83,8 +109,14 @@ def _replay(cap: Capture, rec: CaptureRecord) -> tuple[float | None, list[float]
     return first, gaps
 
 
-def record_to_span(rec: CaptureRecord, settings: ProxySettings) -> Span:
-    """The proxy's span for one exchange. Pure; raises only on a bug (the caller counts it)."""
+def record_to_span(rec: CaptureRecord, settings: ProxySettings, clients: ClientsSettings | None = None,
+                   secret: bytes | None = None) -> Span:
+    """The proxy's span for one exchange. Pure; raises only on a bug (the caller counts it).
+
+    With ``clients`` and ``secret`` the span carries who called
+    (:func:`monitor.otlp.identity.client_attributes` of the record's client headers: the HMAC of the
+    credential, never the credential); without them only the request's extraction-relevant
+    parameters (``logprobs``, ``top_logprobs``, ``logit_bias``)."""
     cap = Capture(rec.api, rec.operation)
     cap.read_request(rec.request_body)
     cap.status = rec.status
@@ -99,6 +131,12 @@ def record_to_span(rec: CaptureRecord, settings: ProxySettings) -> Span:
     attrs: dict[str, Any] = {**rec.attributes, **cap.request_attributes(), "monitor.proxy": True,
                              "url.path": rec.path}
     attrs.update(cap.response_attributes())
+    attrs.update(identity_attributes(cap.request.get("model"), rec.upstream, settings))
+    if clients is not None and secret:
+        seen = {"client.address": rec.client_address} if rec.client_address else None
+        attrs.update(client_attributes(rec.client_headers, cap.request, seen, clients, secret))
+    else:
+        attrs.update(request_features(cap.request))
     status = rec.status or (502 if rec.error_type else 0)
     attrs["http.response.status_code"] = status
     if ttft is not None:
