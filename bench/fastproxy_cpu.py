@@ -21,8 +21,15 @@ is read at the start and the end of a ``--duration`` window after
 response is checked (the usage event must not reach the client, the stream
 must end with ``[DONE]``).
 
+``--impl native`` measures the native request path instead (``monitor-proxy``,
+the binary itself is the measured process; with ``--sink socket`` it sends its
+records to the same receiver); ``--compare`` measures the floor, the Python
+path and the native path one after the other in one run and prints them side
+by side.
+
     ~/.cache/llm-monitor/venv/bin/python bench/fastproxy_cpu.py
     ~/.cache/llm-monitor/venv/bin/python bench/fastproxy_cpu.py --concurrency 64 --sink socket
+    ~/.cache/llm-monitor/venv/bin/python bench/fastproxy_cpu.py --concurrency 16 --sink socket --compare
 """
 
 from __future__ import annotations
@@ -295,39 +302,35 @@ def _user_sys(pid: int) -> tuple[int, int]:
     return int(f[11]), int(f[12])
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("role", nargs="?", default="bench", choices=["bench", "_upstream", "_proxy", "_floor"])
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--upstream", default="")
-    ap.add_argument("--chunks", type=int, default=34, help="SSE events per response (with [DONE])")
-    ap.add_argument("--interval-ms", type=float, default=2.0)
-    ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--warmup", type=float, default=2.0)
-    ap.add_argument("--duration", type=float, default=8.0)
-    ap.add_argument("--sink", choices=["null", "socket"], default="null")
-    ap.add_argument("--socket", default="")
-    ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
-    ap.add_argument("--inprocess", action="store_true",
-                    help="drive the proxy's callbacks without sockets: its own code's CPU, no syscalls")
-    ap.add_argument("--requests", type=int, default=5000, help="--inprocess: requests to run")
-    ap.add_argument("--profile", action="store_true", help="print the proxy's cProfile (its CPU figure is void then)")
-    ap.add_argument("--floor", action="store_true",
-                    help="measure a plain TCP relay instead of the proxy (the floor: what moving the bytes costs)")
-    a = ap.parse_args()
-    if a.role == "_upstream":
-        upstream_main(a)
-        return 0
-    if a.role == "_proxy":
-        proxy_main(a)
-        return 0
-    if a.role == "_floor":
-        floor_main(a)
-        return 0
-    if a.inprocess:
-        inprocess_main(a)
-        return 0
+def _native_binary(a: argparse.Namespace) -> str:
+    """--binary, else the installed monitor-proxy, else the crate's release build."""
+    from monitor.sidecar.proxy.native import native_binary
 
+    crate = Path(__file__).resolve().parents[1] / "native" / "proxy" / "target" / "release" / "monitor-proxy"
+    for p in (a.binary, native_binary(), crate):
+        if p and Path(p).is_file():
+            return str(p)
+    raise SystemExit("no monitor-proxy binary: pip install -e . with cargo on PATH, or "
+                     "cargo build --release in native/proxy, or --binary PATH")
+
+
+def _start_native(a: argparse.Namespace, port: int, up_port: int, sock: str) -> subprocess.Popen:
+    """The binary on ``port``, its ready line read; its config as the Python proxy's would be."""
+    from monitor.config import ProxySettings
+    from monitor.sidecar.proxy.native import native_config
+
+    cfg = native_config(ProxySettings(upstream=f"http://127.0.0.1:{up_port}", host="127.0.0.1", port=port),
+                        sock if a.sink == "socket" else None)
+    px = subprocess.Popen([_native_binary(a), "--config-json", json.dumps(cfg)], stdout=subprocess.PIPE, text=True)
+    line = px.stdout.readline()
+    assert line.startswith("{") and json.loads(line)["ready"], "the native proxy did not start"
+    px.metrics_port = json.loads(line)["metrics_port"]  # type: ignore[attr-defined]
+    return px
+
+
+def measure(a: argparse.Namespace, what: str) -> dict:
+    """One measurement of ``what`` (``python``, ``native`` or ``floor``): its own upstream, proxy and
+    clients; returns the CPU per request of the proxy process alone."""
     up_port, proxy_port = free_port(), free_port()
     sock = os.path.join(tempfile.mkdtemp(prefix="fpcpu"), "capture.sock")
     me = [sys.executable, __file__]
@@ -336,6 +339,7 @@ def main() -> int:
     asyncio.set_event_loop(loop)
     records = [0]
     receiver = None
+    label = {"floor": "TCP relay (floor)", "python": "FastProxy (Python)", "native": "monitor-proxy (native)"}[what]
     try:
         if a.sink == "socket":
             from monitor.sidecar.proxy.channel import RecordReceiver
@@ -344,14 +348,17 @@ def main() -> int:
         up = subprocess.Popen(me + ["_upstream", "--port", str(up_port), "--chunks", str(a.chunks),
                                     "--interval-ms", str(a.interval_ms)], stdout=subprocess.PIPE, text=True)
         procs.append(up)
-        px = subprocess.Popen(me + ["_floor" if a.floor else "_proxy", "--port", str(proxy_port),
-                                    "--upstream", f"http://127.0.0.1:{up_port}",
-                                    "--sink", a.sink, "--socket", sock, "--loop", a.loop]
-                              + (["--profile"] if a.profile else []),
-                              stdout=subprocess.PIPE, text=True)
+        assert up.stdout.readline().strip() == "ready", "the bench upstream did not start"
+        if what == "native":
+            px = _start_native(a, proxy_port, up_port, sock)
+        else:
+            px = subprocess.Popen(me + ["_floor" if what == "floor" else "_proxy", "--port", str(proxy_port),
+                                        "--upstream", f"http://127.0.0.1:{up_port}",
+                                        "--sink", a.sink, "--socket", sock, "--loop", a.loop]
+                                  + (["--profile"] if a.profile else []),
+                                  stdout=subprocess.PIPE, text=True)
+            assert px.stdout.readline().strip() == "ready", "a bench process did not start"
         procs.append(px)
-        for p in procs:
-            assert p.stdout.readline().strip() == "ready", "a bench process did not start"
         body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Say hello " * 40}],
                            "stream": True, "max_tokens": 64}).encode()
         counts = {"requests": 0, "errors": 0, "chunks": 0}
@@ -372,30 +379,85 @@ def main() -> int:
         secs = cpu["end"][1] - cpu["start"][1]
         n = counts["requests"]
         us = jiffies / CLK_TCK * 1e6 / max(n, 1)
-        print(f"{'TCP relay (floor)' if a.floor else 'FastProxy'} loop={a.loop} sink={a.sink} "
-              f"concurrency={a.concurrency} chunks/response={a.chunks} "
+        user = (cpu["end"][2][0] - cpu["start"][2][0]) / CLK_TCK * 1e6 / max(n, 1)
+        system = (cpu["end"][2][1] - cpu["start"][2][1]) / CLK_TCK * 1e6 / max(n, 1)
+        print(f"{label} loop={a.loop} sink={a.sink} concurrency={a.concurrency} chunks/response={a.chunks} "
               f"interval={a.interval_ms}ms")
         print(f"requests: {n} in {secs:.1f}s ({n / secs:.0f}/s), errors: {counts['errors']}, "
               f"chunks to the client per request: {counts['chunks'] / max(n, 1):.1f}")
-        user = (cpu["end"][2][0] - cpu["start"][2][0]) / CLK_TCK * 1e6 / max(n, 1)
-        system = (cpu["end"][2][1] - cpu["start"][2][1]) / CLK_TCK * 1e6 / max(n, 1)
         print(f"proxy CPU: {jiffies / CLK_TCK:.2f}s = {us:.0f} us per streamed request "
               f"(user {user:.0f} + system {system:.0f}; {us / max(a.chunks, 1):.1f} us per chunk), "
               f"{100 * jiffies / CLK_TCK / secs:.0f}% of a core")
-        return 0 if counts["errors"] == 0 else 1
+        if what == "native":
+            import urllib.request
+            with urllib.request.urlopen(f"http://127.0.0.1:{px.metrics_port}/stats", timeout=2) as r:
+                print("proxy stats:", r.read().decode())
+        return {"what": label, "requests": n, "rate": n / secs, "errors": counts["errors"], "us": us, "user": user,
+                "system": system}
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
         for p in procs:
             try:
-                out, _ = p.communicate(timeout=5)
-                if p is procs[-1] and len(procs) == 2 and out.strip():
+                out, _ = p.communicate(timeout=10)
+                if p is procs[-1] and what == "python" and out.strip():
                     print("proxy stats:", out.strip().splitlines()[-1])
             except subprocess.TimeoutExpired:
                 p.kill()
         if receiver is not None:
             loop.run_until_complete(receiver.close())
             print(f"records received: {records[0]}")
+        loop.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("role", nargs="?", default="bench", choices=["bench", "_upstream", "_proxy", "_floor"])
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--upstream", default="")
+    ap.add_argument("--chunks", type=int, default=34, help="SSE events per response (with [DONE])")
+    ap.add_argument("--interval-ms", type=float, default=2.0)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--duration", type=float, default=8.0)
+    ap.add_argument("--sink", choices=["null", "socket"], default="null")
+    ap.add_argument("--socket", default="")
+    ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    ap.add_argument("--impl", choices=["python", "native"], default="python",
+                    help="the request path to measure: FastProxy, or the monitor-proxy binary")
+    ap.add_argument("--binary", default="", help="--impl native: the monitor-proxy to run (default: the built one)")
+    ap.add_argument("--compare", action="store_true",
+                    help="measure the floor, the Python path and the native path in one run, side by side")
+    ap.add_argument("--inprocess", action="store_true",
+                    help="drive the proxy's callbacks without sockets: its own code's CPU, no syscalls")
+    ap.add_argument("--requests", type=int, default=5000, help="--inprocess: requests to run")
+    ap.add_argument("--profile", action="store_true", help="print the proxy's cProfile (its CPU figure is void then)")
+    ap.add_argument("--floor", action="store_true",
+                    help="measure a plain TCP relay instead of the proxy (the floor: what moving the bytes costs)")
+    a = ap.parse_args()
+    if a.role == "_upstream":
+        upstream_main(a)
+        return 0
+    if a.role == "_proxy":
+        proxy_main(a)
+        return 0
+    if a.role == "_floor":
+        floor_main(a)
+        return 0
+    if a.inprocess:
+        inprocess_main(a)
+        return 0
+    if not a.compare:
+        return 0 if measure(a, "floor" if a.floor else a.impl)["errors"] == 0 else 1
+    results = []
+    for what in ("floor", "python", "native"):
+        results.append(measure(a, what))
+        print()
+    print(f"CPU per streamed request ({a.chunks} chunks, concurrency {a.concurrency}, sink {a.sink}), same run:")
+    for r in results:
+        print(f"  {r['what']:<24} {r['us']:6.0f} us  (user {r['user']:4.0f} + system {r['system']:4.0f})  "
+              f"{r['rate']:5.0f} req/s  errors {r['errors']}")
+    return 0 if all(r["errors"] == 0 for r in results) else 1
 
 
 if __name__ == "__main__":

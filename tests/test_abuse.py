@@ -94,15 +94,22 @@ def _reframe(frame: bytes) -> bytes:
     return struct.pack("<BIII", 1, len(head), 0, 0) + head
 
 
-def test_openai_sdk_through_the_capture_proxy_stores_the_hmac_never_the_key(settings, store):
+@pytest.mark.parametrize("implementation", ["python", "native"])
+def test_openai_sdk_through_the_capture_proxy_stores_the_hmac_never_the_key(settings, store, implementation):
     """The real openai SDK through `monitor up`'s capture proxy with API keys: each stored row's
-    client key hash is HMAC(secret, key); the key itself is in no row of any table."""
+    client key hash is HMAC(secret, key); the key itself is in no row of any table. Both request
+    paths: the in-process FastProxy, and the native binary (a ``ProxyNode`` with
+    ``proxy.implementation: native``) whose records cross the pipeline's capture socket."""
     import openai
     from conftest import free_port, wait_until
     from fake_upstream import FakeUpstream
     from pydantic import SecretStr
 
     from monitor.runtime.apps import Embedded
+    from monitor.sidecar.proxy.native import BINARY_PATH, native_binary
+
+    if implementation == "native" and native_binary() is None:
+        pytest.skip(f"the native proxy is not built ({BINARY_PATH}: pip install with cargo on PATH)")
 
     upstream = FakeUpstream().start()
     settings.proxy.upstream = upstream.url
@@ -111,8 +118,21 @@ def test_openai_sdk_through_the_capture_proxy_stores_the_hmac_never_the_key(sett
     key_a, key_b = "sk-proj-Alice0123456789abcdefghijklmnopqrstuv", "sk-proj-Bob0123456789abcdefghijklmnopqrstuvwx"
     app = Embedded(settings)
     app.start()
+    node = None
     try:
-        base = f"http://127.0.0.1:{settings.proxy.port}/v1"
+        port = settings.proxy.port
+        if implementation == "native":
+            from monitor.runtime.proxynode import ProxyNode
+            from monitor.selfmetrics import SelfMetrics
+
+            native = settings.model_copy(deep=True)
+            native.proxy.implementation = "native"
+            native.proxy.port = port = free_port()
+            native.proxy.capture_socket = str(app.pipeline.socket_path)  # the pipeline's record intake
+            node = ProxyNode(native, SelfMetrics("native-proxy"))
+            node.start()
+            assert node.native is not None and node.port == port
+        base = f"http://127.0.0.1:{port}/v1"
         a = openai.OpenAI(base_url=base, api_key=key_a, max_retries=0,
                           default_headers={"X-User-Id": "alice", "X-Conversation-Id": "conv-1"})
         b = openai.OpenAI(base_url=base, api_key=key_b, max_retries=0)
@@ -143,6 +163,8 @@ def test_openai_sdk_through_the_capture_proxy_stores_the_hmac_never_the_key(sett
         assert leaked == {}
         assert any("quick brown fox" in repr(r) for r in store.query_rows("SELECT * FROM otel_traces"))  # seen
     finally:
+        if node is not None:
+            node.stop()
         app.stop()
         upstream.stop()
 

@@ -16,10 +16,13 @@ import subprocess
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import MONITOR, chdb_query, free_port, otlp_request, post_traces, wait_until
 from fake_upstream import FakeUpstream
+
+from monitor.sidecar.proxy.native import native_binary
 
 
 def _metrics(port: int) -> dict[str, float]:
@@ -151,23 +154,65 @@ def test_proxy_latency_does_not_move_while_a_heavy_check_runs(tmp_path):
     assert p90_busy <= 1.5 * p90_idle + 10.0, (p90_idle, p90_busy)
 
 
-def test_a_killed_proxy_process_is_restarted_and_serves_again(tmp_path):
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, comm) of the live children of ``pid``."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for c in task.read_text().split():
+            try:
+                out.append((int(c), Path(f"/proc/{c}/comm").read_text().strip()))
+            except OSError:
+                pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("impl", ["python", "native"])
+def test_a_killed_proxy_process_is_restarted_and_serves_again(tmp_path, impl):
+    """Either request path: the proxy process killed is restarted; the native binary dies with the process
+    that started it (no orphan holding the port), and the binary killed on its own takes its process along
+    (then restarted, as any proxy process)."""
+    if impl == "native" and native_binary() is None:
+        pytest.skip("NATIVE PROXY NOT BUILT: monitor/_native/monitor-proxy is missing (pip install -e . with cargo "
+                    "on PATH builds it)")
     upstream = FakeUpstream(pace_s=0.001).start()
-    up = _Up(tmp_path, upstream.url)
+    up = _Up(tmp_path, upstream.url, env={"MONITOR_PROXY__IMPLEMENTATION": impl})
     try:
         assert _first_byte_ms(up.proxy, 1) > 0
+        assert ("[native request path]" in up.text()) == (impl == "native")
         pid = _pid(up.mport, "proxy")
         assert pid > 0
+        binaries = [c for c, comm in _children(pid) if comm == "monitor-proxy"]
+        assert len(binaries) == (1 if impl == "native" else 0), _children(pid)
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: _pid(up.mport, "proxy") not in (0, pid), timeout=30, message="a new proxy process")
         wait_until(lambda: _try(lambda: _first_byte_ms(up.proxy, 2)), timeout=10, message="the proxy serving again")
         m = _metrics(up.mport)
         assert m["monitor_process_restarts_total{process=proxy}"] == 1
+        for b in binaries:  # PR_SET_PDEATHSIG: the binary went with the process that started it
+            wait_until(lambda b=b: not _alive(b), timeout=15, message=f"the old monitor-proxy {b} gone")
+        if impl == "native":
+            pid2 = _pid(up.mport, "proxy")
+            (native2,) = [c for c, comm in _children(pid2) if comm == "monitor-proxy"]
+            os.kill(native2, signal.SIGKILL)
+            wait_until(lambda: _pid(up.mport, "proxy") not in (0, pid2), timeout=30,
+                       message="the proxy process ended with its binary and was restarted")
+            wait_until(lambda: _try(lambda: _first_byte_ms(up.proxy, 3)), timeout=10,
+                       message="the proxy serving again")
+            assert _metrics(up.mport)["monitor_process_restarts_total{process=proxy}"] == 2
     finally:
         rc = up.stop()
         upstream.stop()
     assert rc == 0
     assert "proxy killed by SIGKILL; restarting it" in up.text()
+    if impl == "native":
+        assert "the native proxy (monitor-proxy) was killed by signal 9" in up.text()
 
 
 def _try(fn) -> bool:

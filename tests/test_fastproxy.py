@@ -1,11 +1,16 @@
-"""The capture proxy's request path (FastProxy) against scripted upstreams that misbehave byte by byte.
+"""The capture proxy's request path against scripted upstreams that misbehave byte by byte.
 
-Upstreams are raw asyncio servers (they write exactly the bytes a test gives,
-split where it says, and close when it says); clients are raw sockets,
-``http.client`` and the official ``openai`` SDK. Most tests compare what a
-client receives from the upstream directly with what it receives through the
-proxy. Everything (upstreams, proxy) runs on one event loop in a background
-thread; clients block in the test's thread.
+Each test of the request path runs twice (the ``impl`` fixture): against the
+Python path (FastProxy, in-process, records handed to a sink) and against the
+native binary (``monitor-proxy``, a child process whose records cross the Unix
+socket to a :class:`RecordReceiver`). The native runs are skipped, with the
+reason in the summary, when the binary is not built. Upstreams are raw asyncio
+servers (they write exactly the bytes a test gives, split where it says, and
+close when it says); clients are raw sockets, ``http.client`` and the official
+``openai`` SDK. Most tests compare what a client receives from the upstream
+directly with what it receives through the proxy. Everything (upstreams,
+Python proxy, record receiver) runs on one event loop in a background thread;
+clients block in the test's thread.
 """
 
 from __future__ import annotations
@@ -23,12 +28,32 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from monitor.config import ProxySettings
+from monitor.config import ClientsSettings, ProxySettings
+from monitor.otlp.identity import wanted_headers
 from monitor.selfmetrics import SelfMetrics
+from monitor.sidecar.proxy.channel import RecordReceiver
 from monitor.sidecar.proxy.fastproxy import FastProxy, new_event_loop
-from monitor.sidecar.proxy.record import CaptureRecord
+from monitor.sidecar.proxy.native import NativeProxy, native_binary, native_config
+from monitor.sidecar.proxy.record import CaptureRecord, CaptureStart
 
 CHAT = "/v1/chat/completions"
+
+
+def _native_under_test():
+    """The binary the native runs use: $MONITOR_PROXY_BINARY, else the installed one, else the crate's
+    own release build (``cargo build --release`` in native/proxy)."""
+    from pathlib import Path
+
+    for p in (os.environ.get("MONITOR_PROXY_BINARY"), native_binary(),
+              Path(__file__).resolve().parents[1] / "native/proxy/target/release/monitor-proxy"):
+        if p and Path(p).is_file() and os.access(p, os.X_OK):
+            return Path(p)
+    return None
+
+
+NATIVE = _native_under_test()
+NATIVE_MISSING = ("NATIVE PROXY NOT BUILT: monitor/_native/monitor-proxy is missing, so its half of the matrix did "
+                  "not run (pip install -e . with cargo on PATH builds it)")
 
 # ============================================================================ the scripted upstream
 
@@ -143,16 +168,40 @@ def fixed(data: bytes, keep: bool = True) -> Script:
 # ============================================================================ the environment
 
 
-class Env:
-    """One event loop in a thread with the upstreams and proxies of a test."""
+class NativeUnderTest:
+    """The native binary with FastProxy's face for these tests: ``port``, ``stats()``, ``async stop()``."""
 
-    def __init__(self, kind: str = "uvloop") -> None:
+    def __init__(self, env: "Env", settings: ProxySettings, client_headers: tuple[str, ...] = ()) -> None:
+        self.env = env
+        self.runner = NativeProxy(settings, env.socket_path(), binary=NATIVE, client_headers=client_headers)
+
+    def start(self) -> int:
+        self.port = self.runner.start()
+        return self.port
+
+    def stats(self) -> dict:
+        return self.runner.stats()
+
+    async def stop(self, drain_s: float) -> None:
+        # it drains for its configured drain_s; the loop goes on meanwhile (its last records arrive)
+        await asyncio.get_running_loop().run_in_executor(None, self.runner.stop, drain_s)
+
+
+class Env:
+    """One event loop in a thread with the upstreams and proxies of a test; ``impl`` says which
+    request path ``proxy()`` starts."""
+
+    def __init__(self, kind: str = "uvloop", impl: str = "python") -> None:
+        self.impl = impl
         self.loop = new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.records: list[CaptureRecord] = []
-        self.proxies: list[FastProxy] = []
+        self.proxies: list[Any] = []
         self.upstreams: list[Upstream] = []
+        self.announce: Callable[[bytes, bytes], object] | None = None
+        self.receiver: RecordReceiver | None = None
+        self._socket_dir: str | None = None
 
     def run(self, coro, timeout: float = 15.0):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -168,13 +217,36 @@ class Env:
         return up
 
     def proxy(self, upstream: Upstream | str, sink=None, metrics: SelfMetrics | None = None, announce=None,
-              **kw) -> FastProxy:
+              client_headers: tuple[str, ...] = (), **kw) -> Any:
         url = upstream if isinstance(upstream, str) else upstream.url
         settings = ProxySettings(**{"upstream": url, "host": "127.0.0.1", "port": 0, **kw})
-        p = FastProxy(settings, sink or self._sink, metrics or SelfMetrics("test"), announce=announce)
-        self.run(p.start())
+        if self.impl == "native":
+            assert sink is None and metrics is None, "a sink or metrics of its own: a Python-only test"
+            self.announce = announce
+            p: Any = NativeUnderTest(self, settings, client_headers)
+            p.start()
+        else:
+            p = FastProxy(settings, sink or self._sink, metrics or SelfMetrics("test"), announce=announce,
+                          client_headers=client_headers)
+            self.run(p.start())
         self.proxies.append(p)
         return p
+
+    def socket_path(self) -> str:
+        """The capture socket the native proxies send to; its receiver feeds ``records``/``announce``."""
+        if self.receiver is None:
+            import tempfile
+            self._socket_dir = tempfile.mkdtemp(prefix="fpt")
+            self.receiver = RecordReceiver(os.path.join(self._socket_dir, "capture.sock"), self._on_frame)
+            self.run(self.receiver.start())
+        return self.receiver.path
+
+    def _on_frame(self, item) -> None:
+        if isinstance(item, CaptureStart):
+            if self.announce is not None:
+                self.announce(item.trace_id, item.span_id)
+        else:
+            self.records.append(item)
 
     def _sink(self, r: CaptureRecord) -> bool:
         self.records.append(r)
@@ -192,17 +264,30 @@ class Env:
             self.run(p.stop(0.2))
         for u in self.upstreams:
             self.call(u.server.close)
+        if self.receiver is not None:
+            self.run(self.receiver.close())
+            os.rmdir(self._socket_dir)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
 
+@pytest.fixture(params=["python", "native"])
+def impl(request):
+    """Which request path the test's proxies run."""
+    if request.param == "native" and NATIVE is None:
+        pytest.skip(NATIVE_MISSING)
+    return request.param
+
+
 @pytest.fixture(params=["uvloop"])
-def env(request):
-    e = Env(request.param)
+def env(request, impl):
+    e = Env(request.param, impl)  # native: the loop kind is the upstreams' and the receiver's
     yield e
     e.close()
 
 
+python_only = pytest.mark.parametrize("impl", ["python"], indirect=True)
+"""A test of the Python side itself (its sink contract, RecordSender/RecordReceiver)."""
 both_loops = pytest.mark.parametrize("env", ["uvloop", "asyncio"], indirect=True)
 
 
@@ -801,6 +886,7 @@ def test_records_carry_bodies_status_and_chunk_timings(env):
     assert decode(encode(rec)) == rec
 
 
+@python_only
 def test_sink_refusing_or_raising_never_reaches_the_client(env):
     up = env.upstream(sse_upstream())
     metrics = SelfMetrics("test")
@@ -1008,6 +1094,7 @@ def _wait(predicate, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+@python_only
 def test_records_cross_a_unix_socket_in_order_and_survive_a_receiver_restart(env, tmp_path):
     from monitor.sidecar.proxy.channel import RecordReceiver, RecordSender
     from monitor.sidecar.proxy.record import CaptureStart
@@ -1057,6 +1144,7 @@ def test_records_cross_a_unix_socket_in_order_and_survive_a_receiver_restart(env
     env.run(receiver2.close())
 
 
+@python_only
 def test_a_full_buffer_drops_and_counts_never_blocks(env, tmp_path):
     from monitor.sidecar.proxy.channel import RecordSender
 
@@ -1088,6 +1176,7 @@ def test_a_full_buffer_drops_and_counts_never_blocks(env, tmp_path):
     env.call(server.close)
 
 
+@python_only
 def test_receiver_closes_a_sender_that_sends_garbage_and_keeps_serving(env, tmp_path):
     import struct
 
@@ -1122,26 +1211,217 @@ def test_receiver_closes_a_sender_that_sends_garbage_and_keeps_serving(env, tmp_
 
 def test_proxy_records_reach_a_receiver_through_the_socket(env, tmp_path):
     from monitor.sidecar.proxy.channel import RecordReceiver, RecordSender
-    from monitor.sidecar.proxy.record import CaptureStart
 
-    path = str(tmp_path / "capture.sock")
-    got: list = []
-    receiver = RecordReceiver(path, got.append)
-    env.run(receiver.start())
-    sender = RecordSender(path)
-    env.run(sender.start())
-    assert env.run(sender.wait_connected(5))
     up = env.upstream(sse_upstream())
-    proxy = env.proxy(up, sink=sender.send, announce=sender.send_start)
+    sender = receiver = None
+    if env.impl == "native":  # its records always cross the socket: the env's receiver gets them
+        starts_seen: list = []
+        proxy = env.proxy(up, announce=lambda t, s: starts_seen.append(CaptureStart(t, s)))
+
+        def got():
+            return starts_seen + env.records
+    else:
+        path = str(tmp_path / "capture.sock")
+        frames: list = []
+        receiver = RecordReceiver(path, frames.append)
+        env.run(receiver.start())
+        sender = RecordSender(path)
+        env.run(sender.start())
+        assert env.run(sender.wait_connected(5))
+        proxy = env.proxy(up, sink=sender.send, announce=sender.send_start)
+
+        def got():
+            return frames
     for _ in range(20):
         assert req_http(proxy.port, "POST", CHAT, chat_body())[2] == b"".join(EVENTS) + DONE
-    _wait(lambda: len(got) == 40)
-    starts = [g for g in got if isinstance(g, CaptureStart)]
-    records = [g for g in got if isinstance(g, CaptureRecord)]
+    _wait(lambda: len(got()) == 40)
+    starts = [g for g in got() if isinstance(g, CaptureStart)]
+    records = [g for g in got() if isinstance(g, CaptureRecord)]
     assert [(s.trace_id, s.span_id) for s in starts] == [(r.trace_id, r.span_id) for r in records]
     assert all(r.response_body == b"".join(EVENTS) + USAGE_EVENT + DONE and r.usage_requested for r in records)
-    env.run(sender.close(1))
-    env.run(receiver.close())
+    if sender is not None:
+        env.run(sender.close(1))
+        env.run(receiver.close())
+
+
+def _raw_frames(env: Env, path: str) -> list[bytes]:
+    """A capture socket that keeps each length-prefixed frame as it came (no decoding)."""
+    import struct
+
+    frames: list[bytes] = []
+
+    async def keep(reader, writer):
+        try:
+            while True:
+                (n,) = struct.unpack("<I", await reader.readexactly(4))
+                frames.append(await reader.readexactly(n))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+
+    env.run(asyncio.start_unix_server(keep, path))
+    return frames
+
+
+def struct_head(frame: bytes) -> tuple[int, int, int, int]:
+    """(version, header length, request body length, response body length) of a record frame."""
+    import struct
+    return struct.unpack_from("<BIII", frame)
+
+
+def test_native_record_frames_match_the_python_proxys(tmp_path):
+    """The same exchanges through both request paths: the native binary's raw frames decode (with
+    ``record.decode``) to the records the Python proxy builds, field for field (the client's identity
+    headers and address included); only the ids, the times and where the stream was split differ."""
+    if NATIVE is None:
+        pytest.skip(NATIVE_MISSING)
+    from monitor.sidecar.proxy import record as record_mod
+
+    trace, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    exchanges = [
+        (CHAT, chat_body(), {"traceparent": f"00-{trace}-{parent}-01", "tracestate": "a=1"}),  # usage asked for us
+        (CHAT, chat_body(usage=True), {}),
+        ("/v1/completions/", chat_body(stream=False), {}),
+        ("/api/generate", b'{"model":"m","prompt":"\\u00e9"}', {}),
+        (CHAT, b'{"x":"' + b"a" * 5000 + b'"}', {}),  # over max_capture_bytes: both bodies cut
+        # the identity headers (clients.*_headers): the key, the user (latin-1), the conversation
+        (CHAT, chat_body(), {"Authorization": "Bearer sk-\"live\"-1", "X-User-Id": "caf\xe9",
+                             "X-Session-Id": "s1", "X-Other": "not copied"}),
+        # raw: a repeated header (the first one wins), names in any case, api-key
+        (CHAT, chat_body(), [("API-Key", "k-1"), ("x-user-id", "u-first"), ("X-USER-ID", "u-second")]),
+    ]
+    wanted = wanted_headers(ClientsSettings())
+    assert {"authorization", "api-key", "x-user-id", "x-session-id"} <= set(wanted)
+    by_impl = {}
+    for impl in ("python", "native"):
+        env = Env("uvloop", impl)
+        try:
+            up = env.upstream(sse_upstream(lambda s: [s[:50], s[50:]], pause=0.01))
+            kw = {"max_capture_bytes": 1000}
+            if impl == "native":
+                path = str(tmp_path / "raw.sock")
+                frames = _raw_frames(env, path)
+                settings = ProxySettings(upstream=up.url, host="127.0.0.1", port=0, **kw)
+                p = NativeProxy(settings, path, binary=NATIVE, client_headers=wanted)
+                port = p.start()
+            else:
+                port = env.proxy(up, client_headers=wanted, **kw).port
+            for target, body, headers in exchanges:
+                if isinstance(headers, dict):
+                    assert req_http(port, "POST", target, body, headers)[0] == 200
+                else:
+                    head = "".join(f"{k}: {v}\r\n" for k, v in headers)
+                    answer = raw(port, f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                                       f"Connection: close\r\n{head}\r\n".encode() + body)
+                    assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+            dead = socket.socket()
+            dead.bind(("127.0.0.1", 0))  # nothing listens there: 502
+            if impl == "native":
+                _wait(lambda: len(frames) == 2 * len(exchanges))
+                p.stop()
+                raw_records = [f for f in frames if f[0] == record_mod.FORMAT_VERSION]
+                raw_starts = [f for f in frames if f[0] != record_mod.FORMAT_VERSION]
+                starts = [record_mod.decode(f) for f in raw_starts]
+                assert all(len(f) == 25 and isinstance(x, CaptureStart) for f, x in zip(raw_starts, starts))
+                for f, (_, _, headers) in zip(raw_records, exchanges):  # exactly record.py's keys, in its order
+                    _, n_head, _, _ = struct_head(f)
+                    identity = ["client_headers", "client_address"] if headers and "traceparent" not in headers \
+                        else ["client_address"]
+                    assert list(json.loads(f[13:13 + n_head])) == [*record_mod._FIELDS, *identity, "ids"]
+                recs = [record_mod.decode(f) for f in raw_records]
+                # byte for byte what record.py's encoder writes for the same record
+                assert [record_mod.encode(r) for r in recs] == [bytes(f) for f in raw_records]
+                assert [(s.trace_id, s.span_id) for s in starts] == [(r.trace_id, r.span_id) for r in recs]
+                settings = ProxySettings(upstream=f"http://127.0.0.1:{dead.getsockname()[1]}", host="127.0.0.1",
+                                         port=0)
+                p = NativeProxy(settings, path, binary=NATIVE)
+                assert req_http(p.start(), "POST", CHAT, chat_body())[0] == 502
+                _wait(lambda: len(frames) == 2 * len(exchanges) + 2)
+                p.stop()
+                recs.append(record_mod.decode(frames[-1]))
+            else:
+                recs = list(env.wait_records(len(exchanges)))
+                port = env.proxy(f"http://127.0.0.1:{dead.getsockname()[1]}").port
+                assert req_http(port, "POST", CHAT, chat_body())[0] == 502
+                recs.append(env.wait_records(len(exchanges) + 1)[-1])
+            dead.close()
+            by_impl[impl] = (recs, up.port)
+        finally:
+            env.close()
+
+    (py, py_port), (na, na_port) = by_impl["python"], by_impl["native"]
+    assert len(py) == len(na) == len(exchanges) + 1
+
+    def comparable(r: CaptureRecord, port: int) -> dict:
+        d = {k: getattr(r, k) for k in record_mod._FIELDS}
+        for k in ("start_ns", "end_ns", "headers_ns"):
+            d[k] = d[k] is not None and d[k] > 0
+        d["chunks"] = d["chunks"][-1][1] if d["chunks"] else None  # split points differ with the reads
+        d["upstream"] = d["upstream"].replace(str(port), "PORT")
+        d["attributes"] = {k: ("PORT" if v == port else v) for k, v in d["attributes"].items()}
+        if d["error_type"] == "upstream_unreachable":
+            d["upstream"] = d["attributes"] = None  # another upstream
+        d["ids"] = (len(r.trace_id), len(r.span_id), r.parent_span_id.hex())
+        d["bodies"] = (r.request_body, r.response_body, r.truncated)
+        return d
+
+    for a, b in zip(py, na):
+        assert comparable(a, py_port) == comparable(b, na_port)
+        assert (a.client_headers, a.client_address) == (b.client_headers, b.client_address)
+        assert a.client_address == "127.0.0.1"
+    assert [r.client_headers for r in na] == [{}] * 5 + [
+        {"authorization": 'Bearer sk-"live"-1', "x-user-id": "caf\xe9", "x-session-id": "s1"},
+        {"api-key": "k-1", "x-user-id": "u-first"}, {}]
+    assert na[0].trace_id.hex() == trace and na[0].parent_span_id.hex() == parent and na[0].trace_state == "a=1"
+    assert na[0].usage_requested and not na[1].usage_requested
+    assert na[4].truncated and len(na[4].request_body) == 1000
+    assert na[-1].error_type == "upstream_unreachable" and na[-1].attributes["http.response.status_code"] == 502
+
+
+def test_native_config_never_copies_authorization_when_it_holds_the_proxys_token():
+    """``proxy.auth_token`` set: Authorization carries the proxy's own token, the same for every
+    client, so neither path copies it; the other identity headers still go (lower case, once)."""
+    wanted = (*wanted_headers(ClientsSettings()), "X-User-Id")
+    cfg = native_config(ProxySettings(upstream="http://127.0.0.1:9"), None, client_headers=wanted)
+    assert cfg["client_headers"] == ["authorization", "x-api-key", "api-key", "x-user-id", "x-conversation-id",
+                                     "x-session-id"]
+    cfg = native_config(ProxySettings(upstream="http://127.0.0.1:9", auth_token="t"), None, client_headers=wanted)
+    assert cfg["client_headers"] == ["x-api-key", "api-key", "x-user-id", "x-conversation-id", "x-session-id"]
+    assert "client_headers" in native_config(ProxySettings(upstream="http://127.0.0.1:9"), None)
+    py = FastProxy(ProxySettings(upstream="http://127.0.0.1:9", auth_token="t"), lambda r: True, SelfMetrics("t"),
+                   client_headers=wanted)
+    assert sorted(py.client_headers) == sorted(h.encode() for h in cfg["client_headers"])
+
+
+def test_native_counts_requests_and_dropped_records(tmp_path):
+    """Its counters, as the Python parent reads them (Prometheus text): a record it cannot hand off
+    (nobody listens on the capture socket) is dropped and counted, and the request is served."""
+    if NATIVE is None:
+        pytest.skip(NATIVE_MISSING)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    env = Env("uvloop", "native")
+    try:
+        up = env.upstream(sse_upstream())
+        settings = ProxySettings(upstream=up.url, host="127.0.0.1", port=0)
+        p = NativeProxy(settings, str(tmp_path / "nobody.sock"), binary=NATIVE)
+        port = p.start()
+        for _ in range(2):
+            assert req_http(port, "POST", CHAT, chat_body())[2] == b"".join(EVENTS) + DONE
+        assert req_http(port, "GET", "/other/x")[0] == 200
+        assert raw(port, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400")
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for fam in text_string_to_metric_families(p.metrics_text()) for s in fam.samples}
+        assert samples[("monitor_proxy_requests_total", (("route", CHAT), ("status", "200")))] == 2
+        assert samples[("monitor_proxy_requests_total", (("route", "other"), ("status", "200")))] == 1
+        assert samples[("monitor_proxy_requests_total", (("route", "-"), ("status", "400")))] == 1
+        assert samples[("monitor_proxy_capture_dropped_total", ())] == 2
+        assert samples[("monitor_proxy_capture_errors_total", ())] == 0
+        stats = p.stats()
+        assert (stats["records"], stats["records_dropped"], stats["requests"]) == (0, 2, 4)
+        assert stats["sender"]["connected"] is False
+        assert p.stop() == 0
+    finally:
+        env.close()
 
 
 def test_reuse_port_lets_two_proxies_share_a_port(env):

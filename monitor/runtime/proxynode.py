@@ -119,7 +119,8 @@ class ProxyNode(_ProxyBase):
     def _start_native(self) -> None:
         from monitor.sidecar.proxy.native import NativeProxy
 
-        self.native = NativeProxy(self.settings.proxy, self.socket_path)
+        self.native = NativeProxy(self.settings.proxy, self.socket_path,
+                                  client_headers=wanted_headers(self.settings.clients))
         self.port = self.native.start()
         registry = self.metrics.registry
         for counter in (self.metrics.proxy_requests, self.metrics.proxy_capture_errors,

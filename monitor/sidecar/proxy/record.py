@@ -89,7 +89,7 @@ class CaptureRecord:
     ``conversation_headers``; lower-case names, values as latin-1, the first of a repeated one). The
     pipeline hashes the credential among them when it makes the span
     (:func:`monitor.otlp.identity.client_attributes`) and drops the rest: never a span attribute,
-    never spooled. Absent from a record that does not carry it (an older or native proxy): the
+    never spooled. Absent from a record that does not carry it (an older proxy, or none of them sent): the
     request then has no key hash, its user and conversation come from the body alone."""
     client_address: str = field(default="", repr=False)
     """The peer address of the client's connection (for ``clients.address_fallback``: hashed, never
@@ -104,7 +104,8 @@ _FIELDS = ("api", "operation", "path", "trace_state", "start_ns", "end_ns", "req
            "content_type", "response_size", "chunks", "headers_ns", "usage_requested", "error_type", "upstream",
            "attributes")
 _IDENTITY_FIELDS = ("client_headers", "client_address")
-"""Written only when set; a frame without them (the native proxy's, an older one) decodes with the defaults."""
+"""Written only when set (the native proxy writes them the same way); a frame without them decodes with the
+defaults."""
 
 
 def encode(r: CaptureRecord) -> bytes:
