@@ -272,6 +272,56 @@ def test_alerts_page_firing_history_and_deliveries(seeded):
     assert outbox.iloc[0]["status"] == "delivered"
 
 
+def test_counts_come_from_sql_not_from_capped_lists(store):
+    """More rows than any list shows (alerts history and delivery log: 500, requests: 200): every
+    count and total on the pages is the store's, and each capped list says how many it left out."""
+    from monitor.dashboard.queries.alerts import HISTORY_ROWS
+
+    now = datetime.now(timezone.utc)
+    for ddl in ALERT_DDL:
+        store.command(ddl)
+    fired, resolved = 302, 301  # 603 events in the hour: over the history's 500
+    events = [[now - timedelta(seconds=5 * i + 1), f"a{i}", "latency-p95", "warning", "alpha", "",
+               "fire" if i < fired else "resolve", f"n{i}", "p95 over 2 s", "{}"] for i in range(fired + resolved)]
+    store.insert("alert_events", events, ("timestamp", "alert_id", "rule", "severity", "model", "group", "event",
+                                          "notification_id", "summary", "details"))
+    attempts = HISTORY_ROWS + 37
+    store.insert("alert_deliveries", [
+        [now - timedelta(seconds=5 * i + 1), f"n{i}", "ops", 1, "retry" if i % 3 == 0 else "delivered",
+         503 if i % 3 == 0 else 200, "HTTP 503" if i % 3 == 0 else "", 10.0] for i in range(attempts)],
+        ("timestamp", "notification_id", "channel", "attempt", "outcome", "http_status", "error", "duration_ms"))
+    n_requests = 250
+    rows = []
+    for i in range(n_requests):
+        rows.append([now - timedelta(seconds=10 * i + 1), f"{i:032x}", f"{i:016x}", "svc", "alpha", "chat", "proxy",
+                     f"prompt {i}", f"answer {i}", 10, 10, 5.0, 50.0, None, None, None, None, None, None, "stop",
+                     "Ok", "", 0, 0, 0, 1, 0, 0, 0, "en", "en", {}])
+    store.insert("inference_events", rows, EVENT_COLUMNS)
+    register(store, refresh_s=0)
+    try:
+        at = _page(_app(), "views/alerts.py")
+        m = _metrics(at)
+        assert (m["Fired in range"], m["Resolved in range"]) == (f"{fired}", f"{resolved}")
+        assert m["Firing"] == f"{fired}"  # one event per alert id: every fire is its alert's latest
+        assert len(at.dataframe[1].value) == HISTORY_ROWS
+        captions = [c.value for c in at.caption]
+        assert f"the latest {HISTORY_ROWS:,} of {fired + resolved:,} events in the range" in captions, captions
+        summary = at.dataframe[2].value.set_index("channel")
+        assert summary.loc["ops", "attempts"] == attempts
+        assert summary.loc["ops", "retries"] == len(range(0, attempts, 3))
+        assert len(at.dataframe[3].value) == HISTORY_ROWS
+        assert f"the latest {HISTORY_ROWS:,} of {attempts:,} attempts" in captions, captions
+
+        _page(at, "views/requests.py")
+        assert len(at.dataframe[0].value) == 200
+        assert any(c.value.startswith(f"{n_requests:,} matching requests; the latest 200 below")
+                   for c in at.caption), [c.value for c in at.caption]
+        _page(at, "views/overview.py")
+        assert f"{n_requests:,} requests" in " ".join(c.value for c in at.caption)
+    finally:
+        unregister()
+
+
 def test_empty_store_tells_the_user_what_to_do(store):
     from streamlit.testing.v1 import AppTest
 

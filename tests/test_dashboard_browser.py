@@ -124,25 +124,38 @@ def dashboard(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def _browser(chromium: str):
+def _browser(chromium: str, base_url: str, requests: list[str] | None = None):
+    """A Chromium tab; every request it makes is recorded (in ``requests`` when given), and one to any
+    other address than the dashboard's own fails the test: no font, icon, telemetry or CDN."""
+    from urllib.parse import urlsplit
+
     from playwright.sync_api import sync_playwright
 
     dialogs: list[str] = []
+    seen: list[str] = [] if requests is None else requests
+    own = urlsplit(base_url).netloc
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--disable-dev-shm-usage"])
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.on("request", lambda r: seen.append(r.url))
+            page = context.new_page()
+            page.on("websocket", lambda ws: seen.append(ws.url))  # not a "request" to Playwright
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
             yield page
         finally:
             browser.close()
     assert dialogs == []
+    foreign = sorted({u for u in seen
+                      if urlsplit(u).scheme not in ("data", "blob", "about") and urlsplit(u).netloc != own})
+    assert foreign == [], f"requests to other addresses than {own}: {foreign}"
 
 
 def test_every_page_loads_in_chromium_and_shows_injected_text_literally(dashboard):
-    with _browser(dashboard["chromium"]) as page:
+    with _browser(dashboard["chromium"], dashboard["url"]) as page:
         for i, (path, title) in enumerate(PAGES):
             page.goto(f"{dashboard['url']}/{path}", wait_until="domcontentloaded")
             page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=60_000)
@@ -161,6 +174,33 @@ def test_every_page_loads_in_chromium_and_shows_injected_text_literally(dashboar
                 assert page.locator("img[src='x']").count() == 0
                 assert page.evaluate("() => window.__xss === undefined")
             assert page.locator("script:has-text('__xss')").count() == 0
+
+
+def test_no_page_makes_a_request_elsewhere_and_the_icon_is_served_locally(dashboard):
+    """Every page, each with its charts drawn: every request the browser made (documents, scripts,
+    fonts, the tab's icon, the websocket) went to the dashboard itself. The icon is the package's PNG."""
+    from urllib.parse import urlsplit
+
+    seen: list[str] = []
+    with _browser(dashboard["chromium"], dashboard["url"], seen) as page:
+        for path, title in PAGES:
+            page.goto(f"{dashboard['url']}/{path}?range=1h", wait_until="domcontentloaded")
+            page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=60_000)
+            _settle(page)
+            page.wait_for_function("() => [...document.querySelectorAll('[data-testid=stPlotlyChart]')]"
+                                   ".every(c => c.querySelector('.main-svg'))", timeout=30_000)
+        icon = page.evaluate("() => document.querySelector(\"link[rel='shortcut icon']\").href")
+        assert urlsplit(icon).netloc == urlsplit(dashboard["url"]).netloc, icon
+        body = page.request.get(icon)
+        assert body.status == 200 and body.headers["content-type"] == "image/png"
+        from monitor.dashboard.ui import FAVICON
+
+        assert body.body() == FAVICON.read_bytes()
+        # the range is kept in the URL: a reload opens the same range
+        assert "range=1h" in page.url
+        # (the selectbox is a combobox: its choice is the input's value, not text)
+        assert page.get_by_test_id("stSidebar").get_by_role("combobox", name="Time range").input_value() == "Last hour"
+    assert any("/_stcore/stream" in u for u in seen) and len(seen) > 20, seen
 
 
 # elements (any namespace) linking to the evil URL (href, xlink:href): an <a> made from the data would. Plotly's
@@ -209,7 +249,7 @@ def _no_markup_from_data(page) -> None:
 def test_chart_labels_show_stored_html_literally_in_chromium(dashboard):
     """A model / service name with <a>, <b> and <br> is text in every chart: the legend entries,
     the category ticks and the hover label read exactly as stored, and no element comes of it."""
-    with _browser(dashboard["chromium"]) as page:
+    with _browser(dashboard["chromium"], dashboard["url"]) as page:
         page.goto(dashboard["url"] + "/", wait_until="domcontentloaded")
         page.get_by_role("heading", name="Overview", exact=True).first.wait_for(timeout=60_000)
         page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .legendtext').length >= 10",

@@ -16,11 +16,11 @@ if "alert_events" not in have:
     st.stop()
 
 firing = q.firing(store, f)
-history = q.history(store, f)
+n = q.counts(store, f)  # totals from ClickHouse: the history list below is capped
 c = st.columns(3)
 c[0].metric("Firing", ui.fmt_num(len(firing)))
-c[1].metric("Fired in range", ui.fmt_num((history["event"] == "fire").sum() if not history.empty else 0))
-c[2].metric("Resolved in range", ui.fmt_num((history["event"] == "resolve").sum() if not history.empty else 0))
+c[1].metric("Fired in range", ui.fmt_num(n["fired"]))
+c[2].metric("Resolved in range", ui.fmt_num(n["resolved"]))
 
 st.subheader("Firing")
 if firing.empty:
@@ -29,11 +29,14 @@ else:
     ui.table(firing.drop(columns=["last_event"]))
 
 st.subheader("History")
+history = q.history(store, f)
 if history.empty:
     st.info("No alert events in this range. Alerts fire from check results by the rules under `alerts:` in the "
             "config (rules and channels; see the README's Alerts section); `monitor alerts test` sends a test "
             "notification.", icon=":material/info:")
 else:
+    if n["events"] > len(history):
+        st.caption(f"the latest {len(history):,} of {n['events']:,} events in the range")
     ui.table(history)
 
 st.subheader("Deliveries")
@@ -43,9 +46,16 @@ if "alert_deliveries" in have:
         st.caption("no delivery attempts in this range")
     else:
         ui.table(summary, column_config={"median_ms": st.column_config.NumberColumn("median (ms)", format="%.0f")})
-        channel = st.selectbox("Channel", list(summary["channel"]), key="alerts_channel")
-        ui.table(q.deliveries(store, f, channel),
-                 column_config={"duration_ms": st.column_config.NumberColumn("duration (ms)", format="%.0f")})
+
+        def channel_log() -> None:  # picking a channel reruns only this part
+            channel = st.selectbox("Channel", list(summary["channel"]), key="alerts_channel")
+            attempts = int(summary.loc[summary["channel"] == channel, "attempts"].iloc[0])
+            log = q.deliveries(store, f, channel)
+            if attempts > len(log):
+                st.caption(f"the latest {len(log):,} of {attempts:,} attempts")
+            ui.table(log, column_config={"duration_ms": st.column_config.NumberColumn("duration (ms)", format="%.0f")})
+
+        ui.fragment(channel_log, "Alerts")
 if "alert_outbox" in have:
     box = q.outbox(store)
     if not box.empty:

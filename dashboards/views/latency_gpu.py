@@ -12,7 +12,8 @@ ui.require_events(store)
 f = ui.filters()
 
 st.subheader("Where the time goes")
-bd = q.breakdown(store, f)
+bd, series, cost = q.timings(store, f)  # one query for the request numbers of the page
+gauges = q.all_gauges(store, f)         # and one for the GPU and server gauges
 if bd.empty:
     ui.no_rows(f)
 else:
@@ -42,14 +43,13 @@ else:
                                   "queue_ms_p95": "queue p95", "prefill_ms_p95": "prefill p95",
                                   "decode_ms_p95": "decode p95"}))
     st.caption("milliseconds; client-seen = measured by the capture proxy (else the engine's own figure)")
-    series = q.breakdown_series(store, f)
     long = series.melt(id_vars="t", value_vars=["queue_ms", "prefill_ms", "decode_ms", "latency_ms"],
                        var_name="part", value_name="ms").dropna()
     if not long.empty:
         ui.line_chart(long, "ms", "part", "Median per bucket (ms)", "ms", key="parts_ts")
 
 st.subheader("GPU")
-gpu = q.gauges(store, f, q.GPU_METRICS, "hw.gpu.index")
+gpu = gauges[gauges["metric"].isin(q.GPU_METRICS)].copy()
 if gpu.empty:
     st.info("No GPU metrics in this range. The NVML sampler runs inside `monitor up` / `monitor sidecar` on a host "
             "with an NVIDIA GPU and its driver (setting `gpu.enabled`); without one it says so once in the log.",
@@ -70,7 +70,7 @@ else:
         ui.line_chart(gpu[gpu["metric"] == "hw.power"], "value", "series", "Power", "W", key="gpu_power")
 
 st.subheader("Model server")
-srv = q.gauges(store, f, q.SERVER_METRICS, "gen_ai.request.model")
+srv = gauges[gauges["metric"].isin(q.SERVER_METRICS)].copy()
 if srv.empty:
     st.info("No scraped server metrics in this range. Add `--scrape http://127.0.0.1:8000/metrics` to `monitor up` "
             "(vLLM, TGI, SGLang and llama.cpp pages are understood) for KV-cache usage and queue depth.",
@@ -88,7 +88,6 @@ else:
         ui.line_chart(depth, "value", "series", "Requests waiting / running", "requests", key="depth")
 
 st.subheader("GPU cost")
-cost = q.cost(store, f)
 if cost.empty or not cost["requests_with_cost"].sum():
     st.info("No cost recorded: set `gpu.price_per_gpu_hour` (and `gpu.gpus_per_request` for tensor parallel) in the "
             "config; requests recorded from then on carry GPU-seconds and cost.", icon=":material/payments:")

@@ -12,13 +12,13 @@ ui.require_events(store)
 
 def body() -> None:
     f = ui.filters()
-    summary = q.summary(store, f)
+    summary, ts = q.traffic(store, f)  # one query for the whole page
     if summary.empty:
         ui.no_rows(f)
         return
     total = summary[summary["model"].isna()].iloc[0]
     st.caption(f"{f.start:%Y-%m-%d %H:%M} – {f.end:%Y-%m-%d %H:%M} UTC · {ui.fmt_num(total['requests'])} requests · "
-               f"refreshed {f.end:%H:%M:%S}")
+               f"refreshed {ui.now():%H:%M:%S}, {ui.freshness(f)}")
     c = st.columns(4)
     c[0].metric("Requests/s", ui.fmt_rate(total["requests_per_s"]))
     c[1].metric("Tokens/s", ui.fmt_rate(total["tokens_per_s"]), help="input + output tokens")
@@ -39,7 +39,6 @@ def body() -> None:
                             **{f"{c}_p{p}": st.column_config.NumberColumn(f"{c} p{p} (ms)", format="%.0f")
                                for c in ("latency", "ttft") for p in (50, 95, 99)}})
 
-    ts = q.timeseries(store, f)
     st.caption(f"one point per {f.step // 60 if f.step >= 60 else f.step} {'min' if f.step >= 60 else 's'}")
     left, right = st.columns(2)
     with left:
@@ -52,6 +51,5 @@ def body() -> None:
         ui.line_chart(ts, f"ttft_{quant}", "model", f"TTFT {quant}", "ms", key="ttft")
 
 
-every = ui.refresh_interval()
 # Auto-refresh reruns only this fragment (the sidebar keeps its state); the time range moves with now.
-(st.fragment(run_every=every)(body) if every else body)()
+ui.fragment(body, "Overview", run_every=ui.refresh_interval())

@@ -11,7 +11,7 @@ store = ui.store()
 ui.require_events(store)
 f = ui.filters()
 
-per_model = q.rates(store, f)
+per_model, series = q.all_rates(store, f)  # one query for both
 if per_model.empty:
     ui.no_rows(f)
     st.stop()
@@ -23,7 +23,6 @@ for c, (k, (title, _, _)) in zip(cols, q.SIGNALS.items()):
     c.metric(title, ui.fmt_pct(totals[f"{k}_n"] / d if d else None),
              help=f"{int(totals[f'{k}_n']):,} of {int(d):,} requests")
 
-series = q.rates_over_time(store, f)
 long = series.melt(id_vars="t", value_vars=list(q.SIGNALS), var_name="signal", value_name="rate").dropna()
 long["signal"] = long["signal"].map({k: v[0] for k, v in q.SIGNALS.items()})
 ui.line_chart(long, "rate", "signal", "Rates per bucket", "", percent=True, key="quality_ts")
@@ -32,14 +31,19 @@ st.subheader("Per model")
 show = per_model[["model", "requests", *q.SIGNALS]]
 ui.table(show, column_config={k: st.column_config.NumberColumn(v[0], format="percent") for k, v in q.SIGNALS.items()})
 
-st.subheader("Examples")
-signal = st.selectbox("Signal", list(q.SIGNALS), format_func=lambda k: q.SIGNALS[k][0], key="quality_signal")
-ex = q.examples(store, f, signal)
-if ex.empty:
-    st.caption("no flagged requests for this signal and filter")
-for _, r in ex.iterrows():
-    with st.expander(f"{r['timestamp']:%Y-%m-%d %H:%M:%S} · {ui.md_escape(r['model'])} · "
-                     f"{ui.md_escape(r['finish_reason'] or '')}"):
-        ui.plain(ui.md_escape(f"prompt ({r['prompt_language'] or '?'})"), r["prompt_preview"])
-        ui.plain(ui.md_escape(f"completion ({r['completion_language'] or '?'})"), r["completion_preview"])
-        st.caption(f"trace {r['trace_id']} · span {r['span_id']}")
+def examples() -> None:
+    """Flagged requests for one signal; picking another signal reruns only this part."""
+    st.subheader("Examples")
+    signal = st.selectbox("Signal", list(q.SIGNALS), format_func=lambda k: q.SIGNALS[k][0], key="quality_signal")
+    ex = q.examples(store, f, signal)
+    if ex.empty:
+        st.caption("no flagged requests for this signal and filter")
+    for _, r in ex.iterrows():
+        with st.expander(f"{r['timestamp']:%Y-%m-%d %H:%M:%S} · {ui.md_escape(r['model'])} · "
+                         f"{ui.md_escape(r['finish_reason'] or '')}"):
+            ui.plain(ui.md_escape(f"prompt ({r['prompt_language'] or '?'})"), r["prompt_preview"])
+            ui.plain(ui.md_escape(f"completion ({r['completion_language'] or '?'})"), r["completion_preview"])
+            st.caption(f"trace {r['trace_id']} · span {r['span_id']}")
+
+
+ui.fragment(examples, "Quality")

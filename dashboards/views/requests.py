@@ -42,51 +42,57 @@ def _label(i: int) -> str:
     return f"{r['timestamp']:%H:%M:%S} · {r['model']} · {r['status']} · {prompt[:60]}"
 
 
-st.subheader("Request")
-i = st.selectbox("Show", range(len(rows)), format_func=_label, key="req_pick")
-sel = rows.iloc[i]
-d = q.detail(store, sel["trace_id"], sel["span_id"], near=sel["timestamp"])
-if d is None:
-    st.warning("this request is no longer in the store")
-    st.stop()
-c = st.columns(6)
-c[0].metric("Status", d["status_code"] + (f" ({d['error_type']})" if d.get("error_type") else ""))
-c[1].metric("Latency", ui.fmt_ms(d.get("latency_ms")))
-c[2].metric("TTFT", ui.fmt_ms(d.get("ttft_ms")))
-c[3].metric("Input tokens", ui.fmt_num(d.get("input_tokens")))
-c[4].metric("Output tokens", ui.fmt_num(d.get("output_tokens")))
-c[5].metric("Finish reason", d.get("finish_reason") or "–")
-st.caption(ui.md_escape(f"{d['timestamp']} UTC · model {d['model']} · service {d['service_name']} · "
-                        f"source {d['source']} · trace {d['trace_id']} · span {d['span_id']}"))
-left, right = st.columns(2)
-with left:
-    ui.plain("prompt", d.get("prompt"))
-    if d.get("system_prompt"):
-        ui.plain("system prompt", d["system_prompt"])
-with right:
-    ui.plain("completion", d.get("completion"))
-timing = {k: d.get(k) for k in ("queue_ms", "prefill_ms", "decode_ms", "engine_ttft_ms", "engine_latency_ms",
-                                 "itl_ms", "gpu_seconds", "gpu_cost")}
-flags = {k: d.get(k) for k in ("prompt_language", "completion_language", "refusal", "empty_output", "truncated",
-                                "json_valid", "pii_in_output", "repetition", "degenerate", "language_mismatch")}
-with st.expander("Engine timings, cost and quality flags"):
-    ui.plain("timings", json.dumps(timing, indent=2, default=str))
-    ui.plain("quality", json.dumps(flags, indent=2, default=str))
-with st.expander("Messages and attributes"):
-    for key in ("input_messages", "output_messages"):
-        if d.get(key):
-            ui.plain(key.replace("_", " "), d[key])
-    ui.plain("attributes", json.dumps(dict(d.get("attributes") or {}), indent=2, ensure_ascii=False, sort_keys=True))
+def request_detail() -> None:
+    """One request in full and its trace; picking another request reruns only this part."""
+    st.subheader("Request")
+    i = st.selectbox("Show", range(len(rows)), format_func=_label, key="req_pick")
+    sel = rows.iloc[i]
+    d = q.detail(store, sel["trace_id"], sel["span_id"], near=sel["timestamp"])
+    if d is None:
+        st.warning("this request is no longer in the store")
+        return
+    c = st.columns(6)
+    c[0].metric("Status", d["status_code"] + (f" ({d['error_type']})" if d.get("error_type") else ""))
+    c[1].metric("Latency", ui.fmt_ms(d.get("latency_ms")))
+    c[2].metric("TTFT", ui.fmt_ms(d.get("ttft_ms")))
+    c[3].metric("Input tokens", ui.fmt_num(d.get("input_tokens")))
+    c[4].metric("Output tokens", ui.fmt_num(d.get("output_tokens")))
+    c[5].metric("Finish reason", d.get("finish_reason") or "–")
+    st.caption(ui.md_escape(f"{d['timestamp']} UTC · model {d['model']} · service {d['service_name']} · "
+                            f"source {d['source']} · trace {d['trace_id']} · span {d['span_id']}"))
+    left, right = st.columns(2)
+    with left:
+        ui.plain("prompt", d.get("prompt"))
+        if d.get("system_prompt"):
+            ui.plain("system prompt", d["system_prompt"])
+    with right:
+        ui.plain("completion", d.get("completion"))
+    timing = {k: d.get(k) for k in ("queue_ms", "prefill_ms", "decode_ms", "engine_ttft_ms", "engine_latency_ms",
+                                     "itl_ms", "gpu_seconds", "gpu_cost")}
+    flags = {k: d.get(k) for k in ("prompt_language", "completion_language", "refusal", "empty_output", "truncated",
+                                    "json_valid", "pii_in_output", "repetition", "degenerate", "language_mismatch")}
+    with st.expander("Engine timings, cost and quality flags"):
+        ui.plain("timings", json.dumps(timing, indent=2, default=str))
+        ui.plain("quality", json.dumps(flags, indent=2, default=str))
+    with st.expander("Messages and attributes"):
+        for key in ("input_messages", "output_messages"):
+            if d.get(key):
+                ui.plain(key.replace("_", " "), d[key])
+        ui.plain("attributes", json.dumps(dict(d.get("attributes") or {}), indent=2, ensure_ascii=False,
+                                          sort_keys=True))
 
-st.subheader("Trace")
-spans = q.spans(store, d["trace_id"])
-if spans.empty:
-    st.caption("no spans stored for this trace")
-else:
-    ui.bar_chart(spans.drop(columns=["attributes"]), "Spans (ms from the trace's start)", "trace",
-                 120 + 32 * len(spans), layout={"yaxis_autorange": "reversed"}, x="duration_ms", y="name",
-                 base="offset_ms", orientation="h", color="service", hover_data=["kind", "status", "span_id"])
-    ui.table(spans.drop(columns=["attributes"]))
-    for _, s in spans.iterrows():
-        with st.expander(f"{ui.md_escape(s['name'])} · {s['duration_ms']:.1f} ms · attributes"):
-            ui.plain("attributes", s["attributes"])
+    st.subheader("Trace")
+    spans = q.spans(store, d["trace_id"])
+    if spans.empty:
+        st.caption("no spans stored for this trace")
+    else:
+        ui.bar_chart(spans.drop(columns=["attributes"]), "Spans (ms from the trace's start)", "trace",
+                     120 + 32 * len(spans), layout={"yaxis_autorange": "reversed"}, x="duration_ms", y="name",
+                     base="offset_ms", orientation="h", color="service", hover_data=["kind", "status", "span_id"])
+        ui.table(spans.drop(columns=["attributes"]))
+        for _, s in spans.iterrows():
+            with st.expander(f"{ui.md_escape(s['name'])} · {s['duration_ms']:.1f} ms · attributes"):
+                ui.plain("attributes", s["attributes"])
+
+
+ui.fragment(request_detail, "Requests")

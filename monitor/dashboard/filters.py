@@ -2,6 +2,11 @@
 
 The time bucket of a chart is chosen from the range (:func:`bucket_seconds`), so a chart has at
 most about :data:`MAX_POINTS` points whatever range is picked.
+
+A preset range ends at the next multiple of :func:`fresh_seconds` (10 s up to an hour, 1 minute up
+to a day, 5 minutes beyond), not at the current second: every rerun within that bucket asks the
+store the same question, which :mod:`monitor.dashboard.cache` answers once. What a page shows is at
+most that old.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-__all__ = ["Filters", "RANGES", "AUTO", "MAX_POINTS", "bucket_seconds", "preset", "fitting_range", "Status"]
+__all__ = ["Filters", "RANGES", "RANGE_KEYS", "AUTO", "MAX_POINTS", "bucket_seconds", "fresh_seconds", "preset",
+           "fitting_range", "Status"]
 
 Status = Literal["all", "ok", "error"]
 
@@ -23,6 +29,10 @@ RANGES: dict[str, timedelta] = {
     "Last 30 days": timedelta(days=30),
 }
 """The sidebar's presets (plus a custom range)."""
+
+RANGE_KEYS: dict[str, str] = {"15m": "Last 15 minutes", "1h": "Last hour", "6h": "Last 6 hours",
+                              "24h": "Last 24 hours", "7d": "Last 7 days", "30d": "Last 30 days"}
+"""``?range=`` in a page's URL: a link or a reload keeps the range."""
 
 AUTO = "Auto (fits the data)"
 """The default range: the shortest preset that holds every event (ten minutes of demo data get a
@@ -74,6 +84,16 @@ class Filters:
         return bucket_seconds(self.start, self.end)
 
 
+def fresh_seconds(span: timedelta) -> int:
+    """How stale a page over a range of ``span`` may be: 10 s up to an hour, 60 s up to a day,
+    300 s beyond (a 7-day chart's bucket is an hour)."""
+    if span <= timedelta(hours=1):
+        return 10
+    if span <= timedelta(days=1):
+        return 60
+    return 300
+
+
 def fitting_range(first_event: datetime | None, now: datetime | None = None) -> str:
     """The shortest preset of :data:`RANGES` that reaches back to ``first_event`` (the last one
     when the data is older than every preset; ``Last 24 hours`` when there is none)."""
@@ -88,6 +108,11 @@ def fitting_range(first_event: datetime | None, now: datetime | None = None) -> 
 
 
 def preset(name: str, now: datetime | None = None, **kw: Any) -> Filters:
-    """Filters for one of :data:`RANGES` ending now (to the second)."""
-    end = (now or datetime.now(timezone.utc)).replace(microsecond=0) + timedelta(seconds=1)
-    return Filters(start=end - RANGES[name], end=end, **kw)
+    """Filters for one of :data:`RANGES` ending at the first multiple of :func:`fresh_seconds` of it
+    after ``now`` (UTC): the newest request is inside, and every rerun within the bucket gets the
+    same range."""
+    span = RANGES[name]
+    step = fresh_seconds(span)
+    t = (now or datetime.now(timezone.utc)).timestamp()
+    end = datetime.fromtimestamp((t // step + 1) * step, timezone.utc)
+    return Filters(start=end - span, end=end, **kw)

@@ -9,11 +9,15 @@ so inside ``monitor up`` they share the one chdb handle.
 
 ``monitor dashboard`` (:class:`monitor.runtime.apps.DashboardApp`) runs the same server over a
 read-only store of its own.
+
+Every request reaches Streamlit through :class:`monitor.dashboard.gate.Gate` (the token or login,
+the Host check): the server refuses to start when it cannot put the gate in front.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from importlib import resources
@@ -41,12 +45,17 @@ class DashboardServer:
     Streamlit allows one server per process (its ``Runtime`` is a singleton): start it once.
     """
 
-    def __init__(self, host: str, port: int, store: Any, refresh_s: float = 10.0):
+    def __init__(self, host: str, port: int, store: Any, refresh_s: float = 10.0, token: str | None = None,
+                 metrics: Any = None):
         from monitor.extras import require
         require("dashboards", "the dashboard app")
+        self.token = token
+        self.metrics = metrics
         self.host, self.port = host, port
         self.store = store
         self.refresh_s = refresh_s
+        self.audit_store: Any = None
+        """Where the pages' audit entries go when not to ``store`` (``dashboard.audit_url``)."""
         self.url: str | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -60,6 +69,8 @@ class DashboardServer:
         from streamlit import config as st_config
 
         register(self.store, refresh_s=self.refresh_s)
+        from monitor.dashboard import audit
+        audit.register(self.audit_store or self.store, token=bool(self.token))
         for key, value in {
             "server.headless": True, "server.address": self.host, "server.port": self.port,
             "browser.gatherUsageStats": False, "server.fileWatcherType": "none", "server.runOnSave": False,
@@ -91,7 +102,12 @@ class DashboardServer:
         asyncio.set_event_loop(loop)
         try:
             server = Server(str(app_path()), False)
-            loop.run_until_complete(server.start())
+            with self._gated() as made:
+                loop.run_until_complete(server.start())
+            if not made:
+                server.stop()
+                loop.run_until_complete(server.stopped)
+                raise OSError("Streamlit started without the monitor's access check in front; refusing to serve")
             bootstrap.prepare_streamlit_environment(str(app_path()))
             self._server = server
         except BaseException as exc:  # SystemExit included: Streamlit exits on a taken port
@@ -107,6 +123,30 @@ class DashboardServer:
         finally:
             loop.close()
 
+    @contextlib.contextmanager
+    def _gated(self):
+        """While Streamlit builds its app, wrap it in the gate (its uvicorn server makes the app with
+        ``create_starlette_app``); fail closed when this Streamlit builds it some other way."""
+        try:
+            from streamlit.web.server.starlette import starlette_server
+            original = starlette_server.create_starlette_app
+        except (ImportError, AttributeError):
+            raise OSError("this Streamlit version serves its pages in a way the monitor cannot put its "
+                          "access check in front of (it needs Streamlit's Starlette server: upgrade streamlit)") from None
+        from monitor.dashboard.gate import Gate
+
+        made: list[Gate] = []
+
+        def gated(runtime):
+            made.append(Gate(original(runtime), self.token, self.host, self.metrics))
+            return made[-1]
+
+        starlette_server.create_starlette_app = gated
+        try:
+            yield made
+        finally:
+            starlette_server.create_starlette_app = original
+
     def stop(self, timeout: float = 15.0) -> None:
         """Stop serving (open sessions end; their queries finish first). Safe to call twice."""
         loop, server, thread = self._loop, self._server, self._thread
@@ -120,3 +160,5 @@ class DashboardServer:
                 log.warning("the dashboard did not stop within %.0f s; leaving its daemon thread", timeout)
         self._server = None
         unregister()
+        from monitor.dashboard import audit
+        audit.unregister()

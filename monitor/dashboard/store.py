@@ -15,6 +15,10 @@ What is enforced (see README "Dashboards"):
 - chdb is not given ``readonly``: its settings stick to the process's one session, so a
   read-only query would make the ingest writer's next insert fail. In-process the guard above is
   the enforcement.
+
+Every query's result is kept in the process's :class:`~monitor.dashboard.cache.ResultCache` for as
+long as its time range's bucket (:func:`monitor.dashboard.filters.fresh_seconds`), and reported to
+the page run's timing (:mod:`monitor.dashboard.timing`).
 """
 
 from __future__ import annotations
@@ -22,9 +26,14 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
+from datetime import datetime
 from typing import Any
 
-__all__ = ["ReadOnlyStore", "ReadOnlyError", "register", "unregister", "get_store", "options"]
+from monitor.dashboard import cache as _cache
+from monitor.dashboard import timing
+
+__all__ = ["ReadOnlyStore", "ReadOnlyError", "register", "unregister", "get_store", "options", "ttl_of"]
 
 log = logging.getLogger("monitor.dashboard")
 
@@ -33,6 +42,8 @@ _registered: "ReadOnlyStore | None" = None
 _options: dict[str, Any] = {}
 _COMMENT = re.compile(r"\s*(--[^\n]*\n|/\*.*?\*/)", re.S)
 _QUERY_TIMEOUT_S = 30
+_DEFAULT_TTL_S = 10.0
+"""How long a result without a time range (a table list, what is firing now) is reused."""
 
 
 class ReadOnlyError(PermissionError):
@@ -62,6 +73,8 @@ class ReadOnlyStore:
         self.embedded = store.embedded
         self._settings: dict[str, Any] = {}
         self._may_set = True
+        self.cache = _cache.ResultCache()
+        self._local = threading.local()
         if not store.embedded:
             self._settings = {"max_execution_time": _QUERY_TIMEOUT_S}
             try:
@@ -77,22 +90,55 @@ class ReadOnlyStore:
     def describe(self) -> str:
         return self._store.describe()
 
-    def query(self, sql: str, parameters: dict | None = None, hints: dict | None = None) -> Any:
+    def query(self, sql: str, parameters: dict | None = None, hints: dict | None = None,
+              ttl_s: float | None = None) -> Any:
         """``hints``: settings that only tune speed (e.g. ``max_block_size``), left out where the user
-        may not change settings."""
+        may not change settings. ``ttl_s``: how long the result may be reused (default: the bucket
+        of the query's ``start``/``end`` parameters, see :func:`ttl_of`; 0: run it every time).
+
+        The result has ``column_names`` and ``result_rows`` (shared between callers: read only)."""
         _check(sql)
         settings = dict(self._settings)
         if hints and self._may_set:
             settings.update(hints)
-        return self._store.query(sql, parameters, settings=settings or None)
+        ttl = ttl_of(parameters) if ttl_s is None else ttl_s
+        t = time.perf_counter()
+        if ttl > 0 and _cache.enabled():
+            key = (sql, _cache.freeze(parameters or {}), _cache.freeze(settings))
+            result, hit = self.cache.get_or_run(
+                key, ttl, lambda: self._store.query(sql, parameters, settings=settings or None))
+            self._local.cost = result.seconds
+        else:
+            result, hit = self._store.query(sql, parameters, settings=settings or None), False
+            self._local.cost = time.perf_counter() - t
+        timing.note_query(time.perf_counter() - t, hit)
+        return result
 
-    def query_rows(self, sql: str, parameters: dict | None = None, hints: dict | None = None) -> list[tuple]:
-        return self.query(sql, parameters, hints).result_rows
+    def query_rows(self, sql: str, parameters: dict | None = None, hints: dict | None = None,
+                   ttl_s: float | None = None) -> list[tuple]:
+        return self.query(sql, parameters, hints, ttl_s).result_rows
+
+    def last_cost(self) -> float:
+        """What this thread's latest query took in ClickHouse (for a cached answer: when it ran), in
+        seconds: a time budget's pace is measured with this, not with how fast the cache answered."""
+        return getattr(self._local, "cost", 0.0)
 
     def tables(self) -> set[str]:
         """Tables of the store's database (to tell a missing table from an empty one)."""
         return {r[0] for r in self.query_rows(
             "SELECT name FROM system.tables WHERE database = {db:String}", {"db": self.database})}
+
+
+def ttl_of(parameters: dict | None) -> float:
+    """How long a result may be reused: the freshness bucket of its ``start``..``end`` range
+    (:func:`~monitor.dashboard.filters.fresh_seconds`), else :data:`_DEFAULT_TTL_S`."""
+    from monitor.dashboard.filters import fresh_seconds
+
+    p = parameters or {}
+    start, end = p.get("start"), p.get("end")
+    if isinstance(start, datetime) and isinstance(end, datetime):
+        return float(fresh_seconds(end - start))
+    return _DEFAULT_TTL_S
 
 
 def register(store: Any, **opts: Any) -> ReadOnlyStore:

@@ -13,7 +13,8 @@ labels, so every text column of a chart's data and its titles go through :func:`
 from __future__ import annotations
 
 from datetime import datetime, time as dtime, timedelta, timezone
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from monitor.extras import require
 
@@ -22,16 +23,26 @@ require("dashboards", "the dashboard app")
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from monitor.dashboard.filters import AUTO, RANGES, Filters, fitting_range, preset
+from monitor.dashboard import timing
+from monitor.dashboard.filters import AUTO, RANGE_KEYS, RANGES, Filters, fitting_range, fresh_seconds, preset
 from monitor.dashboard.store import get_store, options
 
-__all__ = ["store", "sidebar", "filters", "require_events", "plain", "table", "line_chart", "bar_chart", "chart_text",
-           "chart_frame", "fmt_ms", "fmt_rate", "fmt_pct", "fmt_num", "md_escape", "CUSTOM", "NO_DATA_HELP"]
+__all__ = ["store", "sidebar", "filters", "require_events", "fragment", "plain", "table", "line_chart", "bar_chart",
+           "chart_text", "chart_frame", "fmt_ms", "fmt_rate", "fmt_pct", "fmt_num", "md_escape", "CUSTOM",
+           "NO_DATA_HELP", "FAVICON", "PLOTLY_CONFIG"]
 
 CUSTOM = "Custom"
 _STATE = "monitor_filters"
 _DEFAULT_RANGE = AUTO
 _FIRST_EVENT_TTL_S = 60.0
+_URL_KEYS = {**RANGE_KEYS, "auto": AUTO}
+_URL_OF = {v: k for k, v in _URL_KEYS.items()}
+
+FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
+"""The browser tab's icon, served by the dashboard itself (a ``:material/...:`` icon would make every
+page load fetch it from a public font CDN)."""
+
+PLOTLY_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 
 NO_DATA_HELP = """
 **No requests recorded yet.** Point a model server or its clients at the monitor:
@@ -58,13 +69,23 @@ def store():
 
 def sidebar() -> None:
     """The filters every page shares, in the sidebar (rendered by ``dashboards/app.py`` on every
-    page, so a choice survives switching pages)."""
+    page, so a choice survives switching pages). The range is also kept in the URL (``?range=7d``),
+    so a reload or a shared link opens the same range."""
     from monitor.dashboard.queries import overview
 
     sb = st.sidebar
     sb.title("llm-monitor")
     names = [AUTO, *RANGES, CUSTOM]
-    choice = sb.selectbox("Time range", names, index=names.index(_DEFAULT_RANGE), key="f_range")
+    if "f_range" not in st.session_state:  # a new session: the range asked for in the URL, if any
+        asked = _URL_KEYS.get(str(st.query_params.get("range", "")).lower())
+        st.session_state["f_range"] = asked or _DEFAULT_RANGE
+    choice = sb.selectbox("Time range", names, key="f_range")
+    key = _URL_OF.get(choice)
+    if st.query_params.get("range") != key:
+        if key is None:
+            st.query_params.pop("range", None)
+        else:
+            st.query_params["range"] = key
     custom = None
     if choice == CUSTOM:
         today = datetime.now(timezone.utc).date()
@@ -132,6 +153,26 @@ def filters() -> Filters:
 def refresh_interval() -> float | None:
     s = float(options().get("refresh_s", 10.0))
     return s if s > 0 else None
+
+
+def fragment(body: Callable[[], None], name: str, run_every: float | None = None) -> None:
+    """Run ``body`` as a Streamlit fragment: a widget inside it, or its ``run_every`` timer, reruns
+    only ``body`` (timed as a run of page ``name``), not the page and its sidebar."""
+
+    def timed() -> None:
+        with timing.page_run(name, fragment=True):
+            body()
+
+    st.fragment(run_every=run_every)(timed)()
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def freshness(f: Filters) -> str:
+    """How old the page's figures may be, for a caption."""
+    return f"figures at most {fresh_seconds(f.end - f.start)} s old"
 
 
 def require_events(s) -> None:
@@ -203,7 +244,7 @@ def line_chart(df: pd.DataFrame, y: str, color: str | None, title: str, y_title:
     fig.update_xaxes(range=[_naive_utc(f.start), _naive_utc(f.end)])
     if percent:
         fig.update_yaxes(tickformat=".1%")
-    st.plotly_chart(fig, width="stretch", key=key)
+    st.plotly_chart(fig, width="stretch", key=key, config=PLOTLY_CONFIG)
 
 
 def bar_chart(df: pd.DataFrame, title: str, key: str, height: int, layout: dict[str, Any] | None = None,
@@ -215,7 +256,7 @@ def bar_chart(df: pd.DataFrame, title: str, key: str, height: int, layout: dict[
 
     fig = px.bar(chart_frame(df), title=chart_text(title), **columns)
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), legend_title_text="", **(layout or {}))
-    st.plotly_chart(fig, width="stretch", key=key)
+    st.plotly_chart(fig, width="stretch", key=key, config=PLOTLY_CONFIG)
 
 
 def _naive_utc(t: datetime) -> datetime:

@@ -9,6 +9,6 @@ from monitor.extras import require
 
 require("dashboards", "the dashboard app")
 
-from monitor.dashboard.queries import alerts, drift, latency, overview, quality, requests
+from monitor.dashboard.queries import alerts, audit, clients, compare, drift, latency, overview, quality, requests
 
-__all__ = ["overview", "latency", "drift", "quality", "requests", "alerts"]
+__all__ = ["overview", "latency", "drift", "quality", "requests", "clients", "compare", "alerts", "audit"]

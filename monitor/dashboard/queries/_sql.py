@@ -55,8 +55,11 @@ def bucket(ts: str = "timestamp") -> str:
     return f"toDateTime(toStartOfInterval({ts}, toIntervalSecond({{step:UInt32}})), 'UTC')"
 
 
-def frame(result: Any) -> pd.DataFrame:
-    return pd.DataFrame(result.result_rows, columns=list(result.column_names))
+def frame(result: Any, columns: list[str] | None = None) -> pd.DataFrame:
+    """The result as a DataFrame. ``columns``: the names to use when the result has none (chdb
+    hands back no column names for an empty result), so an empty page still has its columns."""
+    names = list(result.column_names) or list(columns or [])
+    return pd.DataFrame(result.result_rows, columns=names)
 
 
 def utc(t: Any) -> Any:

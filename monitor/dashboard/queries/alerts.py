@@ -14,9 +14,13 @@ from monitor.alerts.history import latest_sql
 from monitor.dashboard.filters import Filters
 from monitor.dashboard.queries._sql import TS, frame
 
-__all__ = ["TABLES", "available", "firing", "history", "deliveries", "delivery_summary", "outbox"]
+__all__ = ["TABLES", "HISTORY_ROWS", "available", "firing", "counts", "history", "deliveries", "delivery_summary",
+           "outbox"]
 
 TABLES = ("alert_events", "alert_outbox", "alert_deliveries")
+HISTORY_ROWS = 500
+"""The history and delivery lists show this many rows at most; their totals come from :func:`counts`
+and :func:`delivery_summary`."""
 
 
 def available(store) -> set[str]:
@@ -39,7 +43,18 @@ def firing(store, f: Filters) -> pd.DataFrame:
                if c in df.columns]]
 
 
-def history(store, f: Filters, limit: int = 500) -> pd.DataFrame:
+def counts(store, f: Filters) -> dict[str, int]:
+    """Alert events in the range, counted by ClickHouse: ``events``, ``fired``, ``resolved``."""
+    p: dict[str, Any] = {"start": f.start, "end": f.end}
+    cond = _models(f, p)
+    rows = store.query_rows(
+        "SELECT count(), countIf(event = 'fire'), countIf(event = 'resolve') FROM alert_events "
+        f"WHERE timestamp >= {{start:{TS}}} AND timestamp < {{end:{TS}}}{cond}", p)
+    events, fired, resolved = rows[0] if rows else (0, 0, 0)
+    return {"events": int(events), "fired": int(fired), "resolved": int(resolved)}
+
+
+def history(store, f: Filters, limit: int = HISTORY_ROWS) -> pd.DataFrame:
     p: dict[str, Any] = {"start": f.start, "end": f.end, "limit": int(limit)}
     cond = _models(f, p)
     return frame(store.query(
@@ -48,7 +63,7 @@ def history(store, f: Filters, limit: int = 500) -> pd.DataFrame:
         "ORDER BY timestamp DESC LIMIT {limit:UInt32}", p))
 
 
-def deliveries(store, f: Filters, channel: str | None = None, limit: int = 500) -> pd.DataFrame:
+def deliveries(store, f: Filters, channel: str | None = None, limit: int = HISTORY_ROWS) -> pd.DataFrame:
     p: dict[str, Any] = {"start": f.start, "end": f.end, "limit": int(limit)}
     cond = ""
     if channel:

@@ -39,9 +39,17 @@ def latest_results(store, f: Filters, checks: tuple[str, ...] = ()) -> pd.DataFr
         p))
 
 
-def scores_over_time(store, f: Filters, check: str = "feature_drift") -> pd.DataFrame:
-    """Per bucket, model, group and metric: the last drift score (``value``) and its status."""
+def scores_over_time(store, f: Filters, check: str = "feature_drift", model: str | None = None,
+                     group: str | None = None) -> pd.DataFrame:
+    """Per bucket, model, group and metric: the last drift score (``value``) and its status;
+    ``model`` / ``group``: only that one's (the page shows one model at a time)."""
     where, p = _where(f, (check,))
+    if model is not None:
+        where += " AND model = {model:String}"
+        p["model"] = model
+    if group is not None:
+        where += " AND group = {group:String}"
+        p["group"] = group
     df = frame(store.query(
         f"SELECT {bucket()} AS t, model, group, metric, argMax(value, timestamp) AS value, "
         "argMax(threshold, timestamp) AS threshold, argMax(status, timestamp) AS status, "

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 
+from monitor.dashboard import audit as _audit
 from monitor.dashboard.filters import Filters
 from monitor.dashboard.queries._sql import EVENTS, bucket, events_where, frame
 
-__all__ = ["SIGNALS", "rates", "rates_over_time", "examples"]
+__all__ = ["SIGNALS", "all_rates", "rates", "rates_over_time", "examples"]
 
 SIGNALS: dict[str, tuple[str, str, str]] = {
     "refusal": ("Refusals", "sum(refusal)", "count()"),
@@ -35,24 +36,28 @@ def _rates(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def all_rates(store, f: Filters) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(rates, rates_over_time)`` in one pass over the range (``GROUPING SETS ((model), (t))``)."""
+    where, p = events_where(f)
+    df = frame(store.query(
+        f"SELECT grouping(model) AS per_bucket, model, {bucket()} AS t, count() AS requests, {_AGG} "
+        f"FROM {EVENTS} WHERE {where} GROUP BY GROUPING SETS ((model), (t)) "
+        "ORDER BY per_bucket, requests DESC, model, t", {**p, "step": f.step}))
+    per_model = df[df["per_bucket"] == 0].drop(columns=["per_bucket", "t"]).reset_index(drop=True)
+    series = df[df["per_bucket"] == 1].drop(columns=["per_bucket", "model"]).sort_values("t").reset_index(drop=True)
+    series["t"] = pd.to_datetime(series["t"], utc=True)
+    return _rates(per_model), _rates(series)
+
+
 def rates(store, f: Filters) -> pd.DataFrame:
     """Per model over the range: requests, and per signal the count (``<signal>_n``), the
     denominator (``<signal>_d``) and the rate (``<signal>``)."""
-    where, p = events_where(f)
-    df = frame(store.query(f"SELECT model, count() AS requests, {_AGG} FROM {EVENTS} WHERE {where} "
-                           "GROUP BY model ORDER BY requests DESC, model", p))
-    return _rates(df) if not df.empty else df
+    return all_rates(store, f)[0]
 
 
 def rates_over_time(store, f: Filters) -> pd.DataFrame:
     """Per bucket over the selected models: each signal's rate."""
-    where, p = events_where(f)
-    df = frame(store.query(f"SELECT {bucket()} AS t, count() AS requests, {_AGG} FROM {EVENTS} WHERE {where} "
-                           "GROUP BY t ORDER BY t", {**p, "step": f.step}))
-    if df.empty:
-        return df
-    df["t"] = pd.to_datetime(df["t"], utc=True)
-    return _rates(df)
+    return all_rates(store, f)[1]
 
 
 def examples(store, f: Filters, signal: str, limit: int = 20) -> pd.DataFrame:
@@ -61,6 +66,7 @@ def examples(store, f: Filters, signal: str, limit: int = 20) -> pd.DataFrame:
     if signal not in _CONDITION:
         raise ValueError(f"unknown quality signal {signal!r}")
     where, p = events_where(f, status=True, search=True)
+    _audit.searched(f)  # records governance: who searched prompts and completions for a term (audit_log)
     return frame(store.query(
         f"SELECT timestamp, model, leftUTF8(prompt, 2000) AS prompt_preview, leftUTF8(completion, 2000) AS completion_preview, "
         f"finish_reason, prompt_language, completion_language, trace_id, span_id FROM {EVENTS} "

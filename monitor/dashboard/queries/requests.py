@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
+from monitor.dashboard import audit as _audit
 from monitor.dashboard.filters import Filters
 from monitor.dashboard.queries._sql import EVENTS, TS, events_where, frame, utc
 
@@ -70,6 +71,7 @@ def listing(store, f: Filters, limit: int = 200, budget_s: float | None = None) 
     if not f.search.strip():
         rows = requests(store, f, limit)
         return Listing(rows, count(store, f) if len(rows) >= limit else len(rows), True)
+    _audit.searched(f)  # records governance: who searched prompts and completions for a term (audit_log)
     parts: list[pd.DataFrame] = []
     hi, t0, stopped, pace = f.end, time.monotonic(), None, None
     for step in (*_SEARCH_STEPS, None):
@@ -84,7 +86,10 @@ def listing(store, f: Filters, limit: int = 200, budget_s: float | None = None) 
         have = sum(len(x) for x in parts)
         t = time.monotonic()
         got = requests(store, replace(f, start=lo, end=hi), limit - have)
-        pace = (time.monotonic() - t) / span_s  # seconds per second of range, from the latest (widest) window
+        # seconds per second of range, from the latest (widest) window; a cached window counts what
+        # it cost when it ran, so an answer from the cache does not promise a fast next window
+        cost = store.last_cost() if hasattr(store, "last_cost") else time.monotonic() - t
+        pace = cost / span_s
         if len(got):
             parts.append(got)
         hi = lo
@@ -110,6 +115,7 @@ def detail(store, trace_id: str, span_id: str, near: datetime | None = None) -> 
     res = store.query(f"SELECT * FROM {EVENTS} WHERE {cond} LIMIT 1", p)
     if not res.result_rows:
         return None
+    _audit.opened(trace_id, span_id, near)  # records governance: who opened a request in full (audit_log)
     return dict(zip(res.column_names, res.result_rows[0]))
 
 

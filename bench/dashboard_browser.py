@@ -1,0 +1,424 @@
+#!/usr/bin/env python
+"""The dashboards as people see them: every page in Chromium over bench/dashboard.py's 10M-row store.
+
+Serves the dashboards the way ``monitor dashboard --clickhouse chdb://DIR`` does (the same
+:class:`monitor.runtime.apps.DashboardApp`, in a process of its own, from the checkout given by
+``--root``, so an older checkout is measured by the same command), drives Debian's Chromium with
+Playwright (never a downloaded browser) and reports, per page and range (last 24 hours, last 7 days):
+
+- **first load**: a new browser context (empty HTTP cache, as a first visit) opens
+  ``/<page>?range=<range>`` until the page is complete;
+- **warm reload**: the same tab reloads (scripts from the browser's cache), median of ``--repeat``;
+- **range change**: on the loaded page, the sidebar's range switched to this one from the other,
+  from the click on the option until the page is complete, median of ``--repeat``.
+
+*Complete* means: Streamlit reports its run finished (``stApp[data-test-script-state=notRunning]``),
+no status widget, spinner, skeleton or stale element is left, every plotly chart has drawn its SVG,
+and the DOM has not changed for ``--quiet`` seconds; the time taken is that of the last DOM change.
+
+Each load is split with the server's own timing of the page's script runs (the hook
+:mod:`monitor.dashboard.timing`; for a checkout without it the launcher times Streamlit's script
+runner and the store's queries itself): **JS** = navigation start until the first script run starts
+on the server (HTML, Streamlit's JavaScript, the websocket, the session), **script** = the runs'
+server time (of which **queries**), **render** = the last run's end until the page is complete.
+Browser and server share this machine's cores; ``--pin`` puts the server on CPU 0 and the browser
+on CPU 1 (a browser with a core of its own, as a remote one would have, minus the network).
+
+Every request the browser makes is recorded; any to another host than the dashboard is reported
+(and makes the run exit non-zero).
+
+    ~/.cache/llm-monitor/venv/bin/python bench/dashboard.py --dir /tmp/dash-bench --keep --pages alerts --ranges 24h --repeat 1   # data, once
+    ~/.cache/llm-monitor/venv/bin/python bench/dashboard_browser.py --dir /tmp/dash-bench
+    ~/.cache/llm-monitor/venv/bin/python bench/dashboard_browser.py --dir /tmp/dash-bench --root /tmp/old-checkout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+PAGES = {"overview": ("", "Overview"), "latency_gpu": ("latency_gpu", "Latency & GPU"), "drift": ("drift", "Drift"),
+         "quality": ("quality", "Quality"), "requests": ("requests", "Requests"), "alerts": ("alerts", "Alerts")}
+RANGES = {"24h": "Last 24 hours", "7d": "Last 7 days"}
+DATABASE = "bench"
+
+# Runs before any page script: the time of the latest DOM change and of the latest click.
+INIT_JS = """
+window.__mon = {last: 0, changes: 0, click: 0};
+new MutationObserver(() => { window.__mon.last = performance.now(); window.__mon.changes++; })
+    .observe(document, {subtree: true, childList: true, attributes: true, characterData: true});
+document.addEventListener('click', () => { window.__mon.click = performance.now(); }, true);
+"""
+
+# The page is complete (apart from the quiet period, checked by the caller).
+COMPLETE_JS = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return 'script';
+    if (!document.querySelector('[data-testid="stHeading"], [data-testid="stHeader"] h1, h1, h2')) return 'heading';
+    if (document.querySelector('[data-testid="stStatusWidget"], [data-testid="stSpinner"], [data-testid="stSkeleton"]'))
+        return 'spinner';
+    if (document.querySelector('[data-stale="true"]')) return 'stale';
+    for (const c of document.querySelectorAll('[data-testid="stPlotlyChart"]'))
+        if (!c.querySelector('.js-plotly-plot .main-svg')) return 'chart';
+    return '';
+}"""
+
+
+# --- the server (a child process, run from the checkout under test) -----------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fallback_timing():
+    """For a checkout without :mod:`monitor.dashboard.timing`: time Streamlit's script runs and the
+    store's queries (per thread) here. Returns ``recent()``."""
+    from monitor.dashboard import store as ds
+    from streamlit.runtime.scriptrunner import script_runner
+
+    local = threading.local()
+    runs: list[dict] = []
+    query = ds.ReadOnlyStore.query
+
+    def timed_query(self, *a, **kw):
+        t = time.perf_counter()
+        try:
+            return query(self, *a, **kw)
+        finally:
+            local.q = getattr(local, "q", 0.0) + time.perf_counter() - t
+            local.n = getattr(local, "n", 0) + 1
+
+    run = script_runner.ScriptRunner._run_script
+
+    def timed_run(self, rerun_data):
+        local.q, local.n = 0.0, 0
+        start, t = time.time(), time.perf_counter()
+        try:
+            return run(self, rerun_data)
+        finally:
+            runs.append({"page": "", "start": start, "end": time.time(), "script_s": time.perf_counter() - t,
+                         "query_s": local.q, "queries": local.n, "cached": 0,
+                         "fragment": bool(rerun_data.fragment_id_queue)})
+            del runs[:-500]
+
+    ds.ReadOnlyStore.query = timed_query
+    script_runner.ScriptRunner._run_script = timed_run
+    return lambda: list(runs)
+
+
+def serve(directory: str, port: int, timing_port: int, refresh_s: float, cache: bool) -> None:
+    """The dashboards over ``directory`` as ``monitor dashboard`` serves them, plus the page timings
+    as JSON on ``timing_port`` (GET /timings). Stops on SIGTERM."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from monitor.config import load
+    from monitor.runtime.apps import DashboardApp
+
+    settings = load(overrides={"store": {"url": f"chdb://{directory}", "database": DATABASE},
+                               "dashboard": {"host": "127.0.0.1", "port": port, "refresh_s": refresh_s},
+                               "telemetry": {"metrics_port": 0}})
+    try:
+        from monitor.dashboard import timing
+        recent, hook = timing.recent, "monitor.dashboard.timing"
+        if not cache:
+            from monitor.dashboard import cache as result_cache
+            result_cache.disable()
+    except ImportError:
+        recent, hook = _fallback_timing(), "bench fallback (script runner + ReadOnlyStore.query)"
+    app = DashboardApp(settings)
+    app.start()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = json.dumps({"hook": hook, "runs": recent(), "pid": os.getpid()}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", timing_port), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print("@@ready", flush=True)
+    parent = os.getppid()
+    while not stop.wait(0.5):
+        if os.getppid() != parent:  # the benchmark is gone: do not keep holding the chdb directory
+            break
+    httpd.shutdown()
+    app.stop()
+
+
+class Server:
+    def __init__(self, root: Path, directory: str, refresh_s: float, cache: bool, pin: bool):
+        self.port, self.timing_port = _free_port(), _free_port()
+        env = dict(os.environ, PYTHONPATH=str(root))
+        env.pop("MONITOR_CONFIG", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--serve", directory, str(self.port),
+             str(self.timing_port), str(refresh_s), "1" if cache else "0"],
+            cwd=str(root), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if pin else None)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if "@@ready" not in line:
+            raise SystemExit(f"the dashboard server did not start (exit {self.proc.poll()})")
+        self.url = f"http://127.0.0.1:{self.port}"
+        info = self.timings()
+        self.hook, self.pid = info["hook"], info["pid"]
+
+    def timings(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.timing_port}/timings", timeout=10) as r:
+            return json.loads(r.read())
+
+    def cpu_s(self) -> float:
+        return _cpu_s(self.pid)
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        out += [int(k) for k in kids]
+        todo += [int(k) for k in kids]
+    return out
+
+
+def browser_cpu_s() -> float:
+    """CPU seconds of every process under this one (Playwright's driver and Chromium)."""
+    return sum(_cpu_s(p) for p in _descendants(os.getpid()))
+
+
+# --- one measurement ----------------------------------------------------------------------------------
+
+class Measure:
+    def __init__(self, server: Server, quiet_s: float, timeout_s: float):
+        self.server, self.quiet_s, self.timeout_s = server, quiet_s, timeout_s
+        self.requests: list[str] = []
+        self.foreign: list[str] = []
+
+    def watch(self, context) -> None:
+        own = urlsplit(self.server.url).netloc
+
+        def on_request(req):
+            self.requests.append(req.url)
+            u = urlsplit(req.url)
+            if u.scheme not in ("data", "blob", "about") and u.netloc != own:
+                self.foreign.append(req.url)
+
+        context.on("request", on_request)
+
+    def complete(self, page, since_ms: float) -> float:
+        """Wait until the page is complete; its time (ms, page clock) of the last DOM change."""
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            why, last, now = page.evaluate(f"() => [({COMPLETE_JS})(), window.__mon.last, performance.now()]")
+            if not why and now - max(last, since_ms) >= self.quiet_s * 1000:
+                return max(last, since_ms)
+            page.wait_for_timeout(50)
+        raise TimeoutError(f"page not complete after {self.timeout_s:.0f} s: {why}")
+
+    def split(self, t0_wall: float, t1_wall: float) -> dict:
+        """The server's script runs within [t0, t1] (wall clock, seconds)."""
+        runs = [r for r in self.server.timings()["runs"] if r["end"] >= t0_wall - 0.01 and r["start"] <= t1_wall + 0.01]
+        if not runs:
+            return {"runs": 0}
+        return {"runs": len(runs), "js_s": runs[0]["start"] - t0_wall, "script_s": sum(r["script_s"] for r in runs),
+                "query_s": sum(r["query_s"] for r in runs), "queries": sum(r["queries"] for r in runs),
+                "cached": sum(r.get("cached", 0) for r in runs), "render_s": t1_wall - runs[-1]["end"]}
+
+    def load(self, page, url: str | None) -> dict:
+        """goto ``url`` (None: reload) until complete."""
+        cpu0, bcpu0 = self.server.cpu_s(), browser_cpu_s()
+        if url is None:
+            page.reload(wait_until="commit")
+        else:
+            page.goto(url, wait_until="commit")
+        last = self.complete(page, 0.0)
+        origin = page.evaluate("performance.timeOrigin") / 1000
+        out = {"total_s": last / 1000, **self.split(origin, origin + last / 1000),
+               "server_cpu_s": self.server.cpu_s() - cpu0, "browser_cpu_s": browser_cpu_s() - bcpu0}
+        return out
+
+    def change_range(self, page, label: str) -> dict:
+        cpu0, bcpu0 = self.server.cpu_s(), browser_cpu_s()
+        sidebar = page.get_by_test_id("stSidebar")
+        sidebar.get_by_test_id("stSelectbox").first.click()
+        page.get_by_role("option", name=label, exact=True).click()
+        click = page.evaluate("window.__mon.click")
+        last = self.complete(page, click)
+        origin = page.evaluate("performance.timeOrigin") / 1000
+        return {"total_s": (last - click) / 1000, **self.split(origin + click / 1000, origin + last / 1000),
+                "server_cpu_s": self.server.cpu_s() - cpu0, "browser_cpu_s": browser_cpu_s() - bcpu0}
+
+
+def shown_range(page) -> str:
+    """What the sidebar says the range is (an older checkout ignores ``?range=``)."""
+    sidebar = page.get_by_test_id("stSidebar")
+    text = sidebar.get_by_test_id("stSelectbox").first.locator("input").input_value()
+    if text.startswith("Auto"):
+        cap = [c for c in sidebar.inner_text().splitlines() if c.startswith("Auto:")]
+        text = cap[0].split("(")[0].strip() if cap else text
+    return text
+
+
+def _med(xs: list[dict], key: str) -> float | None:
+    vals = [x[key] for x in xs if x.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def run(args) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    root = Path(args.root).resolve()
+    server = Server(root, args.dir, args.refresh, cache=not args.no_cache, pin=args.pin)
+    if args.pin:
+        os.sched_setaffinity(0, {1})  # Playwright's driver and Chromium inherit it
+    print(f"serving {root} on {server.url} (timings: {server.hook}; rss {server.rss_mb():.0f} MB)", file=sys.stderr)
+    m = Measure(server, args.quiet, args.timeout)
+    results = []
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            # one unmeasured load: Chromium's own first start, the server's imports
+            ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+            ctx.add_init_script(INIT_JS)
+            m.watch(ctx)
+            p = ctx.new_page()
+            m.load(p, f"{server.url}/?range=24h")
+            ctx.close()
+            for rng in args.ranges.split(","):
+                other = next(r for r in RANGES if r != rng)
+                for name in args.pages.split(","):
+                    path, _title = PAGES[name]
+                    url = f"{server.url}/{path}?range={rng}"
+                    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+                    ctx.add_init_script(INIT_JS)
+                    m.watch(ctx)
+                    p = ctx.new_page()
+                    first = m.load(p, url)
+                    shown = shown_range(p)
+                    reloads = [m.load(p, None) for _ in range(args.repeat)]
+                    changes = []
+                    for _ in range(args.repeat):
+                        m.change_range(p, RANGES[other])
+                        changes.append(m.change_range(p, RANGES[rng]))
+                    ctx.close()
+                    r = {"page": name, "range": rng, "shown": shown, "first": first, "reloads": reloads,
+                         "changes": changes}
+                    results.append(r)
+                    print(f"{rng:>3} {name:<12} first {first['total_s']:5.2f} s  reload {_med(reloads, 'total_s'):5.2f} s"
+                          f"  range change {_med(changes, 'total_s'):5.2f} s   (shown: {shown})", file=sys.stderr)
+            browser.close()
+    finally:
+        rss = server.rss_mb()
+        server.stop()
+    return {"root": str(root), "hook": server.hook, "pin": args.pin, "cache": not args.no_cache, "results": results,
+            "server_rss_mb_end": rss, "requests": len(m.requests), "foreign_requests": sorted(set(m.foreign))}
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def table(out: dict) -> str:
+    lines = ["| page | range | first load s (JS / script / render) | warm reload s (JS / script [queries] / render) "
+             "| range change s (script [queries] / render) | range shown on load |",
+             "| --- | --- | ---: | ---: | ---: | --- |"]
+    for r in out["results"]:
+        f, rl, ch = r["first"], r["reloads"], r["changes"]
+        lines.append(
+            f"| {PAGES[r['page']][1]} | {r['range']} "
+            f"| **{_fmt(f['total_s'])}** ({_fmt(f.get('js_s'))} / {_fmt(f.get('script_s'))} / {_fmt(f.get('render_s'))}) "
+            f"| **{_fmt(_med(rl, 'total_s'))}** ({_fmt(_med(rl, 'js_s'))} / {_fmt(_med(rl, 'script_s'))} "
+            f"[{_fmt(_med(rl, 'query_s'))}] / {_fmt(_med(rl, 'render_s'))}) "
+            f"| **{_fmt(_med(ch, 'total_s'))}** ({_fmt(_med(ch, 'script_s'))} [{_fmt(_med(ch, 'query_s'))}] "
+            f"/ {_fmt(_med(ch, 'render_s'))}) | {r['shown']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dir", default="/tmp/dash-bench", help="bench/dashboard.py's data directory (--keep)")
+    ap.add_argument("--root", default=str(ROOT), help="the checkout whose dashboards are served [this one]")
+    ap.add_argument("--pages", default=",".join(PAGES), help="comma-separated subset of: " + ", ".join(PAGES))
+    ap.add_argument("--ranges", default=",".join(RANGES), help="comma-separated subset of: " + ", ".join(RANGES))
+    ap.add_argument("--repeat", type=int, default=3, help="warm reloads and range changes per cell (median)")
+    ap.add_argument("--quiet", type=float, default=0.5, help="seconds without a DOM change that end a load")
+    ap.add_argument("--timeout", type=float, default=60.0)
+
+    ap.add_argument("--refresh", type=float, default=0.0,
+                    help="dashboard.refresh_s, the Overview's auto-refresh [0: off, so that its reruns do not "
+                         "land inside a measured load]")
+    ap.add_argument("--no-cache", action="store_true", help="turn the dashboards' result cache off")
+    ap.add_argument("--pin", action="store_true", help="server on CPU 0, browser on CPU 1")
+    ap.add_argument("--out", default="/tmp/bench-dashboard-browser.json")
+    ap.add_argument("--serve", nargs=5, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        d, port, tport, refresh, cache = args.serve
+        serve(d, int(port), int(tport), float(refresh), cache == "1")
+        return
+    if not (Path(args.dir) / "bench-meta.json").is_file():
+        raise SystemExit(f"no bench data in {args.dir}: run bench/dashboard.py --dir {args.dir} --keep first")
+    meta = json.loads((Path(args.dir) / "bench-meta.json").read_text())
+    out = run(args)
+    out.update(data=meta, cpus=os.cpu_count(), load_avg=os.getloadavg())
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(table(out))
+    print(f"\nserver RSS at the end {out['server_rss_mb_end']:.0f} MB; {out['requests']} requests, "
+          f"{len(out['foreign_requests'])} to other hosts{': ' + ', '.join(out['foreign_requests']) if out['foreign_requests'] else ''}; "
+          f"written to {args.out}", file=sys.stderr)
+    if out["foreign_requests"]:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
