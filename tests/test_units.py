@@ -189,3 +189,26 @@ def test_pipeline_processors_declared_in_config():
         assert load().pipeline.processors == ["engine_join", "redaction"]
     finally:
         del os.environ["MONITOR_PIPELINE__PROCESSORS"]
+
+
+def test_a_protobuf_message_that_looks_like_json_after_its_first_byte_is_decoded_as_protobuf():
+    """The tag of field 1 is 0x0a (a newline); a first ResourceSpans of 123 bytes puts ``{`` right after
+    it. Found by the fuzzing campaign: such a message was taken for JSON and set aside as undecodable,
+    a valid span lost. JSON with whitespace around it still decodes as JSON."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from monitor.otlp.codec import decode_message
+
+    made = 0
+    for n in range(1, 400):
+        req = ExportTraceServiceRequest()
+        span = req.resource_spans.add().scope_spans.add().spans.add()
+        span.name, span.trace_id, span.span_id = "s" * n, b"\x01" * 16, b"\x02" * 8
+        raw = req.SerializeToString()
+        if raw.lstrip()[:1] != b"{":
+            continue
+        made += 1
+        assert decode_message("traces", raw) == req
+    assert made == 1  # exactly one name length gives a 123-byte ResourceSpans
+    parsed = decode_message("traces", b'\n {"resourceSpans": [{"scopeSpans": [{"spans": [{"name": "j"}]}]}]}\r\n')
+    assert parsed.resource_spans[0].scope_spans[0].spans[0].name == "j"

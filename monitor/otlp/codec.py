@@ -212,17 +212,26 @@ def decode_message(signal: Signal, value: bytes | None) -> Message:
     """Decode one Kafka message (``otlp_proto`` or ``otlp_json``, detected from the bytes).
 
     A protobuf ``*Data`` message can never start with ``{`` (that would be
-    field 15 with the deprecated group wire type), so the first byte tells.
+    field 15 with the deprecated group wire type), so a first byte ``{`` tells. JSON after
+    leading whitespace is tried as JSON first but may still be protobuf: the tag of field 1 is
+    ``0x0a`` (a newline), and a first ``ResourceSpans`` of 123 bytes puts ``{`` right after it.
     """
     if not value:
         raise DecodeError("empty message")
+    if value[:1] == b"{":
+        return parse_json(value, _REQUEST[signal]())
+    stripped = value.strip()
+    json_error: DecodeError | None = None
+    if stripped[:1] == b"{" and stripped[-1:] == b"}":
+        try:
+            return parse_json(value, _REQUEST[signal]())
+        except DecodeError as exc:
+            json_error = exc
     msg = _REQUEST[signal]()
-    if value.lstrip()[:1] == b"{":
-        return parse_json(value, msg)
     try:
         msg.ParseFromString(value)
     except _PbDecodeError as exc:
-        raise DecodeError(f"not a valid otlp_proto {signal} payload: {exc}") from None
+        raise json_error or DecodeError(f"not a valid otlp_proto {signal} payload: {exc}") from None
     return msg
 
 
