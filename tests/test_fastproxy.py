@@ -663,6 +663,32 @@ def test_client_disconnect_closes_the_upstream_at_once(env):
     assert rec.error_type == "client_disconnected" and rec.status == 200 and rec.response_body
 
 
+@both_loops
+def test_a_client_that_closes_after_done_had_the_whole_answer(env):
+    """The openai SDK closes the response at ``data: [DONE]``; an upstream whose closing chunk comes
+    later must not turn that into a client_disconnected error (found: 45 of 300 demo requests)."""
+    async def script(req, reader, w):
+        w.write(head(200, [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")]))
+        await write_chunked(w, [*EVENTS, DONE], end=False)
+        try:
+            await asyncio.wait_for(reader.read(1), 1.0)  # the closing chunk only after the client left
+        except (ConnectionError, asyncio.TimeoutError):
+            pass
+        return False
+
+    up = env.upstream(script)
+    proxy = env.proxy(up)
+    s = socket.create_connection(("127.0.0.1", proxy.port))
+    body = chat_body(usage=True)
+    s.sendall(b"POST %b HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%b" % (CHAT.encode(), len(body), body))
+    got = b""
+    while b"data: [DONE]" not in got:
+        got += s.recv(65536)
+    s.close()
+    rec = env.wait_records(1)[0]
+    assert rec.error_type == "" and rec.status == 200 and rec.response_body.endswith(DONE)
+
+
 def test_hung_upstream_is_closed_when_the_client_gives_up(env):
     async def script(req, reader, w):
         try:

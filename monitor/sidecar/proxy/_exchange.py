@@ -231,7 +231,17 @@ class Exchange:
             self.connecting = None
         self._drop_upstream()
         self.keep_alive = False
-        self._finish("client_disconnected")
+        # A client that closes right after the stream's last event (``data: [DONE]``), before the
+        # upstream's closing chunk arrived, had the whole answer: the openai SDK does that.
+        self._finish("" if self._stream_delivered() else "client_disconnected")
+
+    def _stream_delivered(self) -> bool:
+        """Everything of an SSE answer up to its ``[DONE]`` event reached the client (the copy ends
+        with it and nothing is held back)."""
+        if not self.head_sent or not self.parts or (self.stripper is not None and self.stripper.held):
+            return False
+        tail = self.parts[-1] if len(self.parts[-1]) >= 24 else b"".join(self.parts[-2:])
+        return tail.rstrip().endswith(b"data: [DONE]")
 
     def abandon(self) -> None:
         """Its request broke off (the client left, or sent something malformed): no answer, no record."""

@@ -138,7 +138,28 @@ impl Exchange {
         self.connecting = None;
         up.detach(); // the upstream connection closes at once: the server stops generating
         self.keep_alive = false;
-        self.finish(sh, "client_disconnected");
+        // A client that closes right after the stream's last event (`data: [DONE]`), before the
+        // upstream's closing chunk arrived, had the whole answer: the openai SDK does that.
+        let error = if self.stream_delivered() { "" } else { "client_disconnected" };
+        self.finish(sh, error);
+    }
+
+    /// Everything of an SSE answer up to its `[DONE]` event reached the client: the copy ends with
+    /// it and the usage stripper holds nothing back.
+    fn stream_delivered(&self) -> bool {
+        if !self.head_sent || self.parts.is_empty() {
+            return false;
+        }
+        if let Some(st) = self.stripper.as_ref() {
+            if !st.held.is_empty() {
+                return false;
+            }
+        }
+        let mut end = self.parts.len();
+        while end > 0 && self.parts[end - 1].is_ascii_whitespace() {
+            end -= 1;
+        }
+        self.parts[..end].ends_with(b"data: [DONE]")
     }
 
     /// The proxy stops and its drain time is over.
