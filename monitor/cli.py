@@ -7,6 +7,7 @@ file given with ``--config``; see :mod:`monitor.config`.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -86,6 +87,13 @@ def _run(app_factory, settings: _config.Settings) -> None:
             from None
     except MonitorError as exc:
         raise _click_error(exc) from None
+    # stop() returned: everything the app accepted is written and its threads are done. What is left
+    # is the interpreter's teardown (torch's and chdb's destructors take seconds in `monitor demo`),
+    # which Ctrl-C should not wait for.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 _common = [
