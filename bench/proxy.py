@@ -8,6 +8,10 @@ Three ways to reach the same streaming upstream:
   directory, free loopback ports) -> upstream;
 - ``nginx``:   client -> nginx (plain reverse proxy: ``proxy_buffering off``,
   HTTP/1.1 keep-alive pool to the upstream) -> upstream: the floor.
+- ``monitor-python`` / ``monitor-native`` (opt-in with ``--paths``): ``monitor``
+  with ``proxy.implementation`` python (FastProxy) or native (``monitor-proxy``,
+  the Rust binary), each its own ``monitor up``, to compare the request paths
+  in one run: ``--paths direct,monitor-python,monitor-native,nginx``.
 
 The upstream is an aiohttp server in its own process that answers
 ``POST /v1/chat/completions`` like an OpenAI-compatible engine: with
@@ -40,6 +44,7 @@ Run with the project's virtualenv::
     ~/.cache/llm-monitor/venv/bin/python bench/proxy.py
     ~/.cache/llm-monitor/venv/bin/python bench/proxy.py --concurrency 1,16 --duration 5 --rounds 5
     ~/.cache/llm-monitor/venv/bin/python bench/proxy.py --profile 16   # + py-spy of the monitor (not timed)
+    ~/.cache/llm-monitor/venv/bin/python bench/proxy.py --paths direct,monitor-python,monitor-native,nginx
 
 nginx must be installed (``apt-get install -y nginx``); it is started with its
 own config on a loopback port (``-g 'daemon off;'``) and never as a service.
@@ -67,11 +72,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from procstat import CLK_TCK, cpu_jiffies, cpu_jiffies_own, descendants, free_port, machine_busy, pid_alive, rss_kib
+from procstat import CLK_TCK, cpu_jiffies, descendants, free_port, machine_busy, pid_alive, rss_kib
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = ("direct", "monitor", "nginx")
-EXTRA_PATHS = ("aiohttp",)  # opt-in with --paths: a plain aiohttp pass-through (no capture)
+EXTRA_PATHS = ("aiohttp", "monitor-python", "monitor-native")  # opt-in with --paths
+MONITORS = {"monitor": None, "monitor-python": "python", "monitor-native": "native"}
+"""The `monitor up` paths and the proxy.implementation each runs (None: the config's, ``auto``)."""
 CHAT = "/v1/chat/completions"
 MODEL = "bench-model-8b"
 N_VARIANTS = 64
@@ -710,7 +717,7 @@ def _f(v: float | None, width: int = 8, signed: bool = False) -> str:
 
 def render(summary: dict[str, Any], args: argparse.Namespace) -> str:
     lines = []
-    hdr = (f"{'path':<8} {'req/s':>7} {'TTFT50':>8} {'TTFT99':>8} {'tot50':>8} {'tot99':>8} | "
+    hdr = (f"{'path':<14} {'req/s':>7} {'TTFT50':>8} {'TTFT99':>8} {'tot50':>8} {'tot99':>8} | "
            f"{'+TTFT50':>8} {'+TTFT99':>8} {'+tot50':>8} {'+tot99':>8} | {'errors':>6} {'cpu/req':>7} "
            f"{'busy%':>5} {'other%':>6}")
     for c, level in summary.items():
@@ -721,17 +728,18 @@ def render(summary: dict[str, Any], args: argparse.Namespace) -> str:
         for p, r in level.items():
             added = [r.get(f"added_{k}") for k in ("ttft_p50", "ttft_p99", "total_p50", "total_p99")]
             lines.append(
-                f"{p:<8} {r['rps']:7.1f} {_f(r['ttft_p50'])} {_f(r['ttft_p99'])} {_f(r['total_p50'])} "
+                f"{p:<14} {r['rps']:7.1f} {_f(r['ttft_p50'])} {_f(r['ttft_p99'])} {_f(r['total_p50'])} "
                 f"{_f(r['total_p99'])} | " + " ".join(_f(a, 8, True) for a in added) +
                 f" | {r['errors']:>6} {_f(r['proxy_cpu_ms_per_req'], 7)} {r['machine_busy_pct']:5.0f} "
                 f"{r['other_cpu_pct']:6.1f}")
     for c, level in summary.items():
-        m = level.get("monitor") or {}
-        if m.get("proxy_process_cpu_ms_per_req") is not None:
-            lines.append(f"monitor at concurrency {c}: the proxy process {m['proxy_process_cpu_ms_per_req']:.3f} ms "
-                         f"CPU per request (RSS {m['proxy_rss_mib']:.0f} MiB); the whole monitor "
-                         f"{m['proxy_cpu_ms_per_req']:.3f} ms (proxy, pipeline: spans, join, redaction, spool; store: "
-                         "ingest, quality signals, chdb)")
+        for mp in MONITORS:
+            m = level.get(mp) or {}
+            if m.get("proxy_process_cpu_ms_per_req") is not None:
+                lines.append(f"{mp} at concurrency {c}: the proxy process {m['proxy_process_cpu_ms_per_req']:.3f} ms "
+                             f"CPU per request (RSS {m['proxy_rss_mib']:.0f} MiB); the whole monitor "
+                             f"{m['proxy_cpu_ms_per_req']:.3f} ms (proxy, pipeline: spans, join, redaction, spool; "
+                             "store: ingest, quality signals, chdb)")
     lines.append("\ncpu/req: CPU ms per request of the path's processes (monitor: every process of `monitor up`: "
                  "proxy, pipeline, store, supervisor; nginx: master+workers; direct: -). busy%: whole machine "
                  "(100% = all cores); other%: CPU of processes not started by this bench, in % of the machine.")
@@ -838,7 +846,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per cell, not measured [2]")
     ap.add_argument("--paths", default=",".join(PATHS),
                     help="comma-separated, in this order within each round: direct (always run), monitor, nginx, "
-                         "and aiohttp (opt-in: a plain aiohttp+uvloop pass-through, no capture) [direct,monitor,nginx]")
+                         "and opt-in: aiohttp (a plain aiohttp+uvloop pass-through, no capture), monitor-python, "
+                         "monitor-native (`monitor up` with proxy.implementation python / native) "
+                         "[direct,monitor,nginx]")
     ap.add_argument("--chunks", type=int, default=32, help="content chunks per answer [32]")
     ap.add_argument("--interval-ms", type=float, default=5.0, help="ms between content chunks [5]")
     ap.add_argument("--prefill-ms", type=float, default=None,
@@ -914,26 +924,31 @@ def main(argv: list[str] | None = None) -> int:
         wait_until("the upstream", lambda: http_get(urls["direct"] + "/health")[0] == 200,
                    [procs["upstream"]], args.start_timeout)
 
-        # -- monitor
-        if "monitor" in paths:
-            ports = {k: free_port() for k in ("proxy", "grpc", "http", "metrics")}
-            data_dir = workdir / "monitor-data"
+        # -- monitor (one `monitor up` per monitor path)
+        metrics_urls: dict[str, str] = {}
+        result["monitor_ports"] = {}
+        for mp in [p for p in paths if p in MONITORS]:
+            ports = {k: free_port() for k in ("proxy", "grpc", "http", "metrics", "admin")}
+            data_dir = workdir / f"{mp}-data"
             env = {k: v for k, v in os.environ.items() if k != "MONITOR_CONFIG"}
             env["PYTHONUNBUFFERED"] = "1"
+            env["MONITOR_CHECKS__ADMIN_PORT"] = str(ports["admin"])  # two of them side by side
+            if MONITORS[mp]:
+                env["MONITOR_PROXY__IMPLEMENTATION"] = MONITORS[mp]
             conf_args = ["--config", str(args.monitor_config.resolve())] if args.monitor_config else []
-            procs["monitor"] = Proc("monitor", [py, "-m", "monitor", *conf_args, "up", "--upstream", urls["direct"],
-                                                "--proxy-port", str(ports["proxy"]), "--data-dir", str(data_dir),
-                                                "--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"]),
-                                                "--metrics-port", str(ports["metrics"])],
-                                    workdir / "logs" / "monitor.log", env=env)
-            urls["monitor"] = f"http://127.0.0.1:{ports['proxy']}"
-            metrics_url = f"http://127.0.0.1:{ports['metrics']}/metrics"
+            procs[mp] = Proc(mp, [py, "-m", "monitor", *conf_args, "up", "--upstream", urls["direct"],
+                                  "--proxy-port", str(ports["proxy"]), "--data-dir", str(data_dir),
+                                  "--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"]),
+                                  "--metrics-port", str(ports["metrics"]), "--no-dashboard"],
+                             workdir / "logs" / f"{mp}.log", env=env)
+            urls[mp] = f"http://127.0.0.1:{ports['proxy']}"
+            metrics_urls[mp] = murl = f"http://127.0.0.1:{ports['metrics']}/metrics"
             t = time.monotonic()
-            wait_until("the monitor's proxy and /metrics",
-                       lambda: http_get(urls["monitor"] + "/health")[0] == 200 and http_get(metrics_url)[0] == 200,
-                       [procs["monitor"]], args.start_timeout)
-            log(f"monitor up in {time.monotonic() - t:.1f}s (proxy {urls['monitor']}, metrics {metrics_url})")
-            result["monitor_ports"] = ports
+            wait_until(f"{mp}'s proxy and /metrics",
+                       lambda u=urls[mp], m=murl: http_get(u + "/health")[0] == 200 and http_get(m)[0] == 200,
+                       [procs[mp]], args.start_timeout)
+            log(f"{mp} up in {time.monotonic() - t:.1f}s (proxy {urls[mp]}, metrics {murl})")
+            result["monitor_ports"][mp] = ports
 
         # -- nginx
         if "nginx" in paths:
@@ -961,9 +976,10 @@ def main(argv: list[str] | None = None) -> int:
             wait_until("the aiohttp pass-through", lambda: http_get(urls["aiohttp"] + "/health")[0] == 200,
                        [procs["aiohttp"]], args.start_timeout)
 
-        def monitor_proxy_pids() -> list[int]:
-            """The pids of `monitor up`'s proxy process(es), from its /metrics (monitor_process_pid)."""
-            st, text = http_get(metrics_url)
+        def monitor_proxy_pids(mp: str) -> list[int]:
+            """The pids of `monitor up`'s proxy process(es), from its /metrics (monitor_process_pid); the
+            native binary is a child of its proxy process and counted with it."""
+            st, text = http_get(metrics_urls[mp])
             if st != 200:
                 return []
             return [int(v) for k2, v in parse_metrics(text).items()
@@ -980,9 +996,9 @@ def main(argv: list[str] | None = None) -> int:
                    "request_timeout": args.request_timeout, "max_requests": max_requests}
             busy0, tot0 = machine_busy()
             ours0 = {k: cpu_jiffies([p.pid]) for k, p in procs.items()}
-            proxy_pids = monitor_proxy_pids() if path == "monitor" else []
-            px0 = sum(cpu_jiffies_own(q) for q in proxy_pids)
-            thr0 = thread_jiffies(procs["monitor"].pid) if path == "monitor" else {}
+            proxy_pids = monitor_proxy_pids(path) if path in MONITORS else []
+            px0 = sum(cpu_jiffies([q]) for q in proxy_pids)
+            thr0 = thread_jiffies(procs[path].pid) if path in MONITORS else {}
             t0 = time.monotonic()
             res = procs["loadgen"].ask(cmd, warmup + duration + args.request_timeout + 60)
             wall = time.monotonic() - t0
@@ -990,9 +1006,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise BenchError(f"load generator failed on {path} c={conc}: {res['fatal']}")
             busy1, tot1 = machine_busy()
             ours1 = {k: cpu_jiffies([p.pid]) for k, p in procs.items()}
-            px1 = sum(cpu_jiffies_own(q) for q in proxy_pids)
-            if path == "monitor":
-                thr1 = thread_jiffies(procs["monitor"].pid)
+            px1 = sum(cpu_jiffies([q]) for q in proxy_pids)
+            if path in MONITORS:
+                thr1 = thread_jiffies(procs[path].pid)
                 res["monitor_threads"] = {tid: [comm, (j - thr0.get(tid, ("", 0))[1]) / CLK_TCK]
                                           for tid, (comm, j) in thr1.items() if j - thr0.get(tid, ("", 0))[1] > 0}
             sent_through[path] += res["sent"]
@@ -1007,7 +1023,7 @@ def main(argv: list[str] | None = None) -> int:
                           else None, "wall_s": round(wall, 2)}
             if proxy_pids and res["sent"]:  # the capture proxy's own process(es), apart from the rest of the monitor
                 res["cpu"]["proxy_process_ms_per_req"] = 1000 * (px1 - px0) / CLK_TCK / res["sent"]
-                res["proxy_rss_mib"] = sum(rss_kib(q) for q in proxy_pids) / 1024
+                res["proxy_rss_mib"] = sum(rss_kib(x) for q in proxy_pids for x in [q, *descendants(q)]) / 1024
             return res
 
         # -- smoke: a few requests per path, streamed and not, checked like every other
@@ -1031,7 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
                     r = cell(p, c, args.warmup, args.duration, not args.no_stream)
                     r.update({"path": p, "concurrency": c, "round": rnd, "loadavg": loadavg()})
                     cells.append(r)
-                    log(f"[{k}/{n_cells}] c={c:<4} round {rnd} {p:<7} {r['rps']:7.1f} req/s  "
+                    log(f"[{k}/{n_cells}] c={c:<4} round {rnd} {p:<14} {r['rps']:7.1f} req/s  "
                         f"ttft p50 {r['ttft_ms'].get('p50', float('nan')):7.2f} p99 "
                         f"{r['ttft_ms'].get('p99', float('nan')):7.2f}  total p50 "
                         f"{r['total_ms'].get('p50', float('nan')):7.2f} p99 "
@@ -1040,20 +1056,22 @@ def main(argv: list[str] | None = None) -> int:
                         + f"  cpu {r['cpu']['seconds']}")
 
         # -- did the monitor record them?
-        if "monitor" in paths:
-            result["monitor_thread_names"] = python_thread_names(args.py_spy, procs["monitor"].pid)
-            expect = sent_through["monitor"]
+        result["monitor_check"] = {}
+        for mp in [p for p in paths if p in MONITORS]:
+            if mp == "monitor":
+                result["monitor_thread_names"] = python_thread_names(args.py_spy, procs[mp].pid)
+            expect = sent_through[mp]
             got = {"n": 0}
 
-            def counted() -> bool:
-                st, text = http_get(metrics_url)
+            def counted(mp: str = mp, expect: int = expect, got: dict = got) -> bool:
+                st, text = http_get(metrics_urls[mp])
                 if st == 200:
                     got["n"], got["by_status"] = proxy_counter(parse_metrics(text))
                     got["metrics"] = parse_metrics(text)
                 return got["n"] >= expect
 
             try:
-                wait_until(f"monitor_proxy_requests_total to reach {expect}", counted, [procs["monitor"]], 15)
+                wait_until(f"{mp}: monitor_proxy_requests_total to reach {expect}", counted, [procs[mp]], 15)
             except BenchError as exc:
                 log(str(exc))
             time.sleep(1.0)  # let the span exporter (200 ms batches) and ingest catch up
@@ -1061,7 +1079,7 @@ def main(argv: list[str] | None = None) -> int:
             m = got.get("metrics", {})
             rows = sum(v for k2, v in m.items()
                        if k2.startswith("monitor_store_rows_written_total{") and 'table="otel_traces"' in k2)
-            result["monitor_check"] = {
+            result["monitor_check"][mp] = {
                 "requests_sent_through_proxy": expect, "monitor_proxy_requests_total": got["n"],
                 "by_status": got.get("by_status", {}),
                 "capture_errors": m.get("monitor_proxy_capture_errors_total"),
@@ -1096,7 +1114,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         Proc.kill_all()
         if not args.keep:
-            shutil.rmtree(workdir / "monitor-data", ignore_errors=True)
+            for mp in MONITORS:
+                shutil.rmtree(workdir / f"{mp}-data", ignore_errors=True)
 
     result["loadavg_end"] = loadavg()
     if cells:
@@ -1116,10 +1135,9 @@ def main(argv: list[str] | None = None) -> int:
             print("\nCPU of `monitor up` by thread, ms per request (median over rounds; from /proc/<pid>/task):")
             for c, groups in mt.items():
                 print(f"  c={c}: " + ", ".join(f"{k} {v:.2f}" for k, v in list(groups.items())[:8]))
-    mc = result.get("monitor_check")
-    if mc:
+    for mp, mc in (result.get("monitor_check") or {}).items():
         ok = mc["monitor_proxy_requests_total"] == mc["requests_sent_through_proxy"]
-        print(f"\nmonitor recorded: monitor_proxy_requests_total{{route=\"{CHAT}\"}} = "
+        print(f"\n{mp} recorded: monitor_proxy_requests_total{{route=\"{CHAT}\"}} = "
               f"{mc['monitor_proxy_requests_total']} (by status {mc['by_status']}) vs "
               f"{mc['requests_sent_through_proxy']} requests sent through the proxy (warm-up and smoke included) "
               f"-> {'OK' if ok else 'MISMATCH'}; capture errors {mc['capture_errors']}; "
