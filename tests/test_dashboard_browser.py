@@ -210,9 +210,9 @@ _LINKS_FROM_DATA = """() => [...document.querySelectorAll('*')].filter(
 
 
 # viewport coordinates of the last point of the trace whose name contains the argument
-_LAST_POINT = """(gd, name) => {
+_LAST_POINT = """(gd, [name, back]) => {
     const i = gd._fullData.findIndex(t => String(t.name).includes(name));
-    const cd = gd.calcdata[i], pt = cd[cd.length - 1];
+    const cd = gd.calcdata[i], pt = cd[Math.max(0, cd.length - 1 - back)];
     const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
     const box = gd.querySelector('.main-svg').getBoundingClientRect();
     return [box.left + xa._offset + xa.c2p(pt.x), box.top + ya._offset + ya.c2p(pt.y)];
@@ -225,9 +225,12 @@ def _hover_last_point(page, chart, name: str) -> None:
     chart or move it between finding the point and moving there, which a single move would miss."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    for _ in range(8):
+    # plotly's mode bar and Streamlit's element toolbar appear over the chart's top right corner on
+    # hover, where the newest point often is: hide them, and after two misses try the points before it
+    page.add_style_tag(content=".modebar-container, [data-testid=stElementToolbar] {display: none !important}")
+    for attempt in range(8):
         chart.scroll_into_view_if_needed()
-        x, y = chart.evaluate(_LAST_POINT, name)
+        x, y = chart.evaluate(_LAST_POINT, [name, attempt // 2])
         page.mouse.move(x - 12, y)  # plotly hovers on mouse movement: come from beside the point
         page.mouse.move(x, y, steps=3)
         try:
