@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-__all__ = ["CLK_TCK", "free_port", "descendants", "cpu_jiffies", "pid_alive", "machine_busy"]
+__all__ = ["CLK_TCK", "free_port", "descendants", "cpu_jiffies", "pid_alive", "machine_busy", "http_get"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -93,3 +93,16 @@ def machine_busy() -> tuple[int, int]:
     f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = f[3] + (f[4] if len(f) > 4 else 0)
     return sum(f) - idle, sum(f)
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    """(status, body) of a GET; 0 when nothing answered (the benches poll health and /metrics with it)."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except OSError:
+        return 0, ""

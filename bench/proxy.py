@@ -72,7 +72,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from procstat import CLK_TCK, cpu_jiffies, descendants, free_port, machine_busy, pid_alive, rss_kib
+from procstat import CLK_TCK, cpu_jiffies, descendants, free_port, http_get, machine_busy, pid_alive, rss_kib
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = ("direct", "monitor", "nginx")
@@ -582,18 +582,6 @@ class Proc:
                 p.kill()
             except Exception as exc:  # keep killing the others
                 log(f"could not kill {p.name} ({p.pid}): {exc}")
-
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
-    except OSError:
-        return 0, ""
 
 
 def wait_until(what: str, pred: Callable[[], Any], procs: list[Proc], timeout: float) -> Any:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from procstat import descendants, pid_alive
+from procstat import descendants, http_get, pid_alive
 
 from ingestbench.load import WARMUP_SERVICE
 
@@ -126,18 +126,6 @@ class Proc:
                 p.kill()
             except Exception as exc:  # keep killing the others
                 log(f"could not kill {p.name} ({p.pid}): {exc}")
-
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
-    except OSError:
-        return 0, ""
 
 
 def wait_until(what: str, pred: Callable[[], Any], procs: list[Proc], timeout: float, interval: float = 0.2) -> Any:
