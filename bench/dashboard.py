@@ -246,7 +246,14 @@ def page_queries(store, f, page: str, run: int = 0) -> None:
     ``run``: which timed run this is; the text searches use a new term on every run (:func:`search_term`)."""
     from dataclasses import replace
 
-    from monitor.dashboard.queries import alerts, drift, latency, overview, quality, requests
+    from monitor.webui.queries import (
+        alerts,
+        drift,
+        latency,
+        overview,
+        quality,
+        requests,
+    )
 
     overview.models(store, f)  # the sidebar, on every page
     overview.first_event(store)  # the sidebar's default range (Auto), once per session
@@ -332,16 +339,16 @@ RANGES = {"24h": timedelta(days=1), "7d": timedelta(days=7)}
 
 
 def measure(directory: str, page: str, rng: str, end_iso: str, repeat: int, settle: float = 2.0) -> dict:
-    from monitor.config import StoreSettings
-    from monitor.dashboard.filters import Filters
-    from monitor.dashboard.store import ReadOnlyStore
-    from monitor.store.client import Store
-
     import importlib
+
+    from monitor.config import StoreSettings
+    from monitor.store.client import Store
+    from monitor.webui.filters import Filters
+    from monitor.webui.store import ReadOnlyStore
     for name in ("alerts", "drift", "latency", "overview", "quality", "requests"):  # imports are not page time
-        importlib.import_module(f"monitor.dashboard.queries.{name}")
+        importlib.import_module(f"monitor.webui.queries.{name}")
     try:  # what the queries cost: the dashboards' result cache would answer every warm run
-        from monitor.dashboard import cache
+        from monitor.webui import cache
         cache.disable()
     except ImportError:  # a checkout from before the cache
         pass

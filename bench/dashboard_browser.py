@@ -17,7 +17,7 @@ no status widget, spinner, skeleton or stale element is left, every plotly chart
 and the DOM has not changed for ``--quiet`` seconds; the time taken is that of the last DOM change.
 
 Each load is split with the server's own timing of the page's script runs (the hook
-:mod:`monitor.dashboard.timing`; for a checkout without it the launcher times Streamlit's script
+:mod:`monitor.webui.timing`; for a checkout without it the launcher times Streamlit's script
 runner and the store's queries itself): **JS** = navigation start until the first script run starts
 on the server (HTML, Streamlit's JavaScript, the websocket, the session), **script** = the runs'
 server time (of which **queries**), **render** = the last run's end until the page is complete.
@@ -89,10 +89,11 @@ def _free_port() -> int:
 
 
 def _fallback_timing():
-    """For a checkout without :mod:`monitor.dashboard.timing`: time Streamlit's script runs and the
+    """For a checkout without :mod:`monitor.webui.timing`: time Streamlit's script runs and the
     store's queries (per thread) here. Returns ``recent()``."""
-    from monitor.dashboard import store as ds
     from streamlit.runtime.scriptrunner import script_runner
+
+    from monitor.webui import store as ds
 
     local = threading.local()
     runs: list[dict] = []
@@ -136,10 +137,10 @@ def serve(directory: str, port: int, timing_port: int, refresh_s: float, cache: 
                                "dashboard": {"host": "127.0.0.1", "port": port, "refresh_s": refresh_s},
                                "telemetry": {"metrics_port": 0}})
     try:
-        from monitor.dashboard import timing
-        recent, hook = timing.recent, "monitor.dashboard.timing"
+        from monitor.webui import timing
+        recent, hook = timing.recent, "monitor.webui.timing"
         if not cache:
-            from monitor.dashboard import cache as result_cache
+            from monitor.webui import cache as result_cache
             result_cache.disable()
     except ImportError:
         recent, hook = _fallback_timing(), "bench fallback (script runner + ReadOnlyStore.query)"

@@ -2,14 +2,14 @@
 
 Served in-process by ``monitor up`` (sharing its chdb handle) and by ``monitor dashboard
 --clickhouse URL``; ``streamlit run dashboards/app.py`` also works (the store then comes from the
-``MONITOR_*`` settings). Pages only render: queries live in :mod:`monitor.dashboard.queries`, the
-shared sidebar filters in :mod:`monitor.dashboard.ui`. Every run is timed
-(:mod:`monitor.dashboard.timing`).
+``MONITOR_*`` settings). Pages only render: queries live in :mod:`monitor.webui.queries`, the
+shared sidebar filters in :mod:`monitor.webui.ui`. Every run is timed
+(:mod:`monitor.webui.timing`).
 """
 
 import streamlit as st
 
-from monitor.dashboard import timing, ui
+from monitor.webui import timing, ui
 
 with timing.page_run() as run:
     # the icon is a file of the package, served by this server: a page makes no request elsewhere

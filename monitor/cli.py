@@ -270,8 +270,8 @@ def check(ctx, model, window, reference, only, url, data_dir, as_json, verbose):
     While `monitor up` holds the embedded store, this asks it through its admin endpoint."""
     import json as _json
 
-    from monitor.runtime.admin import admin_available, admin_call
     from monitor.checks.report import render
+    from monitor.runtime.admin import admin_available, admin_call
 
     settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
     only_list = [c.strip() for c in only.split(",")] if only else None
@@ -288,7 +288,9 @@ def check(ctx, model, window, reference, only, url, data_dir, as_json, verbose):
             try:
                 report = CheckRunner(store, settings).run(model=model, window=window, reference=reference,
                                                           only=only_list).as_dict()
-                from monitor.runtime.records import record_local  # records governance: audit_log
+                from monitor.runtime.records import (
+                    record_local,  # records governance: audit_log
+                )
                 record_local(store, "run_checks", model or "", {"window": window, "reference": reference,
                                                                 "only": only_list})
             finally:
@@ -317,10 +319,10 @@ def compare(ctx, side_a, side_b, window, no_semantic, url, data_dir, as_json):
     While `monitor up` holds the embedded store, this asks it through its admin endpoint."""
     import json as _json
 
+    from monitor.checks.compare.queries import parse_side
+    from monitor.checks.compare.report import compare as run_compare
+    from monitor.checks.compare.report import render
     from monitor.checks.windows import current_window
-    from monitor.compare.queries import parse_side
-    from monitor.compare.report import compare as run_compare
-    from monitor.compare.report import render
     from monitor.runtime.admin import admin_available, admin_call
 
     settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
@@ -360,8 +362,8 @@ def baseline():
 @click.pass_context
 def baseline_pin(ctx, model, start, end, group, note, url, data_dir):
     """Use [--from, --to) of MODEL as the reference of its checks."""
-    from monitor.runtime.admin import admin_available, admin_call, parse_time
     from monitor.checks.windows import pin_baseline
+    from monitor.runtime.admin import admin_available, admin_call, parse_time
 
     settings = _load(ctx, {"store": _store_overrides(url, data_dir)})
     try:
@@ -374,7 +376,9 @@ def baseline_pin(ctx, model, start, end, group, note, url, data_dir):
             store = open_store(settings)
             try:
                 pin_baseline(store, model, parse_time(start), parse_time(end), group, note)
-                from monitor.runtime.records import record_local  # records governance: audit_log
+                from monitor.runtime.records import (
+                    record_local,  # records governance: audit_log
+                )
                 record_local(store, "pin_baseline", model, {"from": start, "to": end, "group": group, "note": note})
             finally:
                 store.close()
@@ -461,7 +465,9 @@ def alerts_test(ctx, channel, wait_s, url, data_dir):
             store = open_store(settings)
             try:
                 out = AlertService(store, settings).send_test(channel, wait_s)
-                from monitor.runtime.records import record_local  # records governance: audit_log
+                from monitor.runtime.records import (
+                    record_local,  # records governance: audit_log
+                )
                 record_local(store, "test_alert", channel, {"status": out.get("status")})
             finally:
                 store.close()

@@ -21,7 +21,12 @@ from click.testing import CliRunner
 from conftest import free_port, wait_until
 from fake_upstream import FakeUpstream
 
-from monitor.compare.stats import compare_rates, compare_values, mann_whitney, non_inferior
+from monitor.checks.compare.stats import (
+    compare_rates,
+    compare_values,
+    mann_whitney,
+    non_inferior,
+)
 from monitor.runtime.apps import Embedded
 
 MANAGED_KEY = "sk-managed-" + uuid.uuid4().hex
@@ -139,7 +144,7 @@ def test_routes_by_model_replaces_the_managed_key_and_prices_tokens(hybrid, stor
 
 
 def _versions(store):
-    from monitor.compare.queries import versions
+    from monitor.checks.compare.queries import versions
     return versions(store)
 
 
@@ -219,7 +224,7 @@ def test_shadow_pairs_are_linked_counted_and_leave_a_latency_alone(hybrid, store
           f"{statistics.median(plain) * 1000:.1f} ms = {ratio:.3f}")
     assert 0.8 < ratio < 1.25
     # compare A and B on the pairs
-    from monitor.compare.queries import Side, pairs
+    from monitor.checks.compare.queries import Side, pairs
     now = datetime.now(timezone.utc)
     n, rows = pairs(store, Side("llama"), Side("llama-v2"), now - timedelta(hours=1), now)
     assert n == 40 and all(r["completion_a"] == "Hello, world!" and r["completion_b"] == "Hi there!" for r in rows)
@@ -362,7 +367,7 @@ def test_compare_page_shows_the_difference_and_the_shadow_pairs(settings, store)
 
     from streamlit.testing.v1 import AppTest
 
-    from monitor.dashboard.store import register, unregister
+    from monitor.webui.store import register, unregister
 
     start = datetime.now(timezone.utc) - timedelta(minutes=20)
     _insert(store, "llama", "v1", 120, 800.0, 0.02, 1, start)

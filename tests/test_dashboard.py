@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.dashboard.filters import AUTO, Filters, bucket_seconds, fitting_range
-from monitor.dashboard.store import ReadOnlyError, ReadOnlyStore, register, unregister
+from monitor.webui.filters import AUTO, Filters, bucket_seconds, fitting_range
+from monitor.webui.store import ReadOnlyError, ReadOnlyStore, register, unregister
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "dashboards" / "app.py"
@@ -275,7 +275,7 @@ def test_alerts_page_firing_history_and_deliveries(seeded):
 def test_counts_come_from_sql_not_from_capped_lists(store):
     """More rows than any list shows (alerts history and delivery log: 500, requests: 200): every
     count and total on the pages is the store's, and each capped list says how many it left out."""
-    from monitor.dashboard.queries.alerts import HISTORY_ROWS
+    from monitor.webui.queries.alerts import HISTORY_ROWS
 
     now = datetime.now(timezone.utc)
     for ddl in ALERT_DDL:
@@ -352,7 +352,7 @@ def test_read_only_guard_refuses_writes_and_multiple_statements(store):
 
 
 def test_text_search_is_a_parameter_not_sql(seeded):
-    from monitor.dashboard.queries import requests as q
+    from monitor.webui.queries import requests as q
 
     now = seeded["now"]
     f = Filters(start=now - timedelta(hours=2), end=now + timedelta(seconds=1),
@@ -394,7 +394,7 @@ def test_bucket_gives_a_bounded_number_of_points():
 def test_the_app_is_found_from_a_checkout_and_shipped_in_the_wheel():
     import tomllib
 
-    from monitor.dashboard.server import app_path
+    from monitor.webui.server import app_path
 
     assert app_path() == APP
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -421,7 +421,7 @@ def test_a_held_chdb_directory_says_what_to_do(tmp_path):
 
 
 def test_search_pattern_takes_like_wildcards_literally():
-    from monitor.dashboard.queries._sql import like_pattern
+    from monitor.webui.queries._sql import like_pattern
 
     assert like_pattern("50%") == "%50\\%%"
     assert like_pattern("snake_case") == "%snake\\_case%"
@@ -464,7 +464,7 @@ def _search_store(store, now: datetime) -> None:
     ("  Loud  ", {"LOUD PROMPT"}),  # the term is stripped, as the search box's value is
 ])
 def test_text_search_is_a_literal_case_insensitive_substring(store, term, expected):
-    from monitor.dashboard.queries import requests as q
+    from monitor.webui.queries import requests as q
 
     now = datetime.now(timezone.utc)
     _search_store(store, now)
@@ -474,7 +474,7 @@ def test_text_search_is_a_literal_case_insensitive_substring(store, term, expect
 
 
 def test_text_search_gives_the_same_rows_with_and_without_its_index(store):
-    from monitor.dashboard.queries._sql import EVENTS, events_where
+    from monitor.webui.queries._sql import EVENTS, events_where
 
     now = datetime.now(timezone.utc)
     _search_store(store, now)
@@ -510,7 +510,7 @@ def test_text_search_gives_the_same_rows_with_and_without_its_index(store):
 
 
 def test_request_detail_near_its_listed_time_is_the_same_row(seeded):
-    from monitor.dashboard.queries import requests as q
+    from monitor.webui.queries import requests as q
 
     now = seeded["now"]
     rows, _, _, _ = q.listing(seeded["store"], Filters(start=now - timedelta(hours=2), end=now + timedelta(seconds=1)))
@@ -524,7 +524,7 @@ def test_request_detail_near_its_listed_time_is_the_same_row(seeded):
 
 def test_text_search_stops_at_its_time_budget_and_says_how_far_it_got(store):
     """The Requests page bounds a search's time: it says which part it read; the button reads the rest."""
-    from monitor.dashboard.queries import requests as q
+    from monitor.webui.queries import requests as q
 
     now = datetime.now(timezone.utc)
     old = now - timedelta(hours=30)
@@ -653,6 +653,6 @@ def test_chart_labels_from_stored_text_are_escaped_for_plotly(evil):
     assert trace["customdata"] == [[SHOWN, SHOWN, f"e{0:015x}"]]                   # kind, status in the hover
     assert trace["hovertemplate"].startswith(f"service={SHOWN}<br>")
 
-    from monitor.dashboard.ui import chart_text
+    from monitor.webui.ui import chart_text
 
     assert chart_text(EVIL) == SHOWN and chart_text(ENTITY) == ENTITY_SHOWN and chart_text(None) == ""

@@ -193,7 +193,7 @@ def test_no_page_makes_a_request_elsewhere_and_the_icon_is_served_locally(dashbo
         assert urlsplit(icon).netloc == urlsplit(dashboard["url"]).netloc, icon
         body = page.request.get(icon)
         assert body.status == 200 and body.headers["content-type"] == "image/png"
-        from monitor.dashboard.ui import FAVICON
+        from monitor.webui.ui import FAVICON
 
         assert body.body() == FAVICON.read_bytes()
         # the range is kept in the URL: a reload opens the same range

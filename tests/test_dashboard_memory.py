@@ -41,7 +41,7 @@ def test_a_page_run_a_thousand_times_keeps_memory_and_clients_flat(tmp_path):
     Measured in a process of its own (:func:`_page_runs`) with its own chdb directory: a pytest
     worker's RSS also moves with whatever its earlier tests left running (their databases' merges in
     the worker's shared chdb directory, their threads). What was found growing: nothing per run. The
-    Python heap (tracemalloc) grows only by the bounded run log of :mod:`monitor.dashboard.timing`;
+    Python heap (tracemalloc) grows only by the bounded run log of :mod:`monitor.webui.timing`;
     the store's calls from new threads are flat (0 MB over 1,000 runs); the rest is a one-off step
     of the native allocators over the first ~250 runs (+6 MB), then flat within a few MB up to
     3,000 runs. The warm-up covers that step."""
@@ -65,10 +65,10 @@ def _page_runs(directory: str, warm_up: int, runs: int) -> str:
     from test_dashboard import EVENT_COLUMNS, _events, _seed_alerts
 
     from monitor.config import load
-    from monitor.dashboard import cache
-    from monitor.dashboard.store import register
     from monitor.store.client import Store
     from monitor.store.migrate import migrate
+    from monitor.webui import cache
+    from monitor.webui.store import register
 
     settings = load(overrides={"store": {"url": f"chdb://{directory}", "database": "memory"}})
     store = Store(settings.store)

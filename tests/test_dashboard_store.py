@@ -126,7 +126,7 @@ class _Result:
 
 
 def test_cache_reuses_a_result_within_its_ttl_and_stays_bounded():
-    from monitor.dashboard.cache import ResultCache
+    from monitor.webui.cache import ResultCache
 
     c = ResultCache(max_entries=3, max_bytes=10_000, max_entry_bytes=2_000)
     calls = []
@@ -149,7 +149,7 @@ def test_cache_reuses_a_result_within_its_ttl_and_stays_bounded():
 
 
 def test_cache_runs_a_query_once_for_concurrent_askers():
-    from monitor.dashboard.cache import ResultCache
+    from monitor.webui.cache import ResultCache
 
     c = ResultCache()
     runs = []
@@ -169,10 +169,10 @@ def test_cache_runs_a_query_once_for_concurrent_askers():
 
 
 def test_page_range_is_quantised_so_reruns_within_the_bucket_hit_the_cache(store):
-    from monitor.dashboard import timing
-    from monitor.dashboard.filters import fresh_seconds, preset
-    from monitor.dashboard.queries import overview
-    from monitor.dashboard.store import ReadOnlyStore
+    from monitor.webui import timing
+    from monitor.webui.filters import fresh_seconds, preset
+    from monitor.webui.queries import overview
+    from monitor.webui.store import ReadOnlyStore
 
     t0 = datetime(2026, 3, 1, 12, 0, 0, 500000, tzinfo=timezone.utc)
     f1, f2 = preset("Last 24 hours", t0), preset("Last 24 hours", t0 + timedelta(seconds=50))

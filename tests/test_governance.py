@@ -496,10 +496,10 @@ def test_commands_go_through_the_admin_endpoint_of_a_running_monitor(settings, s
 
 
 def test_dashboard_search_and_open_request_are_audited_once_per_session(store, settings):
-    from monitor.dashboard import audit
-    from monitor.dashboard.filters import preset
-    from monitor.dashboard.queries import requests
-    from monitor.dashboard.store import ReadOnlyStore
+    from monitor.webui import audit
+    from monitor.webui.filters import preset
+    from monitor.webui.queries import requests
+    from monitor.webui.store import ReadOnlyStore
 
     populate(store)
     ro = ReadOnlyStore(store)
@@ -547,8 +547,8 @@ def test_audit_page_shows_who_did_what(store):
 
     from streamlit.testing.v1 import AppTest
 
-    from monitor.dashboard.store import register, unregister
     from monitor.governance.audit import AuditLog
+    from monitor.webui.store import register, unregister
 
     log = AuditLog(store)
     log.record("ana@example.org", "search", "lorem", {"rows": 12}, origin="dashboard", address="10.0.0.5")

@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
 
 BEHIND_AN_EXTRA = {
-    "monitor.dashboard.queries": "dashboards",
-    "monitor.dashboard.ui": "dashboards",
+    "monitor.webui.queries": "dashboards",
+    "monitor.webui.ui": "dashboards",
     "monitor.demo": "demo",
 }
 """Packages and modules that need an extra at import time (their submodules too)."""
@@ -68,7 +68,7 @@ def test_core_modules_import_nothing_from_an_extra():
             # a module behind an extra says which install line to run, never a bare ModuleNotFoundError
             assert result.startswith("MissingExtra: "), (name, result)
             assert f"pip install 'llm-monitor[{extra}]'" in result, (name, result)
-    for top in ("monitor.dashboard.queries", "monitor.demo"):
+    for top in ("monitor.webui.queries", "monitor.demo"):
         assert results[top].startswith("MissingExtra"), results[top]
 
 

@@ -3,9 +3,9 @@
 A module may import from its own layer or a lower one (see README "Architecture"):
 
     7  runtime, cli            process wiring, the admin endpoint, the commands
-    6  dashboard, demo         pages over the store; the reference model server and traffic
+    6  webui, demo             pages over the store; the reference model server and traffic
     5  alerts                  rules over check results, channels, the outbox
-    4  checks, compare,        drift, quality, SLO and canary checks over the store; model comparisons;
+    4  checks,                 drift, quality, SLO and canary checks over the store; model comparisons;
        governance              the audit log, erasure of one person's rows
     3  sidecar, receiver,      the sources (capture proxy, scraper, NVML, OTLP receiver)
        ingest                  and the stage that stores what they produced
@@ -30,9 +30,9 @@ LAYERS = {
     **dict.fromkeys(["otlp", "quality", "redaction"], 1),
     **dict.fromkeys(["store", "transport"], 2),
     **dict.fromkeys(["sidecar", "receiver", "ingest"], 3),
-    **dict.fromkeys(["checks", "compare", "governance"], 4),
+    **dict.fromkeys(["checks", "governance"], 4),
     "alerts": 5,
-    **dict.fromkeys(["dashboard", "demo"], 6),
+    **dict.fromkeys(["webui", "demo"], 6),
     **dict.fromkeys(["runtime", "cli", "__main__"], 7),
 }
 

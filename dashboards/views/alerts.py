@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from monitor.dashboard import ui
-from monitor.dashboard.queries import alerts as q
+from monitor.webui import ui
+from monitor.webui.queries import alerts as q
 
 st.header("Alerts")
 store = ui.store()

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from monitor.dashboard import ui
-from monitor.dashboard.filters import bucket_seconds
-from monitor.dashboard.queries import audit as q
+from monitor.webui import ui
+from monitor.webui.filters import bucket_seconds
+from monitor.webui.queries import audit as q
 
 st.header("Audit")
 store = ui.store()

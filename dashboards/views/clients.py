@@ -5,8 +5,8 @@ import json
 
 import streamlit as st
 
-from monitor.dashboard import ui
-from monitor.dashboard.queries import clients as q
+from monitor.webui import ui
+from monitor.webui.queries import clients as q
 
 st.header("Clients")
 store = ui.store()

@@ -5,8 +5,8 @@ the monitor has seen, new ones marked."""
 import pandas as pd
 import streamlit as st
 
-from monitor.dashboard import ui
-from monitor.dashboard.queries import compare as q
+from monitor.webui import ui
+from monitor.webui.queries import compare as q
 
 st.header("Compare")
 store = ui.store()

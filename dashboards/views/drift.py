@@ -3,8 +3,8 @@ drift with the clusters that grew or shrank and example prompts."""
 
 import streamlit as st
 
-from monitor.dashboard import ui
-from monitor.dashboard.queries import drift as q
+from monitor.webui import ui
+from monitor.webui.queries import drift as q
 
 st.header("Drift")
 store = ui.store()

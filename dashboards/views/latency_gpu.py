@@ -3,8 +3,8 @@ memory and power, KV-cache usage and queue depth from the scraped server metrics
 
 import streamlit as st
 
-from monitor.dashboard import ui
-from monitor.dashboard.queries import latency as q
+from monitor.webui import ui
+from monitor.webui.queries import latency as q
 
 st.header("Latency & GPU")
 store = ui.store()

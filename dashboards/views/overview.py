@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from monitor.dashboard import ui
-from monitor.dashboard.queries import overview as q
+from monitor.webui import ui
+from monitor.webui.queries import overview as q
 
 st.header("Overview")
 store = ui.store()

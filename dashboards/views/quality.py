@@ -3,8 +3,8 @@ over time, per model, with examples."""
 
 import streamlit as st
 
-from monitor.dashboard import ui
-from monitor.dashboard.queries import quality as q
+from monitor.webui import ui
+from monitor.webui.queries import quality as q
 
 st.header("Quality")
 store = ui.store()

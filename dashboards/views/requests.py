@@ -4,8 +4,8 @@ import json
 
 import streamlit as st
 
-from monitor.dashboard import ui
-from monitor.dashboard.queries import requests as q
+from monitor.webui import ui
+from monitor.webui.queries import requests as q
 
 SEARCH_BUDGET_S = 1.0
 

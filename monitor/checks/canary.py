@@ -3,7 +3,7 @@ the incumbent, on the same window, by more than the margins of ``checks.canary``
 
 Both sides are read over the check's *current* window (they served the same period, and with shadow
 traffic the same prompts); the reference window is not used. Each configured margin is one result
-(``metric``), judged by :func:`monitor.compare.stats.non_inferior` from a confidence interval at
+(``metric``), judged by :func:`monitor.checks.compare.stats.non_inferior` from a confidence interval at
 level 1 - 2 alpha (a one-sided test at ``alpha`` each way):
 
 - ``latency_p95`` / ``ttft_p95``: bootstrap CI of p95(candidate) / p95(incumbent) - 1 against
@@ -24,8 +24,14 @@ from __future__ import annotations
 from typing import Any
 
 from monitor.checks.base import CheckContext, Result, worst
-from monitor.compare import queries as q
-from monitor.compare.stats import Verdict, bootstrap_diff, compare_means, compare_rates, non_inferior
+from monitor.checks.compare import queries as q
+from monitor.checks.compare.stats import (
+    Verdict,
+    bootstrap_diff,
+    compare_means,
+    compare_rates,
+    non_inferior,
+)
 
 __all__ = ["CanaryCheck"]
 

@@ -39,8 +39,15 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from monitor.auth import (bearer_ok, host_names_bind, new_token, query_has_credential, read_token_file,
-                          secret_value, write_token_file)
+from monitor.auth import (
+    bearer_ok,
+    host_names_bind,
+    new_token,
+    query_has_credential,
+    read_token_file,
+    secret_value,
+    write_token_file,
+)
 from monitor.errors import ConfigError, MonitorError, RetryableError
 from monitor.runtime import records
 from monitor.runtime.admin_body import BOOL as _BOOL_FIELD
@@ -190,9 +197,9 @@ class AdminServer:
 
     async def _compare(self, request: web.Request) -> web.Response:
         """``monitor compare`` while ``monitor up`` holds the store: ``{"a", "b", "window", "semantic"}``."""
+        from monitor.checks.compare.queries import parse_side
+        from monitor.checks.compare.report import compare
         from monitor.checks.windows import current_window
-        from monitor.compare.queries import parse_side
-        from monitor.compare.report import compare
 
         body = await _read_object(request, {"a": _STR, "b": _STR, "window": _STR, "semantic": _BOOL_FIELD},
                                   required=("a", "b"))

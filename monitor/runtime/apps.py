@@ -282,7 +282,7 @@ class DashboardApp(App):
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        from monitor.dashboard.server import DashboardServer
+        from monitor.webui.server import DashboardServer
 
         self.store = open_store(settings, readonly=True)
         d = settings.dashboard

@@ -153,8 +153,8 @@ class Demo:
 
     def _compare_line(self) -> str:
         """One line: v1 against v2 on the demo's traffic so far (no embeddings: quick)."""
-        from monitor.compare.queries import Side
-        from monitor.compare.report import compare
+        from monitor.checks.compare.queries import Side
+        from monitor.checks.compare.report import compare
 
         assert self.embedded is not None and self.traffic is not None
         end = datetime.now(tz=self.baseline[0].tzinfo) if self.baseline else None

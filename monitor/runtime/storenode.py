@@ -39,8 +39,8 @@ def extra_or_say(extra: str, what: str) -> bool:
 
 class StoreNode:
     def __init__(self, settings: Settings, metrics: SelfMetrics, store: Store):
-        from monitor.runtime.admin import AdminServer, server_token
         from monitor.checks.runner import CheckRunner, CheckScheduler
+        from monitor.runtime.admin import AdminServer, server_token
 
         s = settings
         self.settings = settings
@@ -65,7 +65,7 @@ class StoreNode:
         self.dashboard = None
         if s.dashboard.enabled and extra_or_say("dashboards", "the dashboards"):
             # Streamlit in a thread of this process, over this store (one chdb handle)
-            from monitor.dashboard.server import DashboardServer
+            from monitor.webui.server import DashboardServer
             self.dashboard = DashboardServer(s.dashboard.host, s.dashboard.port, store, s.dashboard.refresh_s,
                                              token=secret_value(s.dashboard.auth_token), metrics=metrics)
         self._loop = asyncio.new_event_loop()

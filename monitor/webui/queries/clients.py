@@ -10,8 +10,8 @@ from __future__ import annotations
 import pandas as pd
 
 from monitor.checks.clients import ANONYMOUS, USAGE_SELECT
-from monitor.dashboard.filters import Filters
-from monitor.dashboard.queries._sql import EVENTS, TS, bucket, events_where, frame
+from monitor.webui.filters import Filters
+from monitor.webui.queries._sql import EVENTS, TS, bucket, events_where, frame
 
 __all__ = ["usage", "over_time", "verdicts", "ROWS"]
 

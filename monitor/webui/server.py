@@ -4,13 +4,13 @@
 then drains and flushes everything accepted, as before), so Streamlit's server runs on an event
 loop of its own in a daemon thread. This is what ``streamlit.web.bootstrap.run`` does, minus
 what only a process of its own may do: installing signal handlers, rewriting ``sys.argv``,
-watching files. The pages read the process's store (:func:`monitor.dashboard.store.register`),
+watching files. The pages read the process's store (:func:`monitor.webui.store.register`),
 so inside ``monitor up`` they share the one chdb handle.
 
 ``monitor dashboard`` (:class:`monitor.runtime.apps.DashboardApp`) runs the same server over a
 read-only store of its own.
 
-Every request reaches Streamlit through :class:`monitor.dashboard.gate.Gate` (the token or login,
+Every request reaches Streamlit through :class:`monitor.webui.gate.Gate` (the token or login,
 the Host check): the server refuses to start when it cannot put the gate in front.
 """
 
@@ -24,11 +24,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from monitor.dashboard.store import register, unregister
+from monitor.webui.store import register, unregister
 
 __all__ = ["DashboardServer", "app_path"]
 
-log = logging.getLogger("monitor.dashboard")
+log = logging.getLogger("monitor.webui")
 
 
 def app_path() -> Path:
@@ -69,7 +69,7 @@ class DashboardServer:
         from streamlit import config as st_config
 
         register(self.store, refresh_s=self.refresh_s)
-        from monitor.dashboard import audit
+        from monitor.webui import audit
         audit.register(self.audit_store or self.store, token=bool(self.token))
         for key, value in {
             "server.headless": True, "server.address": self.host, "server.port": self.port,
@@ -133,7 +133,7 @@ class DashboardServer:
         except (ImportError, AttributeError):
             raise OSError("this Streamlit version serves its pages in a way the monitor cannot put its "
                           "access check in front of (it needs Streamlit's Starlette server: upgrade streamlit)") from None
-        from monitor.dashboard.gate import Gate
+        from monitor.webui.gate import Gate
 
         made: list[Gate] = []
 
@@ -160,5 +160,5 @@ class DashboardServer:
                 log.warning("the dashboard did not stop within %.0f s; leaving its daemon thread", timeout)
         self._server = None
         unregister()
-        from monitor.dashboard import audit
+        from monitor.webui import audit
         audit.unregister()

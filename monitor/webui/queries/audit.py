@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from monitor.dashboard.filters import Filters
-from monitor.dashboard.queries._sql import TS, bucket, frame
+from monitor.webui.filters import Filters
+from monitor.webui.queries._sql import TS, bucket, frame
 
 __all__ = ["TABLE", "LIST_ROWS", "available", "choices", "summary", "over_time", "entries"]
 

@@ -1,6 +1,6 @@
 """Compare: two models, versions, adapters or endpoints on the selected range, and the versions seen.
 
-The SQL is :mod:`monitor.compare.queries` (the one query module of comparisons, shared with
+The SQL is :mod:`monitor.checks.compare.queries` (the one query module of comparisons, shared with
 ``monitor compare`` and the ``canary`` check); this module shapes its answers for the page.
 """
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import pandas as pd
 
-from monitor.compare import queries as cq
-from monitor.compare.report import compare
-from monitor.dashboard.filters import Filters
+from monitor.checks.compare import queries as cq
+from monitor.checks.compare.report import compare
+from monitor.webui.filters import Filters
 
 __all__ = ["sides", "versions", "comparison", "label_of"]
 
@@ -46,6 +46,6 @@ def versions(store: Any, f: Filters) -> pd.DataFrame:
 
 def comparison(store: Any, f: Filters, a: str, b: str, semantic: bool = False,
                semantic_settings: Any = None) -> dict[str, Any]:
-    """:func:`monitor.compare.report.compare` of ``a`` and ``b`` over the range."""
+    """:func:`monitor.checks.compare.report.compare` of ``a`` and ``b`` over the range."""
     return compare(store, cq.parse_side(a), cq.parse_side(b), f.start, f.end, semantic=semantic,
                    semantic_settings=semantic_settings, embed_cache=False)

@@ -1,7 +1,7 @@
 """One comparison of two sides on one window: what ``monitor compare`` prints and the Compare page shows.
 
-:func:`compare` runs the queries of :mod:`~monitor.compare.queries` and the tests of
-:mod:`~monitor.compare.stats` and returns a JSON-ready dict:
+:func:`compare` runs the queries of :mod:`~monitor.checks.compare.queries` and the tests of
+:mod:`~monitor.checks.compare.stats` and returns a JSON-ready dict:
 
 - ``sides``: requests (and shadow requests among them), tokens, endpoints of A and B;
 - ``distributions``: latency, TTFT, tokens per second, output tokens and characters: medians and
@@ -24,12 +24,12 @@ import math
 from datetime import datetime
 from typing import Any
 
-from monitor.compare import queries as q
-from monitor.compare.stats import compare_means, compare_rates, compare_values
+from monitor.checks.compare import queries as q
+from monitor.checks.compare.stats import compare_means, compare_rates, compare_values
 
 __all__ = ["DISTRIBUTIONS", "compare", "render"]
 
-log = logging.getLogger("monitor.compare")
+log = logging.getLogger("monitor.checks.compare")
 
 DISTRIBUTIONS = ("latency_ms", "ttft_ms", "tokens_per_s", "output_tokens", "output_chars")
 _SEMANTIC_SAMPLE = 200

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from monitor.dashboard.filters import Filters
-from monitor.dashboard.queries._sql import EVENTS, TS, bucket, events_where, frame
+from monitor.webui.filters import Filters
+from monitor.webui.queries._sql import EVENTS, TS, bucket, events_where, frame
 
 __all__ = ["timings", "breakdown", "breakdown_series", "gauges", "all_gauges", "cost", "GPU_METRICS", "SERVER_METRICS",
            "TIMINGS"]

@@ -6,8 +6,14 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
-from monitor.dashboard.filters import Filters
-from monitor.dashboard.queries._sql import EVENTS, bucket, bucket_seconds_in_range, events_where, frame
+from monitor.webui.filters import Filters
+from monitor.webui.queries._sql import (
+    EVENTS,
+    bucket,
+    bucket_seconds_in_range,
+    events_where,
+    frame,
+)
 
 __all__ = ["has_events", "first_event", "models", "traffic", "summary", "timeseries", "QUANTILES"]
 

@@ -1,10 +1,10 @@
 """How long each page run took on the server, and how much of it was the store's queries.
 
-``dashboards/app.py`` wraps every script run (and :func:`monitor.dashboard.ui.fragment` every
-partial rerun) in :func:`page_run`; :class:`~monitor.dashboard.store.ReadOnlyStore` reports each
+``dashboards/app.py`` wraps every script run (and :func:`monitor.webui.ui.fragment` every
+partial rerun) in :func:`page_run`; :class:`~monitor.webui.store.ReadOnlyStore` reports each
 query to the run of its thread (:func:`note_query`). The last :data:`KEEP` runs are kept for
 :func:`recent` (bench/dashboard_browser.py reads them to split a page load into JavaScript,
-script and rendering) and each run is logged at DEBUG on ``monitor.dashboard``.
+script and rendering) and each run is logged at DEBUG on ``monitor.webui``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Iterator
 
 __all__ = ["Run", "page_run", "note_query", "recent", "KEEP"]
 
-log = logging.getLogger("monitor.dashboard")
+log = logging.getLogger("monitor.webui")
 
 KEEP = 500
 _runs: deque["Run"] = deque(maxlen=KEEP)

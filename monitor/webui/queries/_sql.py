@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from monitor.dashboard.filters import Filters
+from monitor.webui.filters import Filters
 
 EVENTS = "inference_events"
 TS = "DateTime64(9, 'UTC')"

@@ -16,9 +16,9 @@ What is enforced (see README "Dashboards"):
   read-only query would make the ingest writer's next insert fail. In-process the guard above is
   the enforcement.
 
-Every query's result is kept in the process's :class:`~monitor.dashboard.cache.ResultCache` for as
-long as its time range's bucket (:func:`monitor.dashboard.filters.fresh_seconds`), and reported to
-the page run's timing (:mod:`monitor.dashboard.timing`).
+Every query's result is kept in the process's :class:`~monitor.webui.cache.ResultCache` for as
+long as its time range's bucket (:func:`monitor.webui.filters.fresh_seconds`), and reported to
+the page run's timing (:mod:`monitor.webui.timing`).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ import time
 from datetime import datetime
 from typing import Any
 
-from monitor.dashboard import cache as _cache
-from monitor.dashboard import timing
+from monitor.webui import cache as _cache
+from monitor.webui import timing
 
 __all__ = ["ReadOnlyStore", "ReadOnlyError", "register", "unregister", "get_store", "options", "ttl_of"]
 
-log = logging.getLogger("monitor.dashboard")
+log = logging.getLogger("monitor.webui")
 
 _lock = threading.Lock()
 _registered: "ReadOnlyStore | None" = None
@@ -131,8 +131,8 @@ class ReadOnlyStore:
 
 def ttl_of(parameters: dict | None) -> float:
     """How long a result may be reused: the freshness bucket of its ``start``..``end`` range
-    (:func:`~monitor.dashboard.filters.fresh_seconds`), else :data:`_DEFAULT_TTL_S`."""
-    from monitor.dashboard.filters import fresh_seconds
+    (:func:`~monitor.webui.filters.fresh_seconds`), else :data:`_DEFAULT_TTL_S`."""
+    from monitor.webui.filters import fresh_seconds
 
     p = parameters or {}
     start, end = p.get("start"), p.get("end")

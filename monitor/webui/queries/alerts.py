@@ -11,8 +11,8 @@ from typing import Any
 import pandas as pd
 
 from monitor.alerts.history import latest_sql
-from monitor.dashboard.filters import Filters
-from monitor.dashboard.queries._sql import TS, frame
+from monitor.webui.filters import Filters
+from monitor.webui.queries._sql import TS, frame
 
 __all__ = ["TABLES", "HISTORY_ROWS", "available", "firing", "counts", "history", "deliveries", "delivery_summary",
            "outbox"]

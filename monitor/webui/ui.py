@@ -12,7 +12,8 @@ labels, so every text column of a chart's data and its titles go through :func:`
 
 from __future__ import annotations
 
-from datetime import datetime, time as dtime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
+from datetime import time as dtime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,9 +24,17 @@ require("dashboards", "the dashboard app")
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from monitor.dashboard import timing
-from monitor.dashboard.filters import AUTO, RANGE_KEYS, RANGES, Filters, fitting_range, fresh_seconds, preset
-from monitor.dashboard.store import get_store, options
+from monitor.webui import timing
+from monitor.webui.filters import (
+    AUTO,
+    RANGE_KEYS,
+    RANGES,
+    Filters,
+    fitting_range,
+    fresh_seconds,
+    preset,
+)
+from monitor.webui.store import get_store, options
 
 __all__ = ["store", "sidebar", "filters", "require_events", "fragment", "plain", "table", "line_chart", "bar_chart",
            "chart_text", "chart_frame", "fmt_ms", "fmt_rate", "fmt_pct", "fmt_num", "md_escape", "CUSTOM",
@@ -60,7 +69,7 @@ See the README's *Quick start*.
 
 
 def store():
-    """The read-only store (see :mod:`monitor.dashboard.store`)."""
+    """The read-only store (see :mod:`monitor.webui.store`)."""
     return get_store()
 
 
@@ -71,7 +80,7 @@ def sidebar() -> None:
     """The filters every page shares, in the sidebar (rendered by ``dashboards/app.py`` on every
     page, so a choice survives switching pages). The range is also kept in the URL (``?range=7d``),
     so a reload or a shared link opens the same range."""
-    from monitor.dashboard.queries import overview
+    from monitor.webui.queries import overview
 
     sb = st.sidebar
     sb.title("llm-monitor")
@@ -127,11 +136,11 @@ def _build(sel: dict[str, Any]) -> Filters:
 
 
 def _auto_range() -> str:
-    """:func:`~monitor.dashboard.filters.fitting_range` of the oldest event, looked up at most once a
+    """:func:`~monitor.webui.filters.fitting_range` of the oldest event, looked up at most once a
     minute per session (it only changes when the first data arrives or retention drops old days)."""
     import time
 
-    from monitor.dashboard.queries import overview
+    from monitor.webui.queries import overview
 
     cached = st.session_state.get("_first_event")
     if cached is None or time.monotonic() - cached[0] > _FIRST_EVENT_TTL_S:
@@ -177,7 +186,7 @@ def freshness(f: Filters) -> str:
 
 def require_events(s) -> None:
     """Stop the page with instructions when nothing was ever recorded."""
-    from monitor.dashboard.queries import overview
+    from monitor.webui.queries import overview
 
     if not overview.has_events(s):
         st.info(NO_DATA_HELP, icon=":material/info:")

@@ -1,7 +1,7 @@
 """The dashboards' query result cache: a bounded LRU shared by every session of the process.
 
 Keyed by (SQL, parameters, hints). The pages' time ranges are quantised
-(:func:`monitor.dashboard.filters.fresh_seconds`: a preset range ends at the next multiple of 10 s,
+(:func:`monitor.webui.filters.fresh_seconds`: a preset range ends at the next multiple of 10 s,
 1 or 5 minutes), so every rerun within that bucket asks the same question and is answered here
 for free: a widget change, a page switch, another tab, the Overview's auto-refresh. An entry
 lives at most its ``ttl_s`` (the same bucket length), so nothing is shown staler than the bucket.

@@ -10,9 +10,9 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from monitor.dashboard import audit as _audit
-from monitor.dashboard.filters import Filters
-from monitor.dashboard.queries._sql import EVENTS, TS, events_where, frame, utc
+from monitor.webui import audit as _audit
+from monitor.webui.filters import Filters
+from monitor.webui.queries._sql import EVENTS, TS, events_where, frame, utc
 
 __all__ = ["Listing", "requests", "count", "listing", "detail", "spans"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from monitor.dashboard import audit as _audit
-from monitor.dashboard.filters import Filters
-from monitor.dashboard.queries._sql import EVENTS, bucket, events_where, frame
+from monitor.webui import audit as _audit
+from monitor.webui.filters import Filters
+from monitor.webui.queries._sql import EVENTS, bucket, events_where, frame
 
 __all__ = ["SIGNALS", "all_rates", "rates", "rates_over_time", "examples"]
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from monitor.dashboard.filters import Filters
-from monitor.dashboard.queries._sql import TS, bucket, frame, nan_to_none
+from monitor.webui.filters import Filters
+from monitor.webui.queries._sql import TS, bucket, frame, nan_to_none
 
 __all__ = ["latest_results", "scores_over_time", "distribution", "semantic"]
 

@@ -5,7 +5,7 @@ most about :data:`MAX_POINTS` points whatever range is picked.
 
 A preset range ends at the next multiple of :func:`fresh_seconds` (10 s up to an hour, 1 minute up
 to a day, 5 minutes beyond), not at the current second: every rerun within that bucket asks the
-store the same question, which :mod:`monitor.dashboard.cache` answers once. What a page shows is at
+store the same question, which :mod:`monitor.webui.cache` answers once. What a page shows is at
 most that old.
 """
 
