@@ -287,6 +287,17 @@ class StoreSettings(_Section):
     deploy/clickhouse/cluster/ (ON CLUSTER DDL); the monitor then only checks that they exist."""
     connect_timeout_s: float = 10.0
     insert_timeout_s: float = 60.0
+    embedded_cache_mb: int = Field(64, ge=1)
+    """chdb only: the size of each of the engine's caches that grow with the data read (marks,
+    primary index, skip-index marks, query conditions). ClickHouse sizes them for a server (5 GiB
+    each), so in a long-running embedded store they grow with every new part a page or check
+    reads; this keeps the store process's memory flat. A ClickHouse server keeps its own settings."""
+
+    def chdb_options(self) -> dict[str, int]:
+        """The engine options a ``chdb://`` store opens with (its caches bounded)."""
+        size = self.embedded_cache_mb * 1024 * 1024
+        return {"mark_cache_size": size, "primary_index_cache_size": size, "index_mark_cache_size": size,
+                "query_condition_cache_size": size}
 
     @field_validator("url")
     @classmethod

@@ -148,6 +148,8 @@ def test_monitor_up_store_process_memory_stays_flat_under_page_views_and_ingest(
         # the floor of the first and of the last 30 views: a background merge of the ingested parts
         # lifts RSS for a moment (tens of MB) and gives it back; growth is the floor rising
         before, after = min(seen[:30]), min(seen[-30:])
+        print(f"\n[monitor up memory] store RSS floor {before:.0f} -> {after:.0f} MB over 240 views "
+              f"({len(sent)} OTLP posts); peak {max(seen):.0f} MB")
         assert len(sent) > 20 and set(sent) == {200}, sent[-5:]
         # Not the 20 MB of a page alone: with ingest beside the views the store's floor still rises
         # 40-60 MB over 240 views here (page views alone level off at +10 MB, ingest alone has no trend;

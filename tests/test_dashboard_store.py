@@ -80,6 +80,18 @@ def test_a_closed_store_refuses_calls_and_closes_a_client_in_use_when_its_call_e
     s.close()
 
 
+def test_the_embedded_engine_opens_with_its_caches_bounded(store):
+    """ClickHouse sizes its data caches for a server (5 GiB each); the embedded store caps them
+    (store.embedded_cache_mb) so a long-running `monitor up` does not grow with every part it reads."""
+    want = StoreSettings().chdb_options()
+    assert set(want) == {"mark_cache_size", "primary_index_cache_size", "index_mark_cache_size",
+                         "query_condition_cache_size"} and set(want.values()) == {64 * 1024 * 1024}
+    got = dict(store.query_rows("SELECT name, value FROM system.server_settings WHERE name IN "
+                                "('mark_cache_size', 'primary_index_cache_size', 'index_mark_cache_size', "
+                                "'query_condition_cache_size')"))
+    assert {k: int(v) for k, v in got.items()} == want
+
+
 def test_chdb_url_database_parameter_is_used(chdb_dir):
     from monitor.store.client import Store, database_name
 

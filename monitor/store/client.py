@@ -113,7 +113,7 @@ class Store:
                 path = s.chdb_path()
                 path.mkdir(parents=True, exist_ok=True)
                 with _chdb_lock:
-                    c = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+                    c = clickhouse_connect.get_client(dsn=f"chdb://{path}", chdb_options=s.chdb_options())
                 if not self.readonly:
                     c.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
                 c.database = self.database
