@@ -68,10 +68,16 @@ def _events(store, where: str = "1") -> list[dict]:
     return list(store.query(f"SELECT * FROM inference_events WHERE {where} ORDER BY timestamp").named_results())
 
 
-@pytest.fixture
-def hybrid(settings, monkeypatch):
+@pytest.fixture(params=["python", "native"])
+def hybrid(request, settings, monkeypatch):
     """monitor up (in-process) with three upstreams: the default (self-hosted ``llama``), ``llama-v2``
-    on another self-hosted server labelled v2, and ``gpt-4o-mini*`` on a managed endpoint."""
+    on another self-hosted server labelled v2, and ``gpt-4o-mini*`` on a managed endpoint; on each
+    request path (the fake managed endpoint speaks http, so the native proxy routes it too)."""
+    from monitor.sidecar.proxy.native import native_binary
+
+    if request.param == "native" and native_binary() is None:
+        pytest.skip("NATIVE PROXY NOT BUILT: monitor/_native/monitor-proxy is missing (pip install -e . with cargo)")
+    settings.proxy.implementation = request.param
     monkeypatch.setenv(KEY_ENV, MANAGED_KEY)
     primary = FakeUpstream(pace_s=0.01).start()
     candidate = FakeUpstream(tokens=["Hi", " there", "!"], pace_s=0.012).start()
@@ -162,17 +168,33 @@ def test_a_missing_managed_key_stops_the_proxy_at_start(settings, monkeypatch):
         FastProxy(settings.proxy, lambda r: True, SelfMetrics())
 
 
-def test_routes_choose_the_python_request_path(settings, caplog):
+def test_routes_to_http_upstreams_run_natively_and_an_https_route_on_python(settings, caplog, monkeypatch):
     from monitor.config import ProxyRoute
     from monitor.errors import ConfigError
     from monitor.sidecar.proxy import native
 
+    monkeypatch.setattr(native, "native_binary", lambda: native.BINARY_PATH)  # as if built
     settings.proxy.upstream = "http://127.0.0.1:9"
     settings.proxy.routes = [ProxyRoute(model="m", upstream="http://127.0.0.1:10")]
+    assert native.choose_implementation(settings.proxy) == "native"
+    monkeypatch.setenv(KEY_ENV, MANAGED_KEY)
+    settings.proxy.routes.append(ProxyRoute(model="gpt*", upstream="https://api.example.com", kind="managed",
+                                            api_key_env=KEY_ENV))
+    caplog.set_level(logging.INFO, logger="monitor.proxy")
     assert native.choose_implementation(settings.proxy) == "python"
+    assert "'gpt*' to 'https://api.example.com'" in caplog.text and MANAGED_KEY not in caplog.text
     settings.proxy.implementation = "native"
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="plain http"):
         native.choose_implementation(settings.proxy)
+    # the binary's config carries each route, a managed route's key as its Authorization
+    settings.proxy.routes[1] = ProxyRoute(model="gpt*", upstream="http://127.0.0.1:11", kind="managed",
+                                          api_key_env=KEY_ENV)
+    assert native.native_config(settings.proxy, None)["model_routes"] == [
+        {"model": "m", "upstream": "http://127.0.0.1:10", "authorization": None},
+        {"model": "gpt*", "upstream": "http://127.0.0.1:11", "authorization": f"Bearer {MANAGED_KEY}"}]
+    monkeypatch.delenv(KEY_ENV)
+    with pytest.raises(ConfigError, match=KEY_ENV):
+        native.native_config(settings.proxy, None)
 
 
 def test_model_of_finds_the_top_level_model_cheaply():

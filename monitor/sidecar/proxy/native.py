@@ -12,9 +12,11 @@ with ``/stats`` (the keys of ``FastProxy.stats()``) beside it.
 ``pip install`` builds it when ``cargo`` is on PATH (``hatch_build.py``) into
 ``monitor/_native/monitor-proxy``; without it the Python path serves
 (``proxy.implementation: auto``). The binary speaks plain http to the upstream:
-an https upstream stays on the Python path, and so do ``proxy.routes`` (several upstreams chosen
-by the requested model, managed credentials): ``auto`` then logs one line saying why and runs
-the Python path; ``native`` refuses to start. Shadow traffic and adapters do not depend on the
+an https upstream (``proxy.upstream``, or one of ``proxy.routes``) stays on the Python path, and
+so does ``proxy.tls``: ``auto`` then logs one line saying why and runs the Python path; ``native``
+refuses to start. ``proxy.routes`` to plain-http upstreams (several model servers chosen by the
+requested model, a managed route's key in place of the client's) run natively: the key reaches the
+binary on stdin with the rest of its config. Shadow traffic and adapters do not depend on the
 request path (the pipeline process sends and labels them) and work with either.
 
 Lifecycle, as :class:`NativeProxy` runs it: the config goes in on stdin (it may
@@ -74,14 +76,15 @@ def choose_implementation(settings: ProxySettings) -> Literal["native", "python"
         why = f"the native proxy speaks plain http to the upstream, not to {settings.upstream!r}"
     elif settings.tls.enabled:
         why = "proxy.tls is set: the native proxy speaks plain http to its clients"
-    elif settings.routes:
-        why = (f"proxy.routes ({len(settings.routes)}) route by requested model, which only the Python "
-               "request path does")
+    elif any(urlsplit(r.upstream).scheme != "http" for r in settings.routes):
+        https = next(r for r in settings.routes if urlsplit(r.upstream).scheme != "http")
+        why = (f"proxy.routes sends {https.model!r} to {https.upstream!r}: the native proxy speaks plain http "
+               "to its upstreams")
     if why is None:
         return "native"
     if settings.implementation == "native":
         raise ConfigError(f"proxy.implementation is native, but {why}")
-    if (settings.routes or settings.tls.enabled) and native_binary() is not None:
+    if native_binary() is not None:
         log.info("capture proxy: the Python request path serves: %s", why)
     return "python"
 
@@ -105,8 +108,21 @@ def native_config(settings: ProxySettings, capture_socket: str | None, *, metric
         "idle_timeout_s": s.idle_timeout_s, "upstream_timeout_s": s.upstream_timeout_s,
         "request_usage": s.request_usage, "drain_s": s.drain_s, "capture_socket": capture_socket,
         "metrics_port": metrics_port, "routes": {path: list(route) for path, route in ROUTES.items()},
-        "client_headers": wanted,
+        "client_headers": wanted, "model_routes": _model_routes(s),
     }
+
+
+def _model_routes(settings: ProxySettings) -> list[dict[str, Any]]:
+    """``proxy.routes`` for the binary: each glob, its upstream, and a managed route's
+    ``Authorization`` (read from ``api_key_env`` now; it reaches the binary on stdin only)."""
+    out = []
+    for i, r in enumerate(settings.routes):
+        key = r.api_key()
+        if r.api_key_env and key is None:
+            raise ConfigError(f"proxy.routes[{i}] ({r.model!r} -> {r.upstream}) names api_key_env "
+                              f"{r.api_key_env}, which is not set in the proxy's environment")
+        out.append({"model": r.model, "upstream": r.upstream, "authorization": f"Bearer {key}" if key else None})
+    return out
 
 
 class NativeProxy:

@@ -5,6 +5,7 @@
 //! (so the two implementations capture the same paths). A field that is missing takes the same
 //! default as `ProxySettings`; an unknown field, a wrong type or a bad value fails the start.
 
+use crate::routing::ModelRoute;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -55,6 +56,8 @@ pub struct Config {
     /// (`client_headers` of `CaptureRecord`); never `authorization` when `auth` is set (then it
     /// carries the proxy's own token, the same for every client).
     pub client_headers: Vec<Vec<u8>>,
+    /// `proxy.routes`: upstreams chosen by the requested model, in order (first match wins).
+    pub model_routes: Vec<ModelRoute>,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -62,6 +65,7 @@ const KNOWN: &[&str] = &[
     "upstream", "host", "port", "workers", "reuse_port", "auth_token", "max_request_bytes",
     "max_capture_bytes", "header_timeout_s", "idle_timeout_s", "upstream_timeout_s", "request_usage",
     "drain_s", "capture_socket", "capture_buffer_bytes", "metrics_host", "metrics_port", "routes", "client_headers",
+    "model_routes",
 ];
 
 /// The default route table: a copy of `capture.ROUTES`, used only when the config has none.
@@ -118,6 +122,7 @@ impl Config {
             metrics_port: port(o, "metrics_port", 0)?,
             routes: routes(o.get("routes"))?,
             client_headers: wanted,
+            model_routes: model_routes(o.get("model_routes"))?,
         })
     }
 
@@ -205,6 +210,32 @@ fn routes(v: Option<&Value>) -> Result<Vec<Route>, String> {
     Ok(out)
 }
 
+/// `model_routes`: `[{"model": GLOB, "upstream": URL, "authorization": "Bearer KEY" | null}, ...]`.
+fn model_routes(v: Option<&Value>) -> Result<Vec<ModelRoute>, String> {
+    let bad = || "\"model_routes\" must be a list of {model, upstream, authorization}".to_string();
+    let items = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(bad()),
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let o = item.as_object().ok_or_else(bad)?;
+        if let Some(k) = o.keys().find(|k| !matches!(k.as_str(), "model" | "upstream" | "authorization")) {
+            return Err(format!("unknown model_routes field {k:?}"));
+        }
+        let pattern = opt_str(o, "model")?.filter(|m| !m.is_empty()).ok_or_else(bad)?;
+        let url = opt_str(o, "upstream")?.ok_or_else(bad)?;
+        let upstream = parse_upstream(&url).map_err(|e| format!("proxy.routes {pattern:?}: {e}"))?;
+        let auth = opt_str(o, "authorization")?.map(String::into_bytes);
+        if auth.as_ref().is_some_and(|a| a.iter().any(|&b| b == b'\r' || b == b'\n')) {
+            return Err(format!("proxy.routes {pattern:?}: the key holds a line break"));
+        }
+        out.push(ModelRoute { pattern, upstream, auth });
+    }
+    Ok(out)
+}
+
 /// `http://host[:port][/prefix]` as `UpstreamPool` reads it. https is the Python proxy's (no TLS here).
 pub fn parse_upstream(url: &str) -> Result<Upstream, String> {
     let base = url.trim_end_matches('/');
@@ -267,6 +298,22 @@ mod tests {
         assert!(c.route_of("/").is_none());
         assert!(Config::from_json(r#"{"upstream": "http://x", "nope": 1}"#).is_err());
         assert!(Config::from_json(r#"{"upstream": "http://x", "workers": 2}"#).unwrap().reuse_port);
+    }
+
+    #[test]
+    fn model_routes_are_checked() {
+        let c = Config::from_json(r#"{"upstream": "http://x", "model_routes": [
+            {"model": "gpt*", "upstream": "http://m:81/v", "authorization": "Bearer k"},
+            {"model": "v2", "upstream": "http://y"}]}"#).unwrap();
+        assert_eq!(c.model_routes.len(), 2);
+        assert_eq!((c.model_routes[0].upstream.port, c.model_routes[0].auth.as_deref()), (81, Some(&b"Bearer k"[..])));
+        assert!(c.model_routes[1].auth.is_none());
+        for bad in [r#"[{"model": "m", "upstream": "https://y"}]"#, r#"[{"model": "", "upstream": "http://y"}]"#,
+                    r#"[{"model": "m"}]"#, r#"[{"model": "m", "upstream": "http://y", "key": 1}]"#, r#"{}"#,
+                    r#"[{"model": "m", "upstream": "http://y", "authorization": "a\nb"}]"#] {
+            let text = format!(r#"{{"upstream": "http://x", "model_routes": {bad}}}"#);
+            assert!(Config::from_json(&text).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl Exchange {
             let route = &sh.cfg.routes[self.route.expect("captured")];
             let body: &[u8] = &self.body;
             let limit = sh.cfg.max_capture.min(body.len());
-            let u = &sh.pool.upstream;
+            let u = &sh.pools[self.pool].upstream;
             // the identity headers, as `_exchange.py` keeps them: lower-case name, the first of a repeated one
             let mut client_headers: Vec<(Vec<u8>, &[u8])> = Vec::new();
             if !sh.cfg.client_headers.is_empty() {

@@ -71,6 +71,10 @@ pub struct Exchange {
     pub(crate) keep_alive: bool,
     pub(crate) path_end: usize,
     pub(crate) route: Option<usize>,
+    /// The upstream pool it goes to (`Shared::pools`; 0 unless a model route chose another).
+    pub(crate) pool: usize,
+    /// The model route (`Shared::router`) whose credential replaces the client's, if any.
+    pub(crate) model_route: Option<usize>,
     pub(crate) capture: bool,
     pub(crate) req_framing: Framing,
     pub(crate) req_length: Option<u64>,
@@ -192,6 +196,8 @@ impl Exchange {
             keep_alive: http11 && !close,
             path_end,
             route,
+            pool: 0,
+            model_route: None,
             capture,
             req_done: matches!(req_framing, Framing::None),
             req_framing,
@@ -310,7 +316,7 @@ impl Exchange {
                 Ev::UpClosed => self.upstream_closed(sh, io, up),
                 Ev::Connected(Ok(conn)) => {
                     if self.done {
-                        sh.pool.put(conn);
+                        sh.pools[self.pool].put(conn);
                     } else {
                         self.attach(conn, up, now);
                     }

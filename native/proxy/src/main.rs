@@ -23,6 +23,7 @@ mod proxy;
 mod record;
 mod request;
 mod response;
+mod routing;
 mod sender;
 mod trace;
 mod usage;
@@ -109,7 +110,10 @@ async fn run(cfg: config::Config) -> i32 {
         tokio::task::spawn_local(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                sh.pool.expire(Instant::now());
+                let now = Instant::now();
+                for p in &sh.pools {
+                    p.expire(now);
+                }
             }
         })
     };

@@ -3,6 +3,7 @@
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::routing::Router;
 use crate::sender::Sender;
 use crate::trace::Rng;
 use std::cell::Cell;
@@ -20,7 +21,9 @@ pub const HARD_STOP: u8 = 2;
 
 pub struct Shared {
     pub cfg: Config,
-    pub pool: Pool,
+    /// Upstream pools: 0 is `upstream`, then one per other upstream of `proxy.routes`.
+    pub pools: Vec<Pool>,
+    pub router: Router,
     pub metrics: Rc<Metrics>,
     pub sender: Rc<Sender>,
     pub rng: Rc<Rng>,
@@ -33,9 +36,23 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(cfg: Config, sender: Rc<Sender>, rng: Rc<Rng>) -> Shared {
+    pub fn new(mut cfg: Config, sender: Rc<Sender>, rng: Rc<Rng>) -> Shared {
+        let mut pools = vec![Pool::new(cfg.upstream.clone())];
+        let routes = std::mem::take(&mut cfg.model_routes);
+        let mut pool_of = Vec::with_capacity(routes.len());
+        for r in &routes {
+            let at = match pools.iter().position(|p| p.upstream.base == r.upstream.base) {
+                Some(i) => i,
+                None => {
+                    pools.push(Pool::new(r.upstream.clone()));
+                    pools.len() - 1
+                }
+            };
+            pool_of.push(at);
+        }
         Shared {
-            pool: Pool::new(cfg.upstream.clone()),
+            pools,
+            router: Router::new(routes, pool_of),
             cfg,
             metrics: Rc::new(Metrics::default()),
             sender,
@@ -73,12 +90,13 @@ impl Shared {
         }
     }
 
-    /// The upstream refused `stream_options.include_usage` (400/422) and took the request without it.
-    pub fn usage_refused(&self) {
-        if !self.pool.usage_rejected.replace(true) {
+    /// Upstream `pool` refused `stream_options.include_usage` (400/422) and took the request without it.
+    pub fn usage_refused(&self, pool: usize) {
+        let pool = &self.pools[pool];
+        if !pool.usage_rejected.replace(true) {
             crate::warn(&format!("the model server at {} refused stream_options.include_usage (400/422) and \
                 accepted the request without it; the proxy no longer adds it (token usage of streams whose clients \
-                did not ask for it is then counted from the stream)", self.pool.upstream.base));
+                did not ask for it is then counted from the stream)", pool.upstream.base));
         }
     }
 
@@ -93,9 +111,9 @@ impl Shared {
             "records": m.records.get(),
             "records_dropped": m.capture_dropped.get(),
             "capture_errors": m.capture_errors.get(),
-            "upstream_connections": self.pool.open(),
-            "upstream_idle": self.pool.idle(),
-            "request_usage": self.cfg.request_usage && !self.pool.usage_rejected.get(),
+            "upstream_connections": self.pools.iter().map(Pool::open).sum::<usize>(),
+            "upstream_idle": self.pools.iter().map(Pool::idle).sum::<usize>(),
+            "request_usage": self.cfg.request_usage && !self.pools[0].usage_rejected.get(),
             "sender": {"connected": s.connected(), "sent": s.sent.get(), "dropped": s.dropped.get(),
                        "disconnects": s.disconnects.get(), "buffered_bytes": s.buffered_bytes()},
         })
@@ -154,5 +172,7 @@ pub async fn drain(sh: &Shared) {
     while sh.connections.get() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    sh.pool.close();
+    for p in &sh.pools {
+        p.close();
+    }
 }

@@ -178,8 +178,15 @@ impl Exchange {
         if self.capture {
             self.trace(sh);
             sh.sender.send(encode_start(&self.trace_id, &self.span_id)); // the record follows
+            if !sh.router.is_empty() {
+                // several upstreams: the one of the model the body asks for (the body is all here)
+                if let Some(i) = sh.router.route(&self.body) {
+                    self.pool = sh.router.pool_of[i];
+                    self.model_route = Some(i);
+                }
+            }
             let route = &sh.cfg.routes[self.route.expect("captured")];
-            if sh.cfg.request_usage && !sh.pool.usage_rejected.get() && route.api == "openai"
+            if sh.cfg.request_usage && !sh.pools[self.pool].usage_rejected.get() && route.api == "openai"
                 && route.operation != "embeddings"
             {
                 if let Some(patched) = with_usage_option(&self.body) {
@@ -196,9 +203,10 @@ impl Exchange {
 
     /// On a pooled connection when `pooled` and there is one, else on a new one.
     pub(crate) fn send(&mut self, sh: &Shared, up: &mut UpSide, now: Instant, pooled: bool) {
-        match if pooled { sh.pool.get(now) } else { None } {
+        let pool = &sh.pools[self.pool];
+        match if pooled { pool.get(now) } else { None } {
             Some(conn) => self.attach(conn, up, now),
-            None => self.connecting = Some(sh.pool.connect()),
+            None => self.connecting = Some(pool.connect()),
         }
     }
 
@@ -225,7 +233,8 @@ impl Exchange {
 
     /// The request head for the upstream, up to (not including) its framing headers.
     pub(crate) fn build_head(&mut self, sh: &Shared) -> Vec<u8> {
-        let u = &sh.pool.upstream;
+        let u = &sh.pools[self.pool].upstream;
+        let route_auth = self.model_route.and_then(|i| sh.router.routes[i].auth.as_deref());
         let mut out = Vec::with_capacity(self.head.raw.len() + 160);
         out.extend_from_slice(self.head.method());
         out.push(b' ');
@@ -236,7 +245,7 @@ impl Exchange {
         out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         out.extend_from_slice(&u.host_header);
         out.extend_from_slice(b"\r\n");
-        let drop_auth = sh.cfg.auth.is_some();
+        let drop_auth = sh.cfg.auth.is_some() || route_auth.is_some();
         for i in 0..self.head.headers.len() {
             let name = self.head.name(i);
             let lname = name.to_ascii_lowercase();
@@ -250,6 +259,12 @@ impl Exchange {
             out.extend_from_slice(name);
             out.extend_from_slice(b": ");
             out.extend_from_slice(self.head.value(i));
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(auth) = route_auth {
+            // a managed route's key, in place of the client's (never in a record)
+            out.extend_from_slice(b"Authorization: ");
+            out.extend_from_slice(auth);
             out.extend_from_slice(b"\r\n");
         }
         if self.capture {

@@ -107,7 +107,7 @@ impl Exchange {
         if self.usage_retry {
             self.usage_retry = false;
             if status < 400 {
-                sh.usage_refused();
+                sh.usage_refused(self.pool);
             }
         }
         self.status = status;
@@ -338,7 +338,7 @@ impl Exchange {
         let in_step = up.unparsed().is_empty(); // bytes past the response: the server is out of step
         if let Some(conn) = up.detach() {
             if keep_upstream && in_step {
-                sh.pool.put(conn);
+                sh.pools[self.pool].put(conn);
             }
         }
         self.finish(sh, "");
