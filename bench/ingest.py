@@ -52,7 +52,6 @@ from pathlib import Path
 from typing import Any
 
 from ingestbench.load import WARMUP_SERVICE, build_requests
-from ingestbench.procs import Proc, log
 from ingestbench.report import render, summarize, summarize_scaling
 from ingestbench.scaling import run_scaling
 from ingestbench.systems import (
@@ -65,6 +64,7 @@ from ingestbench.systems import (
     ensure_phoenix,
     run_system,
 )
+from procs import Proc, log
 
 SYSTEMS = ("monitor-embedded", "monitor-kafka", "monitor-kafka-2ingest", "otelcol-kafka", "phoenix")
 CELLS = ("ingest-scaling", "stages")

@@ -1,4 +1,5 @@
-"""Process and machine accounting from /proc, shared by the benchmarks (Linux only)."""
+"""Process and machine accounting from /proc, and reading a process's HTTP endpoints (health, /metrics),
+shared by the benchmarks (Linux only)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import os
 import socket
 from pathlib import Path
 
-__all__ = ["CLK_TCK", "free_port", "descendants", "cpu_jiffies", "pid_alive", "machine_busy", "http_get"]
+__all__ = ["CLK_TCK", "cpu_jiffies", "cpu_jiffies_own", "descendants", "free_port", "http_get", "loadavg",
+           "machine_busy", "parse_metrics", "pid_alive", "rss_kib", "thread_jiffies"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -70,12 +72,31 @@ def cpu_jiffies_own(pid: int) -> int:
     return int(f[11]) + int(f[12])
 
 
+def thread_jiffies(pid: int) -> dict[int, tuple[str, int]]:
+    """Per thread of ``pid``: (comm, utime+stime)."""
+    out: dict[int, tuple[str, int]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for t in tids:
+        try:
+            raw = Path(f"/proc/{pid}/task/{t}/stat").read_text()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1: raw.rindex(")")]
+        f = raw.rsplit(")", 1)[1].split()
+        out[int(t)] = (comm, int(f[11]) + int(f[12]))
+    return out
+
+
 def rss_kib(pid: int) -> int:
     """Resident memory of ``pid`` in KiB (0 when it is gone)."""
     try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
     except OSError:
         pass
     return 0
@@ -95,6 +116,11 @@ def machine_busy() -> tuple[int, int]:
     return sum(f) - idle, sum(f)
 
 
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, as /proc/loadavg writes them."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
     """(status, body) of a GET; 0 when nothing answered (the benches poll health and /metrics with it)."""
     import urllib.error
@@ -106,3 +132,16 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
         return exc.code, ""
     except OSError:
         return 0, ""
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Every non-histogram ``monitor_*`` sample of a Prometheus text page: ``name{labels}`` -> value."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("monitor_") and "_bucket{" not in line and not line.startswith("monitor_info"):
+            key, _, val = line.rpartition(" ")
+            try:
+                out[key] = float(val)
+            except ValueError:
+                pass
+    return out

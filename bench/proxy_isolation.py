@@ -49,25 +49,31 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import proxy as pb  # bench/proxy.py: the upstream, the load generator, Proc
-from procstat import CLK_TCK, cpu_jiffies, free_port, rss_kib
+from procs import BenchError, Proc, log, wait_until
+from procstat import (
+    CLK_TCK,
+    cpu_jiffies,
+    free_port,
+    http_get,
+    loadavg,
+    parse_metrics,
+    rss_kib,
+)
+from proxybench.conversation import CHAT
+from proxybench.paths import POLL_S, PROXY_PY, start_upstream
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ("", "latency_gpu", "quality", "drift", "requests")
 """URL paths of the pages viewed under load ("" is Overview)."""
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 def process_pids(metrics_url: str) -> dict[str, list[int]]:
     """``monitor_process_pid{process=...}`` of ``monitor up``'s merged /metrics: role -> pids."""
-    st, text = pb.http_get(metrics_url)
+    st, text = http_get(metrics_url)
     out: dict[str, list[int]] = {}
     if st != 200:
         return out
-    for key, v in pb.parse_metrics(text).items():
+    for key, v in parse_metrics(text).items():
         if key.startswith("monitor_process_pid{") and v > 0:
             role = key.split('process="', 1)[1].split('"', 1)[0]
             out.setdefault(role.split("-")[0].rstrip("0123456789"), []).append(int(v))
@@ -128,12 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, _term)
 
-    print(f"command: {cmdline}\ncpus: {os.cpu_count()}; load average at start: {pb.loadavg()}; workdir {workdir}",
+    print(f"command: {cmdline}\ncpus: {os.cpu_count()}; load average at start: {loadavg()}; workdir {workdir}",
           flush=True)
-    result: dict[str, Any] = {"command": cmdline, "loadavg_start": pb.loadavg(), "cells": [], "args": {
+    result: dict[str, Any] = {"command": cmdline, "loadavg_start": loadavg(), "cells": [], "args": {
         k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
-    py, proxy_py = sys.executable, str(Path(pb.__file__).resolve())
-    procs: dict[str, pb.Proc] = {}
+    py = sys.executable
+    procs: dict[str, Proc] = {}
     rc = 0
     try:
         # -- the store: a month of requests ending now (bench/dashboard.py), database "bench"
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             g = subprocess.run([py, "-c", code, str(ROOT / "bench"), str(store_dir), str(args.rows), end.isoformat()],
                                capture_output=True, text=True, check=False)
             if g.returncode != 0:
-                raise pb.BenchError(f"generating the store failed:\n{g.stderr[-3000:]}")
+                raise BenchError(f"generating the store failed:\n{g.stderr[-3000:]}")
             meta = {"end": end.isoformat(), **json.loads(g.stdout.strip().splitlines()[-1])}
             (store_dir / "bench-meta.json").write_text(json.dumps(meta))
         # a reused store remembers the embeddings of the last run (embedding_cache): the check must embed
@@ -155,54 +161,53 @@ def main(argv: list[str] | None = None) -> int:
                 "c.command('TRUNCATE TABLE IF EXISTS bench.embedding_cache')")
         t = subprocess.run([py, "-c", code, str(store_dir)], capture_output=True, text=True, check=False)
         if t.returncode != 0:
-            raise pb.BenchError(f"emptying the embedding cache failed:\n{t.stderr[-2000:]}")
+            raise BenchError(f"emptying the embedding cache failed:\n{t.stderr[-2000:]}")
         result["store"] = json.loads((store_dir / "bench-meta.json").read_text())
         log(f"store: {result['store']['rows']:,} requests, ending {result['store']['end']}")
 
         # -- upstream and monitor up
         up_port = free_port()
-        procs["upstream"] = pb.Proc("upstream", [py, proxy_py, "_upstream", "--port", str(up_port), "--chunks",
-                                                 str(args.chunks), "--interval-ms", str(args.interval_ms),
-                                                 "--prefill-ms", str(args.interval_ms)],
-                                    workdir / "logs" / "upstream.log")
+        procs["upstream"] = start_upstream(up_port, args.chunks, args.interval_ms, args.interval_ms,
+                                           workdir / "logs" / "upstream.log")
         upstream = f"http://127.0.0.1:{up_port}"
-        pb.wait_until("the upstream", lambda: pb.http_get(upstream + "/health")[0] == 200, [procs["upstream"]],
-                      args.start_timeout)
+        wait_until("the upstream", lambda: http_get(upstream + "/health")[0] == 200, [procs["upstream"]],
+                   args.start_timeout, POLL_S)
         ports = {k: free_port() for k in ("proxy", "grpc", "http", "metrics", "admin", "dashboard")}
         env = {k: v for k, v in os.environ.items() if k != "MONITOR_CONFIG"}
         env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "MONITOR_STORE__DATABASE": "bench",
                     "MONITOR_CHECKS__ENABLED": "false",  # the check runs when the bench asks, not on a timer
                     "MONITOR_CHECKS__SEMANTIC__SAMPLE": str(args.sample), "MONITOR_CHECKS__SEMANTIC__DEVICE": "cpu",
                     "MONITOR_CHECKS__ADMIN_PORT": str(ports["admin"])})
-        procs["monitor"] = pb.Proc("monitor up", [
+        procs["monitor"] = Proc("monitor up", [
             py, "-m", "monitor", "up", "--upstream", upstream, "--proxy-port", str(ports["proxy"]),
             "--data-dir", str(store_dir), "--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"]),
             "--metrics-port", str(ports["metrics"]), "--admin-port", str(ports["admin"]),
-            "--dashboard-port", str(ports["dashboard"])], workdir / "logs" / "monitor-up.log", env=env)
+            "--dashboard-port", str(ports["dashboard"])], workdir / "logs" / "monitor-up.log", env=env, cwd=ROOT)
         proxy_url = f"http://127.0.0.1:{ports['proxy']}"
         metrics_url = f"http://127.0.0.1:{ports['metrics']}/metrics"
         dash_url = f"http://127.0.0.1:{ports['dashboard']}"
         monitor_log = workdir / "logs" / "monitor-up.log"
-        pb.wait_until("monitor up ready", lambda: "ready; Ctrl-C to stop" in monitor_log.read_text(errors="replace"),
-                      [procs["monitor"]], args.start_timeout)
-        pb.wait_until("the proxy, /metrics and the dashboards", lambda: pb.http_get(proxy_url + "/health")[0] == 200
-                      and pb.http_get(metrics_url)[0] == 200 and pb.http_get(dash_url + "/_stcore/health")[0] == 200,
-                      [procs["monitor"]], args.start_timeout)
+        wait_until("monitor up ready", lambda: "ready; Ctrl-C to stop" in monitor_log.read_text(errors="replace"),
+                   [procs["monitor"]], args.start_timeout, POLL_S)
+        wait_until("the proxy, /metrics and the dashboards", lambda: http_get(proxy_url + "/health")[0] == 200
+                   and http_get(metrics_url)[0] == 200 and http_get(dash_url + "/_stcore/health")[0] == 200,
+                   [procs["monitor"]], args.start_timeout, POLL_S)
         roles = process_pids(metrics_url)
         result["processes"] = roles
         log(f"monitor up: processes {roles}")
         if not roles.get("proxy") or not roles.get("store"):
-            raise pb.BenchError(f"no proxy or store process in monitor_process_pid: {roles}")
+            raise BenchError(f"no proxy or store process in monitor_process_pid: {roles}")
 
-        procs["loadgen"] = pb.Proc("loadgen", [py, proxy_py, "_loadgen"], workdir / "logs" / "loadgen.log", pipe=True)
+        procs["loadgen"] = Proc("loadgen", [py, str(PROXY_PY), "_loadgen"], workdir / "logs" / "loadgen.log",
+                                cwd=ROOT, pipe=True)
 
         def measure(url: str) -> dict[str, Any]:
-            cmd = {"url": url + pb.CHAT, "concurrency": args.streams, "warmup": args.warmup,
+            cmd = {"url": url + CHAT, "concurrency": args.streams, "warmup": args.warmup,
                    "duration": args.duration, "stream": True, "include_usage": False, "chunks": args.chunks,
                    "request_timeout": 60.0, "max_requests": None}
             res = procs["loadgen"].ask(cmd, args.warmup + args.duration + 120)
             if "fatal" in res:
-                raise pb.BenchError(f"load generator failed on {url}: {res['fatal']}")
+                raise BenchError(f"load generator failed on {url}: {res['fatal']}")
             return res
 
         def cell(name: str, views: PageViews | None = None) -> dict[str, Any]:
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                    "proxy_cpu_ms_per_req": round(1000 * (px1 - px0) / CLK_TCK / max(1, res["sent"]), 3),
                    "store_cpu_s": round((st1 - st0) / CLK_TCK, 2),
                    "proxy_rss_mib": round(sum(rss_kib(p) for p in px) / 1024, 1),
-                   "page_views": views.views[n0:] if views else [], "loadavg": pb.loadavg()}
+                   "page_views": views.views[n0:] if views else [], "loadavg": loadavg()}
             row["added_p50_ms"] = row["ttft_p50_ms"] - row["direct_ttft_p50_ms"]
             row["added_p99_ms"] = row["ttft_p99_ms"] - row["direct_ttft_p99_ms"]
             log(f"{name}: TTFT p50 {row['ttft_p50_ms']:.2f} ms (direct {row['direct_ttft_p50_ms']:.2f}), p99 "
@@ -244,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
                                  start_new_session=True)
         views = PageViews(dash_url)
         views.start()
-        pb.wait_until("the check's embedding model to load",
-                      lambda: "embedding model" in monitor_log.read_text(errors="replace")[log_mark:]
-                      or check.poll() is not None, [procs["monitor"]], args.start_timeout)
+        wait_until("the check's embedding model to load",
+                   lambda: "embedding model" in monitor_log.read_text(errors="replace")[log_mark:]
+                   or check.poll() is not None, [procs["monitor"]], args.start_timeout, POLL_S)
         time.sleep(1.0)
         for k in range(args.analysis_cells):
             if check.poll() is not None:
@@ -264,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"check finished in {result['check']['seconds']} s (exit {check.returncode})")
         views.join(130)
         cell("idle after")
-    except (pb.BenchError, KeyboardInterrupt) as exc:
+    except (BenchError, KeyboardInterrupt) as exc:
         log(f"FAILED: {exc}")
         result["failure"] = str(exc)
         rc = 1
@@ -272,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("loadgen", "monitor", "upstream"):
             if name in procs:
                 procs[name].kill()
-        pb.Proc.kill_all()
-        result["loadavg_end"] = pb.loadavg()
+        Proc.kill_all()
+        result["loadavg_end"] = loadavg()
         summary = summarize(result["cells"])
         result["summary"] = summary
         out_path.write_text(json.dumps(result, indent=2, default=str))

@@ -157,6 +157,7 @@ def main() -> int:
                "--http-port", str(free_port()), "--metrics-port", str(mport), "--admin-port", str(free_port()),
                "--no-dashboard"], "monitor")
         wait_http(f"http://127.0.0.1:{mport}/metrics")
+        wait_http(f"http://127.0.0.1:{proxy_port}/health")  # /metrics answers before the proxy process is up
         url = f"http://127.0.0.1:{proxy_port}/v1/chat/completions"
         deadline = time.monotonic() + 120
         while True:

@@ -1,1 +1,1 @@
-"""bench/ingest.py in modules along its jobs: load (the spans and the senders), procs (processes, counting), systems (what runs under test, one timed run), scaling (ingest with 1 and 2 processes), stages (µs per span per step), report."""
+"""bench/ingest.py in modules along its jobs: load (the spans and the senders), stored (counting what a system stored; the processes: bench/procs.py), systems (what runs under test, one timed run), scaling (ingest with 1 and 2 processes), stages (µs per span per step), report."""

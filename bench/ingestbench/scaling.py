@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from procs import BenchError, log, wait_until
 from procstat import CLK_TCK, cpu_jiffies
 
-from ingestbench.procs import BenchError, log, wait_until
 from ingestbench.systems import PARTITIONS, System
 
 

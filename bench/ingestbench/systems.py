@@ -15,21 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from procstat import CLK_TCK, cpu_jiffies, free_port, machine_busy
+from procs import BenchError, Proc, log, wait_until
+from procstat import CLK_TCK, cpu_jiffies, free_port, http_get, machine_busy
 
 from ingestbench.load import WARMUP_SERVICE, send_all
-from ingestbench.procs import (
-    BenchError,
-    Proc,
+from ingestbench.stored import (
     SqliteCounter,
     chdb_count,
     chdb_span_ids,
-    http_get,
-    log,
     monitor_rows,
     scrape,
     sqlite_count,
-    wait_until,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,7 +174,21 @@ class MonitorEmbedded(System):
         return {"stop": {"monitor up": stop}, "counts": counts, "stored_after_stop": counts["spans"]}
 
 
-class MonitorKafka(System):
+class KafkaSystem(System):
+    """A front taking OTLP/HTTP on ``self.http`` that writes to Kafka, and `monitor ingest` storing from it:
+    what is stored is what the ingest processes wrote."""
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http}/v1/traces"
+
+    def stored(self) -> int | None:
+        return self.ingest_stored()
+
+    def extra(self) -> dict[str, Any]:
+        return {"ingest_metrics": [scrape(port) for _, port, _ in self.ingests]}
+
+
+class MonitorKafka(KafkaSystem):
     """Kafka broker + `monitor sidecar` + ``ingest_processes`` `monitor ingest` (topics of 2 partitions)."""
 
     name = "monitor-kafka"
@@ -200,15 +210,8 @@ class MonitorKafka(System):
         self.start_ingest(self.ingest_processes)
         self.broker.remember_children()
 
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http}/v1/traces"
-
-    def stored(self) -> int | None:
-        return self.ingest_stored()
-
     def extra(self) -> dict[str, Any]:
-        return {"sidecar_metrics": scrape(self.sc_metrics),
-                "ingest_metrics": [scrape(port) for _, port, _ in self.ingests]}
+        return {"sidecar_metrics": scrape(self.sc_metrics), **super().extra()}
 
     def stop_and_count(self) -> dict[str, Any]:
         stops = {"monitor sidecar": self.sidecar.stop(signal.SIGINT, self.args.stop_timeout)}
@@ -246,7 +249,7 @@ def otelcol_binary() -> Path | None:
     return p if p.exists() else None
 
 
-class OtelcolKafka(System):
+class OtelcolKafka(KafkaSystem):
     """The stock OpenTelemetry Collector in the sidecar's place: otlp receiver -> batch -> kafka
     exporter (otlp_proto, lz4, acks=all; deploy/otelcol/otlp-to-kafka.yaml) + Kafka + `monitor ingest`."""
 
@@ -270,15 +273,6 @@ class OtelcolKafka(System):
                    lambda: "Everything is ready" in self.col.log_path.read_text(errors="replace"),
                    self.procs, self.args.start_timeout)
         self.broker.remember_children()
-
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http}/v1/traces"
-
-    def stored(self) -> int | None:
-        return self.ingest_stored()
-
-    def extra(self) -> dict[str, Any]:
-        return {"ingest_metrics": [scrape(port) for _, port, _ in self.ingests]}
 
     def stop_and_count(self) -> dict[str, Any]:
         stops = {"otelcol": self.col.stop(signal.SIGTERM, self.args.stop_timeout)}
