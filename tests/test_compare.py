@@ -415,7 +415,7 @@ def test_compare_page_shows_the_difference_and_the_shadow_pairs(settings, store)
         metrics = {m.label: m.value for m in at.metric}
         assert metrics["Shadow pairs"] == "5" and metrics["one refused"] == "1"
         assert metrics["A requests"] == "120" and metrics["B requests"] == "125"
-        shown = [c.value for c in at.code]
+        shown = [c.value for c in at.text]
         assert any("<script>alert(1)</script> a [link](http://x)" == v for v in shown)  # as typed, never rendered
         assert any("new version" in s.value for s in at.success)
     finally:

@@ -213,7 +213,7 @@ def test_drift_page_shows_scores_distributions_and_clusters_literally(seeded):
     row = latest[(latest["metric"] == "latency_ms")].iloc[0]
     assert row["status"] == "fail" and row["value"] == pytest.approx(0.30)
     assert m["p-value"] == "0.001" and m["Status"] == "fail"
-    assert INJECTION in [c.value for c in at.code]           # an example prompt, as plain text
+    assert INJECTION in [c.value for c in at.text]           # an example prompt, as plain text
     assert all("<script>" not in t and "](http://evil)" not in t for t in _all_text(at))
     assert any("grew 30.0 pts" in e.label for e in at.expander)
     assert any("shrank 30.0 pts" in e.label for e in at.expander)
@@ -230,15 +230,15 @@ def test_quality_page_rates_and_examples(seeded):
     per_model = at.dataframe[0].value.set_index("model")
     assert per_model.loc["alpha", "refusal"] == pytest.approx(0.1)
     at.selectbox(key="quality_signal").set_value("truncated").run()
-    assert INJECTION in [c.value for c in at.code]
-    assert COMPLETION_INJECTION in [c.value for c in at.code]
+    assert INJECTION in [c.value for c in at.text]
+    assert COMPLETION_INJECTION in [c.value for c in at.text]
 
 
 def test_requests_page_filters_and_shows_one_request_literally(seeded):
     at = _page(_app(), "views/requests.py")
     rows = at.dataframe[0].value
     assert len(rows) == 200 and rows.iloc[0]["prompt"] == INJECTION   # newest first, plain cell text
-    codes = [c.value for c in at.code]
+    codes = [c.value for c in at.text]
     assert INJECTION in codes and COMPLETION_INJECTION in codes
     assert all("<script>" not in t and "](http://evil)" not in t and "<img" not in t for t in _all_text(at))
     spans = at.dataframe[1].value

@@ -56,6 +56,6 @@ else:
                          f"{ui.md_escape(r['client'][:40])}"):
             details = json.loads(r["details"] or "{}")
             ui.plain("verdict", details.get("summary", ""))
-            ui.plain("evidence", json.dumps(details.get("evidence", {}), indent=2, ensure_ascii=False))
+            ui.plain("evidence", json.dumps(details.get("evidence", {}), indent=2, ensure_ascii=False), mono=True)
             for ex in details.get("examples", []):
                 ui.plain(ui.md_escape(f"example prompt (trace {ex.get('trace_id', '')})"), ex.get("prompt", ""))

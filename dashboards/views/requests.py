@@ -72,14 +72,14 @@ def request_detail() -> None:
     flags = {k: d.get(k) for k in ("prompt_language", "completion_language", "refusal", "empty_output", "truncated",
                                     "json_valid", "pii_in_output", "repetition", "degenerate", "language_mismatch")}
     with st.expander("Engine timings, cost and quality flags"):
-        ui.plain("timings", json.dumps(timing, indent=2, default=str))
-        ui.plain("quality", json.dumps(flags, indent=2, default=str))
+        ui.plain("timings", json.dumps(timing, indent=2, default=str), mono=True)
+        ui.plain("quality", json.dumps(flags, indent=2, default=str), mono=True)
     with st.expander("Messages and attributes"):
         for key in ("input_messages", "output_messages"):
             if d.get(key):
-                ui.plain(key.replace("_", " "), d[key])
+                ui.plain(key.replace("_", " "), d[key], mono=True)
         ui.plain("attributes", json.dumps(dict(d.get("attributes") or {}), indent=2, ensure_ascii=False,
-                                          sort_keys=True))
+                                          sort_keys=True), mono=True)
 
     st.subheader("Trace")
     spans = q.spans(store, d["trace_id"])
@@ -92,7 +92,7 @@ def request_detail() -> None:
         ui.table(spans.drop(columns=["attributes"]))
         for _, s in spans.iterrows():
             with st.expander(f"{ui.md_escape(s['name'])} · {s['duration_ms']:.1f} ms · attributes"):
-                ui.plain("attributes", s["attributes"])
+                ui.plain("attributes", s["attributes"], mono=True)
 
 
 ui.fragment(request_detail, "Requests")
