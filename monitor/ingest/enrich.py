@@ -25,11 +25,11 @@ def warm_up() -> None:
 def enrich(events: list[InferenceEvent]) -> int:
     """Fill the quality columns of ``events`` in place; returns how many were analysed."""
     from monitor import quality
-    from monitor.quality.injection import is_injection
+    from monitor.quality.injection import flags as injection_flags
 
-    for ev in events:  # an attempt is one whether or not the request failed
-        if ev.prompt:
-            ev.injection = int(is_injection(ev.prompt))
+    prompted = [ev for ev in events if ev.prompt]  # an attempt is one whether or not the request failed
+    for ev, flag in zip(prompted, injection_flags([ev.prompt for ev in prompted])):
+        ev.injection = flag
     todo = [ev for ev in events if wants_quality(ev)]
     if not todo:
         return 0
