@@ -237,9 +237,8 @@ def chart_text(text: Any) -> str:
 
 
 def chart_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """A copy of ``df`` with every text value through :func:`chart_text` (plotly express puts column
-    values into trace names, category ticks and hover templates; numbers, times and missing
-    values stay as they are)."""
+    """A copy of ``df`` with every text value through :func:`chart_text` (its values become trace
+    names, category ticks and hover labels; numbers, times and missing values stay as they are)."""
     out = df.copy()
     for col in out.columns:
         if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]) or \
@@ -248,30 +247,96 @@ def chart_frame(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+# Charts are plotly figure specs written as plain dicts, the shape plotly express would make
+# (one trace per colour group in order of appearance, "column=value" hover labels): plotly
+# express spent ~85 ms of the server's CPU per figure on its machinery (templates, subplots,
+# property validation), two thirds of a Latency & GPU run; a dict costs Streamlit's one
+# validation pass, ~17 ms.
+
+def _column(s: pd.Series) -> list[Any]:
+    """A column as JSON-able values: times as ISO text in UTC wall time (plotly.js has no zones)."""
+    if pd.api.types.is_datetime64_any_dtype(s):
+        if getattr(s.dt, "tz", None) is not None:
+            s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+        return [None if v != v else v for v in s.dt.strftime("%Y-%m-%dT%H:%M:%S.%f").tolist()]
+    return s.tolist()
+
+
+def _groups(df: pd.DataFrame, color: str | None) -> list[tuple[str | None, pd.DataFrame]]:
+    if color is None:
+        return [(None, df)]
+    return [(str(name), g) for name, g in df.groupby(color, sort=False, observed=True)]
+
+
+def _hover(color: str | None, name: str | None, parts: list[str]) -> str:
+    """``column=value`` lines, as plotly express writes them (``name`` is already :func:`chart_text`)."""
+    head = [f"{chart_text(color)}={name}"] if color else []
+    return "<br>".join(head + parts) + "<extra></extra>"
+
+
+def _layout(title: str, height: int, extra: dict[str, Any]) -> dict[str, Any]:
+    layout: dict[str, Any] = {"title": {"text": chart_text(title)}, "height": height,
+                              "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
+                              "legend": {"title": {"text": ""}, "tracegroupgap": 0}}
+    for k, v in extra.items():  # "yaxis_tickformat" -> layout["yaxis"]["tickformat"], as update_layout reads it
+        axis, _, prop = k.partition("_")
+        if axis in ("xaxis", "yaxis") and prop:
+            if prop == "title":
+                layout.setdefault(axis, {})["title"] = {"text": v}
+            else:
+                layout.setdefault(axis, {})[prop] = v
+        else:
+            layout[k] = v
+    return layout
+
+
 def line_chart(df: pd.DataFrame, y: str, color: str | None, title: str, y_title: str, percent: bool = False,
                key: str | None = None) -> None:
-    import plotly.express as px
-
-    fig = px.line(chart_frame(df), x="t", y=y, color=color, markers=len(df) < 40, title=chart_text(title))
-    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10), legend_title_text="", xaxis_title=None,
-                      yaxis_title=chart_text(y_title))
+    """One line per ``color`` group of ``y`` over the time column ``t``, across the whole selected range."""
+    frame = chart_frame(df)
+    mode = "lines+markers" if len(df) < 40 else "lines"
+    parts = ["t=%{x}", f"{chart_text(y)}=%{{y}}"]
+    data = [{"type": "scatter", "mode": mode, "name": name or "", "legendgroup": name or "", "showlegend": bool(color),
+             "x": _column(g["t"]), "y": _column(g[y]), "hovertemplate": _hover(color, name, parts)}
+            for name, g in _groups(frame, color)]
+    if not data:  # an empty chart still shows its axes and range (Streamlit refuses a figure without traces)
+        data = [{"type": "scatter", "mode": mode, "x": [], "y": [], "showlegend": False}]
     f = filters()  # the whole selected range on the time axis, however few buckets have data
-    fig.update_xaxes(range=[_naive_utc(f.start), _naive_utc(f.end)])
+    yaxis: dict[str, Any] = {"title": {"text": chart_text(y_title)}}
     if percent:
-        fig.update_yaxes(tickformat=".1%")
-    st.plotly_chart(fig, width="stretch", key=key, config=PLOTLY_CONFIG)
+        yaxis["tickformat"] = ".1%"
+    layout = _layout(title, 300, {})
+    layout.update(xaxis={"range": [_naive_utc(f.start).isoformat(), _naive_utc(f.end).isoformat()]}, yaxis=yaxis)
+    st.plotly_chart({"data": data, "layout": layout}, width="stretch", key=key, config=PLOTLY_CONFIG)
 
 
-def bar_chart(df: pd.DataFrame, title: str, key: str, height: int, layout: dict[str, Any] | None = None,
-              **columns: Any) -> None:
-    """``px.bar`` over :func:`chart_frame` of ``df``. ``columns``: px.bar's arguments (``x``, ``y``,
-    ``color``, ``base``, ``hover_data``, ``orientation``, ``barmode``); ``layout``: constant layout
-    settings (no text from the store)."""
-    import plotly.express as px
-
-    fig = px.bar(chart_frame(df), title=chart_text(title), **columns)
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), legend_title_text="", **(layout or {}))
-    st.plotly_chart(fig, width="stretch", key=key, config=PLOTLY_CONFIG)
+def bar_chart(df: pd.DataFrame, title: str, key: str, height: int, layout: dict[str, Any] | None = None, *,
+              x: str, y: str, color: str | None = None, base: str | None = None, hover_data: list[str] | None = None,
+              orientation: str = "v", barmode: str = "relative") -> None:
+    """Bars of ``y`` over ``x`` (``orientation="h"``: ``x`` is the length), one trace per ``color``
+    group, starting at ``base`` where given; ``hover_data``: more columns in the hover label;
+    ``layout``: constant layout settings (no text from the store), in update_layout's spelling."""
+    frame = chart_frame(df)
+    extra = list(hover_data or [])
+    parts = [f"{chart_text(x)}=%{{x}}", f"{chart_text(y)}=%{{y}}"]
+    if base:
+        parts.append(f"{chart_text(base)}=%{{base}}")
+    parts += [f"{chart_text(c)}=%{{customdata[{i}]}}" for i, c in enumerate(extra)]
+    data = []
+    for name, g in _groups(frame, color):
+        trace: dict[str, Any] = {"type": "bar", "name": name or "", "legendgroup": name or "", "showlegend": bool(color),
+                                 "orientation": orientation, "x": _column(g[x]), "y": _column(g[y]),
+                                 "hovertemplate": _hover(color, name, parts)}
+        if base:
+            trace["base"] = _column(g[base])
+        if extra:
+            trace["customdata"] = [list(row) for row in zip(*(_column(g[c]) for c in extra))]
+        data.append(trace)
+    if not data:
+        data = [{"type": "bar", "orientation": orientation, "x": [], "y": [], "showlegend": False}]
+    spec_layout = _layout(title, height, {"xaxis_title": chart_text(x), "yaxis_title": chart_text(y), **(layout or {})})
+    spec_layout["barmode"] = barmode
+    st.plotly_chart({"data": data, "layout": spec_layout}, width="stretch", key=key, config=PLOTLY_CONFIG)
 
 
 def _naive_utc(t: datetime) -> datetime:
