@@ -324,8 +324,8 @@ def bar_chart(df: pd.DataFrame, title: str, key: str, height: int, layout: dict[
     parts += [f"{chart_text(c)}=%{{customdata[{i}]}}" for i, c in enumerate(extra)]
     data = []
     for name, g in _groups(frame, color):
-        trace: dict[str, Any] = {"type": "bar", "name": name or "", "legendgroup": name or "", "showlegend": bool(color),
-                                 "orientation": orientation, "x": _column(g[x]), "y": _column(g[y]),
+        trace: dict[str, Any] = {"type": "bar", "name": name or "", "legendgroup": name or "",
+                                 "showlegend": bool(color), "orientation": orientation, "x": _column(g[x]), "y": _column(g[y]),
                                  "hovertemplate": _hover(color, name, parts)}
         if base:
             trace["base"] = _column(g[base])
