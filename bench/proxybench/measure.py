@@ -174,11 +174,12 @@ class Bench:
                 "otel_traces_rows_written": rows, "metrics": m}
 
     def profile(self, result: dict[str, Any]) -> None:
-        """One more monitor cell at ``--profile`` concurrency under py-spy (not timed), summarised."""
+        """One more monitor cell at ``--profile`` concurrency under py-spy (not timed), summarised: the
+        supervisor and its children (``--subprocesses``: the proxy, pipeline and store processes)."""
         args = self.args
         raw = self.workdir / "monitor-pyspy.txt"
         spy = Proc("py-spy", [args.py_spy, "record", "-p", str(self.procs["monitor"].pid), "-d",
-                              str(int(args.profile_seconds)), "-r", "200", "-f", "raw", "--threads", "--gil", "-o",
+                              str(int(args.profile_seconds)), "-r", "200", "-f", "raw", "--threads", "--gil", "--subprocesses", "-o",
                               str(raw)], self.workdir / "logs" / "py-spy.log", cwd=ROOT)
         time.sleep(1.0)
         r = self.cell("monitor", args.profile, 0.5, args.profile_seconds + 1, not args.no_stream)
