@@ -230,8 +230,8 @@ def test_quality_page_rates_and_examples(seeded):
     per_model = at.dataframe[0].value.set_index("model")
     assert per_model.loc["alpha", "refusal"] == pytest.approx(0.1)
     at.selectbox(key="quality_signal").set_value("truncated").run()
-    assert INJECTION in [c.value for c in at.text]
-    assert COMPLETION_INJECTION in [c.value for c in at.text]
+    ex = at.dataframe[1].value  # the examples, one row each, as plain cell text
+    assert INJECTION in list(ex["prompt_preview"]) and COMPLETION_INJECTION in list(ex["completion_preview"])
 
 
 def test_requests_page_filters_and_shows_one_request_literally(seeded):
