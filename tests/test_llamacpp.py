@@ -269,7 +269,7 @@ def test_english_then_german_changes_the_completion_language_and_the_checks_see_
         for lang, idx in (("en", 0), ("de", 1)):
             start = datetime.now(timezone.utc)
             for q in QUESTIONS:
-                via.chat.completions.create(model=MODEL, temperature=0, seed=SEED, max_tokens=48, messages=[
+                via.chat.completions.create(model=MODEL, temperature=0, seed=SEED, max_tokens=32, messages=[
                     {"role": "system", "content": SYSTEM[lang]}, {"role": "user", "content": q[idx]}])
             phases[lang] = (start, datetime.now(timezone.utc))
             time.sleep(1.1)  # the windows below do not overlap
