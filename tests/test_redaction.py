@@ -799,6 +799,71 @@ def test_item_ranges_follow_the_wire_format():
         _screen.item_ranges(data[:-3])
 
 
+def _screened(r: Redactor, signal: str, msg) -> list[tuple[int, int, int]] | None:
+    from monitor.redaction import request
+    paths, data = _screen.flagged(r, msg, signal == "logs", request._SAFE_BYTES, request._URL_BYTES)
+    assert data == msg.SerializeToString()
+    return paths
+
+
+@needs_hyperscan
+def test_the_screen_walks_only_items_with_a_match_where_redaction_looks():
+    """Matches in safe-key values (a hex response id the IBAN superset matches), in trace and span
+    ids, in event names or in attribute keys cost no walk; a candidate in any part redaction scans
+    does, with the same result as the pure-Python fallback."""
+    fast = Redactor()
+    with _NoHyperscan():
+        plain = Redactor()
+    response_id = "chatcmpl-ab12cdef3456a7b8c9d0e1f2"  # the IBAN superset matches this hex
+    assert fast._prefilter.select(response_id.encode())
+    email = "jane.doe@example.com"
+    id_like = b"jd@example.io\x00\x00\x00"  # a trace id whose bytes look like an e-mail address
+    assert fast._prefilter.select(id_like)
+    clean = [_kv("gen_ai.response.id", response_id), _kv("gen_ai.request.model", "llama-3-8b"),
+             _kv("gen_ai.input.messages", json.dumps([{"role": "user", "content": "How are you today?"}]))]
+    # a prompt that spells the wire bytes of a safe attribute, then an address: still scanned
+    forged = "\n\x14\n\x12gen_ai.response.id\x12\x18\n\x16" + email
+    spans = [
+        trace_pb2.Span(trace_id=id_like, span_id=id_like[:8], parent_span_id=id_like[8:], name="chat",
+                       attributes=clean, events=[trace_pb2.Span.Event(name=email, attributes=clean)],
+                       links=[trace_pb2.Span.Link(trace_id=id_like, span_id=id_like[:8], attributes=clean)],
+                       status=trace_pb2.Status(message="ok")),                      # 0: nothing to walk
+        trace_pb2.Span(trace_id=id_like, name=f"chat for {email}", attributes=clean),  # 1: the name
+        trace_pb2.Span(attributes=clean, status=trace_pb2.Status(message=f"no mailbox {email}")),  # 2: status
+        trace_pb2.Span(attributes=clean, events=[trace_pb2.Span.Event(
+            name="gen_ai.user.message", attributes=[_kv("content", f"write to {email}")])]),  # 3: an event
+        trace_pb2.Span(attributes=clean, links=[trace_pb2.Span.Link(
+            trace_id=id_like, attributes=[_kv("note", f"from {email}")])]),               # 4: a link
+        trace_pb2.Span(attributes=[*clean, _kv("user.profile", {"contact": [email]})]),   # 5: nested values
+        trace_pb2.Span(attributes=[*clean, _kv("gen_ai.prompt", forged)]),                # 6: forged bytes
+        trace_pb2.Span(attributes=[*clean, _kv("gen_ai.output.messages", json.dumps(
+            [{"content": email.replace("@", "\u0040")}]))]),                             # 7: escaped in JSON
+        trace_pb2.Span(attributes=[*clean, _kv("url.full", "https://x.example/u?to=jane.doe%40example.com")]),  # 8
+        trace_pb2.Span(attributes=[*clean, _kv(email, "a key is never scanned")]),        # 9: in a key only
+    ]
+    traces = trace_service_pb2.ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
+        resource=resource_pb2.Resource(attributes=[_kv("host.name", email)]),  # resources are never scanned
+        scope_spans=[trace_pb2.ScopeSpans(spans=spans)])])
+    records = [
+        logs_pb2.LogRecord(trace_id=id_like, severity_text=email, event_name=email,
+                           attributes=[_kv("gen_ai.response.id", response_id)], body=_any("fine")),  # 0
+        logs_pb2.LogRecord(body=_any(f"bounce from {email}")),                              # 1: the body
+        logs_pb2.LogRecord(body=_any("fine"), attributes=[_kv("peer", email)]),             # 2: an attribute
+    ]
+    logs = logs_service_pb2.ExportLogsServiceRequest(resource_logs=[logs_pb2.ResourceLogs(
+        scope_logs=[logs_pb2.ScopeLogs(log_records=records)])])
+    assert _screened(fast, "traces", traces) == [(0, 0, k) for k in range(1, 9)]
+    assert _screened(fast, "logs", logs) == [(0, 0, 1), (0, 0, 2)]
+    for signal, msg, found in (("traces", traces, 8), ("logs", logs, 2)):
+        a, b = type(msg).FromString(msg.SerializeToString()), type(msg).FromString(msg.SerializeToString())
+        assert redact_request(fast, signal, a) == redact_request(plain, signal, b) == {"EMAIL": found}
+        assert a.SerializeToString() == b.SerializeToString()
+        if signal == "traces":
+            after = a.resource_spans[0].scope_spans[0].spans
+            assert after[0] == spans[0] and after[9] == spans[9]
+            assert after[6].attributes[-1].value.string_value == forged.replace(email, "[EMAIL]")
+
+
 def test_json_views_decode_as_a_json_parser_does():
     from monitor.redaction import redact
     assert redact._MAX_JSON_DEPTH <= _prefilter.MAX_JSON_LEVELS  # views reach every leaf the redactor parses

@@ -33,8 +33,11 @@ __all__ = ["Ingress", "Processor"]
 
 log = logging.getLogger("monitor.receiver")
 
-Processor = Callable[[Signal, Message], None]
-"""In-place transformation of a request before it leaves the receiver (engine join, cost, redaction)."""
+Processor = Callable[[Signal, Message], "bytes | None"]
+"""In-place transformation of a request before it leaves the receiver (engine join, cost, redaction).
+It may return the request's wire form as it now is (``msg.SerializeToString()``) when it has it at
+hand anyway -- redaction's prefilter serializes the request to scan it -- so the transport stores
+those bytes instead of encoding the request again; else None."""
 
 
 class Ingress:
@@ -81,12 +84,13 @@ class Ingress:
         rejected, reason = reject_invalid(signal, msg)
         if rejected:
             self.metrics.rejected.labels(signal, protocol, "invalid").inc(rejected)
+        wire = None
         for process in self.processors:
-            process(signal, msg)
+            wire = process(signal, msg)  # only the last one's bytes can be the request as it is now
         accepted = total - rejected
         if accepted > 0:
             try:
-                result = self.transport.publish(signal, msg)
+                result = self.transport.publish(signal, msg, wire)
             except Overloaded as exc:
                 self.metrics.rejected.labels(signal, protocol, "overloaded").inc(accepted)
                 self.metrics.requests.labels(signal, protocol, "overloaded").inc()

@@ -6,15 +6,22 @@ anywhere, with no JSON escape and no URL attribute, and smaller than
 ``max_value_bytes``, needs nothing more (the common case: a few microseconds a
 span, where walking the attributes in Python alone costs more than ten).
 Otherwise the request's outer structure is read from the wire format to map
-each match to its span or log record; only those are walked. A match outside
-any content (a hex id, random bytes of a trace id) costs a walk that finds
-nothing.
+each match to its span or log record, and the fields of such an item are read
+too: a match counts only where redaction looks (the span name, the status
+message, a log body, the value of an attribute whose key is not a safe key), so
+a hex response id (``gen_ai.response.id``, a safe key) or the random bytes of a
+trace id, which the supersets of IBANs or e-mail addresses often match, cost no
+walk. Only the items with a match that counts are walked.
 
 Invariants:
 
 - A superset match in a text is a match in the serialized bytes, since
-  protobuf strings are stored as their UTF-8 bytes; JSON escapes and URL
-  encoding are covered by decoding the span's bytes (``_prefilter.views``).
+  protobuf strings are stored as their UTF-8 bytes, and it ends inside that
+  text's bytes; JSON escapes and URL encoding are covered by decoding the bytes
+  of the value that holds the text (``_prefilter.views``).
+- :func:`text_ranges` lists every byte range redaction scans in an item (a
+  superset of it: the whole ``AnyValue`` of an array or map); an item none of
+  whose ranges holds a match end, nor matches once decoded, holds no finding.
 - Anything unexpected (a malformed or unfamiliar encoding, more matches than
   ``LOCATE_CAP``) means "walk everything", never "skip".
 - Paths are ``(i, j, k)``: ``msg.<resource>[i].<scope>[j].<item>[k]``; traces
@@ -34,16 +41,26 @@ from monitor.redaction import _prefilter
 if TYPE_CHECKING:
     from monitor.redaction.redact import Redactor
 
-__all__ = ["flagged", "item_ranges"]
+__all__ = ["flagged", "item_ranges", "text_ranges"]
 
 Path = tuple[int, int, int]
 
 _ESCAPE = re.compile(_prefilter.ESCAPE)
 
 
-def flagged(redactor: Redactor, msg: Message) -> list[Path] | None:
-    """Paths of the items that need walking, in order; ``None``: walk them all."""
+def flagged(redactor: Redactor, msg: Message, logs: bool, safe_keys: frozenset[bytes],
+            url_keys: frozenset[bytes]) -> tuple[list[Path] | None, bytes]:
+    """Paths of the items that need walking, in order (``None``: walk them all), and the serialized
+    request (``msg.SerializeToString()``) that was scanned.
+
+    ``logs``: the items are log records (else spans); ``safe_keys``: the UTF-8 attribute keys whose
+    values redaction never scans; ``url_keys``: those whose values it scans URL-decoded too."""
     data = msg.SerializeToString()
+    return _flagged(redactor, data, logs, safe_keys, url_keys), data
+
+
+def _flagged(redactor: Redactor, data: bytes, logs: bool, safe_keys: frozenset[bytes],
+             url_keys: frozenset[bytes]) -> list[Path] | None:
     found = redactor._prefilter.locate(data)
     if found is None:
         return None
@@ -62,21 +79,198 @@ def flagged(redactor: Redactor, msg: Message) -> list[Path] | None:
         i = bisect_right(starts, pos) - 1
         return i if i >= 0 and pos < ranges[i][1] else -1
 
-    hit = {item_at(e - 1) for e in found.matches}
-    if len(data) > limit:
+    ends: dict[int, list[int]] = {}
+    for e in found.matches:
+        ends.setdefault(item_at(e - 1), []).append(e)
+    ends.pop(-1, None)
+    hit: set[int] = set()
+    if len(data) > limit:  # a value may need cutting: walk every item that large
         hit.update(i for i, (s, e, _) in enumerate(ranges) if e - s > limit)
     if found.escapes is None:  # many: look span by span
         decode = {i for i, (s, e, _) in enumerate(ranges) if _ESCAPE.search(data, s, e)}
     else:
         decode = {item_at(e - 1) for e in found.escapes}
     urls = {item_at(e - 1) for e in found.urls}
-    for i in (decode | urls) - hit - {-1}:
+    for i in (decode | urls) - hit - ends.keys() - {-1}:  # cheap first look: any decoded match at all
         s, e, _ = ranges[i]
         extra = _prefilter.views(data[s:e], url=i in urls)[1:]
         if extra and redactor._prefilter.any(*extra):
+            ends.setdefault(i, [])
+    for i, item_ends in ends.items():
+        if i in hit:
+            continue
+        s, e, _ = ranges[i]
+        try:
+            if _holds_candidate(redactor, data, s, e, sorted(item_ends), i in decode or i in urls, logs,
+                                safe_keys, url_keys):
+                hit.add(i)
+        except (ValueError, IndexError):
             hit.add(i)
-    hit.discard(-1)
     return [ranges[i][2] for i in sorted(hit)]
+
+
+def _holds_candidate(redactor: Redactor, data: bytes, start: int, end: int, ends: list[int], decoded: bool,
+                     logs: bool, safe_keys: frozenset[bytes], url_keys: frozenset[bytes]) -> bool:
+    """Whether a match ends in a part of the item ``data[start:end]`` that redaction scans, or
+    (``decoded``: the item holds JSON escapes or a URL attribute) such a part matches once decoded.
+
+    Raises ``ValueError`` or ``IndexError`` on bytes that are not a well-formed message."""
+    if ends and _match_in_text(data, start, end, ends, logs, safe_keys):
+        return True
+    if decoded:
+        for s, e, url in text_ranges(data, start, end, logs, safe_keys, url_keys):
+            if url or data.find(b"\\", s, e) >= 0:
+                extra = _prefilter.views(data[s:e], url=url)[1:]
+                if extra and redactor._prefilter.any(*extra):
+                    return True
+    return False
+
+
+def _match_in_text(data: bytes, start: int, end: int, ends: list[int], logs: bool,
+                   safe_keys: frozenset[bytes]) -> bool:
+    """Whether one of ``ends`` (sorted match ends) lies in a part :func:`text_ranges` lists; only the
+    fields holding a match end are read further (a span's other fields are skipped in one step each)."""
+    k, last = 0, len(ends)
+    pos = start
+    while pos < end:
+        key = data[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _varint(data, pos)
+        wire = key & 7
+        if wire != 2:
+            pos = _skip(data, pos, wire)
+            continue
+        n = data[pos]
+        if n < 0x80:
+            pos += 1
+        else:
+            n, pos = _varint(data, pos)
+        s, pos = pos, pos + n
+        while k < last and ends[k] <= s:
+            k += 1
+        if k == last:
+            return False  # no match end past here
+        if ends[k] > pos:
+            continue  # none in this field
+        field = key >> 3
+        if logs:
+            if field == _LOG_BODY:
+                return True
+            if field == _LOG_ATTRIBUTES and _value_holds(data, s, pos, ends, k, safe_keys):
+                return True
+        elif field == _SPAN_ATTRIBUTES:
+            if _value_holds(data, s, pos, ends, k, safe_keys):
+                return True
+        elif field == _SPAN_NAME:
+            return True
+        elif field in (_SPAN_EVENTS, _SPAN_LINKS):
+            wanted = _EVENT_ATTRIBUTES if field == _SPAN_EVENTS else _LINK_ATTRIBUTES
+            for f2, s2, e2 in _length_delimited(data, s, pos):
+                if f2 == wanted and _value_holds(data, s2, e2, ends, bisect_right(ends, s2), safe_keys):
+                    return True
+        elif field == _SPAN_STATUS:
+            for f2, s2, e2 in _length_delimited(data, s, pos):
+                if f2 == _STATUS_MESSAGE and _any_end(ends, s2, e2):
+                    return True
+    if pos != end:
+        raise ValueError("field runs past its message")
+    return False
+
+
+def _any_end(ends: list[int], s: int, e: int) -> bool:
+    """Whether a match ends in ``data[s:e]`` (its last byte at ``s`` or later, before ``e``)."""
+    k = bisect_right(ends, s)
+    return k < len(ends) and ends[k] <= e
+
+
+def _value_holds(data: bytes, start: int, end: int, ends: list[int], k: int, safe_keys: frozenset[bytes]) -> bool:
+    """Whether a match end (``ends[k:]``) lies in the value of the ``KeyValue`` ``data[start:end]``
+    and its key is not safe."""
+    value = _value_range(data, start, end, safe_keys, _NO_KEYS)
+    if value is None:
+        return False
+    s, e, _ = value
+    while k < len(ends) and ends[k] <= s:
+        k += 1
+    return k < len(ends) and ends[k] <= e
+
+
+def _skip(data: bytes, pos: int, wire: int) -> int:
+    """Past the value of a field of wire type ``wire`` (not length-delimited) starting at ``pos``."""
+    if wire == 0:
+        return _varint(data, pos)[1]
+    if wire == 1:
+        return pos + 8
+    if wire == 5:
+        return pos + 4
+    raise ValueError(f"unexpected wire type {wire}")
+
+
+# Field numbers (opentelemetry-proto): what redaction looks at in a span or log record.
+_SPAN_NAME, _SPAN_ATTRIBUTES, _SPAN_EVENTS, _SPAN_LINKS, _SPAN_STATUS = 5, 9, 11, 13, 15
+_EVENT_ATTRIBUTES, _LINK_ATTRIBUTES, _STATUS_MESSAGE = 3, 4, 2
+_LOG_BODY, _LOG_ATTRIBUTES = 5, 6
+_KV_KEY, _KV_VALUE, _ANY_STRING = 1, 2, 1
+_NO_KEYS: frozenset[bytes] = frozenset()
+
+
+def text_ranges(data: bytes, start: int, end: int, logs: bool, safe_keys: frozenset[bytes],
+                url_keys: frozenset[bytes]) -> list[tuple[int, int, bool]]:
+    """``(start, end, url)`` of every part of the span (or log record) ``data[start:end]`` that
+    :func:`monitor.redaction.request.redact_request` scans: the span name, the status message, the
+    values of span, event and link attributes whose key is not in ``safe_keys``; a log record's
+    body and attributes. A string value is its UTF-8 bytes; an array or map value its whole
+    encoding. ``url``: the key is one of ``url_keys``.
+
+    Raises ``ValueError`` or ``IndexError`` on bytes that are not a well-formed message.
+    """
+    out: list[tuple[int, int, bool]] = []
+    for field, s, e in _length_delimited(data, start, end):
+        if logs:
+            if field == _LOG_BODY:
+                out.append((s, e, False))
+            elif field == _LOG_ATTRIBUTES:
+                _add(out, _value_range(data, s, e, safe_keys, url_keys))
+        elif field == _SPAN_ATTRIBUTES:
+            _add(out, _value_range(data, s, e, safe_keys, url_keys))
+        elif field == _SPAN_NAME:
+            out.append((s, e, False))
+        elif field in (_SPAN_EVENTS, _SPAN_LINKS):
+            wanted = _EVENT_ATTRIBUTES if field == _SPAN_EVENTS else _LINK_ATTRIBUTES
+            for f2, s2, e2 in _length_delimited(data, s, e):
+                if f2 == wanted:
+                    _add(out, _value_range(data, s2, e2, safe_keys, url_keys))
+        elif field == _SPAN_STATUS:
+            out.extend((s2, e2, False) for f2, s2, e2 in _length_delimited(data, s, e) if f2 == _STATUS_MESSAGE)
+    return out
+
+
+def _add(out: list[tuple[int, int, bool]], value: tuple[int, int, bool] | None) -> None:
+    if value is not None:
+        out.append(value)
+
+
+def _value_range(data: bytes, start: int, end: int, safe_keys: frozenset[bytes],
+                 url_keys: frozenset[bytes]) -> tuple[int, int, bool] | None:
+    """``(start, end, url)`` of the value of the ``KeyValue`` ``data[start:end]``; None when its key is
+    safe or it has no value."""
+    key = b""
+    value: tuple[int, int] | None = None
+    for field, s, e in _length_delimited(data, start, end):
+        if field == _KV_KEY:
+            key = data[s:e]
+        elif field == _KV_VALUE:
+            value = (s, e)
+    if value is None or key in safe_keys:
+        return None
+    s, e = value
+    if e - s >= 2 and data[s] == (_ANY_STRING << 3 | 2):  # a string: its bytes, after the tag and length
+        n, p = _varint(data, s + 1)
+        if p + n == e:
+            s = p
+    return s, e, key in url_keys
 
 
 def item_ranges(data: bytes) -> list[tuple[int, int, Path]]:
@@ -125,13 +319,7 @@ def _field_end(data: bytes, pos: int) -> int:
     if wire == 2:
         n, pos = _varint(data, pos)
         return pos + n
-    if wire == 0:
-        return _varint(data, pos)[1]
-    if wire == 1:
-        return pos + 8
-    if wire == 5:
-        return pos + 4
-    raise ValueError(f"unexpected wire type {wire}")
+    return _skip(data, pos, wire)
 
 
 def _length_delimited(data: bytes, pos: int, end: int):

@@ -15,13 +15,14 @@ Invariants:
   address like ``server.address``, stays. Only what was found changes,
   re-encoded.
 - With a prefilter (:mod:`._screen`) only the spans or log records in which a
-  detector can match are walked; the others are left exactly as they came.
+  detector can match, in a part this module scans, are walked; the others are
+  left exactly as they came.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
@@ -70,46 +71,59 @@ def redact_request(redactor: Redactor, signal: Signal, msg: Message) -> dict[str
     attributes; metrics: nothing (module docstring). Values cut at ``max_value_bytes`` count as
     ``TRUNCATED``.
     """
-    counts: dict[str, int] = {}
-    if not redactor.enabled:
-        return counts
-    if signal == "traces":
-        for span in _items(redactor, msg, "resource_spans", "scope_spans", "spans"):
-            _redact_span(redactor, span, counts)
-    elif signal == "logs":
-        for record in _items(redactor, msg, "resource_logs", "scope_logs", "log_records"):
-            if record.HasField("body"):
-                redactor.redact_any_value(record.body, counts)
-            _redact_attributes(redactor, record.attributes, counts)
-    return counts
+    return _redact(redactor, signal, msg)[0]
 
 
 def make_processor(
     redactor: Redactor, on_counts: Callable[[dict[str, int]], None] | None = None,
-) -> Callable[[Signal, Message], None]:
+) -> Callable[[Signal, Message], bytes | None]:
     """A receiver :data:`~monitor.receiver.ingress.Processor` running :func:`redact_request`.
 
     ``on_counts`` (e.g. a self-metric's ``inc`` per kind) gets the non-empty counts of each request.
+    Returns the request's wire form when the prefilter serialized it and nothing was changed after.
     """
 
-    def process(signal: Signal, msg: Message) -> None:
-        counts = redact_request(redactor, signal, msg)
+    def process(signal: Signal, msg: Message) -> bytes | None:
+        counts, wire = _redact(redactor, signal, msg)
         if counts and on_counts is not None:
             on_counts(counts)
+        return wire
 
     return process
 
 
-def _items(redactor: Redactor, msg: Message, outer: str, scope: str, item: str) -> Iterator[Any]:
-    """The spans or log records to walk: those the prefilter flags, or all of them."""
-    paths = _screen.flagged(redactor, msg) if redactor._screens else None
+def _redact(redactor: Redactor, signal: Signal, msg: Message) -> tuple[dict[str, int], bytes | None]:
+    """:func:`redact_request`'s counts, and ``msg.SerializeToString()`` when the screen serialized
+    it and nothing changed since (no finding, nothing cut), else None."""
+    counts: dict[str, int] = {}
+    if not redactor.enabled or signal not in ("traces", "logs"):
+        return counts, None
+    outer, scope, item = (("resource_spans", "scope_spans", "spans") if signal == "traces"
+                          else ("resource_logs", "scope_logs", "log_records"))
+    items, wire = _items(redactor, msg, outer, scope, item)
+    if signal == "traces":
+        for span in items:
+            _redact_span(redactor, span, counts)
+    else:
+        for record in items:
+            if record.HasField("body"):
+                redactor.redact_any_value(record.body, counts)
+            _redact_attributes(redactor, record.attributes, counts)
+    return counts, None if counts else wire
+
+
+_SAFE_BYTES = frozenset(k.encode() for k in SAFE_KEYS)
+_URL_BYTES = frozenset(k.encode() for k in URL_KEYS)
+
+
+def _items(redactor: Redactor, msg: Message, outer: str, scope: str, item: str) -> tuple[Iterable[Any], bytes | None]:
+    """The spans or log records to walk (those the prefilter flags, or all of them), and the
+    serialized request when the prefilter serialized it."""
+    paths, wire = _screen.flagged(redactor, msg, item == "log_records", _SAFE_BYTES, _URL_BYTES) \
+        if redactor._screens else (None, None)
     if paths is None:
-        for a in getattr(msg, outer):
-            for b in getattr(a, scope):
-                yield from getattr(b, item)
-        return
-    for i, j, k in paths:
-        yield getattr(getattr(getattr(msg, outer)[i], scope)[j], item)[k]
+        return (x for a in getattr(msg, outer) for b in getattr(a, scope) for x in getattr(b, item)), wire
+    return (getattr(getattr(getattr(msg, outer)[i], scope)[j], item)[k] for i, j, k in paths), wire
 
 
 def _redact_span(redactor: Redactor, span: Any, counts: dict[str, int]) -> None:

@@ -31,8 +31,10 @@ class Accepted:
 
 
 class Transport(Protocol):
-    def publish(self, signal: Signal, msg: Message) -> Accepted:
-        """Hand one validated export request over; returns when it is durable (blocking)."""
+    def publish(self, signal: Signal, msg: Message, wire: bytes | None = None) -> Accepted:
+        """Hand one validated export request over; returns when it is durable (blocking).
+
+        ``wire``: ``msg.SerializeToString()`` when the caller has it (not encoded again), else None."""
         ...
 
     def start(self) -> None:

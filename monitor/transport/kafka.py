@@ -49,8 +49,14 @@ class KafkaTransport:
         self._last_down_log = 0.0
 
     # -- receiver side (a worker thread) ---------------------------------------------------
-    def publish(self, signal: Signal, msg: Message) -> Accepted:
+    def publish(self, signal: Signal, msg: Message, wire: bytes | None = None) -> Accepted:
         s = self.settings
+        if (wire is not None and s.encoding == "otlp_proto" and len(wire) <= s.max_message_bytes
+                and not (signal == "traces" and s.partition_traces_by_id)):
+            # What split_for_kafka makes of a request that fits: itself, one message (an
+            # Export*ServiceRequest is wire-identical to its *Data), without encoding it again.
+            self.spool.append([(s.topic(signal), None, wire)])
+            return Accepted()
         split = split_for_kafka(signal, msg, s.max_message_bytes, s.encoding, s.partition_traces_by_id)
         if split.messages:
             topic = s.topic(signal)
@@ -173,7 +179,8 @@ class KafkaTransport:
     def _forward_loop(self) -> None:
         backoff = Backoff(0.2, 10.0)
         while not self._stop.is_set():
-            if not self.spool.wait(0.5):
+            # Only this process appends to its spool, and an append wakes the wait: no need to poll.
+            if not self.spool.wait(0.5, poll=0.5):
                 self.spool.refresh_gauges()
                 continue
             try:

@@ -28,8 +28,8 @@ class LocalTransport:
         self.topics = topics
         """Only the topic names: a spool row is labelled like the Kafka message it would be."""
 
-    def publish(self, signal: Signal, msg: Message) -> Accepted:
-        self.spool.append([(self.topics.topic(signal), None, msg.SerializeToString())])
+    def publish(self, signal: Signal, msg: Message, wire: bytes | None = None) -> Accepted:
+        self.spool.append([(self.topics.topic(signal), None, msg.SerializeToString() if wire is None else wire)])
         return Accepted()
 
     def start(self) -> None:
