@@ -180,15 +180,24 @@ def test_sidecar_killed_twice_loses_and_duplicates_nothing(own_kafka, settings, 
     ingest = Ingest(settings)
     ingest.start()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
     try:
         wait_until(lambda: _span_ids(store)[0] >= 200, timeout=120, interval=0.5,
                    message="the 200 spans spooled before the crash")
+        # the spans were in Kafka before the crash: ingest may store them before the restarted sidecar
+        # has looked at what it had in flight; stop it only once it has
+        wait_until(lambda: any("were already in Kafka" in ln for ln in lines), timeout=60, interval=0.2,
+                   message="the restarted sidecar's reconciliation")
         time.sleep(1)
         assert _span_ids(store) == (200, 200)
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(10)
         ingest.stop()
+    err = "".join(lines)
     assert "from an earlier run" in err
     assert "40 of the 40 messages in flight when the last attempt ended were already in Kafka" in err
 
