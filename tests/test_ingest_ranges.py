@@ -199,3 +199,26 @@ def test_token_counts_outside_uint32_never_reach_the_store(value):
     ev = span_to_event(span, "svc")
     assert ev.input_tokens is None and ev.attributes["monitor.fixed"] == f"gen_ai.usage.input_tokens={value}"
     assert json.dumps(ev.row(), default=str)  # a row, ready for the store
+
+
+def test_values_that_once_raised_in_normalisation_are_stored_with_the_rest(store):
+    """A token count of "inf" (int(float) overflows) and content JSON nested past Python's recursion
+    limit each raised out of normalisation and failed their whole batch; now the count is not a number
+    (NULL), the content is plain text, and both spans land with their neighbour."""
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    spans = req.resource_spans.add().scope_spans.add().spans
+    for i, (key, value) in enumerate([("gen_ai.usage.input_tokens", "inf"),
+                                      ("gen_ai.input.messages", "[" * 50_000),
+                                      ("gen_ai.response.finish_reasons", "[" * 50_000),
+                                      ("gen_ai.usage.output_tokens", "7")]):
+        span = spans.add(trace_id=bytes([i + 1]) * 16, span_id=bytes([i + 1]) * 8, name="chat m",
+                         start_time_unix_nano=NOW, end_time_unix_nano=NOW + 10**6)
+        span.attributes.add(key="gen_ai.operation.name").value.string_value = "chat"
+        span.attributes.add(key=key).value.string_value = value
+    stage = IngestStage(Writer(store, SelfMetrics()), SelfMetrics(), quality=False)
+    result = stage.run([Message("traces", req.SerializeToString(), "src:odd")], "test:odd", threading.Event())
+    assert result.dead == []
+    rows = store.query_rows("SELECT span_id, input_tokens, output_tokens, prompt, finish_reason "
+                            "FROM inference_events ORDER BY span_id")
+    assert rows == [("01" * 8, None, None, "", ""), ("02" * 8, None, None, "[" * 50_000, ""),
+                    ("03" * 8, None, None, "", "[" * 50_000), ("04" * 8, None, 7, "", "")]

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.events import InferenceEvent
-from monitor.otlp.genai import FIXED_KEY, span_to_event
-from monitor.otlp.values import to_str
+from monitor.otlp.genai import FIXED_KEY, build_event, is_model_request, resource_facts
+from monitor.otlp.values import array_str, double_str, to_str
 from monitor.store.tables import MAX_DATETIME64_NS
 
 __all__ = ["Batch", "normalize", "traces_rows", "metrics_rows", "logs_rows", "MAX_VALUE_CHARS", "attrs_map"]
@@ -78,20 +78,33 @@ def _cut(s: str) -> str:
 
 
 def attrs_map(kvs: Any) -> dict[str, str]:
-    """OTLP attributes as the Collector stores them: every value a string (see monitor.otlp.values)."""
+    """OTLP attributes as the Collector stores them: every value a string (see monitor.otlp.values).
+
+    Each protobuf field read costs about as much as the Python around it, so the value is probed by
+    its likely kind (a non-empty string, then a non-zero integer) before asking which kind it is."""
     out: dict[str, str] = {}
     for kv in kvs:
         v = kv.value
-        kind = v.WhichOneof("value")
-        if kind == "string_value":
-            s = v.string_value
+        s = v.string_value  # "" unless the value is a non-empty string
+        if s:
             out[kv.key] = s if len(s) <= MAX_VALUE_CHARS else _cut(s)
-        elif kind == "int_value":
-            out[kv.key] = str(v.int_value)
-        elif kind == "bool_value":
+            continue
+        i = v.int_value  # 0 unless the value is a non-zero integer
+        if i:
+            out[kv.key] = str(i)
+            continue
+        kind = v.WhichOneof("value")
+        if kind == "bool_value":
             out[kv.key] = "true" if v.bool_value else "false"
-        elif kind is None:
+        elif kind is None or kind == "string_value":
             out[kv.key] = ""
+        elif kind == "int_value":
+            out[kv.key] = "0"
+        elif kind == "double_value":
+            out[kv.key] = double_str(v.double_value)
+        elif kind == "array_value":
+            s = array_str(v.array_value)
+            out[kv.key] = s if len(s) <= MAX_VALUE_CHARS else _cut(s)
         else:
             s = to_str(v)
             out[kv.key] = s if len(s) <= MAX_VALUE_CHARS else _cut(s)
@@ -120,13 +133,21 @@ def normalize(decoded: list[tuple[str, Any]], now_ns: int | None = None) -> Batc
 
 
 def traces_rows(data: Any, out: Batch, origin: int = 0, now_ns: int = 0) -> Batch:
-    """``otel_traces`` rows for every span; an event for every model request (in ``out.events``)."""
+    """``otel_traces`` rows for every span; an event for every model request (in ``out.events``).
+
+    One pass per span: its attributes are read once (the row's map is the one the event reads and
+    notes fixes in), its ids turned to hex once, its resource's facts worked out once per resource."""
     max_ts = MAX_DATETIME64_NS
+    rows: list[list] = []
+    events, event_origin = out.events, out.event_origin
+    span_kinds, statuses = _SPAN_KIND, _STATUS
     for rs in data.resource_spans:
         res = attrs_map(rs.resource.attributes)
         service = res.get("service.name", "")
+        facts = resource_facts(res)
         for ss in rs.scope_spans:
-            scope_name, scope_version = ss.scope.name, ss.scope.version
+            scope = ss.scope
+            scope_name, scope_version = scope.name, scope.version
             for span in ss.spans:
                 start, end = span.start_time_unix_nano, span.end_time_unix_nano
                 span_attrs = attrs_map(span.attributes)
@@ -139,34 +160,50 @@ def traces_rows(data: Any, out: Batch, origin: int = 0, now_ns: int = 0) -> Batc
                     start = start if start <= max_ts else (end if end <= max_ts else now_ns)
                     end = end if end <= max_ts else start
                 ev_ts, ev_name, ev_attrs = [], [], []
-                for e in span.events:
-                    t = e.time_unix_nano
-                    if t > max_ts:
-                        out.fixed += 1
-                        _fix(span_attrs, f"events.{len(ev_ts)}.time_unix_nano", t)
-                        t = start
-                    ev_ts.append(t)
-                    ev_name.append(e.name)
-                    ev_attrs.append(attrs_map(e.attributes))
+                span_events = span.events
+                if span_events:
+                    for e in span_events:
+                        t = e.time_unix_nano
+                        if t > max_ts:
+                            out.fixed += 1
+                            _fix(span_attrs, f"events.{len(ev_ts)}.time_unix_nano", t)
+                            t = start
+                        ev_ts.append(t)
+                        ev_name.append(e.name)
+                        ev_attrs.append(attrs_map(e.attributes))
                 l_tid, l_sid, l_state, l_attrs = [], [], [], []
-                for link in span.links:
-                    l_tid.append(link.trace_id.hex())
-                    l_sid.append(link.span_id.hex())
-                    l_state.append(link.trace_state)
-                    l_attrs.append(attrs_map(link.attributes))
+                links = span.links
+                if links:
+                    for link in links:
+                        l_tid.append(link.trace_id.hex())
+                        l_sid.append(link.span_id.hex())
+                        l_state.append(link.trace_state)
+                        l_attrs.append(attrs_map(link.attributes))
                 duration = end - start
-                code = span.status.code
-                out.add("otel_traces", [
-                    start, span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(), span.trace_state,
-                    span.name, _SPAN_KIND[span.kind] if 0 <= span.kind < len(_SPAN_KIND) else "Unspecified",
+                status = span.status
+                code = status.code
+                kind = span.kind
+                name = span.name
+                trace_id, span_id = span.trace_id.hex(), span.span_id.hex()
+                rows.append([
+                    start, trace_id, span_id, span.parent_span_id.hex(), span.trace_state,
+                    name, span_kinds[kind] if 0 <= kind < 6 else "Unspecified",
                     service, res, scope_name, scope_version, span_attrs, duration if duration > 0 else 0,
-                    _STATUS[code] if 0 <= code < len(_STATUS) else "Unset", span.status.message,
+                    statuses[code] if 0 <= code < 3 else "Unset", status.message,
                     ev_ts, ev_name, ev_attrs, l_tid, l_sid, l_state, l_attrs,
-                ], origin)
-                event = span_to_event(span, service, span_attrs, start, end, res)
-                if event is not None:
-                    out.events.append(event)
-                    out.event_origin.append(origin)
+                ])
+                dialect = is_model_request(name, span_attrs)
+                if dialect is not None and "monitor.joined_into" not in span_attrs:
+                    events.append(build_event(span, dialect, span_attrs, service, start, end, trace_id, span_id,
+                                              kind, code, facts))
+                    event_origin.append(origin)
+    if rows:
+        table = out.rows.get("otel_traces")
+        if table is None:
+            table = out.rows["otel_traces"] = []
+            out.origin["otel_traces"] = []
+        table.extend(rows)
+        out.origin["otel_traces"].extend([origin] * len(rows))
     return out
 
 

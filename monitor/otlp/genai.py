@@ -29,16 +29,21 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
-from monitor.events import InferenceEvent
-from monitor.otlp.identity import (LOGIT_BIAS_ATTR, LOGPROBS_ATTR, TOP_LOGPROBS_ATTR,
-                                   identity_from_attributes)
-from monitor.otlp.model_identity import apply_identity
-from monitor.otlp.values import attrs_to_str_map, to_python
+from monitor.events import INFERENCE_EVENT_COLUMNS, InferenceEvent
+from monitor.otlp.identity import (
+    LOGIT_BIAS_ATTR,
+    LOGPROBS_ATTR,
+    TOP_LOGPROBS_ATTR,
+    identity_tuple,
+)
+from monitor.otlp.model_identity import MANAGED, identify
+from monitor.otlp.values import attrs_to_str_map, json_text, to_python
 
-__all__ = ["span_to_event", "is_model_request", "wants_quality", "FIXED_KEY", "GPU_COUNT_KEY",
-           "GPU_PRICE_KEY"]
+__all__ = ["FIXED_KEY", "GPU_COUNT_KEY", "GPU_PRICE_KEY", "ResourceFacts", "build_event", "is_model_request",
+           "resource_facts", "span_to_event", "wants_quality"]
 
 FIXED_KEY = "monitor.fixed"
 """Attribute listing values ingest had to replace (``name=original``, comma-separated)."""
@@ -53,6 +58,8 @@ MODEL_OPERATIONS = frozenset({"chat", "text_completion", "generate_content", "em
 
 _OI_MODEL_KINDS = frozenset({"LLM", "EMBEDDING"})
 _STATUS = {0: "Unset", 1: "Ok", 2: "Error"}
+_INPUT_TOKENS = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt")
+_OUTPUT_TOKENS = ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.token_count.completion")
 
 # Attributes whose values are content; kept out of the attributes map (they have columns).
 _CONTENT_KEYS = frozenset({
@@ -93,107 +100,203 @@ def span_to_event(span: Any, service_name: str, attrs: dict[str, str] | None = N
                   resource: dict[str, str] | None = None) -> InferenceEvent | None:
     """Map one ``opentelemetry.proto.trace.v1.Span``; None if it is not a model request.
 
-    ``attrs`` is the span's attributes as the Collector stringifies them (arrays and maps as
-    JSON); pass it when already computed for ``otel_traces`` so the work is done once. ``start`` /
-    ``end``: the span's times after ingest's range checks (default: as sent). ``resource``: the
-    resource's attributes (the GPU count may be stamped there, see :mod:`monitor.sidecar.cost`).
+    ``attrs`` is the span's attributes as the Collector stringifies them (every value a string; arrays
+    and maps as JSON); pass it when already computed for ``otel_traces`` so the work is done once.
+    ``start`` / ``end``: the span's times after ingest's range checks (default: as sent). ``resource``:
+    the resource's attributes (the GPU count may be stamped there, see :mod:`monitor.sidecar.cost`).
     """
     if attrs is None:
         attrs = attrs_to_str_map(span.attributes)
-    start = span.start_time_unix_nano if start is None else start
-    end = span.end_time_unix_nano if end is None else end
     dialect = is_model_request(span.name, attrs)
     if dialect is None or "monitor.joined_into" in attrs:
         return None  # not a model request, or an engine span already joined into the proxy's event
+    return build_event(span, dialect, attrs, service_name,
+                       span.start_time_unix_nano if start is None else start,
+                       span.end_time_unix_nano if end is None else end,
+                       span.trace_id.hex(), span.span_id.hex(), span.kind, span.status.code,
+                       resource_facts(resource))
 
-    ev = InferenceEvent(
-        timestamp=start,
-        trace_id=span.trace_id.hex(),
-        span_id=span.span_id.hex(),
-        service_name=service_name,
-        source=dialect,
-    )
-    ev.model = _first_str(attrs, "gen_ai.response.model", "gen_ai.request.model", "llm.model_name")
-    ev.provider = _first_str(attrs, "gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
-    if not ev.provider and dialect == "vllm":
-        ev.provider = "vllm"
-    ev.operation = _first_str(attrs, "gen_ai.operation.name")
-    if not ev.operation and dialect == "openinference":
-        ev.operation = "embeddings" if str(attrs.get("openinference.span.kind")).upper() == "EMBEDDING" else "chat"
-    ev.request_id = _first_str(attrs, "gen_ai.response.id", "gen_ai.request.id")
 
-    ev.input_tokens = _tokens(attrs, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens",
-                              "llm.token_count.prompt")
-    ev.output_tokens = _tokens(attrs, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens",
-                               "llm.token_count.completion")
+class ResourceFacts(NamedTuple):
+    """What an event reads from its resource's attributes, worked out once per resource."""
 
-    ident = identity_from_attributes(attrs)
-    ev.client_id, ev.client_key_hash = ident["client_id"], ident["client_key_hash"]
-    ev.user_id, ev.conversation_id = ident["user_id"], ident["conversation_id"]
-    ev.max_tokens = _tokens(attrs, "gen_ai.request.max_tokens")
-    ev.logprobs = 1 if str(attrs.get(LOGPROBS_ATTR, "")).lower() in ("true", "1") else 0
-    ev.top_logprobs = min(max(_first_int(attrs, TOP_LOGPROBS_ATTR) or 0, 0), 65535)
-    ev.logit_bias = min(max(_first_int(attrs, LOGIT_BIAS_ATTR) or 0, 0), 65535)
-    if ev.top_logprobs:
-        ev.logprobs = 1
+    gpus: int | None
+    gpu_price: float | None
+    model_version: str
+    service_version: str
+
+
+_NO_RESOURCE = ResourceFacts(None, None, "", "")
+
+
+def resource_facts(resource: dict[str, str] | None) -> ResourceFacts:
+    if not resource:
+        return _NO_RESOURCE
+    return ResourceFacts(_first_int(resource, GPU_COUNT_KEY), _first_float(resource, GPU_PRICE_KEY),
+                         _s(resource, "model.version"), _s(resource, "service.version"))
+
+
+def build_event(span: Any, dialect: str, attrs: dict[str, str], service_name: str, start: int, end: int,
+                trace_id: str, span_id: str, kind: int, status: int, res: ResourceFacts) -> InferenceEvent:
+    """The event of a model-request span (:func:`is_model_request` gave ``dialect``), from what the
+    caller already read off the span: its string attributes (a token count outside UInt32 is noted
+    in them, under :data:`FIXED_KEY`), checked times, hex ids, kind, status code and resource facts.
+    ``span`` itself is read only for content carried in its events."""
+    get = attrs.get
+    requested = get("gen_ai.request.model") or ""
+    served = get("gen_ai.response.model") or ""
+    model = served or requested or get("llm.model_name") or ""
+    provider = (get("gen_ai.provider.name") or get("gen_ai.system") or get("llm.provider")
+                or get("llm.system") or ("vllm" if dialect == "vllm" else ""))
+    operation = get("gen_ai.operation.name") or ""
+    if not operation and dialect == "openinference":
+        operation = "embeddings" if str(get("openinference.span.kind")).upper() == "EMBEDDING" else "chat"
+    request_id = get("gen_ai.response.id") or get("gen_ai.request.id") or ""
+
+    # token counts: plain decimal text of under 10 digits fits UInt32 as it is; anything else is checked
+    v = get("gen_ai.usage.input_tokens")
+    input_tokens = int(v) if v and len(v) < 10 and v.isdigit() and v.isascii() else _tokens(attrs, *_INPUT_TOKENS)
+    v = get("gen_ai.usage.output_tokens")
+    output_tokens = int(v) if v and len(v) < 10 and v.isdigit() and v.isascii() else _tokens(attrs, *_OUTPUT_TOKENS)
+    v = get("gen_ai.request.max_tokens")
+    max_tokens = None if v is None else (int(v) if len(v) < 10 and v.isdigit() and v.isascii()
+                                         else _tokens(attrs, "gen_ai.request.max_tokens"))
+    client_id, client_key_hash, user_id, conversation_id = identity_tuple(attrs)
+    v = get(LOGPROBS_ATTR)
+    logprobs = 1 if v is not None and str(v).lower() in ("true", "1") else 0
+    top_logprobs = logit_bias = 0
+    if TOP_LOGPROBS_ATTR in attrs:
+        top_logprobs = min(max(_first_int(attrs, TOP_LOGPROBS_ATTR) or 0, 0), 65535)
+        if top_logprobs:
+            logprobs = 1
+    if LOGIT_BIAS_ATTR in attrs:
+        logit_bias = min(max(_first_int(attrs, LOGIT_BIAS_ATTR) or 0, 0), 65535)
 
     duration_ns = end - start
     span_ms = duration_ns / 1e6 if end and duration_ns >= 0 else None
-    ev.engine_latency_ms = _seconds_ms(attrs, "gen_ai.latency.e2e")
-    ev.engine_ttft_ms = _seconds_ms(attrs, "gen_ai.latency.time_to_first_token", "gen_ai.server.time_to_first_token")
-    if attrs.get("monitor.proxy") == "true":
+    v = get("gen_ai.latency.e2e")
+    engine_latency = None if v is None else _ms(v)
+    engine_ttft = (_seconds_ms(attrs, "gen_ai.latency.time_to_first_token", "gen_ai.server.time_to_first_token")
+                   if "gen_ai.latency.time_to_first_token" in attrs or "gen_ai.server.time_to_first_token" in attrs
+                   else None)
+    itl = None
+    if get("monitor.proxy") == "true":
         # The capture proxy measured what the client saw; the engine's figures stay in engine_*.
-        ev.latency_ms = span_ms
-        ev.ttft_ms = _seconds_ms(attrs, "monitor.client.time_to_first_token")
-        ev.itl_ms = _seconds_ms(attrs, "monitor.client.time_per_output_token")
+        latency = span_ms
+        v = get("monitor.client.time_to_first_token")
+        ttft = None if v is None else _ms(v)
+        v = get("monitor.client.time_per_output_token")
+        itl = None if v is None else _ms(v)
     else:
-        ev.latency_ms = ev.engine_latency_ms if ev.engine_latency_ms is not None else span_ms
-        ev.ttft_ms = ev.engine_ttft_ms if ev.engine_ttft_ms is not None else _seconds_ms(
-            attrs, "gen_ai.response.time_to_first_chunk")
-    ev.queue_ms = _seconds_ms(attrs, "gen_ai.latency.time_in_queue")
-    ev.prefill_ms = _seconds_ms(attrs, "gen_ai.latency.time_in_model_prefill")
-    ev.decode_ms = _seconds_ms(attrs, "gen_ai.latency.time_in_model_decode")
-    ev.inference_ms = _seconds_ms(attrs, "gen_ai.latency.time_in_model_inference")
+        latency = engine_latency if engine_latency is not None else span_ms
+        if engine_ttft is not None:
+            ttft = engine_ttft
+        else:
+            v = get("gen_ai.response.time_to_first_chunk")
+            ttft = None if v is None else _ms(v)
+    v = get("gen_ai.latency.time_in_queue")
+    queue = None if v is None else _ms(v)
+    v = get("gen_ai.latency.time_in_model_prefill")
+    prefill = None if v is None else _ms(v)
+    v = get("gen_ai.latency.time_in_model_decode")
+    decode = None if v is None else _ms(v)
+    v = get("gen_ai.latency.time_in_model_inference")
+    inference = None if v is None else _ms(v)
 
-    gpus = _first_int(attrs, GPU_COUNT_KEY)
-    if gpus is None and resource:
-        gpus = _first_int(resource, GPU_COUNT_KEY)
+    gpu_seconds = gpu_cost = None
+    gpus = _first_int(attrs, GPU_COUNT_KEY) if GPU_COUNT_KEY in attrs else None
+    if gpus is None:
+        gpus = res.gpus
     if gpus:
-        engine_ms = next((v for v in (ev.inference_ms, ev.engine_latency_ms, ev.latency_ms) if v is not None), None)
+        engine_ms = next((v for v in (inference, engine_latency, latency) if v is not None), None)
         if engine_ms is not None:
-            ev.gpu_seconds = engine_ms / 1000 * gpus
+            gpu_seconds = engine_ms / 1000 * gpus
             price = _first_float(attrs, GPU_PRICE_KEY)
-            if price is None and resource:
-                price = _first_float(resource, GPU_PRICE_KEY)
+            if price is None:
+                price = res.gpu_price
             if price:
-                ev.gpu_cost = ev.gpu_seconds * price / 3600
+                gpu_cost = gpu_seconds * price / 3600
 
-    apply_identity(ev, span, attrs, resource)  # version, adapter, endpoint, shadow link, token cost
+    # version, adapter, endpoint, shadow link, token cost (monitor.otlp.model_identity)
+    model_version, adapter, endpoint, endpoint_kind, shadow_of, cached_tokens, token_cost = identify(
+        attrs, kind, requested, served, res.model_version, res.service_version, input_tokens, output_tokens)
+    if endpoint_kind == MANAGED:
+        gpu_seconds = gpu_cost = None  # a managed API's GPUs are not ours: it is priced per token
 
-    reasons = _finish_reasons(attrs.get("gen_ai.response.finish_reasons"))
-    ev.status_code = _STATUS.get(span.status.code, "Unset")
-    ev.error_type = _first_str(attrs, "error.type")
-    if not ev.error_type and ev.status_code == "Error":
-        ev.error_type = _exception_type(span) or "error"
+    reasons = _finish_reasons(get("gen_ai.response.finish_reasons"))
+    status_code = _STATUS.get(status, "Unset")
+    error_type = get("error.type") or ""
+    if not error_type and status_code == "Error":
+        error_type = _exception_type(span) or "error"
 
     inputs, outputs, system, raw_in, raw_out = _content(span, attrs, dialect)
     if not reasons:
         reasons = [m["finish_reason"] for m in outputs if m.get("finish_reason")]
-    ev.finish_reason = reasons[0] if reasons else ""
-    ev.system_prompt = system or "\n".join(_text(m) for m in inputs if m.get("role") == "system")
-    user = [m for m in inputs if m.get("role") == "user"]
-    ev.prompt = _text(user[-1]) if user else "\n".join(_text(m) for m in inputs if m.get("role") != "system")
-    ev.completion = "\n\n".join(t for t in (_text(m) for m in outputs) if t)
+    prompt = completion = input_messages = output_messages = ""
     if inputs:
-        ev.input_messages = raw_in or json.dumps(inputs, ensure_ascii=False, separators=(",", ":"))
+        if not system:
+            system = "\n".join([_text(m) for m in inputs if m.get("role") == "system"])
+        last_user = None
+        for m in inputs:
+            if m.get("role") == "user":
+                last_user = m
+        prompt = _text(last_user) if last_user is not None else "\n".join(
+            [_text(m) for m in inputs if m.get("role") != "system"])
+        input_messages = raw_in or json_text(inputs)
     if outputs:
-        ev.output_messages = raw_out or json.dumps(outputs, ensure_ascii=False, separators=(",", ":"))
+        texts = [t for t in map(_text, outputs) if t]
+        completion = texts[0] if len(texts) == 1 else "\n\n".join(texts)
+        output_messages = raw_out or json_text(outputs)
 
-    ev.attributes = {k: v for k, v in attrs.items()
-                     if k not in _CONTENT_KEYS and not k.startswith(_CONTENT_PREFIXES)}
+    kept = _without_content(attrs)
     if len(reasons) > 1:
-        ev.attributes["gen_ai.response.finish_reasons"] = json.dumps(reasons)
-    return ev
+        kept["gen_ai.response.finish_reasons"] = json.dumps(reasons)
+    # every field, in _EVENT_FIELDS' order (one call: a keyword per field costs more than the event)
+    return InferenceEvent(
+        start, trace_id, span_id, service_name, model, provider, operation, dialect,
+        prompt, completion, system, input_messages, output_messages, input_tokens, output_tokens,
+        ttft, latency, queue, prefill, decode, inference,
+        reasons[0] if reasons else "", status_code, error_type, request_id, engine_ttft, engine_latency, itl,
+        gpu_seconds, gpu_cost,
+        "", "", 0, 0, 0, None, 0, 0.0, 0, 0,  # quality: filled by ingest's enrich step
+        client_id, client_key_hash, user_id, conversation_id, max_tokens, logprobs, top_logprobs, logit_bias,
+        0,  # injection (enrich)
+        requested, model_version, adapter, endpoint, endpoint_kind, shadow_of, cached_tokens, token_cost, kept)
+
+
+_EVENT_FIELDS = (
+    "timestamp", "trace_id", "span_id", "service_name", "model", "provider", "operation", "source",
+    "prompt", "completion", "system_prompt", "input_messages", "output_messages", "input_tokens", "output_tokens",
+    "ttft_ms", "latency_ms", "queue_ms", "prefill_ms", "decode_ms", "inference_ms",
+    "finish_reason", "status_code", "error_type", "request_id", "engine_ttft_ms", "engine_latency_ms", "itl_ms",
+    "gpu_seconds", "gpu_cost",
+    "prompt_language", "completion_language", "refusal", "empty_output", "truncated", "json_valid",
+    "pii_in_output", "repetition", "degenerate", "language_mismatch",
+    "client_id", "client_key_hash", "user_id", "conversation_id", "max_tokens", "logprobs", "top_logprobs",
+    "logit_bias",
+    "injection",
+    "requested_model", "model_version", "adapter", "endpoint", "endpoint_kind", "shadow_of", "cached_tokens",
+    "token_cost", "attributes",
+)
+if INFERENCE_EVENT_COLUMNS != _EVENT_FIELDS:
+    raise ImportError("monitor.events.InferenceEvent's fields changed: update build_event's call and _EVENT_FIELDS")
+
+
+_PLAIN: set[str] = set()
+"""Attribute names seen that are not content (bounded; names are few in practice)."""
+
+
+def _without_content(attrs: dict[str, str]) -> dict[str, str]:
+    """``attrs`` less the content attributes (they have columns), in order."""
+    kept = attrs.copy()
+    unknown = set(attrs).difference(_PLAIN)  # (not keys() - _PLAIN: that walks all of _PLAIN)
+    if unknown:
+        for k in unknown:
+            if k in _CONTENT_KEYS or k.startswith(_CONTENT_PREFIXES):
+                del kept[k]
+            elif len(_PLAIN) < 4096:
+                _PLAIN.add(k)
+    return kept
 
 
 def wants_quality(ev: InferenceEvent) -> bool:
@@ -215,25 +318,14 @@ def _tokens(attrs: dict[str, Any], *keys: str) -> int | None:
 
 # -- attribute helpers ---------------------------------------------------------
 
-def _str(v: Any) -> str:
-    if isinstance(v, str):
-        return v
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, dict)):
-        return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
-    return str(v)
-
-
-def _first_str(attrs: dict[str, Any], *keys: str) -> str:
-    for k in keys:
-        v = attrs.get(k)
-        if v not in (None, ""):
-            return _str(v)
-    return ""
+def _s(attrs: dict[str, Any], key: str) -> str:
+    v = attrs.get(key)
+    return v if isinstance(v, str) else ("" if v is None else str(v))
 
 
 def _first_int(attrs: dict[str, Any], *keys: str) -> int | None:
+    """The first of ``keys`` that reads as an integer (``"12"``, ``"12.7"`` -> 12); infinities and NaN
+    do not."""
     for k in keys:
         v = attrs.get(k)
         if v is None or isinstance(v, bool):
@@ -243,7 +335,7 @@ def _first_int(attrs: dict[str, Any], *keys: str) -> int | None:
         except (TypeError, ValueError):
             try:
                 return int(float(v))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 continue
     return None
 
@@ -260,21 +352,48 @@ def _first_float(attrs: dict[str, Any], *keys: str) -> float | None:
     return None
 
 
+def _ms(v: Any) -> float | None:
+    """A value in seconds, in milliseconds; None when it is not a number."""
+    if isinstance(v, bool):
+        return None
+    try:
+        return float(v) * 1000.0
+    except (TypeError, ValueError):
+        return None
+
+
 def _seconds_ms(attrs: dict[str, Any], *keys: str) -> float | None:
     """The first of ``keys`` present, read as seconds and returned in milliseconds."""
     v = _first_float(attrs, *keys)
     return None if v is None else v * 1000.0
 
 
-def _finish_reasons(v: Any) -> list[str]:
+_REASONS: dict[str, tuple[str, ...]] = {}
+"""Finish-reason attribute values already read (a handful of distinct short strings in practice)."""
+
+
+def _finish_reasons(v: Any) -> Sequence[str]:
     if v is None:
-        return []
+        return ()
+    if isinstance(v, str):
+        got = _REASONS.get(v)
+        if got is None:
+            got = tuple(_read_reasons(v))
+            if len(v) <= 64:
+                if len(_REASONS) >= 512:
+                    _REASONS.clear()
+                _REASONS[v] = got
+        return got
+    return _read_reasons(v)
+
+
+def _read_reasons(v: Any) -> list[str]:
     if isinstance(v, str):
         s = v.strip()
         if s.startswith("["):  # vLLM sends a JSON-encoded list
             try:
                 v = json.loads(s)
-            except ValueError:
+            except (ValueError, RecursionError):
                 return [s]
         else:
             return [s] if s else []
@@ -301,7 +420,8 @@ def _content(span: Any, attrs: dict[str, Any], dialect: str
     raw_in, raw_out = attrs.get("gen_ai.input.messages"), attrs.get("gen_ai.output.messages")
     inputs, canon_in = _messages(raw_in)
     outputs, canon_out = _messages(raw_out)
-    system = _system(attrs.get("gen_ai.system_instructions"))
+    system = attrs.get("gen_ai.system_instructions")
+    system = "" if system is None else _system(system)
     if not inputs and not outputs:
         inputs, outputs = _from_events(span)
     if not inputs and not outputs:
@@ -312,35 +432,50 @@ def _content(span: Any, attrs: dict[str, Any], dialect: str
     return inputs, outputs, system, raw_in if canon_in else None, raw_out if canon_out else None
 
 
+_scan = json.JSONDecoder().scan_once  # json.loads without its wrappers (the text is stripped already)
+
+
 def _parse_json(v: Any) -> Any:
+    """``v`` parsed when it is JSON text of a list or an object, else ``v`` itself (nesting too deep
+    to parse is text, too)."""
     if isinstance(v, str):
         s = v.strip()
         if s[:1] in ("[", "{"):
             try:
-                return json.loads(s)
-            except ValueError:
+                parsed, end = _scan(s, 0)
+            except (ValueError, StopIteration, RecursionError):
                 return v
+            # json.loads refuses anything after the value; s ends in a non-space, so any rest is that
+            return parsed if end == len(s) else v
     return v
 
 
 def _messages(v: Any) -> tuple[list[dict], bool]:
     """Normalised messages, and whether ``v`` already was GenAI-convention JSON."""
     v = _parse_json(v)
-    if v is None or v == "":
+    if isinstance(v, list):
+        pass
+    elif v is None or v == "":
         return [], False
-    if isinstance(v, dict):
+    elif isinstance(v, dict):
         v = [v]
-    if isinstance(v, str):
+    elif isinstance(v, str):
         return [{"role": "user", "parts": [{"type": "text", "content": v}]}], False
-    if not isinstance(v, list):
+    else:
         return [], False
     out = []
     canonical = True
     for m in v:
         if isinstance(m, dict):
-            if "role" not in m or not isinstance(m.get("parts"), list) or "content" in m or "message" in m:
+            parts = m.get("parts")
+            if "role" not in m or not isinstance(parts, list) or "content" in m or "message" in m:
                 canonical = False
-            out.append(_normalise_message(m))
+                out.append(_normalise_message(m))
+            else:  # already in shape: what _normalise_message keeps of it
+                n = {"role": m["role"] or "user", "parts": parts}
+                if m.get("finish_reason"):
+                    n["finish_reason"] = m["finish_reason"]
+                out.append(n)
         elif isinstance(m, str):
             canonical = False
             out.append({"role": "user", "parts": [{"type": "text", "content": m}]})
@@ -388,8 +523,14 @@ def _system(v: Any) -> str:
 
 
 def _text(m: dict) -> str:
-    return "".join(p.get("content", "") if isinstance(p.get("content"), str) else ""
-                   for p in m.get("parts", []) if isinstance(p, dict) and p.get("type", "text") == "text")
+    """The text parts of a normalised message, joined."""
+    texts = []
+    for p in m.get("parts", ()):
+        if isinstance(p, dict) and p.get("type", "text") == "text":
+            c = p.get("content")
+            if isinstance(c, str):
+                texts.append(c)
+    return texts[0] if len(texts) == 1 else "".join(texts)
 
 
 def _from_events(span: Any) -> tuple[list[dict], list[dict]]:

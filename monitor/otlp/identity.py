@@ -34,7 +34,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,9 @@ def credential(headers: Mapping[str, str], settings: Any) -> str:
 
 
 def _clean_id(v: Any) -> str:
+    if isinstance(v, str):
+        # printable ASCII holds no control character: nothing to take out
+        return (v if v.isascii() and v.isprintable() else _CONTROL.sub("", v)).strip()[:MAX_ID_CHARS]
     if v is None or isinstance(v, (dict, list, bool)):
         return ""
     s = _CONTROL.sub("", str(v)).strip()
@@ -255,11 +258,36 @@ def identity_from_attributes(attrs: Mapping[str, Any]) -> dict[str, str]:
     """``client_id``, ``client_key_hash``, ``user_id``, ``conversation_id`` of a span from its
     attributes (ingest). A ``monitor.client.key_hash`` that is not a hex hash is ignored: whatever
     sent it, a raw key must not land in a column."""
-    kh = str(attrs.get(KEY_HASH_ATTR) or "").strip().lower()
-    kh = kh if _HEX.match(kh) else ""
-    user = next((u for u in (_clean_id(attrs.get(k)) for k in USER_ATTRS) if u), "")
-    conv = next((c for c in (_clean_id(attrs.get(k)) for k in CONVERSATION_ATTRS) if c), "")
-    addr = str(attrs.get(ADDRESS_HASH_ATTR) or "").strip().lower()
-    addr = addr if _HEX.match(addr) else ""
-    client = kh or (f"user:{user}" if user else (f"addr:{addr}" if addr else ""))
-    return {"client_id": client, "client_key_hash": kh, "user_id": user, "conversation_id": conv}
+    return dict(zip(("client_id", "client_key_hash", "user_id", "conversation_id"), identity_tuple(attrs)))
+
+
+def _hex_id(v: Any) -> str:
+    if not v:
+        return ""
+    s = str(v).strip().lower()
+    return s if _HEX.match(s) else ""
+
+
+def _first_id(get: Callable[[str], Any], keys: Iterable[str]) -> str:
+    """The first of ``keys`` whose value is a usable id (cleaned), else ``""``."""
+    for k in keys:
+        v = get(k)
+        if v is not None:
+            found = _clean_id(v)
+            if found:
+                return found
+    return ""
+
+
+def identity_tuple(attrs: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """:func:`identity_from_attributes` as ``(client_id, client_key_hash, user_id, conversation_id)``."""
+    get = attrs.get
+    kh = get(KEY_HASH_ATTR)
+    kh = _hex_id(kh) if kh else ""
+    user, conv = _first_id(get, USER_ATTRS), _first_id(get, CONVERSATION_ATTRS)
+    client = kh or (f"user:{user}" if user else "")
+    if not client:
+        addr = get(ADDRESS_HASH_ATTR)
+        addr = _hex_id(addr) if addr else ""
+        client = f"addr:{addr}" if addr else ""
+    return client, kh, user, conv

@@ -43,6 +43,7 @@ __all__ = [
     "SHADOW_OF_ATTR",
     "VERSION_ATTR",
     "apply_identity",
+    "identify",
     "token_cost",
 ]
 
@@ -94,24 +95,37 @@ def token_cost(input_tokens: int | None, output_tokens: int | None, cached_token
 def apply_identity(ev: InferenceEvent, span: Any, attrs: dict[str, Any], resource: dict[str, Any] | None) -> None:
     """Fill ``ev``'s identity and token-cost columns from the span's attributes (see the module doc).
     Call after the token counts are set; GPU cost of a managed endpoint is cleared here."""
-    requested = _s(attrs, "gen_ai.request.model")
-    ev.requested_model = requested
-    version = (_s(attrs, VERSION_ATTR) or _s(attrs, "model.version") or _s(resource, "model.version"))
-    if not version and getattr(span, "kind", 0) == _SERVER:
-        version = _s(resource, "service.version")
-    served = _s(attrs, "gen_ai.response.model")
-    ev.adapter = _s(attrs, ADAPTER_ATTR)
-    if not version and served and requested and served != requested and not ev.adapter:
-        version = served
-    ev.model_version = version
-    ev.endpoint = _s(attrs, ENDPOINT_ATTR)
-    ev.endpoint_kind = _s(attrs, ENDPOINT_KIND_ATTR)
-    ev.shadow_of = _s(attrs, SHADOW_OF_ATTR)
-    cached = _f(attrs, CACHED_TOKENS_ATTR)
-    ev.cached_tokens = int(cached) if cached is not None and cached < _UINT32 else None
+    strs = {k: _s(attrs, k) for k in attrs}
+    (ev.model_version, ev.adapter, ev.endpoint, ev.endpoint_kind, ev.shadow_of, ev.cached_tokens,
+     ev.token_cost) = identify(strs, getattr(span, "kind", 0), strs.get("gen_ai.request.model", ""),
+                               strs.get("gen_ai.response.model", ""), _s(resource, "model.version"),
+                               _s(resource, "service.version"), ev.input_tokens, ev.output_tokens)
+    ev.requested_model = strs.get("gen_ai.request.model", "")
     if ev.endpoint_kind == MANAGED:
         ev.gpu_seconds = ev.gpu_cost = None  # a managed API's GPUs are not ours: it is priced per token
-    price_in, price_out = _f(attrs, PRICE_INPUT_ATTR), _f(attrs, PRICE_OUTPUT_ATTR)
-    if price_in is not None or price_out is not None:
-        ev.token_cost = token_cost(ev.input_tokens, ev.output_tokens, ev.cached_tokens, price_in or 0.0,
-                                   price_out or 0.0, _f(attrs, PRICE_CACHED_ATTR))
+
+
+def identify(attrs: dict[str, str], kind: int, requested: str, served: str, resource_version: str,
+             resource_service_version: str, input_tokens: int | None, output_tokens: int | None
+             ) -> tuple[str, str, str, str, str, int | None, float | None]:
+    """``(model_version, adapter, endpoint, endpoint_kind, shadow_of, cached_tokens, token_cost)`` of a
+    span from what the caller already read: its attributes as strings, its kind, its requested and
+    served model names, its resource's ``model.version`` and ``service.version``, its token counts."""
+    get = attrs.get
+    version = get(VERSION_ATTR) or get("model.version") or resource_version
+    if not version and kind == _SERVER:
+        version = resource_service_version
+    adapter = get(ADAPTER_ATTR) or ""
+    if not version and served and requested and served != requested and not adapter:
+        version = served
+    cached_tokens = cost = None
+    if CACHED_TOKENS_ATTR in attrs:
+        cached = _f(attrs, CACHED_TOKENS_ATTR)
+        cached_tokens = int(cached) if cached is not None and cached < _UINT32 else None
+    if PRICE_INPUT_ATTR in attrs or PRICE_OUTPUT_ATTR in attrs:
+        price_in, price_out = _f(attrs, PRICE_INPUT_ATTR), _f(attrs, PRICE_OUTPUT_ATTR)
+        if price_in is not None or price_out is not None:
+            cost = token_cost(input_tokens, output_tokens, cached_tokens, price_in or 0.0, price_out or 0.0,
+                              _f(attrs, PRICE_CACHED_ATTR))
+    return (version, adapter, get(ENDPOINT_ATTR) or "", get(ENDPOINT_KIND_ATTR) or "", get(SHADOW_OF_ATTR) or "",
+            cached_tokens, cost)

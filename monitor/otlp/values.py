@@ -11,9 +11,14 @@ from __future__ import annotations
 import base64
 import json
 from decimal import Decimal
+from json.encoder import encode_basestring
 from typing import Any
 
-__all__ = ["to_python", "to_str", "attrs_to_python", "attrs_to_str_map"]
+__all__ = ["array_str", "attrs_to_python", "attrs_to_str_map", "double_str", "json_text", "to_python", "to_str"]
+
+json_text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+"""``json.dumps(v, ensure_ascii=False, separators=(",", ":"))``, without building an encoder per call."""
+_json_string = encode_basestring  # how that encoder writes a string
 
 
 def to_python(v: Any) -> Any:
@@ -36,9 +41,15 @@ def to_python(v: Any) -> Any:
     return None
 
 
-def _double_str(d: float) -> str:
-    if d != d or d in (float("inf"), float("-inf")):
-        return {True: "NaN"}.get(d != d, "+Inf" if d > 0 else "-Inf")
+_INF = float("inf")
+
+
+def double_str(d: float) -> str:
+    """A double as the Collector writes it: no exponent, no trailing ``.0``; ``NaN``, ``+Inf``, ``-Inf``."""
+    if d != d:
+        return "NaN"
+    if d == _INF or d == -_INF:
+        return "+Inf" if d > 0 else "-Inf"
     s = repr(d)
     if "e" in s or "E" in s:
         s = format(Decimal(s), "f")
@@ -54,12 +65,27 @@ def to_str(v: Any) -> str:
     if kind == "int_value":
         return str(v.int_value)
     if kind == "double_value":
-        return _double_str(v.double_value)
+        return double_str(v.double_value)
     if kind == "bool_value":
         return "true" if v.bool_value else "false"
     if kind is None:
         return ""
-    return json.dumps(to_python(v), separators=(",", ":"), ensure_ascii=False)
+    if kind == "array_value":
+        return array_str(v.array_value)
+    return json_text(to_python(v))
+
+
+def array_str(arr: Any) -> str:
+    """An ``ArrayValue`` as :func:`to_str` writes it (JSON)."""
+    items = []
+    for x in arr.values:
+        s = x.string_value
+        if not s:
+            break
+        items.append(s)
+    else:  # every element a non-empty string: what json_text writes, without the encoder
+        return "[" + ",".join([_json_string(s) for s in items]) + "]"
+    return json_text([to_python(x) for x in arr.values])
 
 
 def attrs_to_python(kvs: Any) -> dict[str, Any]:
