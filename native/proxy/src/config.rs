@@ -5,7 +5,6 @@
 //! (so the two implementations capture the same paths). A field that is missing takes the same
 //! default as `ProxySettings`; an unknown field, a wrong type or a bad value fails the start.
 
-use crate::routing::ModelRoute;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -21,6 +20,14 @@ pub struct Upstream {
     pub prefix: Vec<u8>,
     /// `Host` header value sent upstream (port omitted when it is the scheme's default).
     pub host_header: Vec<u8>,
+}
+
+/// One of `proxy.routes`: a requested model name or glob, its upstream (`crate::routing` matches them).
+pub struct ModelRoute {
+    pub pattern: String,
+    pub upstream: Upstream,
+    /// `Bearer <key>` for a managed route; None: the client's own header goes on.
+    pub auth: Option<Vec<u8>>,
 }
 
 /// A captured route: path (no trailing slash) -> (API dialect, operation name).

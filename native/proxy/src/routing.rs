@@ -6,7 +6,7 @@
 //! to `upstream`. Per captured request this costs one search of the buffered body for `"model"` and
 //! one look-up of the name (each name is matched against the globs once, then remembered).
 
-use crate::config::Upstream;
+use crate::config::ModelRoute;
 use memchr::memmem;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -15,13 +15,6 @@ use std::collections::HashMap;
 const MAX_NAMES: usize = 4096;
 /// Longest model name read by the quick scan (the Python proxy's regex takes at most 512 characters).
 const MAX_NAME: usize = 512;
-
-pub struct ModelRoute {
-    pub pattern: String,
-    pub upstream: Upstream,
-    /// `Bearer <key>` for a managed route; None: the client's own header goes on.
-    pub auth: Option<Vec<u8>>,
-}
 
 /// The route table and the names already matched.
 pub struct Router {
