@@ -160,5 +160,6 @@ def proxy_counter(metrics: dict[str, float], route: str = CHAT) -> tuple[int, di
     for key, val in metrics.items():
         if key.startswith("monitor_proxy_requests_total{") and f'route="{route}"' in key:
             m = re.search(r'status="([^"]*)"', key)
-            by_status[m.group(1) if m else "?"] = int(val)
+            status = m.group(1) if m else "?"
+            by_status[status] = by_status.get(status, 0) + int(val)  # one series per proxy worker process
     return sum(by_status.values()), by_status
