@@ -397,6 +397,15 @@ class ProxyRoute(_Section):
             return None
         return os.environ.get(self.api_key_env) or None
 
+    def start_key(self, index: int) -> str | None:
+        """:meth:`api_key` as a proxy starting with route ``index`` needs it: a route that names
+        ``api_key_env`` whose variable is not set stops the start (ConfigError)."""
+        key = self.api_key()
+        if self.api_key_env and key is None:
+            raise ConfigError(f"proxy.routes[{index}] ({self.model!r} -> {self.upstream}) names api_key_env "
+                              f"{self.api_key_env}, which is not set in the proxy's environment")
+        return key
+
 
 class ShadowRule(_Section):
     """Shadow traffic (README "Comparing models"): a share of the requests to model ``model`` is sent

@@ -85,20 +85,27 @@ def _up(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def dashboard(tmp_path_factory):
-    """`monitor up` with the dashboards on, 20 requests of shop-llm (the newest one's prompt is
-    INJECTION) and 10 older ones of a model and service named EVIL."""
-    chromium = _chromium()
-    tmp_path = tmp_path_factory.mktemp("dashboard")
+def monitor_up_with_dashboards(tmp_path: Path) -> tuple[subprocess.Popen, int, int, int]:
+    """`monitor up` (its processes) over ``tmp_path/data`` with the dashboards on, no checks and no
+    auto-refresh; returns the process and its OTLP/HTTP, dashboard and /metrics ports."""
     http_port, dash_port, mport = free_port(), free_port(), free_port()
-    # no auto-refresh: a chart re-rendered under the mouse (its time axis moved on) would hover another point
     env = dict(os.environ, MONITOR_DASHBOARD__ENABLED="true", MONITOR_CHECKS__ENABLED="false",
                MONITOR_DASHBOARD__REFRESH_S="0")
     proc = subprocess.Popen([*MONITOR, "up", "--data-dir", str(tmp_path / "data"), "--http-port", str(http_port),
                              "--grpc-port", str(free_port()), "--metrics-port", str(mport), "--admin-port",
                              str(free_port()), "--dashboard-port", str(dash_port)],
                             stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    return proc, http_port, dash_port, mport
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory):
+    """`monitor up` with the dashboards on, 20 requests of shop-llm (the newest one's prompt is
+    INJECTION) and 10 older ones of a model and service named EVIL."""
+    chromium = _chromium()
+    tmp_path = tmp_path_factory.mktemp("dashboard")
+    # no auto-refresh: a chart re-rendered under the mouse (its time axis moved on) would hover another point
+    proc, http_port, dash_port, mport = monitor_up_with_dashboards(tmp_path)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
         wait_until(lambda: _up(f"http://127.0.0.1:{dash_port}/_stcore/health"), timeout=90, message="dashboard")

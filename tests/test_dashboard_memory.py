@@ -10,7 +10,6 @@ page views while it ingests, its RSS read from /proc by the pid the supervisor p
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -20,7 +19,7 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
-from conftest import MONITOR, ROOT, free_port, post_traces, wait_until
+from conftest import ROOT, post_traces, wait_until
 
 APP = ROOT / "dashboards" / "app.py"
 GROWTH_LIMIT_MB = 20
@@ -108,15 +107,9 @@ def test_monitor_up_store_process_memory_stays_flat_under_page_views_and_ingest(
     """`monitor up` (separate processes): OTLP spans every 0.2 s and a page view every moment for
     a while; after a warm-up the store process's RSS floor stays within 20 MB over 240 more views."""
     from streamlit_client import view
-    from test_dashboard_browser import _spans
+    from test_dashboard_browser import _spans, monitor_up_with_dashboards
 
-    http_port, dash_port, mport = free_port(), free_port(), free_port()
-    env = dict(os.environ, MONITOR_DASHBOARD__ENABLED="true", MONITOR_CHECKS__ENABLED="false",
-               MONITOR_DASHBOARD__REFRESH_S="0")
-    proc = subprocess.Popen([*MONITOR, "up", "--data-dir", str(tmp_path / "data"), "--http-port", str(http_port),
-                             "--grpc-port", str(free_port()), "--metrics-port", str(mport), "--admin-port",
-                             str(free_port()), "--dashboard-port", str(dash_port)],
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    proc, http_port, dash_port, mport = monitor_up_with_dashboards(tmp_path)
     stop = threading.Event()
     sent: list[int] = []
 

@@ -8,7 +8,6 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 __all__ = ["WARMUP_SERVICE", "SendResult", "build_requests", "send_all"]
 
@@ -80,23 +79,12 @@ def build_requests(n_spans: int, batch: int, seed: int, service_override: str | 
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
     )
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
     from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+    from monitor.sidecar.proxy.spans import kv  # an OTLP attribute from a Python value
 
     rng = random.Random(seed)
     ids = random.SystemRandom()
-
-    def kv(key: str, value: Any) -> KeyValue:
-        if isinstance(value, bool):
-            return KeyValue(key=key, value=AnyValue(bool_value=value))
-        if isinstance(value, int):
-            return KeyValue(key=key, value=AnyValue(int_value=value))
-        if isinstance(value, float):
-            return KeyValue(key=key, value=AnyValue(double_value=value))
-        if isinstance(value, list):
-            return KeyValue(key=key, value=AnyValue(array_value=ArrayValue(
-                values=[AnyValue(string_value=str(v)) for v in value])))
-        return KeyValue(key=key, value=AnyValue(string_value=str(value)))
 
     out: list[tuple[bytes, int]] = []
     now_ns = time.time_ns()

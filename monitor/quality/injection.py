@@ -117,9 +117,7 @@ def matches_batch(texts: list[str]) -> list[list[str]]:
         pos += len(f) + 1
     todo: dict[int, set[int]] = {}  # text -> patterns whose gate it holds
     for lit, pats in _GATES.items():
-        if lit not in joined:  # the usual case: one C-level search over the batch
-            continue
-        at = joined.find(lit)
+        at = joined.find(lit)  # the usual case: -1 after one C-level search over the batch
         while at >= 0:
             i = bisect_right(starts, at) - 1
             todo.setdefault(i, set()).update(pats)

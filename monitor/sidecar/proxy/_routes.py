@@ -18,7 +18,6 @@ import re
 import orjson
 
 from monitor.config import ProxyRoute, ProxySettings
-from monitor.errors import ConfigError
 from monitor.sidecar.proxy._upstream import UpstreamPool
 
 __all__ = ["Router", "model_of"]
@@ -65,10 +64,7 @@ class Router:
         self.routes: list[_Route] = []
         pools: dict[str, UpstreamPool] = {default.base: default}
         for i, r in enumerate(settings.routes):
-            key = r.api_key()
-            if r.api_key_env and key is None:
-                raise ConfigError(f"proxy.routes[{i}] ({r.model!r} -> {r.upstream}) names api_key_env "
-                                  f"{r.api_key_env}, which is not set in the proxy's environment")
+            key = r.start_key(i)
             pool = pools.get(r.upstream)
             if pool is None:
                 pool = pools[r.upstream] = UpstreamPool(r.upstream)

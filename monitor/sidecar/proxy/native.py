@@ -117,10 +117,7 @@ def _model_routes(settings: ProxySettings) -> list[dict[str, Any]]:
     ``Authorization`` (read from ``api_key_env`` now; it reaches the binary on stdin only)."""
     out = []
     for i, r in enumerate(settings.routes):
-        key = r.api_key()
-        if r.api_key_env and key is None:
-            raise ConfigError(f"proxy.routes[{i}] ({r.model!r} -> {r.upstream}) names api_key_env "
-                              f"{r.api_key_env}, which is not set in the proxy's environment")
+        key = r.start_key(i)
         out.append({"model": r.model, "upstream": r.upstream, "authorization": f"Bearer {key}" if key else None})
     return out
 
