@@ -170,7 +170,11 @@ def test_collector_in_front_kafka_then_monitor_ingest(kafka, otelcol, tmp_path):
                                              table="inference_events") >= want,
                        timeout=120, message=f"{want} events written by monitor ingest")
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\nCollector log:\n{col.text()[-3000:]}") from None
+            written = ingest.metric(ingest_port, "monitor_store_rows_written_total", table="inference_events")
+            problems = "\n".join(line for line in col.text().splitlines() if '"error"' in line or "\terror\t" in line
+                                  or "warn" in line)
+            raise AssertionError(f"{exc}; {written:.0f} written\nCollector warnings and errors:\n{problems[-6000:]}"
+                                 f"\nmonitor ingest log:\n{ingest.text()[-3000:]}") from None
         wait_until(lambda: sum(ingest.metric(ingest_port, "monitor_store_rows_written_total", table=t)
                                for t in ("otel_metrics_sum", "otel_metrics_gauge", "otel_metrics_histogram")) >= 8,
                    timeout=60, message="8 metric points written")

@@ -71,6 +71,7 @@ class KafkaIngest:
         self.topics = all_topics(kafka)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._topics_ready = False
         self._consumer: Any = None
         self._dlq: Any = None
         self._buffers: dict[Any, list[Any]] = defaultdict(list)
@@ -82,6 +83,12 @@ class KafkaIngest:
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
+        # Create the topics before saying ready: a Collector or sidecar started right after would otherwise
+        # race its own auto-creation against ours. A broker not up yet is fine: the loop retries.
+        try:
+            self._ensure_topics()
+        except TransportError as exc:
+            log.warning("%s; retrying in the background", exc)
         self._thread = threading.Thread(target=self._run, name="monitor-kafka-ingest", daemon=True)
         self._thread.start()
 
@@ -124,11 +131,16 @@ class KafkaIngest:
                      tp.topic, tp.partition, start, end)
 
     # -- main loop -------------------------------------------------------------
+    def _ensure_topics(self) -> None:
+        if not self._topics_ready:
+            ensure_topics(self.kafka, self.topics + [dead_letter_topic(self.kafka, t) for t in self.topics])
+            self._topics_ready = True
+
     def _connect(self) -> None:
         from kafka import KafkaConsumer, KafkaProducer
 
         k = self.kafka
-        ensure_topics(k, self.topics + [dead_letter_topic(k, t) for t in self.topics])
+        self._ensure_topics()
         self._consumer = KafkaConsumer(
             **client_kwargs(k),
             group_id=k.group_id,
