@@ -974,12 +974,16 @@ class ProcessSettings(_Section):
     """How ``monitor up`` (and ``monitor sidecar`` with a proxy) share the CPU among their processes.
 
     When the cores are contended, the OS gives them to the proxy (and the model server) first: the
-    pipeline and the store process run at a lower priority (a higher niceness). When the analysis
-    side falls behind it sheds capture (counted), never a request's latency."""
+    pipeline and the store process run at a lower priority (a higher niceness, applied to the process
+    and to its session's autogroup, see monitor/runtime/child.py). The store process gets the spare
+    CPU only; the pipeline, which drains the proxy's bounded buffer into the durable spool, a little
+    more. When the analysis side falls behind, the spool absorbs the backlog and, once full, capture
+    is shed (counted), never a request's latency. On a machine where the model server itself keeps
+    every core busy (CPU inference) the store then runs slowly: lower store_nice to give it a share."""
 
-    pipeline_nice: int = Field(5, ge=0, le=19)
+    pipeline_nice: int = Field(10, ge=0, le=19)
     """Niceness of the pipeline process (receiver, capture intake, redaction, spool)."""
-    store_nice: int = Field(10, ge=0, le=19)
+    store_nice: int = Field(19, ge=0, le=19)
     """Niceness of the store process (ingest, quality signals, checks, dashboards)."""
 
 

@@ -11,11 +11,9 @@ import http.client
 import json
 import os
 import signal
-import statistics
 import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -130,6 +128,7 @@ def test_proxy_latency_does_not_move_while_a_heavy_check_runs(tmp_path):
         _seed_texts(up.http, 1500, 24.2, "shopping")
         wait_until(lambda: _metrics(up.mport).get("monitor_store_rows_written_total{process=store,table=inference_events}",
                                                    0) >= 3000, timeout=60, message="the texts stored")
+        priorities = {role: _priority(_pid(up.mport, role)) for role in ("proxy", "pipeline", "store")}
         _load(up.proxy, 1.0)  # warm the connection pools
         idle = _load(up.proxy, 4.0)
         check = subprocess.Popen([*MONITOR, "check", "--only", "semantic_drift", "--window", "1h", "--reference",
@@ -146,12 +145,27 @@ def test_proxy_latency_does_not_move_while_a_heavy_check_runs(tmp_path):
         rc = up.stop()
         upstream.stop()
     assert rc == 0, up.text()[-3000:]
+    # Under contention the proxy goes first: the analysis side runs at a higher niceness, set on its
+    # process and on its session's autogroup (else the scheduler shares the CPU fairly between sessions)
+    auto = Path("/proc/self/autogroup").exists()
+    assert priorities == {"proxy": (0, 0 if auto else None), "pipeline": (10, 10 if auto else None),
+                          "store": (19, 19 if auto else None)}, priorities
     assert still_running, "the check must still be running while the busy load is measured"
     assert len(idle) > 50 and len(busy) > 50
     p50_idle, p50_busy, p90_idle, p90_busy = _q(idle, .5), _q(busy, .5), _q(idle, .9), _q(busy, .9)
     # the store process embeds texts on one core; the proxy is a process of its own: no GIL to wait for
     assert p50_busy <= 1.5 * p50_idle + 5.0, (p50_idle, p50_busy)
     assert p90_busy <= 1.5 * p90_idle + 10.0, (p90_idle, p90_busy)
+
+
+def _priority(pid: int) -> tuple[int, int | None]:
+    """(niceness, the niceness of its autogroup or None without autogroups) of a process."""
+    nice = os.getpriority(os.PRIO_PROCESS, pid)
+    try:
+        auto = Path(f"/proc/{pid}/autogroup").read_text()  # "/autogroup-123 nice 19"
+    except OSError:
+        return nice, None
+    return nice, int(auto.split("nice")[1])
 
 
 def _children(pid: int) -> list[tuple[int, str]]:

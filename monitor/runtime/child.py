@@ -62,6 +62,25 @@ def _node(role: str, index: int, settings):
     raise SystemExit(f"unknown role {role!r}")
 
 
+def _lower_priority(nice: int) -> None:
+    """Under CPU contention the proxy (niceness 0) and the model server go first.
+
+    Each child runs in a session of its own (the supervisor starts it so), and on Linux with
+    autogroups (``/proc/sys/kernel/sched_autogroup_enabled``, the default on desktop and many server
+    kernels) the scheduler first shares the CPU fairly among sessions and only then applies niceness
+    within one: a plain ``nice()`` would leave this process an equal share beside the model server. So
+    the session's autogroup gets the same niceness (raising niceness needs no privilege)."""
+    try:
+        os.nice(nice)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/autogroup", "w") as f:
+            f.write(str(nice))
+    except OSError:  # not Linux, autogroups compiled out: plain niceness is what applies
+        pass
+
+
 def main(argv: list[str]) -> int:
     role = argv[0]
     index = int(argv[1]) if len(argv) > 1 else 0
@@ -74,10 +93,7 @@ def main(argv: list[str]) -> int:
     nice = {"pipeline": settings.processes.pipeline_nice, "sidecar": settings.processes.pipeline_nice,
             "store": settings.processes.store_nice}.get(role, 0)
     if nice:
-        try:  # under CPU contention the proxy (niceness 0) and the model server go first
-            os.nice(nice)
-        except OSError:
-            pass
+        _lower_priority(nice)
     logging.basicConfig(level=settings.log_level, stream=sys.stderr, force=True, datefmt="%H:%M:%S",
                         format=f"%(asctime)s %(levelname)-7s [{name}] %(name)s: %(message)s")
     for noisy in ("kafka", "clickhouse_connect", "grpc", "aiohttp.access"):
