@@ -2,7 +2,8 @@
 
 For wheel and editable builds, when ``cargo`` is on PATH: ``cargo build --release --locked -j 2``
 in ``native/proxy``, then the binary is copied to ``monitor/_native/monitor-proxy`` (gitignored)
-and force-included in a wheel (which is then tagged for this platform). Without cargo, when the
+and force-included in a wheel (which is then tagged for this platform); ``CARGO_TARGET_DIR`` is
+honoured (a shared one makes rebuilds incremental). Without cargo, when the
 build fails, or with ``LLM_MONITOR_NO_NATIVE=1``, one line says so and the build goes on without
 it: the proxy then runs its Python request path (``proxy.implementation: auto``).
 """
@@ -62,7 +63,8 @@ class NativeProxyBuildHook(BuildHookInterface):
         except (OSError, subprocess.TimeoutExpired) as exc:
             _say(f"building the native proxy failed ({exc}); the capture proxy runs its Python path")
             return None
-        built = crate / "target" / "release" / BINARY
+        # cargo honours CARGO_TARGET_DIR (relative to the crate, where it runs): look where it built
+        built = crate / os.environ.get("CARGO_TARGET_DIR", "target") / "release" / BINARY
         if done.returncode != 0 or not built.is_file():
             errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error")] or done.stderr.splitlines()[-1:]
             _say(f"building the native proxy failed (cargo exit {done.returncode}: "
