@@ -23,7 +23,7 @@ Ports are free loopback ports passed through ``MONITOR_*`` variables (the
 curl example's port is replaced accordingly), so a busy 4318 on the machine
 cannot fail the run.
 
-    python3 tests/newcomer.py [--keep] [--phase-seconds 20]
+    python3 tests/newcomer.py [--keep] [--phase-seconds 12]
 """
 
 from __future__ import annotations
@@ -238,8 +238,8 @@ def wait(pred, what: str, timeout: float):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    ap.add_argument("--phase-seconds", type=float, default=20.0)
-    ap.add_argument("--rate", type=float, default=4.0)
+    ap.add_argument("--phase-seconds", type=float, default=12.0)
+    ap.add_argument("--rate", type=float, default=5.0)
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="llm-monitor-newcomer-"))
