@@ -262,7 +262,7 @@ def main() -> int:
         install = readme_line("Quick start", "pip install")
         up_line = readme_line("Quick start", "monitor up")
         say(f"README install line: {install}")
-        took, _ = run(install, checkout, timeout=1500, env=base_env)
+        took, install_out = run(install, checkout, timeout=1500, env=base_env)
         venv = checkout / ".venv"
         cached = " (Rust dependencies from the cargo cache)" if "CARGO_TARGET_DIR" in base_env else ""
         facts["full install"] = f"{took:.0f} s{cached}, {packages_size(venv) / 2**20:,.0f} MiB of packages"
@@ -272,6 +272,13 @@ def main() -> int:
         up = Service("monitor up", up_line, checkout, env, work / "up.log")
         services.append(up)
         up.wait_for(r"ready; Ctrl-C to stop", timeout=240)
+        if shutil.which("cargo", path=base_env.get("PATH")):  # the install built the native request path
+            binary = checkout / "monitor" / "_native" / "monitor-proxy"
+            if not os.access(binary, os.X_OK):
+                hook = [ln for ln in install_out.splitlines() if "llm-monitor:" in ln]
+                raise Failed(f"cargo is on PATH but the install did not build {binary}; the build hook said: "
+                             f"{hook or 'nothing (pip -q hides it: run the install line without -q)'}")
+            facts["native proxy"] = "built by the install"
         time.sleep(5)
         facts["monitor up idle RSS"] = f"{rss_mb(up.proc.pid):.0f} MiB"
         curl = readme_block("curl -s localhost:4318").replace("localhost:4318", f"localhost:{ports['http']}")
