@@ -33,6 +33,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # `monitor up` serves the dashboards on 8501 by default; the many tests that start it (in-process or as a
 # subprocess inheriting this environment) run without them. The dashboard tests turn them on with a free port.
 os.environ.setdefault("MONITOR_DASHBOARD__ENABLED", "false")
+# The suite runs two CPU-bound pytest workers side by side: at its production niceness (pipeline 10, store 19,
+# on the session's autogroup: spare CPU only) a `monitor up` store process gets ~1.5 % of the machine while the
+# other worker is busy, and the tests that wait on it would measure their neighbour. The processes run at
+# niceness 0 here; tests/test_data_plane.py and the newcomer's path (alone on the machine) run the defaults.
+PRIORITY_ENV = ("MONITOR_PROCESSES__PIPELINE_NICE", "MONITOR_PROCESSES__STORE_NICE")
+for _name in PRIORITY_ENV:
+    os.environ.setdefault(_name, "0")
 
 
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")

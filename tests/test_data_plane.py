@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MONITOR, chdb_query, free_port, otlp_request, post_traces, wait_until
+from conftest import PRIORITY_ENV, MONITOR, chdb_query, free_port, otlp_request, post_traces, wait_until
 from fake_upstream import FakeUpstream
 
 from monitor.sidecar.proxy.native import native_binary
@@ -35,7 +35,8 @@ def _pid(mport: int, process: str) -> int:
 
 
 class _Up:
-    def __init__(self, tmp_path, upstream: str | None = None, env: dict | None = None):
+    def __init__(self, tmp_path, upstream: str | None = None, env: dict | None = None,
+                 production_priority: bool = False):
         self.data = tmp_path / "data"
         self.http, self.grpc, self.mport, self.admin = free_port(), free_port(), free_port(), free_port()
         self.proxy = free_port()
@@ -45,8 +46,10 @@ class _Up:
             cmd += ["--upstream", upstream, "--proxy-port", str(self.proxy)]
         self.log = tmp_path / "up.log"
         self._f = open(self.log, "w")
+        # production_priority: the processes' default niceness (the suite's conftest runs them all at 0)
+        base = {k: v for k, v in os.environ.items() if not (production_priority and k in PRIORITY_ENV)}
         self.proc = subprocess.Popen(cmd, stdout=self._f, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, MONITOR_CHECKS__ENABLED="false", **(env or {})))
+                                     env=dict(base, MONITOR_CHECKS__ENABLED="false", **(env or {})))
         wait_until(lambda: "ready; Ctrl-C to stop" in self.text() or self.proc.poll() is not None, timeout=180,
                    message="monitor up ready")
         assert self.proc.poll() is None, self.text()[-3000:]
@@ -121,13 +124,13 @@ def _seed_texts(port: int, n: int, hours_ago: float, topic: str) -> None:
 def test_proxy_latency_does_not_move_while_a_heavy_check_runs(tmp_path):
     upstream = FakeUpstream(tokens=["tok"] * 8, pace_s=0.005).start()
     up = _Up(tmp_path, upstream.url, env={"MONITOR_CHECKS__SEMANTIC__SAMPLE": "1500",
-                                           "MONITOR_CHECKS__SEMANTIC__FIELDS": "prompt"})
+                                           "MONITOR_CHECKS__SEMANTIC__FIELDS": "prompt"}, production_priority=True)
     check = None
     try:
         _seed_texts(up.http, 1500, 0.2, "database")
         _seed_texts(up.http, 1500, 24.2, "shopping")
         wait_until(lambda: _metrics(up.mport).get("monitor_store_rows_written_total{process=store,table=inference_events}",
-                                                   0) >= 3000, timeout=60, message="the texts stored")
+                                                   0) >= 3000, timeout=120, message="the texts stored")
         priorities = {role: _priority(_pid(up.mport, role)) for role in ("proxy", "pipeline", "store")}
         _load(up.proxy, 1.0)  # warm the connection pools
         idle = _load(up.proxy, 4.0)

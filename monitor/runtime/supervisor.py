@@ -199,6 +199,26 @@ class Supervisor:
         return _ChildrenCollector(self)
 
 
+def _scrape_all(ports: list[int], deadline_s: float) -> list[str | None]:
+    """Each child's /metrics text, fetched side by side; None for one that did not answer within
+    ``deadline_s`` in all (one starved child must not hold up the merged page past a scraper's timeout)."""
+    out: list[str | None] = [None] * len(ports)
+
+    def one(i: int, port: int) -> None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=deadline_s) as r:
+                out[i] = r.read().decode()
+        except OSError:
+            pass
+    threads = [threading.Thread(target=one, args=(i, port), daemon=True) for i, port in enumerate(ports)]
+    for t in threads:
+        t.start()
+    end = time.monotonic() + deadline_s
+    for t in threads:
+        t.join(max(0.0, end - time.monotonic()))
+    return list(out)
+
+
 class _ChildrenCollector:
     def __init__(self, sup: Supervisor):
         self.sup = sup
@@ -218,14 +238,18 @@ class _ChildrenCollector:
             restarts.add_metric([child.spec.name], float(child.restarts))
         yield from (up, pid, restarts)
         merged: dict[str, Metric] = {}
-        for child in self.sup.children:
-            port = child.info.get("metrics_port")
-            if not port or child.proc is None or child.proc.poll() is not None:
-                continue
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                    text = r.read().decode()
-            except OSError:
+        live = [c for c in self.sup.children
+                if c.info.get("metrics_port") and c.proc is not None and c.proc.poll() is None]
+        texts = _scrape_all([c.info["metrics_port"] for c in live], deadline_s=2.0)
+        answered = GaugeMetricFamily("monitor_process_metrics_answered", "1 when the process's own metrics "
+                                     "answered this scrape within 2 s (a busy machine can starve the store "
+                                     "process, which runs at a low priority: its series are then missing "
+                                     "from this scrape only)", labels=["process"])
+        for child, text in zip(live, texts):
+            answered.add_metric([child.spec.name], 0.0 if text is None else 1.0)
+        yield answered
+        for child, text in zip(live, texts):
+            if text is None:
                 continue
             for fam in text_string_to_metric_families(text):
                 if fam.name == "monitor":  # monitor_info: the supervisor's own says what runs
