@@ -115,6 +115,9 @@ class KafkaIngest:
             self._unchecked.add(tp)
         if assigned:
             log.info("assigned %s", ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(assigned)))
+        else:
+            log.info("assigned no partitions (more members in group %s than partitions, or its topics are "
+                     "not visible yet: looked at again within 30 s)", self.kafka.group_id)
 
     def _load_pending(self) -> None:
         for tp in list(self._unchecked):
@@ -150,6 +153,9 @@ class KafkaIngest:
             max_poll_interval_ms=600_000,
             session_timeout_ms=10_000,  # heartbeats run on a background thread: a long insert is fine
             heartbeat_interval_ms=3_000,
+            # a topic's partitions seen within 30 s, not the default 5 min: created by someone else while
+            # this consumer started, or grown by an operator
+            metadata_max_age_ms=30_000,
         )
         self._consumer.subscribe(self.topics, listener=_Listener(self))
         self._dlq = KafkaProducer(**client_kwargs(k), acks="all", enable_idempotence=True)

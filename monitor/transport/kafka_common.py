@@ -7,6 +7,7 @@ kafka-python is imported only here, in :mod:`monitor.transport.kafka` and in
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from monitor.config import KafkaSettings
@@ -73,7 +74,31 @@ def ensure_topics(s: KafkaSettings, topics: list[str]) -> None:
                  for t in missing}, raise_errors=False)
             log.info("created Kafka topics %s (%d partitions, replication %d)",
                      ", ".join(missing), s.partitions, s.replication_factor)
+            _await_leaders(admin, missing)
     except KafkaError as exc:
         raise TransportError(f"cannot create Kafka topics {topics}: {exc}") from None
     finally:
         admin.close()
+
+
+def _await_leaders(admin: Any, topics: list[str], timeout_s: float = 30.0) -> None:
+    """Wait until every partition of the new ``topics`` has a leader: a consumer that joins its group
+    while the broker is still creating them can be handed no partitions of them, and a producer gets
+    UNKNOWN_TOPIC_OR_PARTITION (a loaded broker takes seconds)."""
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout_s
+    pending = list(topics)
+    while pending and time.monotonic() < deadline:
+        try:
+            described = admin.describe_topics(pending)
+        except KafkaError:
+            described = []
+        ready = {t["name"] for t in described if t.get("error_code") == 0 and t.get("partitions")
+                 and all(p.get("leader_id", -1) >= 0 for p in t["partitions"])}
+        pending = [t for t in pending if t not in ready]
+        if pending:
+            time.sleep(0.1)
+    if pending:
+        log.warning("Kafka topics %s have no leader after %.0fs; going on (clients retry)", ", ".join(pending),
+                    timeout_s)
