@@ -72,6 +72,8 @@ class KafkaIngest:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._topics_ready = False
+        self._empty_since: float | None = None
+        self._rejoin_after_s = 10.0
         self._consumer: Any = None
         self._dlq: Any = None
         self._buffers: dict[Any, list[Any]] = defaultdict(list)
@@ -212,11 +214,37 @@ class KafkaIngest:
                     self._first_buffered = time.monotonic()
         self._load_pending()
         self._update_lag()
+        self._check_assignment()
         buffered = sum(len(v) for v in self._buffers.values())
         if buffered and (buffered >= s.max_batch_messages or
                          time.monotonic() - (self._first_buffered or 0) >= s.flush_interval_ms / 1000):
             self._flush()
             self._update_lag()
+
+    def _check_assignment(self) -> None:
+        """Rejoin when the group gave this consumer nothing although its topics have partitions.
+
+        kafka-python sometimes completes a join with an empty assignment while the topics it subscribed
+        to are being created (seen on a loaded broker right after the topics got their leaders) and then
+        does not rejoin when their partitions appear: ingest would idle while messages wait. Re-subscribing
+        triggers a new join. With more members than partitions an empty assignment is right: the retries
+        back off (10 s doubling to 5 min) and each is logged."""
+        now = time.monotonic()
+        if self._consumer.assignment():
+            self._empty_since, self._rejoin_after_s = None, 10.0
+            return
+        if self._empty_since is None:
+            self._empty_since = now
+            return
+        if now - self._empty_since < self._rejoin_after_s:
+            return
+        if not any(self._consumer.partitions_for_topic(t) for t in self.topics):
+            return
+        log.warning("no partitions assigned for %.0fs although %s have some: rejoining group %s",
+                    now - self._empty_since, ", ".join(self.topics), self.kafka.group_id)
+        self._consumer.unsubscribe()
+        self._consumer.subscribe(self.topics, listener=_Listener(self))
+        self._empty_since, self._rejoin_after_s = now, min(300.0, self._rejoin_after_s * 2)
 
     def _update_lag(self) -> None:
         for tp in self._consumer.assignment():
