@@ -119,7 +119,8 @@ class KafkaIngest:
             log.info("assigned %s", ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(assigned)))
         else:
             log.info("assigned no partitions (more members in group %s than partitions, or its topics are "
-                     "not visible yet: looked at again within 30 s)", self.kafka.group_id)
+                     "not visible yet: rejoined after %.0f s if they have partitions)", self.kafka.group_id,
+                     self._rejoin_after_s)
 
     def _load_pending(self) -> None:
         for tp in list(self._unchecked):

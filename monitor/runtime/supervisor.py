@@ -199,6 +199,10 @@ class Supervisor:
         return _ChildrenCollector(self)
 
 
+SCRAPE_DEADLINE_S = 2.0
+"""How long the merged /metrics page waits for the children's own pages, all together."""
+
+
 def _scrape_all(ports: list[int], deadline_s: float) -> list[str | None]:
     """Each child's /metrics text, fetched side by side; None for one that did not answer within
     ``deadline_s`` in all (one starved child must not hold up the merged page past a scraper's timeout)."""
@@ -240,11 +244,11 @@ class _ChildrenCollector:
         merged: dict[str, Metric] = {}
         live = [c for c in self.sup.children
                 if c.info.get("metrics_port") and c.proc is not None and c.proc.poll() is None]
-        texts = _scrape_all([c.info["metrics_port"] for c in live], deadline_s=2.0)
+        texts = _scrape_all([c.info["metrics_port"] for c in live], deadline_s=SCRAPE_DEADLINE_S)
         answered = GaugeMetricFamily("monitor_process_metrics_answered", "1 when the process's own metrics "
-                                     "answered this scrape within 2 s (a busy machine can starve the store "
-                                     "process, which runs at a low priority: its series are then missing "
-                                     "from this scrape only)", labels=["process"])
+                                     f"answered this scrape within {SCRAPE_DEADLINE_S:g} s (a busy machine can "
+                                     "starve the store process, which runs at a low priority: its series are "
+                                     "then missing from this scrape only)", labels=["process"])
         for child, text in zip(live, texts):
             answered.add_metric([child.spec.name], 0.0 if text is None else 1.0)
         yield answered
