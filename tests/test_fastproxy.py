@@ -269,6 +269,11 @@ class Env:
             os.rmdir(self._socket_dir)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        if not self.thread.is_alive():
+            # closed here, in order: a stopped loop left to the garbage collector is freed at an
+            # arbitrary later point, and a uvloop freed then closes descriptor numbers that later
+            # tests' loops may have been given since (libuv then aborts in epoll_wait)
+            self.loop.close()
 
 
 @pytest.fixture(params=["python", "native"])
