@@ -577,6 +577,11 @@ class FeatureOverride(_Section):
     method: str | None = None
     """``ks``, ``chisquare``, ``z``, ``wasserstein``, ``jensenshannon``, ``psi``, ``kl_div``..."""
     threshold: float | None = None
+    min_change: float | None = Field(None, gt=0)
+    """Numeric features: the smallest relative move of the median (current vs reference) that counts
+    as drift, e.g. ``0.5`` for latencies on shared or CPU hardware, where the load of neighbours moves
+    timings by tens of percent and a test on many samples rejects that; unset: every significant
+    difference counts."""
 
 
 class SemanticSettings(_Section):

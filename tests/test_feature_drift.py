@@ -468,7 +468,26 @@ def test_overrides_are_honoured(store):
     assert (r["status_code"].method, r["status_code"].threshold) == ("psi", 0.1)
 
 
+def test_min_change_keeps_small_significant_moves_of_the_median_from_counting(store):
+    insert(store, REF, 3000, seed=21)
+    # the latency 15% slower: significant at n=3000, smaller than a latency floor of 50%
+    insert(store, CUR, 3000, seed=22, columns={"latency_ms": f"1.15 * (2000 + 300 * {G(22).n(15)})"})
+    s = ChecksSettings(features={"latency_ms": {"method": "ks", "threshold": 0.001}})
+    plain = by_metric(FeatureDriftCheck(s, raw_limit=0, features=["latency_ms"]).run(context(store, s)))
+    assert plain["latency_ms"].status == "fail"
+    assert plain["latency_ms"].details["median_change"] == pytest.approx(0.15, abs=0.02)
+    s = ChecksSettings(features={"latency_ms": {"method": "ks", "threshold": 0.001, "min_change": 0.5}})
+    floored = by_metric(FeatureDriftCheck(s, raw_limit=0, features=["latency_ms"]).run(context(store, s)))
+    r = floored["latency_ms"]
+    assert r.status == "ok" and r.details["below_min_change"] is True and r.details["min_change"] == 0.5
+    assert r.p_value == pytest.approx(plain["latency_ms"].p_value)  # the test itself is unchanged
+    s = ChecksSettings(features={"latency_ms": {"method": "ks", "threshold": 0.001, "min_change": 0.1}})
+    low = by_metric(FeatureDriftCheck(s, raw_limit=0, features=["latency_ms"]).run(context(store, s)))
+    assert low["latency_ms"].status == "fail" and "below_min_change" not in low["latency_ms"].details
+
+
 @pytest.mark.parametrize("features, match", [
+    ({"finish_reason": {"min_change": 0.5}}, "numeric features only"),
     ({"latency_ms": {"method": "nope"}}, "unsupported test 'nope'"),
     ({"latency_ms": {"method": "mannw"}}, "needs raw values"),
     ({"finish_reason": {"method": "ks"}}, "does not apply to categorical"),

@@ -67,6 +67,7 @@ class FeatureDriftCheck:
                 raise ConfigError(f"unknown drift feature(s) {unknown}; known: {sorted(FEATURES)}")
         self.features = [FEATURES[f] for f in (features or FEATURES)]
         self.overrides: dict[str, tuple[str | None, float | None]] = {}
+        self.min_change: dict[str, float] = {}
         for fname, ov in (getattr(settings, "features", None) or {}).items():
             if fname not in FEATURES:
                 raise ConfigError(f"checks.features.{fname}: unknown feature; known: {sorted(FEATURES)}")
@@ -87,6 +88,12 @@ class FeatureDriftCheck:
                     and threshold >= 1:
                 raise ConfigError(f"checks.features.{fname}.threshold: a p-value threshold must be below 1")
             self.overrides[fname] = (method, threshold)
+            min_change = getattr(ov, "min_change", None)
+            if min_change is not None:
+                if FEATURES[fname].type != "numeric":
+                    raise ConfigError(f"checks.features.{fname}.min_change applies to numeric features only "
+                                      "(it is a relative move of the median)")
+                self.min_change[fname] = float(min_change)
         self._columns: dict[tuple[int, str, str], set[str]] = {}
 
     def warm_up(self) -> None:
@@ -234,6 +241,16 @@ class FeatureDriftCheck:
             extra["binning"] = f"sturges ({len(sturges) - 1} bins)"
         score, statistic, p_value, drifted, engine = self._verdict(
             f, method, overridden, threshold, score, statistic, p_value, raw, extra)
+        med_r, med_c = r["q"][SUMMARY_Q["p50"]], c["q"][SUMMARY_Q["p50"]]
+        # None: from a zero median to another value (no relative measure: any move counts)
+        change = abs(med_c - med_r) / abs(med_r) if med_r else (0.0 if med_c == med_r else None)
+        extra["median_change"] = change
+        floor = self.min_change.get(f.name)
+        if floor is not None:
+            extra["min_change"] = floor
+            if drifted and change is not None and change < floor:
+                drifted = False
+                extra["below_min_change"] = True  # significant, but smaller than what counts
         details = {
             "type": "numeric", "reference_n": n_r, "current_n": n_c, "drift_score": score, "engine": engine,
             "histogram": self._display(bins, display, r["max"]),
