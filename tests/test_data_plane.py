@@ -149,10 +149,11 @@ def test_proxy_latency_does_not_move_while_a_heavy_check_runs(tmp_path):
         upstream.stop()
     assert rc == 0, up.text()[-3000:]
     # Under contention the proxy goes first: the analysis side runs at a higher niceness, set on its
-    # process and on its session's autogroup (else the scheduler shares the CPU fairly between sessions)
+    # process and on its session's autogroup (else the scheduler shares the CPU fairly between sessions),
+    # and under SCHED_IDLE (it gives the CPU up the moment the proxy wakes)
     auto = Path("/proc/self/autogroup").exists()
-    assert priorities == {"proxy": (0, 0 if auto else None), "pipeline": (10, 10 if auto else None),
-                          "store": (19, 19 if auto else None)}, priorities
+    assert priorities == {"proxy": (0, 0 if auto else None, False), "pipeline": (10, 10 if auto else None, True),
+                          "store": (19, 19 if auto else None, True)}, priorities
     assert still_running, "the check must still be running while the busy load is measured"
     assert len(idle) > 50 and len(busy) > 50
     p50_idle, p50_busy, p90_idle, p90_busy = _q(idle, .5), _q(busy, .5), _q(idle, .9), _q(busy, .9)
@@ -161,14 +162,16 @@ def test_proxy_latency_does_not_move_while_a_heavy_check_runs(tmp_path):
     assert p90_busy <= 1.5 * p90_idle + 10.0, (p90_idle, p90_busy)
 
 
-def _priority(pid: int) -> tuple[int, int | None]:
-    """(niceness, the niceness of its autogroup or None without autogroups) of a process."""
+def _priority(pid: int) -> tuple[int, int | None, bool]:
+    """(niceness, the niceness of its autogroup or None without autogroups, runs under SCHED_IDLE) of a
+    process."""
     nice = os.getpriority(os.PRIO_PROCESS, pid)
+    idle = os.sched_getscheduler(pid) == os.SCHED_IDLE
     try:
         auto = Path(f"/proc/{pid}/autogroup").read_text()  # "/autogroup-123 nice 19"
     except OSError:
-        return nice, None
-    return nice, int(auto.split("nice")[1])
+        return nice, None, idle
+    return nice, int(auto.split("nice")[1]), idle
 
 
 def _children(pid: int) -> list[tuple[int, str]]:

@@ -88,7 +88,11 @@ class Bench:
         if "fatal" in res:
             raise BenchError(f"load generator failed on {path} c={conc}: {res['fatal']}")
         busy1, tot1 = machine_busy()
-        ours1 = {k: cpu_jiffies([p.pid]) for k, p in procs.items()}
+        ours_end = {k: cpu_jiffies([p.pid]) for k, p in procs.items()}
+        # a monitor defers its analysis (spans, redaction, ingest, quality) and catches up after the
+        # load: that CPU is its cost too, and left running it would load the next cell (another path's)
+        drain = self._drain(procs[path].pid) if path in MONITORS else 0.0
+        ours1 = {k: cpu_jiffies([p.pid]) for k, p in procs.items()} if drain else ours_end
         px1 = sum(cpu_jiffies([q]) for q in proxy_pids)
         if path in MONITORS:
             thr1 = thread_jiffies(procs[path].pid)
@@ -98,16 +102,30 @@ class Bench:
         used = {k: (ours1[k] - ours0.get(k, 0)) / CLK_TCK for k in ours1}
         machine_s = (busy1 - busy0) / CLK_TCK                # busy CPU-seconds of the machine
         span = max(1e-9, (tot1 - tot0) / CLK_TCK)            # CPU-seconds available (all cores)
-        other = max(0.0, machine_s - sum(used.values()))
+        other = max(0.0, machine_s - sum((ours_end[k] - ours0.get(k, 0)) / CLK_TCK for k in ours_end))
         proxy_s = used.get(path) if path != "direct" else None
         res["cpu"] = {"seconds": {k: round(v, 2) for k, v in used.items()},
                       "machine_busy_pct": 100 * machine_s / span, "other_pct": 100 * other / span,
                       "proxy_ms_per_req": (1000 * proxy_s / res["sent"]) if proxy_s is not None and res["sent"]
-                      else None, "wall_s": round(wall, 2)}
+                      else None, "wall_s": round(wall, 2), "drain_s": round(drain, 1)}
         if proxy_pids and res["sent"]:  # the capture proxy's own process(es), apart from the rest of the monitor
             res["cpu"]["proxy_process_ms_per_req"] = 1000 * (px1 - px0) / CLK_TCK / res["sent"]
             res["proxy_rss_mib"] = sum(rss_kib(x) for q in proxy_pids for x in [q, *descendants(q)]) / 1024
         return res
+
+    @staticmethod
+    def _drain(pid: int, idle_share: float = 0.05, limit_s: float = 90.0) -> float:
+        """Seconds until ``pid`` and its children went idle (under ``idle_share`` of one core over half
+        a second) after a cell; at most ``limit_s``."""
+        t0 = time.monotonic()
+        last = cpu_jiffies([pid])
+        while time.monotonic() - t0 < limit_s:
+            time.sleep(0.5)
+            now = cpu_jiffies([pid])
+            if (now - last) / CLK_TCK < 0.5 * idle_share:
+                break
+            last = now
+        return time.monotonic() - t0
 
     def smoke(self, result: dict[str, Any]) -> None:
         """A few requests per path, streamed and not, checked like every other."""
@@ -139,7 +157,9 @@ class Bench:
                         f"{r['total_ms'].get('p50', float('nan')):7.2f} p99 "
                         f"{r['total_ms'].get('p99', float('nan')):7.2f} ms  errors {r['errors']}"
                         + (f" {r['error_kinds']}" if r["error_kinds"] else "")
-                        + f"  cpu {r['cpu']['seconds']}")
+                        + f"  cpu {r['cpu']['seconds']}"
+                        + (f" (monitor idle again {r['cpu']['drain_s']:.1f} s after the load)"
+                           if r["cpu"]["drain_s"] else ""))
 
     def check_monitors(self, result: dict[str, Any]) -> None:
         """Did each monitor record every request sent through its proxy (and store its span)?"""

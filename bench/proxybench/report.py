@@ -91,7 +91,9 @@ def render(summary: dict[str, Any], args: argparse.Namespace) -> str:
                              f"{m['proxy_cpu_ms_per_req']:.3f} ms (proxy, pipeline: spans, join, redaction, spool; "
                              "store: ingest, quality signals, chdb)")
     lines.append("\ncpu/req: CPU ms per request of the path's processes (monitor: every process of `monitor up`: "
-                 "proxy, pipeline, store, supervisor; nginx: master+workers; direct: -). busy%: whole machine "
+                 "proxy, pipeline, store, supervisor, counted until it is idle again after the cell, so its deferred "
+                 "analysis is included and never runs during the next cell; nginx: master+workers; direct: -). "
+                 "busy%: whole machine during the cell "
                  "(100% = all cores); other%: CPU of processes not started by this bench, in % of the machine.")
     return "\n".join(lines)
 

@@ -62,7 +62,7 @@ def _node(role: str, index: int, settings):
     raise SystemExit(f"unknown role {role!r}")
 
 
-def _lower_priority(nice: int) -> None:
+def _lower_priority(nice: int, idle: bool = False) -> None:
     """Under CPU contention the proxy (niceness 0) and the model server go first.
 
     Each child runs in a session of its own (the supervisor starts it so), and on Linux with
@@ -79,6 +79,14 @@ def _lower_priority(nice: int) -> None:
             f.write(str(nice))
     except OSError:  # not Linux, autogroups compiled out: plain niceness is what applies
         pass
+    if idle and hasattr(os, "SCHED_IDLE"):
+        # preempted at once by any normal task that wakes (the proxy with a chunk to forward), while
+        # the autogroup's niceness keeps this session's share of a contended CPU; set before any
+        # thread starts, so every thread of the process inherits it
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
+            pass
 
 
 def main(argv: list[str]) -> int:
@@ -93,7 +101,7 @@ def main(argv: list[str]) -> int:
     nice = {"pipeline": settings.processes.pipeline_nice, "sidecar": settings.processes.pipeline_nice,
             "store": settings.processes.store_nice}.get(role, 0)
     if nice:
-        _lower_priority(nice)
+        _lower_priority(nice, idle=settings.processes.sched_idle)
     logging.basicConfig(level=settings.log_level, stream=sys.stderr, force=True, datefmt="%H:%M:%S",
                         format=f"%(asctime)s %(levelname)-7s [{name}] %(name)s: %(message)s")
     for noisy in ("kafka", "clickhouse_connect", "grpc", "aiohttp.access"):
