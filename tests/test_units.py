@@ -212,3 +212,92 @@ def test_a_protobuf_message_that_looks_like_json_after_its_first_byte_is_decoded
     assert made == 1  # exactly one name length gives a 123-byte ResourceSpans
     parsed = decode_message("traces", b'\n {"resourceSpans": [{"scopeSpans": [{"spans": [{"name": "j"}]}]}]}\r\n')
     assert parsed.resource_spans[0].scope_spans[0].spans[0].name == "j"
+
+
+# -- the one retry helper (monitor.backoff) -------------------------------------------------------
+
+def test_retry_delays_share_one_scheme_and_honour_retry_after_capped_at_the_maximum():
+    from monitor.backoff import Backoff, full_jitter, retry_delay
+
+    for attempt in range(1, 12):
+        ceiling = min(8.0, 0.5 * 2 ** (attempt - 1))
+        assert all(0.0 <= full_jitter(attempt, 0.5, 8.0) <= ceiling for _ in range(50))
+        assert all(ceiling / 2 <= retry_delay(attempt, 0.5, 8.0, floor=0.5) <= ceiling for _ in range(50))
+    b = Backoff(0.5, 8.0)
+    assert [round(b.next_delay(retry_after=100.0), 6) for _ in range(3)] == [8.0, 8.0, 8.0]  # hint capped
+    b.reset()
+    assert 0.25 <= b.next_delay() <= 0.5 and 0.5 <= b.next_delay() <= 1.0 and b.attempt == 2
+    assert retry_delay(1, 0.01, 5.0, retry_after=2.0) == 2.0  # a longer hint wins
+    for junk in (None, float("nan"), -3.0):
+        assert retry_delay(1, 0.01, 5.0, retry_after=junk) <= 0.01
+
+
+def test_retry_call_honours_retry_after_stops_on_a_permanent_error_and_on_shutdown():
+    import threading
+    import time
+
+    from monitor.backoff import Backoff, retry_call
+    from monitor.errors import Cancelled, Overloaded, PermanentError, RejectedData
+
+    stop = threading.Event()
+    calls: list[float] = []
+
+    def flaky():
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise Overloaded("busy", retry_after=0.3)
+        return "done"
+
+    told = []
+    assert retry_call(flaky, stop=stop, backoff=Backoff(0.001, 1.0), on_retry=lambda e, n, d: told.append((n, d))) \
+        == "done"
+    assert calls[1] - calls[0] >= 0.3 and told[0][0] == 1 and told[0][1] >= 0.3  # the hint, not 1 ms
+
+    def poison():
+        calls.append(time.monotonic())
+        raise RejectedData("a value does not fit")
+
+    calls.clear()
+    with pytest.raises(PermanentError):
+        retry_call(poison, stop=stop, backoff=Backoff(0.001, 0.01))
+    assert len(calls) == 1  # never retried
+
+    def down():
+        raise Overloaded("down", retry_after=30.0)
+
+    threading.Timer(0.2, stop.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):
+        retry_call(down, stop=stop, backoff=Backoff(0.001, 60.0))
+    assert time.monotonic() - t0 < 5  # the 30 s wait ended at the stop
+    with pytest.raises(Cancelled):  # already stopping: not even one call
+        retry_call(lambda: calls.append(0), stop=stop)
+    assert calls == [calls[0]]
+
+
+def test_a_loop_retrier_retries_bugs_only_when_asked_and_starts_over_after_a_success():
+    import threading
+
+    from monitor.backoff import Backoff, Retrier
+    from monitor.errors import Cancelled, DecodeError, TransportError
+
+    stop = threading.Event()
+    strict = Retrier(Backoff(0.001, 0.002))
+    with pytest.raises(KeyError):
+        strict.delay(KeyError("a bug"))
+    loop = Retrier(Backoff(0.001, 0.002), what="a loop", retry_unexpected=True)
+    loop.wait(KeyError("a bug"), stop)  # logged and retried
+    loop.wait(TransportError("down"), stop)
+    assert loop.attempt == 2 and loop.backoff.attempt == 2
+    with pytest.raises(DecodeError):
+        loop.wait(DecodeError("poison"), stop)  # permanent: raised, even for a loop that never dies
+    with pytest.raises(Cancelled):
+        loop.wait(Cancelled("stopping"), stop)
+    loop.succeeded()
+    assert loop.attempt == 0 and loop.backoff.attempt == 0
+    stop.set()
+    with pytest.raises(Cancelled):
+        loop.wait(TransportError("down", retry_after=60.0), stop)
+    with pytest.raises(TransportError):
+        Retrier(Backoff(0.001, 0.002), max_attempts=1).delay(TransportError("down"))
+

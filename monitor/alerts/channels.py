@@ -10,6 +10,11 @@ signature (over the delivery time) and the PagerDuty routing key are added by
 - ``slack``: an incoming-webhook message, ``{"text", "blocks"}``.
 - ``pagerduty``: an Events API v2 event, ``dedup_key`` = the alert id, so PagerDuty keeps one
   incident per alert and a repeated trigger or resolve is a no-op.
+
+A channel type or a payload these functions cannot use raises from the error tree
+(:mod:`monitor.errors`): :class:`~monitor.errors.ConfigError` for a type the config should not
+have let through, :class:`~monitor.errors.PermanentError` for a stored payload no attempt can
+send (the dispatcher marks its row dead at once).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from monitor.alerts.signing import IDEMPOTENCY_HEADER, signature_headers
+from monitor.errors import ConfigError, PermanentError
 
 __all__ = ["build_payload", "render_request", "iso", "channel_secrets"]
 
@@ -45,7 +51,8 @@ def build_payload(channel_type: str, event: dict[str, Any], source: str) -> str:
         return _dumps(_slack(event, source))
     if channel_type == "pagerduty":
         return _dumps(_pagerduty(event, source))
-    raise ValueError(f"unknown channel type {channel_type!r}")
+    raise ConfigError(f"unknown alert channel type {channel_type!r} (alerts.channels.<name>.type: webhook, slack "
+                      "or pagerduty)")
 
 
 def _alert(event: dict[str, Any]) -> dict[str, Any]:
@@ -115,10 +122,16 @@ def render_request(channel, payload: str, notification_id: str, now: float | Non
                    user_agent: str = "llm-monitor") -> tuple[str, dict[str, str], bytes]:
     """``(url, headers, body)`` of one attempt on ``channel`` (an ``AlertChannel`` from the config).
 
-    The URL is the configured one, never anything from the payload or a request."""
+    The URL is the configured one, never anything from the payload or a request. Raises
+    :class:`~monitor.errors.PermanentError` for a stored payload that cannot be sent (corrupt)."""
     headers = {"Content-Type": "application/json", "User-Agent": user_agent, **channel.headers}
     if channel.type == "pagerduty":
-        data = json.loads(payload)
+        try:
+            data = json.loads(payload)
+        except ValueError as exc:
+            raise PermanentError(f"{type(exc).__name__}: the stored payload is not JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise PermanentError(f"the stored payload is JSON but not an object ({type(data).__name__})")
         body = _dumps({"routing_key": channel.routing_key.get_secret_value(), **data}).encode()
     else:
         body = payload.encode()

@@ -1,15 +1,19 @@
 """Delivers the outbox: one lane (a daemon thread) per channel, one request per due row, retries
 with backoff.
 
-Outcomes of an attempt:
+Outcomes of an attempt, by the error tree (:mod:`monitor.errors`) the sender speaks (see
+:mod:`monitor.alerts.sender`):
 
-- 2xx: ``delivered``.
-- 408, 429, 5xx, a timeout, a connection error, an answer that is not HTTP, a sender that raised:
-  ``retry`` after exponential backoff with full jitter (``Retry-After`` of any form honoured when
-  longer, capped at ``alerts.retry.max_s``), until ``alerts.retry.max_age_s`` after the
-  notification was enqueued; then ``dead`` with the last error.
-- any other status (4xx, a redirect: URLs are never followed away from the config), or a row
-  whose request cannot be built (a corrupt payload): ``dead`` at once.
+- a :class:`~monitor.alerts.sender.Response` (2xx): ``delivered``.
+- a :class:`~monitor.errors.RetryableError` (408, 429, 5xx, a timeout, a connection error, an
+  answer that is not HTTP), or a sender that raised anything outside the tree: ``retry`` after
+  exponential backoff with full jitter from the stored attempt count
+  (:func:`monitor.backoff.retry_delay`; ``Retry-After`` of any form honoured when longer, capped at
+  ``alerts.retry.max_s``), until ``alerts.retry.max_age_s`` after the notification was enqueued;
+  then ``dead`` with the last error.
+- a :class:`~monitor.errors.PermanentError` (any other status: 4xx, a redirect, URLs are never
+  followed away from the config), or a row whose request cannot be built (a corrupt payload, a
+  channel no longer configured): ``dead`` at once.
 
 Isolation. Each channel has its own lane, so a channel that hangs, fails or answers garbage
 delays no other channel. Within a lane, each attempt runs under a deadline (the channel's
@@ -40,15 +44,16 @@ from typing import TYPE_CHECKING
 
 from monitor.alerts.channels import channel_secrets, render_request
 from monitor.alerts.outbox import Outbox, OutboxRow
-from monitor.alerts.sender import HttpSender, Response, Sender, classify, parse_retry_after
+from monitor.alerts.sender import (HttpSender, NotDelivered, Refused, Response, Sender, parse_retry_after,
+                                   raise_for_status)
 from monitor.auth import scrub
-from monitor.backoff import full_jitter
-from monitor.errors import StoreError
+from monitor.backoff import retry_delay
+from monitor.errors import PermanentError, RetryableError, StoreError
 
 if TYPE_CHECKING:
     from monitor.config import AlertsSettings
 
-__all__ = ["Dispatcher", "HttpSender", "Response", "Sender", "classify", "parse_retry_after"]
+__all__ = ["Dispatcher", "HttpSender", "NotDelivered", "Refused", "Response", "Sender", "parse_retry_after"]
 
 log = logging.getLogger("monitor.alerts")
 
@@ -195,7 +200,8 @@ class Dispatcher:
 
     def deliver(self, notification_id: str, channel: str, deadline_s: float) -> OutboxRow | None:
         """Deliver one row now, retrying until delivered, dead or ``deadline_s`` has passed (then
-        it is marked dead: for ``monitor alerts test``, which reports the outcome)."""
+        it is marked dead: for ``monitor alerts test``, which reports the outcome). When the
+        dispatcher stops meanwhile, the row is returned as it is (still pending, for the next start)."""
         lane = self._lane(channel)
         end = time.monotonic() + deadline_s
         while True:
@@ -215,7 +221,8 @@ class Dispatcher:
                     if row.status != "pending":
                         return row
                 wait = (row.next_attempt_at - datetime.now(timezone.utc)).total_seconds()
-            time.sleep(max(0.01, min(wait, end - time.monotonic())))
+            if self._stop.wait(max(0.01, min(wait, end - time.monotonic()))):
+                return row
 
     def _count(self, channel: str, outcome: str) -> None:
         if self.metrics is not None:
@@ -227,30 +234,30 @@ class Dispatcher:
         cfg = self.settings.channels.get(row.channel)
         attempt = row.attempts + 1
         if cfg is None:
-            return self._finish(row, now, attempt, "dead", None,
-                                f"channel {row.channel!r} is no longer in the config", 0.0)
+            return self._finish(row, now, attempt, None, 0.0,
+                                Refused(f"channel {row.channel!r} is no longer in the config"))
         try:
             url, headers, body = render_request(cfg, row.payload, row.notification_id, user_agent=self._user_agent)
         except Exception as exc:  # a corrupt stored payload: no attempt can succeed
             self._error(row.channel, exc, f"alert {row.notification_id} to {row.channel}: cannot build the request")
-            return self._finish(row, now, attempt, "dead", None,
-                                f"cannot build the request: {type(exc).__name__}: {exc}", 0.0)
+            why = str(exc) if isinstance(exc, PermanentError) else f"{type(exc).__name__}: {exc}"
+            return self._finish(row, now, attempt, None, 0.0, Refused(f"cannot build the request: {why}"))
         t0 = time.monotonic()
-        resp = self._send(lane, row, url, headers, body, cfg.timeout_s)
+        try:
+            status, failure = self._send(lane, row, url, headers, body, cfg.timeout_s).status, None
+        except (NotDelivered, Refused) as exc:
+            status, failure = exc.status, exc
         ms = (time.monotonic() - t0) * 1000
-        outcome = classify(resp)
-        error = "" if outcome == "delivered" else (resp.error or f"HTTP {resp.status}")
-        return self._finish(row, datetime.now(timezone.utc), attempt, outcome, resp.status, error, ms,
-                            resp.retry_after)
+        return self._finish(row, datetime.now(timezone.utc), attempt, status, ms, failure)
 
     def _send(self, lane: _Lane, row: OutboxRow, url: str, headers: dict[str, str], body: bytes,
               timeout: float) -> Response:
-        """``sender.send`` under a deadline, in a thread of its own; never raises, and returns a
-        well-formed :class:`Response` whatever the sender returned."""
+        """``sender.send`` under a deadline, in a thread of its own: the :class:`Response` of a
+        delivery, else :class:`NotDelivered` or :class:`Refused` raised, well-formed whatever the
+        sender did (raised something else, returned something else, hung)."""
         lane.hanging = [t for t in lane.hanging if t.is_alive()]
         if len(lane.hanging) >= MAX_HANGING:
-            return Response(None, f"not sent: {len(lane.hanging)} earlier requests to this channel are "
-                                  "still hanging")
+            raise NotDelivered(f"not sent: {len(lane.hanging)} earlier requests to this channel are still hanging")
         box: dict[str, object] = {}
 
         def run() -> None:
@@ -265,36 +272,48 @@ class Dispatcher:
         t.join(deadline)
         if t.is_alive():
             lane.hanging.append(t)
-            return Response(None, f"no complete answer within {deadline:g}s (request abandoned)")
+            raise NotDelivered(f"no complete answer within {deadline:g}s (request abandoned)")
         if "exc" in box:
             exc = box["exc"]
+            if isinstance(exc, RetryableError):
+                raise NotDelivered(_message(exc), _status(getattr(exc, "status", None)),
+                                   parse_retry_after(exc.retry_after)) from None
+            if isinstance(exc, PermanentError):
+                raise Refused(_message(exc), _status(getattr(exc, "status", None))) from None
             self._error(row.channel, exc, f"alert {row.notification_id} to {row.channel}: the sender raised")
-            return Response(None, f"the sender raised {type(exc).__name__}: {str(exc)[:300]}")
+            raise NotDelivered(f"the sender raised {type(exc).__name__}: {str(exc)[:300]}") from None
         resp = box.get("resp")
         if not isinstance(resp, Response):
-            return Response(None, f"the sender returned {type(resp).__name__}, not a Response")
+            raise NotDelivered(f"the sender returned {type(resp).__name__}, not a Response")
         status = resp.status
-        if status is not None and (not isinstance(status, int) or isinstance(status, bool)
-                                   or not 100 <= status <= 999):
-            return Response(None, f"invalid HTTP status {status!r}")
-        return Response(status, str(resp.error or "")[:2000], parse_retry_after(resp.retry_after))
+        if status is not None and _status(status) is None:
+            raise NotDelivered(f"invalid HTTP status {status!r}")
+        # a sender may still return the answer of a failed attempt: it is read the same way
+        return raise_for_status(Response(status, str(resp.error or "")[:2000], parse_retry_after(resp.retry_after)))
 
-    def _finish(self, row: OutboxRow, now: datetime, attempt: int, outcome: str, status: int | None, error: str,
-                ms: float, retry_after: float | None = None) -> OutboxRow:
+    def _finish(self, row: OutboxRow, now: datetime, attempt: int, status: int | None, ms: float,
+                failure: NotDelivered | Refused | None) -> OutboxRow:
+        """Record the attempt and the row's next state: delivered (no ``failure``), retried later
+        (NotDelivered, until ``max_age_s``) or dead."""
         r = self.settings.retry
         cfg = self.settings.channels.get(row.channel)
+        error = "" if failure is None else str(failure)
         # an error may echo what was sent (a receiver quoting its input, a refused header value):
         # it is logged and stored, so the channel's secrets are taken out first
         error = scrub(error, channel_secrets(cfg))[:2000] if cfg is not None else error[:2000]
-        if outcome == "retry":
-            hint = min(retry_after, r.max_s) if retry_after is not None else 0.0
-            delay = min(max(full_jitter(attempt, r.initial_s, r.max_s), hint), _MAX_DELAY_S)
+        if failure is None:
+            outcome = "delivered"
+        elif isinstance(failure, RetryableError):
+            outcome = "retry"
+            delay = min(retry_delay(attempt, r.initial_s, r.max_s, failure.retry_after), _MAX_DELAY_S)
             age = (now - row.created_at).total_seconds()
             if age + delay > r.max_age_s:
                 outcome = "dead"
                 error = f"gave up after {attempt} attempts over {r.max_age_s:g}s: {error}"[:2000]
             else:
                 next_at = now + timedelta(seconds=delay)
+        else:
+            outcome = "dead"
         self.outbox.record_attempt(row, now, attempt, outcome, status, error, ms)
         self._count(row.channel, outcome)
         if outcome == "delivered":
@@ -308,3 +327,19 @@ class Dispatcher:
         log.error("alert %s %s to %s is dead after %d attempts: %s", row.event, row.notification_id, row.channel,
                   attempt, error)
         return self.outbox.update(row, now, status="dead", attempts=attempt, last_error=error)
+
+
+def _status(value: object) -> int | None:
+    """An HTTP status a sender reported, or None for anything that is not one."""
+    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 999:
+        return value
+    return None
+
+
+def _message(exc: BaseException) -> str:
+    """What a failure says, for the outbox: its message, else its status, else its type."""
+    text = str(exc)[:2000]
+    if text:
+        return text
+    status = _status(getattr(exc, "status", None))
+    return f"HTTP {status}" if status is not None else type(exc).__name__

@@ -1,10 +1,19 @@
 """One HTTP attempt of one notification: the :class:`Sender` protocol, its urllib implementation,
-and how an answer is read (:func:`classify`, :func:`parse_retry_after`).
+and how an answer is read (:func:`raise_for_status`, :func:`parse_retry_after`).
+
+Like every other sender in the monitor, a channel's sender speaks the error tree
+(:mod:`monitor.errors`): a delivery (2xx) returns a :class:`Response`; anything else raises
+
+- :class:`NotDelivered` (a :class:`~monitor.errors.RetryableError`): 408, 429, 5xx, or no answer
+  (a timeout, a refused connection, an answer that is not HTTP); its ``retry_after`` is the
+  receiver's ``Retry-After`` of any form, parsed;
+- :class:`Refused` (a :class:`~monitor.errors.PermanentError`): any other status (4xx, a redirect:
+  URLs are never followed away from the config).
 
 Whatever the receiver does (answers garbage, closes the connection, sends a ``Retry-After`` of
-any form), :meth:`HttpSender.send` returns a :class:`Response` and never raises. It does not bound
-the attempt's total time (urllib's timeout bounds the connect and each read, so a receiver that
-drips bytes can hold it): the dispatcher runs each attempt under a deadline.
+any form), :meth:`HttpSender.send` raises nothing else. It does not bound the attempt's total time
+(urllib's timeout bounds the connect and each read, so a receiver that drips bytes can hold it):
+the dispatcher runs each attempt under a deadline.
 """
 
 from __future__ import annotations
@@ -19,7 +28,10 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Protocol
 
-__all__ = ["Response", "Sender", "HttpSender", "classify", "parse_retry_after", "MAX_RETRY_AFTER_S"]
+from monitor.errors import PermanentError, RetryableError
+
+__all__ = ["Response", "Sender", "HttpSender", "NotDelivered", "Refused", "raise_for_status", "parse_retry_after",
+           "MAX_RETRY_AFTER_S"]
 
 MAX_RETRY_AFTER_S = 365 * 86400.0
 """A longer ``Retry-After`` reads as this (the dispatcher caps it at ``alerts.retry.max_s`` anyway);
@@ -30,6 +42,9 @@ _DIGITS = re.compile(r"\d+")
 
 @dataclass
 class Response:
+    """An answer: a delivery when :meth:`Sender.send` returns it (any other answer is raised as
+    :class:`NotDelivered` or :class:`Refused`; :func:`raise_for_status` turns one into that)."""
+
     status: int | None
     """HTTP status, None when no response came (timeout, refused connection, not HTTP)."""
     error: str = ""
@@ -37,8 +52,40 @@ class Response:
     """Seconds the receiver asked us to wait: finite, in [0, MAX_RETRY_AFTER_S], or None."""
 
 
+class NotDelivered(RetryableError):
+    """Not delivered this time (408, 429, 5xx, no answer); ``retry_after``: the receiver's hint."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message, retry_after)
+        self.status = status
+
+
+class Refused(PermanentError):
+    """Refused for good (a 4xx other than 408 and 429, a redirect): retrying the same notification
+    cannot help."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
 class Sender(Protocol):
-    def send(self, url: str, headers: dict[str, str], body: bytes, timeout: float) -> Response: ...
+    def send(self, url: str, headers: dict[str, str], body: bytes, timeout: float) -> Response:
+        """POST ``body``: the :class:`Response` of a delivery, or raise :class:`NotDelivered` /
+        :class:`Refused` (any RetryableError / PermanentError is read the same way)."""
+        ...
+
+
+def raise_for_status(resp: Response) -> Response:
+    """``resp`` if it is a delivery (2xx); else :class:`NotDelivered` for no answer, 408, 429 and
+    5xx, :class:`Refused` for any other status."""
+    status = resp.status
+    if status is not None and 200 <= status < 300:
+        return resp
+    error = resp.error or (f"HTTP {status}" if status is not None else "no answer")
+    if status is None or status in (408, 429) or status >= 500:
+        raise NotDelivered(error, status, resp.retry_after)
+    raise Refused(error, status)
 
 
 def parse_retry_after(value: str | float | None, now: datetime | None = None) -> float | None:
@@ -87,7 +134,8 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 class HttpSender:
-    """POST with urllib; the timeout bounds the connect and each read. Never raises."""
+    """POST with urllib; the timeout bounds the connect and each read. Raises only
+    :class:`NotDelivered` and :class:`Refused`."""
 
     def __init__(self):
         self._opener = urllib.request.build_opener(_NoRedirect)
@@ -103,29 +151,20 @@ class HttpSender:
                 text = exc.read(300).decode("utf-8", "replace").strip() if exc.fp else ""
             except (OSError, http.client.HTTPException):
                 text = ""
-            return Response(exc.code, f"HTTP {exc.code}{': ' + text if text else ''}",
-                            parse_retry_after(exc.headers.get("Retry-After") if exc.headers else None))
+            answer = Response(exc.code, f"HTTP {exc.code}{': ' + text if text else ''}",
+                              parse_retry_after(exc.headers.get("Retry-After") if exc.headers else None))
         except TimeoutError:
-            return Response(None, f"timed out after {timeout:g}s")
+            raise NotDelivered(f"timed out after {timeout:g}s") from None
         except urllib.error.URLError as exc:
             reason = exc.reason
             if isinstance(reason, TimeoutError):
-                return Response(None, f"timed out after {timeout:g}s")
-            return Response(None, f"connection failed: {reason}")
+                raise NotDelivered(f"timed out after {timeout:g}s") from None
+            raise NotDelivered(f"connection failed: {reason}") from None
         except OSError as exc:
-            return Response(None, f"connection failed: {exc}")
+            raise NotDelivered(f"connection failed: {exc}") from None
         except http.client.HTTPException as exc:  # not HTTP at all, or a malformed status line / headers
-            return Response(None, f"bad response: {type(exc).__name__}: {str(exc)[:200]}")
+            raise NotDelivered(f"bad response: {type(exc).__name__}: {str(exc)[:200]}") from None
         except ValueError as exc:  # e.g. a header value urllib refuses to send
-            return Response(None, f"request not sent: {exc}")
-
-
-def classify(resp: Response) -> str:
-    """``delivered``, ``retry`` or ``dead`` for one response."""
-    if resp.status is None:
-        return "retry"
-    if 200 <= resp.status < 300:
-        return "delivered"
-    if resp.status in (408, 429) or resp.status >= 500:
-        return "retry"
-    return "dead"
+            raise NotDelivered(f"request not sent: {exc}") from None
+        raise_for_status(answer)  # an HTTPError is never a 2xx: this raises
+        return answer

@@ -16,7 +16,11 @@ through the same :class:`~monitor.ingest.stage.IngestStage` as embedded
 ingest: undecodable messages, and messages holding an item the store refuses,
 are set aside in the ``dead_letters`` table and copied to ``<topic>_dlq``
 (reason in the ``monitor.dlq.reason`` header) before the offset moves past
-them; ingest goes on, and a poison message cannot stall its partition.
+them; ingest goes on, and a poison message cannot stall its partition (nor a
+batch the stage refuses as a whole with a :class:`~monitor.errors.PermanentError`:
+its messages are set aside the same way). An unavailable broker or store is
+retried with backoff (:class:`~monitor.backoff.Retrier`) until it is back or
+ingest stops.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from monitor.backoff import Backoff
+from monitor.backoff import Backoff, Retrier
 from monitor.config import IngestSettings, KafkaSettings
-from monitor.errors import Cancelled, TransportError
+from monitor.errors import Cancelled, PermanentError, TransportError
+from monitor.ingest.normalize import Batch
 from monitor.ingest.stage import DeadLetter, IngestStage, Message
 from monitor.selfmetrics import SelfMetrics
 from monitor.store.writer import Writer
@@ -167,23 +172,28 @@ class KafkaIngest:
 
     def _run(self) -> None:
         self.stage.warm_up()  # load the language model now, not on the first batch
-        backoff = Backoff(0.5, 10.0)
+        # keep consuming whatever happens: a bug is logged with its traceback and retried too
+        retry = Retrier(Backoff(0.5, 10.0), what="Kafka ingest", on_retry=self._retrying, retry_unexpected=True)
         while not self._stop.is_set():
             try:
                 if self._consumer is None:
                     self._connect()
-                    backoff.reset()
+                    retry.succeeded()
                 self._step()
             except Cancelled:
                 break
-            except (TransportError, Exception) as exc:  # noqa: BLE001 - keep consuming whatever happens
+            except Exception as exc:
                 from kafka.errors import KafkaError
-                if isinstance(exc, (TransportError, KafkaError)):
-                    log.warning("Kafka unavailable (%s); retrying", exc)
-                else:
-                    log.exception("ingest step failed; retrying")
+                if isinstance(exc, KafkaError):  # raised by the client outside the calls translating it
+                    exc = TransportError(str(exc))
                 self._close_clients()
-                if not backoff.wait(self._stop):
+                try:
+                    retry.wait(exc, self._stop)
+                except Cancelled:
+                    break
+                except PermanentError as permanent:  # a batch's own permanent error is set aside in _flush
+                    log.error("Kafka ingest stopped: %s; retrying cannot help. Nothing uncommitted is lost: "
+                              "it is read again at the next start", permanent)
                     break
         try:
             if self._consumer is not None and any(self._buffers.values()):
@@ -191,6 +201,12 @@ class KafkaIngest:
         except Exception:  # uncommitted data is redelivered on the next start: nothing is lost
             log.exception("final flush failed; the batch will be redelivered")
         self._close_clients()
+
+    def _retrying(self, exc: Exception, attempt: int, delay: float) -> None:
+        if isinstance(exc, TransportError):
+            log.warning("Kafka unavailable (%s); retrying in %.1fs", exc, delay)
+        else:
+            log.error("ingest step failed; retrying in %.1fs", delay, exc_info=exc)
 
     def _close_clients(self) -> None:
         for c in (self._consumer, self._dlq):
@@ -293,9 +309,20 @@ class KafkaIngest:
             messages = [Message(self.kafka.signal_of(m.topic), m.value or b"", f"{m.topic}/{m.partition}@{m.offset}")
                         for m in chunk]
             self._keys = {msg.source: m.key for msg, m in zip(messages, chunk)}
-            self.stage.run(messages, f"{tp.topic}/{tp.partition}/{start}-{end}", self._stop)
+            token = f"{tp.topic}/{tp.partition}/{start}-{end}"
+            try:
+                self.stage.run(messages, token, self._stop)
+            except PermanentError as exc:  # retrying cannot help: the batch must not stall its partition
+                self._set_aside_batch(messages, token, exc)
             self.batches_written += 1
         self._commit({tp: OffsetAndMetadata(end, "", -1) for tp, _, _, end in batches})
+
+    def _set_aside_batch(self, messages: list[Message], token: str, exc: PermanentError) -> None:
+        """Set every message of a batch the stage refused as a whole aside, like a poison message: in
+        dead_letters (a token of its own, so a replay stores them once) and ``<topic>_dlq``, counted."""
+        log.error("batch %s cannot be stored (%s); setting its %d messages aside", token, exc, len(messages))
+        self.stage.write(Batch(), [DeadLetter(m, -1, f"batch refused: {exc}") for m in messages], f"{token}/refused",
+                         self._stop)
 
     def _dead_letter(self, dead: list[DeadLetter]) -> None:
         """Copy set-aside messages to ``<topic>_dlq`` (they are in the dead_letters table already)."""

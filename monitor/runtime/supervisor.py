@@ -7,8 +7,9 @@
 
 Children start in that order (each once the one before it is ready) and stop in
 the reverse order, so what a stage accepted reaches the next one before that
-one stops. A child that exits on its own is restarted (with a growing pause,
-reset after a minute of health) and the log says why it ended. Ctrl-C reaches
+one stops. A child that exits on its own is restarted (after a pause growing
+from 1 s to 30 s, jittered by :class:`~monitor.backoff.Backoff`, reset after a
+minute of health) and the log says why it ended. Ctrl-C reaches
 only this process (children run in their own process group); it stops them in
 order, each given ``shutdown_grace_s`` to finish what it holds. A child whose
 parent dies gets SIGTERM (``PR_SET_PDEATHSIG``), so none outlives ``monitor up``.
@@ -34,6 +35,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from monitor.backoff import Backoff
 from monitor.config import Settings
 from monitor.errors import MonitorError
 
@@ -41,6 +43,7 @@ __all__ = ["Supervisor", "ChildSpec"]
 
 log = logging.getLogger("monitor")
 
+_RESTART_INITIAL_S = 1.0
 _RESTART_MAX_S = 30.0
 _HEALTHY_S = 60.0
 
@@ -69,7 +72,7 @@ class _Child:
     info: dict[str, Any] = field(default_factory=dict)
     started: float = 0.0
     restarts: int = 0
-    backoff: float = 1.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(_RESTART_INITIAL_S, _RESTART_MAX_S))
     stopping: bool = False
 
 
@@ -177,12 +180,12 @@ class Supervisor:
                 code = proc.returncode
                 why = (f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}")
                 if time.monotonic() - child.started > _HEALTHY_S:
-                    child.backoff = 1.0
-                log.error("%s %s; restarting it in %.0fs (restart %d)", child.spec.name, why, child.backoff,
+                    child.backoff.reset()
+                delay = child.backoff.next_delay()
+                log.error("%s %s; restarting it in %.0fs (restart %d)", child.spec.name, why, delay,
                           child.restarts + 1)
-                if self._stop.wait(child.backoff):
+                if self._stop.wait(delay):
                     return
-                child.backoff = min(_RESTART_MAX_S, child.backoff * 2)
                 child.restarts += 1
                 self.restarts += 1
                 try:

@@ -4,7 +4,12 @@
 counts the loss) when the bounded queue is full, so a source in a request
 path -- the capture proxy -- never slows down or fails because monitoring is
 saturated or broken. A worker on the receiver's event loop feeds the queue
-into :meth:`Ingress.export`, the same path OTLP requests take.
+into :meth:`Ingress.export`, the same path OTLP requests take. An export the
+pipeline refuses for now (a :class:`~monitor.errors.RetryableError`: it is
+overloaded) is put back at the head of the queue after a backoff that grows
+while the refusals go on (:class:`~monitor.backoff.Retrier`, ``Retry-After``
+honoured); one refused for good (any other monitor error) is dropped and
+counted, and so is one still waiting to be retried when the emitter closes.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from typing import Protocol
 
 from google.protobuf.message import Message
 
-from monitor.errors import MonitorError, Overloaded
+from monitor.backoff import Backoff, Retrier
+from monitor.errors import MonitorError, RetryableError
 from monitor.otlp.codec import Signal, item_count
 
 __all__ = ["Emitter", "LocalEmitter", "MemoryEmitter"]
@@ -56,6 +62,8 @@ class LocalEmitter:
         self._queue: deque[tuple[Signal, Message]] = deque()
         self._lock = threading.Lock()
         self._wake: asyncio.Event | None = None
+        self._closing: asyncio.Event | None = None
+        self._retry = Retrier(Backoff(1.0, 10.0), what="internal export", on_retry=self._retrying)
         self._task: asyncio.Task | None = None
         self._last_warning = 0.0
         self._busy = 0
@@ -64,6 +72,7 @@ class LocalEmitter:
     def start(self) -> None:
         def _start() -> None:
             self._wake = asyncio.Event()
+            self._closing = asyncio.Event()
             self._task = self.loop.create_task(self._drain())
         self.loop.call_soon_threadsafe(_start)
 
@@ -113,12 +122,11 @@ class LocalEmitter:
     async def _export(self, signal: Signal, msg: Message) -> None:
         try:
             await self.ingress.export(signal, msg, "internal")
-        except Overloaded as exc:
+            self._retry.succeeded()
+        except RetryableError as exc:
             # Keep it (the queue stays bounded: new items are dropped while it is full).
-            await asyncio.sleep(exc.retry_after or 1.0)
-            with self._lock:
-                self._queue.appendleft((signal, msg))
-        except MonitorError as exc:
+            await self._requeue_after(signal, msg, self._retry.delay(exc))
+        except MonitorError as exc:  # PermanentError and the like: retrying cannot help
             self._dropped(signal, msg, str(exc))
         except Exception:  # never let a bug stop the drain
             log.exception("internal export failed")
@@ -127,9 +135,30 @@ class LocalEmitter:
             with self._lock:
                 self._busy -= 1
 
+    async def _requeue_after(self, signal: Signal, msg: Message, delay: float) -> None:
+        """Put ``msg`` back at the head of the queue after ``delay``; dropped (and counted) if the
+        emitter closes meanwhile."""
+        assert self._closing is not None
+        try:
+            await asyncio.wait_for(self._closing.wait(), delay)
+        except asyncio.TimeoutError:
+            with self._lock:
+                self._queue.appendleft((signal, msg))
+            return
+        except asyncio.CancelledError:
+            self._dropped(signal, msg, "shutting down")
+            raise
+        self._dropped(signal, msg, "shutting down")
+
+    def _retrying(self, exc: Exception, attempt: int, delay: float) -> None:
+        # the ingress logs the overload itself; a line per refused item would flood the log
+        log.debug("internal export refused (%s); retry %d in %.1fs", exc, attempt, delay)
+
     async def aclose(self, timeout: float = 10.0) -> bool:
         """Export what is queued (up to ``timeout``), then stop draining."""
         done = await self.flush(timeout)
+        if self._closing is not None:
+            self._closing.set()  # what still waits to be retried is dropped and counted
         for task in [self._task, *self._in_flight]:
             if task is not None:
                 task.cancel()

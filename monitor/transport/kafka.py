@@ -6,8 +6,10 @@ trace id, see :mod:`monitor.otlp.split`), commits them to the
 follows a durable write, whatever the broker's state. A forwarder thread
 reads the spool from its head, produces with ``acks=all`` and idempotence,
 and deletes what the broker acknowledged. While the broker is unreachable the
-spool grows (bounded) and the forwarder retries with backoff; when it comes
-back the backlog is replayed oldest first.
+spool grows (bounded) and the forwarder retries with backoff
+(:class:`~monitor.backoff.Retrier`); when it comes back the backlog is replayed
+oldest first. A permanent error (:class:`~monitor.errors.PermanentError`) stops
+the forwarder, loudly: the spool keeps every message for the next start.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import time
 
 from google.protobuf.message import Message
 
-from monitor.backoff import Backoff
+from monitor.backoff import Backoff, Retrier
 from monitor.config import KafkaSettings
-from monitor.errors import ConfigError, TransportError
+from monitor.errors import Cancelled, ConfigError, PermanentError, TransportError
 from monitor.otlp.codec import Signal
 from monitor.otlp.split import split_for_kafka
 from monitor.selfmetrics import SelfMetrics
@@ -177,37 +179,50 @@ class KafkaTransport:
                  "they are not sent again", len(already), last - first + 1)
 
     def _forward_loop(self) -> None:
-        backoff = Backoff(0.2, 10.0)
+        retry = Retrier(Backoff(0.2, 10.0), what="the Kafka forwarder", on_retry=self._retrying,
+                        retry_unexpected=True)  # never let the forwarder die of a bug: the spool keeps everything
         while not self._stop.is_set():
             # Only this process appends to its spool, and an append wakes the wait: no need to poll.
             if not self.spool.wait(0.5, poll=0.5):
                 self.spool.refresh_gauges()
                 continue
             try:
-                if self._producer is None:
-                    self._producer = self._connect()
-                chunk = self.spool.head(_CHUNK_MESSAGES, _CHUNK_BYTES)
-                done, error = self._send(chunk)
-                self.spool.delete(done, clear_in_flight=error is None)
-                if error is not None:
-                    # An idempotent producer with expired batches must not be reused: start afresh.
-                    self._drop_producer()
-                    raise error
-                if self._down_since is not None:
-                    log.info("Kafka is back after %.0fs; replaying the spool (%d messages left)",
-                             time.time() - self._down_since, self.spool.stats()[0])
-                    self._down_since = None
-                self.metrics.broker_up.set(1)
-                backoff.reset()
-            except TransportError as exc:
-                self.metrics.broker_up.set(0)
-                self._note_down(exc)
-                if not backoff.wait(self._stop):
+                self._forward_chunk()
+                retry.succeeded()
+            except Exception as exc:
+                try:
+                    retry.wait(exc, self._stop)
+                except Cancelled:
                     return
-            except Exception:  # never let the forwarder die: the spool keeps everything
-                log.exception("unexpected error in the Kafka forwarder; retrying")
-                if not backoff.wait(self._stop):
+                except PermanentError as permanent:
+                    self.metrics.broker_up.set(0)
+                    log.error("the Kafka forwarder stopped: %s; retrying cannot help. The spool %s keeps every "
+                              "message (%d now) for the next start", permanent, self.spool.path, self.spool.stats()[0])
                     return
+
+    def _forward_chunk(self) -> None:
+        """Produce the spool's head chunk and delete what the broker acknowledged; raises the first error."""
+        if self._producer is None:
+            self._producer = self._connect()
+        chunk = self.spool.head(_CHUNK_MESSAGES, _CHUNK_BYTES)
+        done, error = self._send(chunk)
+        self.spool.delete(done, clear_in_flight=error is None)
+        if error is not None:
+            # An idempotent producer with expired batches must not be reused: start afresh.
+            self._drop_producer()
+            raise error
+        if self._down_since is not None:
+            log.info("Kafka is back after %.0fs; replaying the spool (%d messages left)",
+                     time.time() - self._down_since, self.spool.stats()[0])
+            self._down_since = None
+        self.metrics.broker_up.set(1)
+
+    def _retrying(self, exc: Exception, attempt: int, delay: float) -> None:
+        if isinstance(exc, TransportError):
+            self.metrics.broker_up.set(0)
+            self._note_down(exc)
+        else:
+            log.error("unexpected error in the Kafka forwarder; retrying in %.1fs", delay, exc_info=exc)
 
     def _send(self, chunk: list[SpooledMessage]) -> tuple[list[SpooledMessage], TransportError | None]:
         """Produce ``chunk`` and wait for the acks; returns what was acknowledged and the first error."""

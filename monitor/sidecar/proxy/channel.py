@@ -52,7 +52,8 @@ class RecordSender:
     ``max_buffer_bytes`` bounds the frames waiting for the socket (this
     sender's own list plus the transport's buffer). While the socket is down
     nothing is buffered: ``send`` returns False. It reconnects with backoff
-    (``backoff_initial_s`` doubling up to ``backoff_max_s``).
+    (:class:`~monitor.backoff.Backoff`: ``backoff_initial_s`` doubling up to
+    ``backoff_max_s``, jittered; reset once connected; ``close`` ends the wait).
     """
 
     def __init__(self, path: str, max_buffer_bytes: int = DEFAULT_BUFFER_BYTES, *,
@@ -141,7 +142,7 @@ class RecordSender:
                     log.warning("capture socket %s: %s; records are dropped until it is back", self.path, exc)
                 await asyncio.sleep(self._backoff.next_delay())
                 continue
-            self._backoff.attempt = 0
+            self._backoff.reset()
             self._transport = transport  # type: ignore[assignment]
             self._connected.set()
             try:
