@@ -301,3 +301,31 @@ def test_a_loop_retrier_retries_bugs_only_when_asked_and_starts_over_after_a_suc
     with pytest.raises(TransportError):
         Retrier(Backoff(0.001, 0.002), max_attempts=1).delay(TransportError("down"))
 
+
+def test_a_burst_of_sigterms_stops_a_child_every_time():
+    """The children's SIGTERM handling never waits for itself: a handler that set a threading.Event
+    hung the process in about one of twenty bursts (the signal landing while the main thread held the
+    Event's lock)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom monitor.runtime.child import stop_on_sigterm, wait_for\n"
+            "s = stop_on_sigterm()\nprint('ready', flush=True)\nwait_for(s, 0.001)\n")
+    hung = 0
+    for _ in range(20):
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+        assert p.stdout.readline() == b"ready\n"
+        for _ in range(300):
+            try:
+                os.kill(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                break
+        try:
+            assert p.wait(5) == 0
+        except subprocess.TimeoutExpired:
+            hung += 1
+            p.kill()
+            p.wait()
+    assert hung == 0

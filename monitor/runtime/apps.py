@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
+import time
 
 from monitor.auth import check_exposure, listeners, secret_value
 from monitor.config import Settings
@@ -255,7 +255,7 @@ class ChecksService(App):
         from monitor.runtime.storenode import alerts_service
 
         self.store = open_store(settings)
-        self.scheduler = CheckScheduler(CheckRunner(self.store, settings), settings.checks.interval_s,
+        self.scheduler = CheckScheduler(CheckRunner(self.store, settings.checks), settings.checks.interval_s,
                                         first_delay_s=1.0)
         self.alerts = alerts_service(self.store, settings, self.metrics, self.scheduler)
 
@@ -316,17 +316,17 @@ def run_until_signal(app) -> None:
     interrupts it: what already started is stopped the same way, so Ctrl-C is answered within
     seconds whatever the process is doing, and what was accepted is still written.
     """
-    stop = threading.Event()
     hits: list[int] = []
     starting = [True]
 
     def _handler(signum, _frame):
+        # no threading primitive here: the handler runs in the main thread, which may hold that
+        # primitive's lock at that moment (an Event's wait() waking up), and would wait for itself
         hits.append(signum)
         if len(hits) > 1:
             log.error("second interrupt: exiting without flushing")
             raise SystemExit(130)
         log.info("received %s; shutting down (Ctrl-C again to force)", signal.Signals(signum).name)
-        stop.set()
         if starting[0]:
             raise KeyboardInterrupt
 
@@ -344,11 +344,11 @@ def run_until_signal(app) -> None:
         app.stop()
         raise
     starting[0] = False
-    if stop.is_set():  # the signal came between start() returning and the flag above
+    if hits:  # the signal came between start() returning and the flag above
         app.stop()
         return
     log.info("ready; Ctrl-C to stop")
-    while not stop.wait(1.0):
-        pass
+    while not hits:
+        time.sleep(0.2)
     app.stop()
 

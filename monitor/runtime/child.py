@@ -15,6 +15,7 @@ import pickle
 import signal
 import sys
 import threading
+import time
 
 log = logging.getLogger("monitor")
 
@@ -26,6 +27,22 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the supervisor's stop() is the only way
         pass
+
+
+def stop_on_sigterm() -> list[int]:
+    """SIGTERM appends to the returned list, and that is all the handler does: a handler that sets a
+    threading.Event can run while this thread holds that Event's lock (in wait()'s wake-up, or in a
+    first handler's set()) and then waits for itself forever (a store child hung that way after two
+    SIGTERMs, its other threads still running)."""
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    return stopping
+
+
+def wait_for(stopping: list[int], poll_s: float = 0.2) -> None:
+    """Until a signal was recorded in ``stopping``."""
+    while not stopping:
+        time.sleep(poll_s)
 
 
 def _open_store_when_free(settings, wait_s: float = 20.0):
@@ -95,8 +112,7 @@ def main(argv: list[str]) -> int:
     name = role if role != "proxy" or index == 0 else f"{role}-{index}"
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stopping = stop_on_sigterm()
     settings = pickle.loads(sys.stdin.buffer.read())
     nice = {"pipeline": settings.processes.pipeline_nice, "sidecar": settings.processes.pipeline_nice,
             "store": settings.processes.store_nice}.get(role, 0)
@@ -131,9 +147,7 @@ def main(argv: list[str]) -> int:
     warm = getattr(node, "warm_up", None)
     if warm is not None:  # after ready: nothing here shares the data plane's interpreter
         threading.Thread(target=warm, name="monitor-warm-up", daemon=True).start()
-    while not stop.wait(1.0):
-        pass
-    import time
+    wait_for(stopping)
     t0 = time.monotonic()
     try:
         node.stop()
