@@ -322,8 +322,8 @@ def test_a_burst_of_sigterms_stops_a_child_every_time():
                 os.kill(p.pid, signal.SIGTERM)
             except ProcessLookupError:
                 break
-        try:
-            assert p.wait(5) == 0
+        try:  # 0, or killed by a late signal of the burst once the interpreter restored the default
+            assert p.wait(10) in (0, -signal.SIGTERM)
         except subprocess.TimeoutExpired:
             hung += 1
             p.kill()
