@@ -95,8 +95,9 @@ def test_openinference_llm_span(up, store, settings):
             emb.set_attribute("embedding.model_name", "bge-small")
             emb.set_attribute("input.value", "refund policy")
             _, emb_id = _ids(emb)
-    wait_until(lambda: _count(store, "otel_traces") == 3, message="3 spans")
-    assert _count(store, "inference_events") == 2  # the retriever step is not a model request
+    # the two tables are written one after the other: wait for both
+    wait_until(lambda: (_count(store, "otel_traces"), _count(store, "inference_events")) == (3, 2),
+               message="3 spans, 2 of them model requests")  # the retriever step is not a model request
     r = _row(store, span_id)
     assert (r["source"], r["model"], r["provider"], r["operation"]) == (
         "openinference", "mistral-7b-instruct", "self-hosted", "chat")
