@@ -286,8 +286,8 @@ def check(ctx, model, window, reference, only, url, data_dir, as_json, verbose):
             from monitor.runtime.apps import open_store
             store = open_store(settings)
             try:
-                report = CheckRunner(store, settings).run(model=model, window=window, reference=reference,
-                                                          only=only_list).as_dict()
+                report = CheckRunner(store, settings.checks).run(model=model, window=window, reference=reference,
+                                                                 only=only_list).as_dict()
                 from monitor.runtime.records import (
                     record_local,  # records governance: audit_log
                 )
@@ -401,11 +401,11 @@ def baseline_list(ctx, url, data_dir):
             rows = admin_call(settings, "/admin/baselines")
         else:
             _store_needs(settings, "this command on a chdb:// store")
+            from monitor.checks.windows import list_baselines
             from monitor.runtime.apps import open_store
             store = open_store(settings)
             try:
-                rows = [dict(zip(("model", "group", "from", "to", "pinned_at", "note"), r)) for r in store.query_rows(
-                    "SELECT model, group, start, end, pinned_at, note FROM baselines FINAL ORDER BY model, group")]
+                rows = list_baselines(store)
             finally:
                 store.close()
     except MonitorError as exc:
@@ -464,7 +464,7 @@ def alerts_test(ctx, channel, wait_s, url, data_dir):
             from monitor.runtime.apps import open_store
             store = open_store(settings)
             try:
-                out = AlertService(store, settings).send_test(channel, wait_s)
+                out = AlertService(store, settings.alerts, settings.checks.min_samples).send_test(channel, wait_s)
                 from monitor.runtime.records import (
                     record_local,  # records governance: audit_log
                 )

@@ -414,7 +414,7 @@ reqs = ct.normal_window(ct.normal_clients(8, seed=9), now, seconds=1200)
 reqs += ct.logprob_extractor(40, now, seconds=1200)
 reqs += [ct.Request(now + i, "", "anonymous question %d" % i) for i in range(3)]
 print(ct.store_requests(store, reqs, {SECRET!r}))
-CheckRunner(store, s).run(only=["abuse"], window="1h")
+CheckRunner(store, s.checks).run(only=["abuse"], window="1h")
 store.close()
 """
     fill = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,

@@ -61,9 +61,9 @@ class Admin:
         from monitor.checks.runner import CheckRunner
         from monitor.checks.slo import SloCheck
 
-        self.alerts = AlertService(store, settings)
-        self.server = AdminServer(CheckRunner(store, settings, checks=[SloCheck()]), "127.0.0.1", 0, self.alerts,
-                                  token=TOKEN)
+        self.alerts = AlertService(store, settings.alerts, settings.checks.min_samples)
+        self.server = AdminServer(CheckRunner(store, settings.checks, checks=[SloCheck()]), "127.0.0.1", 0,
+                                  self.alerts, token=TOKEN)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()

@@ -150,7 +150,7 @@ def drained(store) -> bool:
 def test_signature_verifies_and_tampering_or_replay_is_rejected(store, settings, receiver):
     rcv = receiver()
     s = with_alerts(settings, {"hook": webhook(rcv.url())}, [rule()])
-    service = AlertService(store, s)
+    service = AlertService(store, s.alerts, s.checks.min_samples)
     out = service.send_test("hook", wait_s=10)
     assert out["status"] == "delivered" and out["attempts"] == 1
     (req,) = rcv.ok()
@@ -177,7 +177,7 @@ def test_500s_and_a_timeout_are_retried_and_delivered_exactly_once(store, settin
     slow = receiver(plan=["timeout"], delay_s=1.0)
     s = with_alerts(settings, {"flaky": webhook(flaky.url()), "slow": webhook(slow.url())},
                     [rule(channels=("flaky", "slow"), severity="critical")])
-    service = AlertService(store, s)
+    service = AlertService(store, s.alerts, s.checks.min_samples)
     service.start()
     try:
         fired = service.manager.evaluate(report(T0, {"llama": [drift("fail"), drift("ok", "ttft_ms")]}))
@@ -208,7 +208,7 @@ def test_a_4xx_is_dead_at_once_and_an_outage_past_max_age_is_dead(store, setting
     down = receiver(default=503)
     s = with_alerts(settings, {"rej": webhook(rejecting.url()), "down": webhook(down.url())},
                     [rule(channels=("rej", "down"))], max_age_s=1.0)
-    service = AlertService(store, s)
+    service = AlertService(store, s.alerts, s.checks.min_samples)
     service.start()
     try:
         service.manager.evaluate(report(datetime.now(timezone.utc), {"llama": [drift("fail")]}))
@@ -223,6 +223,40 @@ def test_a_4xx_is_dead_at_once_and_an_outage_past_max_age_is_dead(store, setting
     listed = list_alerts(store)
     assert {d["channel"] for d in listed["dead"]} == {"rej", "down"}
     assert [a["model"] for a in listed["firing"]] == ["llama"]
+
+
+def test_a_429_waits_its_retry_after_a_400_is_refused_and_a_waiting_delivery_ends_with_the_dispatcher(
+        store, settings, receiver):
+    """The sender speaks the error tree (a retryable error carrying Retry-After, a permanent one);
+    the dispatcher waits at least the hint, not its own shorter backoff."""
+    from monitor.alerts.sender import HttpSender, NotDelivered, Refused
+    from monitor.errors import PermanentError, RetryableError
+
+    probe = receiver(plan=[(429, {"Retry-After": "1"}), 400])
+    with pytest.raises(NotDelivered) as busy:
+        HttpSender().send(probe.url(), {}, b"{}", 2.0)
+    assert isinstance(busy.value, RetryableError) and (busy.value.status, busy.value.retry_after) == (429, 1.0)
+    with pytest.raises(Refused) as bad:
+        HttpSender().send(probe.url(), {}, b"{}", 2.0)
+    assert isinstance(bad.value, PermanentError) and bad.value.status == 400 and "HTTP 400" in str(bad.value)
+    assert HttpSender().send(probe.url(), {}, b"{}", 2.0).status == 200
+
+    rcv = receiver(plan=[(429, {"Retry-After": "1"})])
+    s = with_alerts(settings, {"hook": webhook(rcv.url())}, [rule()], max_s=5.0)  # backoff from 0.05 s
+    out = AlertService(store, s.alerts, s.checks.min_samples).send_test("hook", wait_s=20)
+    assert (out["status"], out["attempts"]) == ("delivered", 2)
+    first, second = rcv.requests
+    assert second["at"] - first["at"] >= 1.0  # Retry-After honoured
+    assert store.query_rows("SELECT attempt, outcome, http_status FROM alert_deliveries ORDER BY attempt") == [
+        (1, "retry", 429), (2, "delivered", 200)]
+
+    busy_rcv = receiver(default=(503, {"Retry-After": "30"}))
+    s = with_alerts(settings, {"busy": webhook(busy_rcv.url())}, [rule(channels=("busy",))], max_s=60.0)
+    service = AlertService(store, s.alerts, s.checks.min_samples)
+    threading.Timer(1.0, service.stop).start()
+    t0 = time.monotonic()
+    out = service.send_test("busy", wait_s=60)
+    assert time.monotonic() - t0 < 10 and (out["status"], out["attempts"]) == ("pending", 1)
 
 
 # -- hostile receivers ----------------------------------------------------------------
@@ -248,7 +282,7 @@ def test_retry_after_of_any_form_is_parsed_without_raising():
 def test_every_form_of_retry_after_is_capped_at_max_s_and_the_notification_delivered(store, settings, receiver):
     rcv = receiver(plan=[(503, {"Retry-After": v}) for v in RETRY_AFTERS])
     s = with_alerts(settings, {"hook": webhook(rcv.url())}, [rule()])  # retry.max_s 0.2
-    service = AlertService(store, s)
+    service = AlertService(store, s.alerts, s.checks.min_samples)
     service.start()
     try:
         fired = service.manager.evaluate(report(T0, {"llama": [drift("fail")]}))
@@ -274,7 +308,7 @@ def test_a_huge_retry_after_goes_dead_at_max_age_and_holds_back_no_other_notific
     s = with_alerts(settings, {"bad": webhook(bad.url()), "good": webhook(good.url())},
                     [rule(channels=("bad", "good"))], max_age_s=2.0)
     metrics = SelfMetrics()
-    service = AlertService(store, s, metrics)
+    service = AlertService(store, s.alerts, s.checks.min_samples, metrics)
     now = datetime.now(timezone.utc)
     first = service.manager.evaluate(report(now - timedelta(milliseconds=100), {"a": [drift("fail")]}))
     second = service.manager.evaluate(report(now, {"a": [drift("fail")], "b": [drift("fail")]}))
@@ -366,7 +400,7 @@ def test_a_hanging_a_garbage_and_a_raising_channel_hold_back_nothing(store, sett
                 "d-pd": {"type": "pagerduty", "url": good.url("/pd"), "routing_key": "R"}}
     s = with_alerts(settings, channels, [rule(channels=("a-hang", "b-garbage", "c-flaky", "good"))], max_age_s=2.0)
     metrics = SelfMetrics()
-    service = AlertService(store, s, metrics, sender=Raising())
+    service = AlertService(store, s.alerts, s.checks.min_samples, metrics, sender=Raising())
     now = datetime.now(timezone.utc)
     fired = service.manager.evaluate(report(now, {"a": [drift("fail")], "b": [drift("fail")]}))
     nids = {e["model"]: e["notification_id"] for e in fired}
@@ -421,7 +455,7 @@ def attempts_of(store, channel: str, nid: str) -> int:
 def test_restart_with_pending_notifications_loses_and_duplicates_nothing(store, settings, receiver):
     rcv = receiver(default=503)  # the receiver is down
     s = with_alerts(settings, {"hook": webhook(rcv.url())}, [rule(cooldown_s=0)])
-    first = AlertService(store, s)
+    first = AlertService(store, s.alerts, s.checks.min_samples)
     first.start()
     failing = {m: [drift("fail")] for m in ("a", "b", "c")}
     fired = first.manager.evaluate(report(T0, failing))
@@ -432,7 +466,7 @@ def test_restart_with_pending_notifications_loses_and_duplicates_nothing(store, 
     assert rcv.ok() == [] and not drained(store)
 
     rcv.default = 200  # the receiver is back; a new process on the same store
-    second = AlertService(store, s)
+    second = AlertService(store, s.alerts, s.checks.min_samples)
     second.manager.load()
     assert {st.model: st.state for st in second.manager.states.values()} == {
         "a": "resolved", "b": "firing", "c": "firing"}
@@ -459,7 +493,7 @@ def test_a_crash_after_the_event_before_the_outbox_is_finished_on_restart(store,
     rcv = receiver()
     s = with_alerts(settings, {"hook": webhook(rcv.url()), "slack": {"type": "slack", "url": rcv.url("/slack")}},
                     [rule(channels=("hook", "slack"))])
-    crashing = AlertService(store, s)
+    crashing = AlertService(store, s.alerts, s.checks.min_samples)
 
     def crash(self, rows):
         raise StoreError("killed between the alert event and its outbox rows")
@@ -469,7 +503,7 @@ def test_a_crash_after_the_event_before_the_outbox_is_finished_on_restart(store,
     monkeypatch.undo()
     assert [e[0] for e in events(store)] == ["fire"] and outbox(store) == []
 
-    restarted = AlertService(store, s)
+    restarted = AlertService(store, s.alerts, s.checks.min_samples)
     restarted.manager.load()  # adopts the fire and enqueues its notifications
     restarted.manager.load()  # a second restart changes nothing
     assert restarted.manager.evaluate(report(T0 + timedelta(minutes=5), {"llama": [drift("fail")]})) == []
@@ -486,7 +520,7 @@ def test_a_failed_write_mid_run_is_finished_by_the_next_run_without_a_second_fir
 
     rcv = receiver()
     s = with_alerts(settings, {"hook": webhook(rcv.url())}, [rule()])
-    service = AlertService(store, s)
+    service = AlertService(store, s.alerts, s.checks.min_samples)
     real = Outbox.enqueue
     calls = []
 
@@ -508,7 +542,7 @@ def test_a_failed_write_mid_run_is_finished_by_the_next_run_without_a_second_fir
 def test_for_s_cooldown_and_resolve_after_fire(store, settings, receiver):
     rcv = receiver()
     s = with_alerts(settings, {"hook": webhook(rcv.url())}, [rule(for_s=120, cooldown_s=600)])
-    service = AlertService(store, s)
+    service = AlertService(store, s.alerts, s.checks.min_samples)
     m = service.manager
 
     def run(minutes: float, status: str | None) -> list[str]:
@@ -567,7 +601,7 @@ def test_slack_and_pagerduty_payload_shapes(store, settings, receiver):
         "slack": {"type": "slack", "url": rcv.url("/slack")},
         "pd": {"type": "pagerduty", "url": rcv.url("/pd"), "routing_key": "R0UTING"},
     }, [rule(channels=("slack", "pd"), severity="critical", cooldown_s=0)])
-    service = AlertService(store, s)
+    service = AlertService(store, s.alerts, s.checks.min_samples)
     fire, = service.manager.evaluate(report(T0, {"llama": [drift("fail")]}))
     resolve, = service.manager.evaluate(report(T0 + timedelta(minutes=5), {"llama": [drift("ok")]}))
     assert service.dispatcher.run_once() == 4
@@ -629,8 +663,8 @@ def test_slo_results_of_the_real_check_runner_fire_and_resolve(store, settings, 
         store.insert("inference_events", rows, ("timestamp", "trace_id", "span_id", "model", "latency_ms"))
 
     add(2000, 10, 60)
-    runner = CheckRunner(store, s, checks=[SloCheck()])
-    service = AlertService(store, s)
+    runner = CheckRunner(store, s.checks, checks=[SloCheck()])
+    service = AlertService(store, s.alerts, s.checks.min_samples)
     scheduler = CheckScheduler(runner, interval_s=0.2, first_delay_s=0)
     scheduler.add_listener(service.on_report)
     service.start()

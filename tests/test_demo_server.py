@@ -102,7 +102,7 @@ def client(server):
 def span_for(server, receiver, request_id: str, timeout: float = 15.0) -> tuple[str, trace_pb2.Span]:
     deadline = time.monotonic() + timeout
     while True:
-        server.engine.flush()
+        server.worker.flush()
         found = [(svc, s) for svc, s in receiver.spans()
                  if s.name == "llm_request" and attrs_to_str_map(s.attributes).get("gen_ai.request.id") == request_id]
         if found or time.monotonic() > deadline:
@@ -381,7 +381,7 @@ def test_one_worker_queues_requests(client, server, receiver):
 
 
 def test_every_request_made_one_span(server, receiver):
-    server.engine.flush()
+    server.worker.flush()
     ids = [attrs_to_str_map(s.attributes)["gen_ai.request.id"] for _, s in receiver.spans() if s.name == "llm_request"]
     assert ids and len(ids) == len(set(ids))
     assert {s.name for _, s in receiver.spans()} == {"llm_request"}  # the instrument's own span is not exported

@@ -450,7 +450,7 @@ class _Admin:
         from monitor.checks.runner import CheckRunner
         from monitor.runtime.admin import AdminServer
 
-        self.server = AdminServer(CheckRunner(store, settings, checks=[]), "127.0.0.1", 0, None, token=TOKEN)
+        self.server = AdminServer(CheckRunner(store, settings.checks, checks=[]), "127.0.0.1", 0, None, token=TOKEN)
         self.pending = 0
         self.server.pending = lambda: self.pending
         self.loop = asyncio.new_event_loop()

@@ -146,8 +146,9 @@ class _Admin:
                                                    "timeout_s": 2}}, poll_interval_s=0.1)
         settings = settings.model_copy(update={"alerts": alerts})
         self.metrics = SelfMetrics()
-        self.server = AdminServer(CheckRunner(store, settings, checks=[SloCheck()]), "127.0.0.1", 0,
-                                  AlertService(store, settings), token=ADMIN_TOKEN, metrics=self.metrics)
+        self.server = AdminServer(CheckRunner(store, settings.checks, checks=[SloCheck()]), "127.0.0.1", 0,
+                                  AlertService(store, settings.alerts, settings.checks.min_samples),
+                                  token=ADMIN_TOKEN, metrics=self.metrics)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()

@@ -34,7 +34,7 @@ from monitor.alerts.outbox import Outbox, OutboxRow, to_ms, utc
 from monitor.alerts.rules import alert_id, describe, match_rule, result_summary
 
 if TYPE_CHECKING:
-    from monitor.config import Settings
+    from monitor.config import AlertsSettings
 
 __all__ = ["AlertManager", "AlertState", "EVENT_COLUMNS", "notification_id"]
 
@@ -66,12 +66,15 @@ class AlertState:
 class AlertManager:
     """Evaluates rules on each :class:`~monitor.checks.runner.RunReport` (see the module docstring).
 
-    ``on_enqueue`` is called after notifications were enqueued (the dispatcher's ``wake``)."""
+    ``alerts``: the ``alerts`` section of the settings; ``min_samples``: ``checks.min_samples``, below
+    which a result's ``current_n`` gives a rule with ``above`` no verdict. ``on_enqueue`` is called
+    after notifications were enqueued (the dispatcher's ``wake``)."""
 
-    def __init__(self, store, settings: Settings, outbox: Outbox | None = None, metrics=None, on_enqueue=None):
+    def __init__(self, store, alerts: AlertsSettings, min_samples: int, outbox: Outbox | None = None, metrics=None,
+                 on_enqueue=None):
         self.store = store
-        self.settings = settings
-        self.alerts = settings.alerts
+        self.alerts = alerts
+        self.min_samples = min_samples
         self.outbox = outbox or Outbox(store)
         self.metrics = metrics
         self.on_enqueue = on_enqueue
@@ -133,7 +136,7 @@ class AlertManager:
 
     def _evaluate(self, report) -> list[dict[str, Any]]:
         now = to_ms(report.at)
-        min_samples = self.settings.checks.min_samples
+        min_samples = self.min_samples
         written: list[dict[str, Any]] = []
         state_rows: list[AlertState] = []
         for rule in self.alerts.rules:

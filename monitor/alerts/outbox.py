@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["OutboxRow", "Outbox", "to_ms", "utc"]
+__all__ = ["OutboxRow", "Outbox", "SUMMARY_SQL", "to_ms", "utc"]
 
 _COLUMNS = ("notification_id", "channel", "alert_id", "event", "created_at", "updated_at", "status", "attempts",
             "next_attempt_at", "last_error", "payload")
@@ -20,6 +20,12 @@ _DELIVERY_COLUMNS = ("timestamp", "notification_id", "channel", "attempt", "outc
 _MS = timedelta(milliseconds=1)
 # fire before resolve when both were enqueued in the same millisecond
 _EVENT_ORDER = "multiIf(event = 'fire', 0, event = 'resolve', 1, 2)"
+_OLDEST_FIRST = f"created_at, {_EVENT_ORDER}, notification_id, channel"
+
+SUMMARY_SQL = ("SELECT channel, status, count() AS notifications, min(created_at) AS oldest, "
+               "max(attempts) AS max_attempts FROM alert_outbox FINAL GROUP BY channel, status "
+               "ORDER BY channel, status")
+"""The outbox now, per channel and status: ``notifications``, ``oldest`` (created), ``max_attempts``."""
 
 
 def utc(t: datetime) -> datetime:
@@ -60,10 +66,11 @@ class Outbox:
     def __init__(self, store):
         self.store = store
 
-    def _rows(self, where: str, params: dict | None = None) -> list[OutboxRow]:
+    def _rows(self, where: str, params: dict | None = None, order: str = _OLDEST_FIRST,
+              limit: str = "") -> list[OutboxRow]:
         rows = self.store.query_rows(
-            f"SELECT {', '.join(_COLUMNS)} FROM alert_outbox FINAL WHERE {where} "
-            f"ORDER BY created_at, {_EVENT_ORDER}, notification_id, channel", params)
+            f"SELECT {', '.join(_COLUMNS)} FROM alert_outbox FINAL WHERE {where} ORDER BY {order}"
+            + (f" LIMIT {limit}" if limit else ""), params)
         return [OutboxRow(*r[:4], utc(r[4]), utc(r[5]), r[6], int(r[7]), utc(r[8]), r[9], r[10]) for r in rows]
 
     def existing(self, notification_ids: list[str]) -> set[tuple[str, str]]:
@@ -92,6 +99,11 @@ class Outbox:
         op = "NOT IN" if exclude else "IN"
         return self._rows(f"status = 'pending' AND channel {op} {{chs:Array(String)}}", {"chs": list(channels)})
 
+    def dead(self, limit: int = 10) -> list[OutboxRow]:
+        """The rows given up on, the latest ``limit`` of them, most recently updated first."""
+        return self._rows("status = 'dead'", {"limit": int(limit)}, order="updated_at DESC",
+                          limit="{limit:UInt32}")
+
     def get(self, notification_id: str, channel: str) -> OutboxRow | None:
         rows = self._rows("notification_id = {n:String} AND channel = {c:String}",
                           {"n": notification_id, "c": channel})
@@ -113,6 +125,5 @@ class Outbox:
                                                 http_status, error[:2000], float(duration_ms)]], _DELIVERY_COLUMNS)
 
     def counts(self) -> dict[tuple[str, str], int]:
-        """``{(channel, status): rows}`` over the whole outbox."""
-        rows = self.store.query_rows("SELECT channel, status, count() FROM alert_outbox FINAL GROUP BY channel, status")
-        return {(c, s): int(n) for c, s, n in rows}
+        """``{(channel, status): rows}`` over the whole outbox (:data:`SUMMARY_SQL`)."""
+        return {(c, s): int(n) for c, s, n, *_ in self.store.query_rows(SUMMARY_SQL)}

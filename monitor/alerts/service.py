@@ -12,12 +12,12 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from monitor.alerts.dispatcher import Dispatcher
-from monitor.alerts.history import LATEST_COLUMNS, latest_sql
+from monitor.alerts.history import LATEST_COLUMNS, RECENT_COLUMNS, latest_sql, recent_sql
 from monitor.alerts.manager import AlertManager
 from monitor.alerts.outbox import Outbox
 
 if TYPE_CHECKING:
-    from monitor.config import Settings
+    from monitor.config import AlertsSettings
 
 __all__ = ["AlertService", "send_test", "list_alerts"]
 
@@ -25,17 +25,21 @@ log = logging.getLogger("monitor.alerts")
 
 
 class AlertService:
-    def __init__(self, store, settings: Settings, metrics=None, sender=None):
+    """``alerts``: the ``alerts`` section of the settings; ``min_samples``: ``checks.min_samples``
+    (see :class:`~monitor.alerts.manager.AlertManager`)."""
+
+    def __init__(self, store, alerts: AlertsSettings, min_samples: int, metrics=None, sender=None):
         self.store = store
-        self.settings = settings
+        self.alerts = alerts
         self.outbox = Outbox(store)
-        self.dispatcher = Dispatcher(self.outbox, settings.alerts, metrics, sender)
-        self.manager = AlertManager(store, settings, self.outbox, metrics, on_enqueue=self.dispatcher.wake)
+        self.dispatcher = Dispatcher(self.outbox, alerts, metrics, sender)
+        self.manager = AlertManager(store, alerts, min_samples, self.outbox, metrics,
+                                    on_enqueue=self.dispatcher.wake)
 
     @staticmethod
-    def wanted(settings: Settings) -> bool:
-        a = settings.alerts
-        return a.enabled and bool(a.rules or a.channels)
+    def wanted(alerts: AlertsSettings) -> bool:
+        """Whether the ``alerts`` section asks for the service (enabled, with rules or channels)."""
+        return alerts.enabled and bool(alerts.rules or alerts.channels)
 
     def start(self) -> None:
         self.manager.load()
@@ -62,18 +66,16 @@ def send_test(manager: AlertManager, dispatcher: Dispatcher, channel: str, wait_
 def list_alerts(store, history: int = 20) -> dict[str, Any]:
     """Firing alerts (the latest event of each alert is a fire), recent events, and the outbox."""
     firing = [dict(zip(LATEST_COLUMNS, r)) for r in store.query_rows(latest_sql(firing_only=True))]
-    recent = store.query_rows(
-        "SELECT timestamp, event, rule, severity, model, group, alert_id, notification_id, summary FROM alert_events "
-        "ORDER BY timestamp DESC LIMIT {n:UInt32}", {"n": int(history)})
-    outbox = Outbox(store).counts()
-    dead = store.query_rows(
-        "SELECT notification_id, channel, event, attempts, last_error, updated_at FROM alert_outbox FINAL "
-        "WHERE status = 'dead' ORDER BY updated_at DESC LIMIT 10")
-    keys = ("timestamp", "event", "rule", "severity", "model", "group", "alert_id", "notification_id", "summary")
+    recent = store.query_rows(recent_sql(), {"limit": int(history)})
+    box = Outbox(store)
+    outbox = box.counts()
+    # "at" naive like every other time here (ClickHouse's UTC, printed without an offset)
+    dead = [{"notification_id": r.notification_id, "channel": r.channel, "event": r.event, "attempts": r.attempts,
+             "error": r.last_error, "at": r.updated_at.replace(tzinfo=None)} for r in box.dead(10)]
     return json.loads(json.dumps({
         "firing": [{"alert_id": a["alert_id"], "rule": a["rule"], "severity": a["severity"], "model": a["model"],
                     "group": a["group"], "since": a["at"], "summary": a["summary"]} for a in firing],
-        "recent": [dict(zip(keys, r)) for r in recent],
+        "recent": [dict(zip(RECENT_COLUMNS, r)) for r in recent],
         "outbox": [{"channel": c, "status": s, "count": n} for (c, s), n in sorted(outbox.items())],
-        "dead": [dict(zip(("notification_id", "channel", "event", "attempts", "error", "at"), r)) for r in dead],
+        "dead": dead,
     }, default=str))

@@ -13,9 +13,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from monitor.errors import Cancelled
+
+if TYPE_CHECKING:
+    from monitor.config import ChecksSettings
 
 __all__ = ["Status", "Window", "Scope", "Result", "CheckContext", "Check", "worst"]
 
@@ -89,7 +92,7 @@ class CheckContext:
     scope: Scope
     current: Window
     reference: Window
-    settings: Any
+    settings: ChecksSettings
     """The ``checks`` section of the settings."""
     table: str = "inference_events"
     cancel: threading.Event | None = None

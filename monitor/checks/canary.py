@@ -21,7 +21,7 @@ of the metrics, with the reasons). The check runs once per run, in the candidate
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from monitor.checks.base import CheckContext, Result, worst
 from monitor.checks.compare import queries as q
@@ -33,6 +33,9 @@ from monitor.checks.compare.stats import (
     non_inferior,
 )
 
+if TYPE_CHECKING:
+    from monitor.config import CanarySettings
+
 __all__ = ["CanaryCheck"]
 
 _RATES = ("refusal_rate", "error_rate", "truncation_rate", "invalid_json_rate", "language_mismatch_rate")
@@ -41,8 +44,9 @@ _RATES = ("refusal_rate", "error_rate", "truncation_rate", "invalid_json_rate", 
 class CanaryCheck:
     name = "canary"
 
-    def __init__(self, settings: Any) -> None:
-        self.canary = settings.canary
+    def __init__(self, canary: CanarySettings) -> None:
+        """``canary``: the ``checks.canary`` section (its ``candidate`` set)."""
+        self.canary = canary
         self.candidate = q.parse_side(self.canary.candidate)
         self.incumbent = q.parse_side(self.canary.incumbent)
 

@@ -7,7 +7,8 @@ import json
 from datetime import datetime
 from typing import Any
 
-__all__ = ["client_usage", "USAGE_COLUMNS", "USAGE_SELECT", "ANONYMOUS"]
+__all__ = ["client_usage", "USAGE_COLUMNS", "USAGE_SELECT", "ANONYMOUS", "FLAGS_WHERE", "FLAG_CLIENT",
+           "FLAG_SUMMARY"]
 
 ANONYMOUS = "(anonymous)"
 """How requests without a client identity are listed."""
@@ -29,11 +30,15 @@ USAGE_SELECT = (
 ``client``; the parameter ``anon`` names the anonymous client (:data:`ANONYMOUS`)."""
 _USAGE = ("SELECT " + USAGE_SELECT.replace("{", "{{").replace("}", "}}") + " FROM inference_events WHERE {where} "
           "GROUP BY client ORDER BY requests DESC, client LIMIT {{limit:UInt32}}")
-_FLAGS = (
-    "SELECT JSONExtractString(details, 'client') AS c, arraySort(groupUniqArray(metric)), "
-    "argMax(JSONExtractString(details, 'summary'), timestamp) FROM check_results "
-    "WHERE check = 'abuse' AND status = 'fail' AND timestamp >= {start:DateTime64(3, 'UTC')} "
-    "AND timestamp < {end:DateTime64(3, 'UTC')} AND c IN {clients:Array(String)} GROUP BY c")
+FLAGS_WHERE = ("check = 'abuse' AND status = 'fail' AND timestamp >= {start:DateTime64(3, 'UTC')} "
+               "AND timestamp < {end:DateTime64(3, 'UTC')}")
+"""The abuse flags raised in ``[start, end)``: the failing ``abuse`` rows of ``check_results`` (the
+parameters at the column's millisecond precision). Each names its client (:data:`FLAG_CLIENT`) and
+says why in one line (:data:`FLAG_SUMMARY`)."""
+FLAG_CLIENT = "JSONExtractString(details, 'client')"
+FLAG_SUMMARY = "JSONExtractString(details, 'summary')"
+_FLAGS = (f"SELECT {FLAG_CLIENT} AS c, arraySort(groupUniqArray(metric)), argMax({FLAG_SUMMARY}, timestamp) "
+          f"FROM check_results WHERE {FLAGS_WHERE} AND c IN {{clients:Array(String)}} GROUP BY c")
 
 
 def _where(start: datetime, end: datetime, model: str | None) -> tuple[str, dict[str, Any]]:

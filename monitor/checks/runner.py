@@ -17,16 +17,16 @@ from monitor.checks.windows import current_window, reference_window, scopes
 from monitor.errors import Cancelled
 
 if TYPE_CHECKING:
-    from monitor.config import Settings
+    from monitor.config import ChecksSettings
 
 __all__ = ["CheckRunner", "RunReport", "CheckScheduler", "default_checks"]
 
 log = logging.getLogger("monitor.checks")
 
 
-def default_checks(settings: Settings) -> list[Check]:
+def default_checks(settings: ChecksSettings) -> list[Check]:
     """Feature drift, quality and SLO always; semantic drift and abuse when enabled (they load torch);
-    the canary when ``checks.canary`` names a candidate.
+    the canary when ``checks.canary`` names a candidate. ``settings``: the ``checks`` section.
     Raises :class:`~monitor.extras.MissingExtra` without the ``checks`` extra."""
     from monitor.extras import require
     require("checks", "the check runner")
@@ -34,16 +34,16 @@ def default_checks(settings: Settings) -> list[Check]:
     from monitor.checks.slo import SloCheck
     from monitor.checks.feature_drift import FeatureDriftCheck
 
-    checks: list[Check] = [FeatureDriftCheck(settings.checks), QualityCheck(), SloCheck()]
-    if settings.checks.semantic.enabled:
+    checks: list[Check] = [FeatureDriftCheck(settings), QualityCheck(), SloCheck()]
+    if settings.semantic.enabled:
         from monitor.checks.semantic import SemanticDriftCheck
-        checks.append(SemanticDriftCheck(settings.checks))
-    if settings.checks.abuse.enabled:
+        checks.append(SemanticDriftCheck(settings))
+    if settings.abuse.enabled:
         from monitor.checks.abuse import AbuseCheck
-        checks.append(AbuseCheck(settings.checks))
-    if settings.checks.canary.candidate:
+        checks.append(AbuseCheck(settings))
+    if settings.canary.candidate:
         from monitor.checks.canary import CanaryCheck
-        checks.append(CanaryCheck(settings.checks))
+        checks.append(CanaryCheck(settings.canary))
     return checks
 
 
@@ -83,9 +83,10 @@ class RunReport:
 
 
 class CheckRunner:
-    def __init__(self, store, settings: Settings, checks: list[Check] | None = None):
+    def __init__(self, store, settings: ChecksSettings, checks: list[Check] | None = None):
         self.store = store
         self.settings = settings
+        """The ``checks`` section of the settings (the only one a run reads)."""
         self._checks = checks
         self._lock = threading.Lock()
         self.cancel = threading.Event()
@@ -120,7 +121,7 @@ class CheckRunner:
             return self._run(model, window, reference, now, only, write)
 
     def _run(self, model, window, reference, now, only, write) -> RunReport:
-        c = self.settings.checks
+        c = self.settings
         t0 = time.monotonic()
         at = now or datetime.now(timezone.utc)
         report = RunReport(uuid.uuid4().hex[:16], at)
@@ -181,8 +182,8 @@ class CheckScheduler:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="monitor-checks", daemon=True)
         self._thread.start()
-        log.info("checks every %gs (window %s, reference %s)", self.interval_s, self.runner.settings.checks.window,
-                 self.runner.settings.checks.reference)
+        log.info("checks every %gs (window %s, reference %s)", self.interval_s, self.runner.settings.window,
+                 self.runner.settings.reference)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop scheduling and end a run in progress early (its finished results stay written)."""

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import torch
 
     from monitor.checks.embeddings import Embedder
-    from monitor.config import ChecksSettings
+    from monitor.config import ChecksSettings, SemanticSettings
 
 __all__ = [
     "SemanticDriftCheck",
@@ -411,7 +411,7 @@ class SemanticDriftCheck:
         """The ``checks`` settings; ``ctx.settings`` wins when set."""
         self._embedder = embedder
 
-    def embedder(self, store: Any, semantic: Any) -> "Embedder":
+    def embedder(self, store: Any, semantic: SemanticSettings) -> "Embedder":
         from monitor.checks.embeddings import Embedder
 
         e = self._embedder
@@ -434,7 +434,7 @@ class SemanticDriftCheck:
         embedder = self.embedder(ctx.store, sem)
         return [self._run_field(ctx, checks, embedder, f) for f in sem.fields]
 
-    def _run_field(self, ctx: CheckContext, checks: Any, embedder: "Embedder", field: str) -> Result:
+    def _run_field(self, ctx: CheckContext, checks: ChecksSettings, embedder: "Embedder", field: str) -> Result:
         sem = checks.semantic
         if field not in _FIELDS:
             raise ValueError(f"semantic drift field must be one of {_FIELDS}, not {field!r}")

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 from monitor.checks.base import Scope, Window
 from monitor.errors import ConfigError
 
-__all__ = ["parse_duration", "current_window", "reference_window", "pin_baseline", "scopes", "group_key"]
+__all__ = ["parse_duration", "current_window", "reference_window", "pin_baseline", "list_baselines", "scopes",
+           "group_key"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -56,6 +57,14 @@ def pin_baseline(store, model: str, start: datetime, end: datetime, group: str =
     """Pin ``[start, end)`` as the reference of ``model`` (and ``group``); replaces an earlier pin."""
     Window(start, end)  # validates
     store.insert("baselines", [[model, group, start, end, note]], ("model", "group", "start", "end", "note"))
+
+
+def list_baselines(store) -> list[dict]:
+    """Every pinned baseline, by model and group: ``model``, ``group``, ``from``, ``to``, ``pinned_at``, ``note``
+    (the times as the store hands them back)."""
+    rows = store.query_rows(
+        "SELECT model, group, start, end, pinned_at, note FROM baselines FINAL ORDER BY model, group")
+    return [dict(zip(("model", "group", "from", "to", "pinned_at", "note"), r)) for r in rows]
 
 
 def scopes(store, current: Window, group_by: list[str], model: str | None = None) -> list[Scope]:

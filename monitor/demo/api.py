@@ -19,7 +19,7 @@ from monitor.demo.model import CHAT_STOP, DemoModel, chat_prompt, message_text
 
 from monitor.demo.worker import DONE, DEFAULT_BLOCKED_TOPICS, REFUSAL, DEFAULT_MAX_TOKENS, MAX_TOKENS_CAP, ModelWorker, Work, RequestError, log
 
-__all__ = ["create_app", "describe", "ENGINE"]
+__all__ = ["create_app", "describe", "WORKER"]
 
 
 # -- request parsing ------------------------------------------------------------------------------
@@ -44,9 +44,9 @@ def _int(body: dict, key: str) -> int | None:
     return v
 
 
-def _common(engine: ModelWorker, body: dict, kind: str, request_id: str) -> Work:
+def _common(worker: ModelWorker, body: dict, kind: str, request_id: str) -> Work:
     model = body.get("model")
-    if model is not None and model != engine.model_name:
+    if model is not None and model != worker.model_name:
         raise RequestError(f"The model `{model}` does not exist.", "model", status=404, code="model_not_found")
     max_tokens = _int(body, "max_completion_tokens")
     if max_tokens is None:
@@ -76,7 +76,7 @@ def _common(engine: ModelWorker, body: dict, kind: str, request_id: str) -> Work
             raise RequestError("'stream_options' is only allowed when 'stream' is true", "stream_options")
         if not isinstance(opts, dict) or not isinstance(opts.get("include_usage", False), bool):
             raise RequestError("'stream_options.include_usage' must be a boolean", "stream_options")
-    return Work(kind=kind, request_id=request_id, max_tokens=min(max_tokens, engine.max_tokens_cap),
+    return Work(kind=kind, request_id=request_id, max_tokens=min(max_tokens, worker.max_tokens_cap),
                 temperature=_num(body, "temperature", 1.0, 0.0, 2.0),
                 top_p=_num(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
                 seed=_int(body, "seed"), stop=stops,
@@ -87,8 +87,8 @@ def _common(engine: ModelWorker, body: dict, kind: str, request_id: str) -> Work
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 
-def parse_chat(engine: ModelWorker, body: dict) -> Work:
-    work = _common(engine, body, "chat", f"chatcmpl-{uuid.uuid4().hex}")
+def parse_chat(worker: ModelWorker, body: dict) -> Work:
+    work = _common(worker, body, "chat", f"chatcmpl-{uuid.uuid4().hex}")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("'messages' must be a non-empty list", "messages")
@@ -100,26 +100,26 @@ def parse_chat(engine: ModelWorker, body: dict) -> Work:
                                f"messages[{i}].content")
     work.prompt = chat_prompt(messages)
     work.stop = [*work.stop, CHAT_STOP]
-    work.refusal = any(engine.is_blocked(message_text(m.get("content"))) for m in messages
+    work.refusal = any(worker.is_blocked(message_text(m.get("content"))) for m in messages
                        if m.get("role") == "user")
     return work
 
 
-def parse_completion(engine: ModelWorker, body: dict) -> Work:
-    work = _common(engine, body, "completion", f"cmpl-{uuid.uuid4().hex}")
+def parse_completion(worker: ModelWorker, body: dict) -> Work:
+    work = _common(worker, body, "completion", f"cmpl-{uuid.uuid4().hex}")
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise RequestError("'prompt' must be a string (or a list of one string)", "prompt")
     work.prompt = prompt
-    work.refusal = engine.is_blocked(prompt)
+    work.refusal = worker.is_blocked(prompt)
     return work
 
 
-def parse_embedding(engine: ModelWorker, body: dict) -> tuple[Work, str]:
+def parse_embedding(worker: ModelWorker, body: dict) -> tuple[Work, str]:
     model = body.get("model")
-    if model is not None and model != engine.model_name:
+    if model is not None and model != worker.model_name:
         raise RequestError(f"The model `{model}` does not exist.", "model", status=404, code="model_not_found")
     raw = body.get("input")
     if isinstance(raw, str):
@@ -145,14 +145,15 @@ def parse_embedding(engine: ModelWorker, body: dict) -> tuple[Work, str]:
     if fmt not in ("float", "base64"):
         raise RequestError("'encoding_format' must be 'float' or 'base64'", "encoding_format")
     dims = body.get("dimensions")
-    if dims is not None and dims != engine.model.cfg.d_model:
-        raise RequestError(f"'dimensions' must be {engine.model.cfg.d_model} for this model", "dimensions")
+    if dims is not None and dims != worker.model.cfg.d_model:
+        raise RequestError(f"'dimensions' must be {worker.model.cfg.d_model} for this model", "dimensions")
     return Work(kind="embedding", request_id=f"embd-{uuid.uuid4().hex}", inputs=inputs, n=1), fmt
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
 
-ENGINE = web.AppKey("engine", ModelWorker)
+WORKER = web.AppKey("worker", ModelWorker)
+"""The app's :class:`~monitor.demo.worker.ModelWorker`."""
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -174,31 +175,31 @@ async def _json_body(request: web.Request) -> dict:
 
 
 async def _generate(request: web.Request, parse: Callable[[ModelWorker, dict], Work]) -> web.StreamResponse:
-    engine = request.app[ENGINE]
+    worker = request.app[WORKER]
     try:
         body = await _json_body(request)
-        work = parse(engine, body)
+        work = parse(worker, body)
     except RequestError as exc:
         return exc.response()
     chat = work.kind == "chat"
     created = int(time.time())
     base = {"id": work.request_id, "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": created, "model": engine.model_name}
+            "created": created, "model": worker.model_name}
     if chat:
         base["system_fingerprint"] = None
     echo = "" if chat or not body.get("echo") else work.prompt
 
     if not body.get("stream"):
         try:
-            await engine.run(work)
+            await worker.run(work)
         except Exception as exc:
-            engine.record(work, request.headers, status_error=type(exc).__qualname__)
+            worker.record(work, request.headers, status_error=type(exc).__qualname__)
             log.exception("generation failed")
             return RequestError(f"internal error: {exc}", status=500, type_="internal_error").response()
-        engine.record(work, request.headers)
+        worker.record(work, request.headers)
         text = REFUSAL if work.refusal else work.result.text  # type: ignore[union-attr]
-        reason = engine.finish_reason(work)
-        usage = _usage(work.prompt_tokens, engine.completion_tokens(work))
+        reason = worker.finish_reason(work)
+        usage = _usage(work.prompt_tokens, worker.completion_tokens(work))
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
                       "logprobs": None, "finish_reason": reason}
@@ -237,7 +238,7 @@ async def _generate(request: web.Request, parse: Callable[[ModelWorker, dict], W
             await resp.write(_sse(chunk(piece)))
 
     write_task = asyncio.create_task(writer())
-    run_task = asyncio.create_task(engine.run(work, queue.put_nowait))
+    run_task = asyncio.create_task(worker.run(work, queue.put_nowait))
     error: str | None = None
     try:
         done, _ = await asyncio.wait({write_task, run_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -246,7 +247,7 @@ async def _generate(request: web.Request, parse: Callable[[ModelWorker, dict], W
             # stops at its next token (finish reason "abort").
             work.cancelled.set()
             (outcome,) = await asyncio.gather(run_task, return_exceptions=True)
-            engine.record(work, request.headers,
+            worker.record(work, request.headers,
                           status_error=type(outcome).__qualname__ if isinstance(outcome, BaseException) else None)
             return resp
         try:
@@ -254,17 +255,17 @@ async def _generate(request: web.Request, parse: Callable[[ModelWorker, dict], W
         except Exception as exc:
             error = type(exc).__qualname__
             log.exception("generation failed")
-        engine.record(work, request.headers, status_error=error)
+        worker.record(work, request.headers, status_error=error)
         queue.put_nowait(DONE)
         await write_task
         if error is not None:
             await resp.write(_sse({"error": {"message": f"internal error: {error}", "type": "internal_error",
                                              "param": None, "code": None}}))
         else:
-            await resp.write(_sse(chunk(None if chat else "", reason=engine.finish_reason(work))))
+            await resp.write(_sse(chunk(None if chat else "", reason=worker.finish_reason(work))))
             if include_usage:
                 await resp.write(_sse({**base, "choices": [],
-                                       "usage": _usage(work.prompt_tokens, engine.completion_tokens(work))}))
+                                       "usage": _usage(work.prompt_tokens, worker.completion_tokens(work))}))
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
     except ConnectionResetError:  # the client went away after the generation ended
@@ -288,44 +289,44 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 async def embeddings(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
+    worker = request.app[WORKER]
     try:
-        work, fmt = parse_embedding(engine, await _json_body(request))
+        work, fmt = parse_embedding(worker, await _json_body(request))
     except RequestError as exc:
         return exc.response()
     try:
-        await engine.run(work)
+        await worker.run(work)
     except Exception as exc:
-        engine.record(work, request.headers, status_error=type(exc).__qualname__)
+        worker.record(work, request.headers, status_error=type(exc).__qualname__)
         return RequestError(f"internal error: {exc}", status=500, type_="internal_error").response()
-    engine.record(work, request.headers)
+    worker.record(work, request.headers)
     data = []
     for i, vec in enumerate(work.embeddings or []):
         emb: Any = vec if fmt == "float" else base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
         data.append({"object": "embedding", "index": i, "embedding": emb})
-    return web.json_response({"object": "list", "data": data, "model": engine.model_name,
+    return web.json_response({"object": "list", "data": data, "model": worker.model_name,
                               "usage": {"prompt_tokens": work.prompt_tokens, "total_tokens": work.prompt_tokens}})
 
 
 async def models(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
+    worker = request.app[WORKER]
     return web.json_response({"object": "list", "data": [{
-        "id": engine.model_name, "object": "model", "created": engine.created, "owned_by": "monitor",
-        "max_model_len": engine.model.context_window}]})
+        "id": worker.model_name, "object": "model", "created": worker.created, "owned_by": "monitor",
+        "max_model_len": worker.model.context_window}]})
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[ENGINE].metrics.render()
+    body = request.app[WORKER].metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def health(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    return web.json_response({"status": "ok", "model": engine.model_name, "slowdown": engine.slowdown})
+    worker = request.app[WORKER]
+    return web.json_response({"status": "ok", "model": worker.model_name, "slowdown": worker.slowdown})
 
 
 async def admin_slowdown(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
+    worker = request.app[WORKER]
     if request.method == "POST":
         try:
             body = await _json_body(request)
@@ -334,9 +335,9 @@ async def admin_slowdown(request: web.Request) -> web.Response:
                 raise RequestError("'factor' must be a number from 1 to 1000", "factor")
         except RequestError as exc:
             return exc.response()
-        old, engine.slowdown = engine.slowdown, float(factor)
-        log.info("slowdown %.2fx -> %.2fx", old, engine.slowdown)
-    return web.json_response({"factor": engine.slowdown})
+        old, worker.slowdown = worker.slowdown, float(factor)
+        log.info("slowdown %.2fx -> %.2fx", old, worker.slowdown)
+    return web.json_response({"factor": worker.slowdown})
 
 
 @web.middleware
@@ -364,10 +365,10 @@ async def create_app(model_name: str = "monitor-demo-tiny", *, seed: int = 0, sl
     """
     if model is None:
         model = await asyncio.to_thread(DemoModel.load, seed, cancel=cancel)
-    engine = ModelWorker(model, model_name, seed=seed, slowdown=slowdown, otlp_endpoint=otlp_endpoint,
+    worker = ModelWorker(model, model_name, seed=seed, slowdown=slowdown, otlp_endpoint=otlp_endpoint,
                     tracer_provider=tracer_provider, blocked_topics=blocked_topics, max_tokens_cap=max_tokens_cap)
     app = web.Application(middlewares=[_openai_errors], client_max_size=8 * 1024 * 1024)
-    app[ENGINE] = engine
+    app[WORKER] = worker
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
@@ -377,21 +378,21 @@ async def create_app(model_name: str = "monitor-demo-tiny", *, seed: int = 0, sl
     app.router.add_route("*", "/admin/slowdown", admin_slowdown)
 
     async def _close(app: web.Application) -> None:
-        await asyncio.to_thread(app[ENGINE].close)
+        await asyncio.to_thread(app[WORKER].close)
 
     app.on_cleanup.append(_close)
     return app
 
 
-def describe(engine: ModelWorker, url: str) -> str:
-    model = engine.model
+def describe(worker: ModelWorker, url: str) -> str:
+    model = worker.model
     cfg = model.cfg
     how = (f"trained in {model.train_seconds:.1f}s (first use), cached at {model.path}" if model.trained
            else f"loaded in {model.load_seconds:.2f}s from {model.path}")
-    tracing = f"traces to {engine.otlp_endpoint} (OTLP/gRPC)" if engine.otlp_endpoint else "tracing off"
+    tracing = f"traces to {worker.otlp_endpoint} (OTLP/gRPC)" if worker.otlp_endpoint else "tracing off"
     return (f"demo model server listening on {url} (OpenAI API at {url}/v1, metrics at {url}/metrics); "
-            f"model {engine.model_name}: {model.n_params / 1e6:.2f}M params, {cfg.n_layers} layers, "
+            f"model {worker.model_name}: {model.n_params / 1e6:.2f}M params, {cfg.n_layers} layers, "
             f"d_model {cfg.d_model}, byte tokens, context {cfg.block_size}; {how}; "
-            f"slowdown {engine.slowdown:g}x; {tracing}")
+            f"slowdown {worker.slowdown:g}x; {tracing}")
 
 

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from typing import Any
 from aiohttp import web
 
-from monitor.demo.api import ENGINE, create_app, describe
+from monitor.demo.api import WORKER, create_app, describe
 from monitor.demo.worker import DEFAULT_BLOCKED_TOPICS, ModelWorker, REFUSAL, log
 
 __all__ = ["DEFAULT_BLOCKED_TOPICS", "REFUSAL", "DemoServer", "ModelWorker", "create_app", "serve", "main"]
@@ -69,9 +69,9 @@ class DemoServer:
         self._runner: web.AppRunner | None = None
 
     @property
-    def engine(self) -> ModelWorker:
+    def worker(self) -> ModelWorker:
         assert self.app is not None
-        return self.app[ENGINE]
+        return self.app[WORKER]
 
     @property
     def url(self) -> str:
@@ -106,7 +106,7 @@ class DemoServer:
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
-        log.info("%s", describe(self.engine, self.url))
+        log.info("%s", describe(self.worker, self.url))
 
     def stop(self, timeout: float = 30.0) -> None:
         self.cancel.set()
@@ -131,7 +131,7 @@ async def _serve(host: str, port: int, stop_event: asyncio.Event | None = None, 
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    log.info("%s", describe(app[ENGINE], f"http://{host}:{port}"))
+    log.info("%s", describe(app[WORKER], f"http://{host}:{port}"))
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

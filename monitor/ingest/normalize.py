@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.events import InferenceEvent
-from monitor.otlp.genai import FIXED_KEY, build_event, is_model_request, resource_facts
+from monitor.otlp.genai import FIXED_KEY, JOINED_KEY, build_event, is_model_request, resource_facts
 from monitor.otlp.values import array_str, double_str, to_str
 from monitor.store.tables import MAX_DATETIME64_NS
 
@@ -193,7 +193,7 @@ def traces_rows(data: Any, out: Batch, origin: int = 0, now_ns: int = 0) -> Batc
                     ev_ts, ev_name, ev_attrs, l_tid, l_sid, l_state, l_attrs,
                 ])
                 dialect = is_model_request(name, span_attrs)
-                if dialect is not None and "monitor.joined_into" not in span_attrs:
+                if dialect is not None and JOINED_KEY not in span_attrs:
                     events.append(build_event(span, dialect, span_attrs, service, start, end, trace_id, span_id,
                                               kind, code, facts))
                     event_origin.append(origin)

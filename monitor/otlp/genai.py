@@ -42,7 +42,7 @@ from monitor.otlp.identity import (
 from monitor.otlp.model_identity import MANAGED, identify
 from monitor.otlp.values import attrs_to_str_map, json_text, to_python
 
-__all__ = ["FIXED_KEY", "GPU_COUNT_KEY", "GPU_PRICE_KEY", "ResourceFacts", "build_event", "is_model_request",
+__all__ = ["FIXED_KEY", "GPU_COUNT_KEY", "GPU_PRICE_KEY", "JOINED_KEY", "ResourceFacts", "build_event", "is_model_request",
            "resource_facts", "span_to_event", "wants_quality"]
 
 FIXED_KEY = "monitor.fixed"
@@ -50,6 +50,9 @@ FIXED_KEY = "monitor.fixed"
 GPU_COUNT_KEY = "monitor.gpu.count"
 """GPUs serving one request (stamped by the sidecar's cost processor)."""
 GPU_PRICE_KEY = "monitor.gpu.price_per_hour"
+JOINED_KEY = "monitor.joined_into"
+"""Set by the sidecar's join on an engine span whose timings it copied onto the proxy's span (the value:
+that span's id); ingest then makes no event of the engine span, the proxy's event already has them."""
 
 _UINT32 = 1 << 32
 
@@ -108,7 +111,7 @@ def span_to_event(span: Any, service_name: str, attrs: dict[str, str] | None = N
     if attrs is None:
         attrs = attrs_to_str_map(span.attributes)
     dialect = is_model_request(span.name, attrs)
-    if dialect is None or "monitor.joined_into" in attrs:
+    if dialect is None or JOINED_KEY in attrs:
         return None  # not a model request, or an engine span already joined into the proxy's event
     return build_event(span, dialect, attrs, service_name,
                        span.start_time_unix_nano if start is None else start,

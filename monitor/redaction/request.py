@@ -29,6 +29,7 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 from google.protobuf.message import Message
 
 from monitor.otlp.codec import Signal
+from monitor.otlp.genai import JOINED_KEY
 from monitor.redaction import _screen
 from monitor.redaction.redact import Redactor
 
@@ -56,7 +57,7 @@ SAFE_KEYS = frozenset({
     "messaging.system", "error.type", "exception.type", "otel.status_code", "otel.scope.name",
     "code.function", "code.namespace", "thread.name",
     # written by the monitor itself
-    "monitor.proxy", "monitor.joined_into", "monitor.content.captured", "monitor.fixed",
+    "monitor.proxy", JOINED_KEY, "monitor.content.captured", "monitor.fixed",
 })
 """Attribute keys whose string values are never scanned: ids, model names and enumerations, which
 a finding could only corrupt. Every other string value is scanned (``user.note``, ``client.address``,

@@ -208,7 +208,7 @@ class AdminServer:
             w = current_window(body.get("window", "24h"))
         except (ConfigError, OverflowError, ValueError) as exc:
             raise _BadRequest(str(exc)) from None
-        semantic = self.runner.settings.checks.semantic
+        semantic = self.runner.settings.semantic
         out = await asyncio.get_running_loop().run_in_executor(None, lambda: compare(
             self.runner.store, a, b, w.start, w.end, semantic=body.get("semantic", True),
             semantic_settings=semantic))
@@ -235,10 +235,10 @@ class AdminServer:
         return web.json_response({"model": body["model"], "from": start.isoformat(), "to": end.isoformat()})
 
     async def _list(self, request: web.Request) -> web.Response:
-        rows = await asyncio.get_running_loop().run_in_executor(None, lambda: self.runner.store.query_rows(
-            "SELECT model, group, start, end, pinned_at, note FROM baselines FINAL ORDER BY model, group"))
-        return web.Response(text=json.dumps([dict(zip(("model", "group", "from", "to", "pinned_at", "note"), r))
-                                             for r in rows], default=str), content_type="application/json")
+        from monitor.checks.windows import list_baselines
+
+        rows = await asyncio.get_running_loop().run_in_executor(None, lambda: list_baselines(self.runner.store))
+        return web.Response(text=json.dumps(rows, default=str), content_type="application/json")
 
     async def _alert_test(self, request: web.Request) -> web.Response:
         body = await _read_object(request, {"channel": _STR, "wait_s": _NUM}, required=("channel",))

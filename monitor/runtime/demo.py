@@ -86,8 +86,8 @@ class Demo:
         self.embedded = Embedded(self.settings)
         self.embedded.start()
         self.server.start()  # trains the tiny model on first use (Ctrl-C stops it), then loads it from the cache
-        self.model = self.server.engine.model_name
-        self.v2.app_kw["model"] = self.server.engine.model  # the same weights, loaded once
+        self.model = self.server.worker.model_name
+        self.v2.app_kw["model"] = self.server.worker.model  # the same weights, loaded once
         self.v2.start()
         log.info("demo: loading the checks' models before the first phase")
         self.embedded.check_runner.warm_up()

@@ -52,7 +52,7 @@ class StoreNode:
         self.stage = IngestStage(Writer(store, metrics), metrics, quality=s.ingest.quality,
                                  retry_max_s=s.ingest.retry_backoff_max_s)
         self.ingest = SpoolIngest(self.spool, self.stage, s.ingest, s.kafka.signal_of)
-        self.check_runner = CheckRunner(store, s)
+        self.check_runner = CheckRunner(store, s.checks)
         checks_on = s.checks.enabled and extra_or_say("checks", "the scheduled checks")
         self.scheduler = CheckScheduler(self.check_runner, s.checks.interval_s,
                                         first_delay_s=min(30.0, s.checks.interval_s)) if checks_on else None
@@ -144,9 +144,9 @@ def alerts_service(store: Store, settings: Settings, metrics: SelfMetrics, sched
     """The alert service when rules or channels are configured, fed by the scheduler's runs."""
     from monitor.alerts.service import AlertService
 
-    if not AlertService.wanted(settings):
+    if not AlertService.wanted(settings.alerts):
         return None
-    service = AlertService(store, settings, metrics)
+    service = AlertService(store, settings.alerts, settings.checks.min_samples, metrics)
     if scheduler is not None:
         scheduler.add_listener(service.on_report)
     return service

@@ -28,7 +28,10 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from monitor.config import AbuseSettings
 
 __all__ = ["ClientStats", "Finding", "robust_z", "volume", "templated", "template_of", "logprob_extraction",
            "jailbreak", "coverage", "prada", "peer_median"]
@@ -93,7 +96,7 @@ def robust_z(x: float, sample: Sequence[float], floor: float = 0.0) -> tuple[flo
 
 # -- volume -----------------------------------------------------------------------------------
 
-def volume(stats: dict[str, ClientStats], history: dict[str, list[tuple[int, int]]], settings: Any
+def volume(stats: dict[str, ClientStats], history: dict[str, list[tuple[int, int]]], settings: AbuseSettings
            ) -> list[Finding]:
     """Requests and tokens of each client (with ``min_requests``) against its own earlier windows
     (``history[client]``: ``(requests, tokens)`` per earlier window, oldest first, from its first
@@ -169,7 +172,7 @@ def template_of(a: tuple[str, ...], b: tuple[str, ...]) -> str:
     return " ".join((*a[:p], "{…}", *(a[len(a) - s:] if s else ()))).strip()
 
 
-def templated(prompts: dict[str, list[str]], stats: dict[str, ClientStats], settings: Any,
+def templated(prompts: dict[str, list[str]], stats: dict[str, ClientStats], settings: AbuseSettings,
               window: int = 4) -> list[Finding]:
     """Per client with ``min_requests``: the distinct prompts of its sample that fit a one-slot
     template with another of its prompts (their shared prefix + suffix cover at least
@@ -207,7 +210,7 @@ def templated(prompts: dict[str, list[str]], stats: dict[str, ClientStats], sett
 
 # -- logprob extraction -----------------------------------------------------------------------
 
-def logprob_extraction(stats: dict[str, ClientStats], settings: Any) -> list[Finding]:
+def logprob_extraction(stats: dict[str, ClientStats], settings: AbuseSettings) -> list[Finding]:
     """Clients whose requests read out the token distribution: logprobs, one-token answers, and
     trivially short prompts or a logit bias, at least ``logprob_min`` times and ``logprob_share``
     of their requests."""
@@ -226,7 +229,7 @@ def logprob_extraction(stats: dict[str, ClientStats], settings: Any) -> list[Fin
 
 # -- jailbreak concentration ------------------------------------------------------------------
 
-def jailbreak(stats: dict[str, ClientStats], settings: Any) -> list[Finding]:
+def jailbreak(stats: dict[str, ClientStats], settings: AbuseSettings) -> list[Finding]:
     """One-sided Fisher exact test per client: are its attempts (injection-like prompts or refused
     requests) a larger share of its requests than of everyone else's? Bonferroni over the clients
     in the window; flagged below ``jailbreak_alpha / clients`` with ``jailbreak_min`` attempts."""
@@ -279,7 +282,7 @@ def prada(e: Any) -> tuple[float | None, float | None, int]:
     return float(w), float(p), len(d)
 
 
-def coverage(embeddings: dict[str, Any], stats: dict[str, ClientStats], settings: Any) -> list[Finding]:
+def coverage(embeddings: dict[str, Any], stats: dict[str, ClientStats], settings: AbuseSettings) -> list[Finding]:
     """The spread of each client's prompts (``embeddings[client]``: unit vectors, oldest first) as a
     robust z against its peers' spreads; flagged over ``coverage_z`` when at most
     ``coverage_max_repetition`` of its requests repeat a prompt. PRADA's Shapiro-Wilk test on the

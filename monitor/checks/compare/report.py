@@ -22,10 +22,13 @@ from __future__ import annotations
 import logging
 import math
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor.checks.compare import queries as q
 from monitor.checks.compare.stats import compare_means, compare_rates, compare_values
+
+if TYPE_CHECKING:
+    from monitor.config import SemanticSettings
 
 __all__ = ["DISTRIBUTIONS", "compare", "render"]
 
@@ -37,10 +40,11 @@ _PAIRS_EMBEDDED = 300
 
 
 def compare(store: Any, a: q.Side, b: q.Side, start: datetime, end: datetime, *, semantic: bool = True,
-            semantic_settings: Any = None, examples: int = 10, level: float = 0.95,
+            semantic_settings: SemanticSettings | None = None, examples: int = 10, level: float = 0.95,
             embed_cache: bool = True) -> dict[str, Any]:
     """The whole comparison of ``a`` and ``b`` over ``[start, end)`` (see the module doc).
-    ``embed_cache``: keep the answers' embeddings in ``embedding_cache`` (False for a read-only store)."""
+    ``semantic_settings``: the ``checks.semantic`` section (default: its defaults). ``embed_cache``: keep
+    the answers' embeddings in ``embedding_cache`` (False for a read-only store)."""
     ta, tb = q.totals(store, a, start, end), q.totals(store, b, start, end)
     va, vb = q.values(store, a, start, end), q.values(store, b, start, end)
     out: dict[str, Any] = {
@@ -81,7 +85,7 @@ def _cost(ta: dict[str, Any], tb: dict[str, Any], ca: list[float], cb: list[floa
     }
 
 
-def _embedder(store: Any, settings: Any) -> Any:
+def _embedder(store: Any, settings: SemanticSettings | None) -> Any:
     try:
         import torch  # noqa: F401  (the checks extra)
 

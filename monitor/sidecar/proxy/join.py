@@ -35,6 +35,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from monitor.otlp.codec import Signal
+from monitor.otlp.genai import JOINED_KEY
 from monitor.sidecar.proxy.spans import kv
 
 __all__ = ["EngineJoin", "ENGINE_KEYS"]
@@ -174,7 +175,7 @@ class EngineJoin:
                 del self._open[engine_span.parent_span_id]
                 done = entry.span
                 self._apply(done, timings)
-        engine_span.attributes.append(kv("monitor.joined_into", engine_span.parent_span_id.hex()))
+        engine_span.attributes.append(kv(JOINED_KEY, engine_span.parent_span_id.hex()))
         if done is not None:
             self.emit(done)
 
@@ -187,7 +188,7 @@ class EngineJoin:
             first = not self.upstream_traces and self.mode == "auto"
             self.upstream_traces = self.upstream_traces or first
         # one event per request: the proxy's is already on its way
-        engine_span.attributes.append(kv("monitor.joined_into", engine_span.parent_span_id.hex()))
+        engine_span.attributes.append(kv(JOINED_KEY, engine_span.parent_span_id.hex()))
         if first:
             log.info("the upstream traces its requests: proxy spans now wait up to %gs for the engine's "
                      "span to record both timings in one event", self.window_s)

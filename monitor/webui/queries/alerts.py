@@ -10,7 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from monitor.alerts.history import latest_sql
+from monitor.alerts.history import latest_sql, recent_sql
+from monitor.alerts.outbox import SUMMARY_SQL
 from monitor.webui.filters import Filters
 from monitor.webui.queries._sql import TS, frame
 
@@ -57,10 +58,7 @@ def counts(store, f: Filters) -> dict[str, int]:
 def history(store, f: Filters, limit: int = HISTORY_ROWS) -> pd.DataFrame:
     p: dict[str, Any] = {"start": f.start, "end": f.end, "limit": int(limit)}
     cond = _models(f, p)
-    return frame(store.query(
-        "SELECT timestamp, event, rule, severity, model, group, summary, alert_id, notification_id "
-        f"FROM alert_events WHERE timestamp >= {{start:{TS}}} AND timestamp < {{end:{TS}}}{cond} "
-        "ORDER BY timestamp DESC LIMIT {limit:UInt32}", p))
+    return frame(store.query(recent_sql(f"timestamp >= {{start:{TS}}} AND timestamp < {{end:{TS}}}{cond}"), p))
 
 
 def deliveries(store, f: Filters, channel: str | None = None, limit: int = HISTORY_ROWS) -> pd.DataFrame:
@@ -88,6 +86,4 @@ def delivery_summary(store, f: Filters) -> pd.DataFrame:
 
 def outbox(store) -> pd.DataFrame:
     """Notifications per channel and status now (the outbox read with FINAL)."""
-    return frame(store.query(
-        "SELECT channel, status, count() AS notifications, min(created_at) AS oldest, max(attempts) AS max_attempts "
-        "FROM alert_outbox FINAL GROUP BY channel, status ORDER BY channel, status"))
+    return frame(store.query(SUMMARY_SQL))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from monitor.checks.clients import ANONYMOUS, USAGE_SELECT
+from monitor.checks.clients import ANONYMOUS, FLAG_CLIENT, FLAG_SUMMARY, FLAGS_WHERE, USAGE_SELECT
 from monitor.webui.filters import Filters
-from monitor.webui.queries._sql import EVENTS, TS, bucket, events_where, frame
+from monitor.webui.queries._sql import EVENTS, bucket, events_where, frame
 
 __all__ = ["usage", "over_time", "verdicts", "ROWS"]
 
@@ -53,7 +53,5 @@ def verdicts(store, f: Filters, limit: int = 200) -> pd.DataFrame:
         models = " AND model IN {models:Array(String)}"
         p["models"] = list(f.models)
     return frame(store.query(
-        "SELECT timestamp, model, metric AS signal, JSONExtractString(details, 'client') AS client, "
-        "JSONExtractString(details, 'summary') AS summary, value, details FROM check_results "
-        f"WHERE check = 'abuse' AND status = 'fail' AND timestamp >= {{start:{TS}}} AND timestamp < {{end:{TS}}}"
-        f"{models} ORDER BY timestamp DESC LIMIT {{limit:UInt32}}", p))
+        f"SELECT timestamp, model, metric AS signal, {FLAG_CLIENT} AS client, {FLAG_SUMMARY} AS summary, value, "
+        f"details FROM check_results WHERE {FLAGS_WHERE}{models} ORDER BY timestamp DESC LIMIT {{limit:UInt32}}", p))

@@ -6,13 +6,16 @@ The SQL is :mod:`monitor.checks.compare.queries` (the one query module of compar
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from monitor.checks.compare import queries as cq
 from monitor.checks.compare.report import compare
 from monitor.webui.filters import Filters
+
+if TYPE_CHECKING:
+    from monitor.config import SemanticSettings
 
 __all__ = ["sides", "versions", "comparison", "label_of"]
 
@@ -45,7 +48,7 @@ def versions(store: Any, f: Filters) -> pd.DataFrame:
 
 
 def comparison(store: Any, f: Filters, a: str, b: str, semantic: bool = False,
-               semantic_settings: Any = None) -> dict[str, Any]:
+               semantic_settings: SemanticSettings | None = None) -> dict[str, Any]:
     """:func:`monitor.checks.compare.report.compare` of ``a`` and ``b`` over the range."""
     return compare(store, cq.parse_side(a), cq.parse_side(b), f.start, f.end, semantic=semantic,
                    semantic_settings=semantic_settings, embed_cache=False)
