@@ -316,16 +316,19 @@ def test_a_burst_of_sigterms_stops_a_child_every_time():
     hung = 0
     for _ in range(20):
         p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-        assert p.stdout.readline() == b"ready\n"
-        for _ in range(300):
-            try:
-                os.kill(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                break
-        try:  # 0, or killed by a late signal of the burst once the interpreter restored the default
-            assert p.wait(10) in (0, -signal.SIGTERM)
-        except subprocess.TimeoutExpired:
-            hung += 1
-            p.kill()
+        try:
+            assert p.stdout.readline() == b"ready\n"
+            for _ in range(300):
+                try:
+                    os.kill(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    break
+            try:  # 0, or killed by a late signal of the burst once the interpreter restored the default
+                assert p.wait(10) in (0, -signal.SIGTERM)
+            except subprocess.TimeoutExpired:
+                hung += 1
+        finally:
+            if p.poll() is None:
+                p.kill()
             p.wait()
     assert hung == 0
