@@ -26,6 +26,7 @@ from procs import BenchError, Proc, log, wait_until
 from procstat import (
     CLK_TCK,
     cpu_jiffies,
+    cpu_jiffies_own,
     descendants,
     http_get,
     loadavg,
@@ -60,6 +61,22 @@ def python_thread_names(py_spy: str | None, pid: int) -> dict[int, str]:
     return {int(m.group(1)): m.group(2) for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]*)"', out, re.MULTILINE)}
 
 
+def role_jiffies(supervisor: int) -> dict[str, int]:
+    """CPU jiffies of each process of a `monitor up` (its children by role, each with its own children:
+    the native proxy binary counts as the proxy's), and of the supervisor itself."""
+    out = {"supervisor": cpu_jiffies_own(supervisor)}
+    for pid in descendants(supervisor):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"monitor.runtime.child" in argv:
+            i = argv.index(b"monitor.runtime.child")
+            role = argv[i + 1].decode() if i + 1 < len(argv) else "child"
+            out[role] = out.get(role, 0) + cpu_jiffies([pid])
+    return out
+
+
 class Bench:
     """The started paths and the load generator; runs cells on them and keeps what each path was sent."""
 
@@ -82,6 +99,7 @@ class Bench:
         proxy_pids = monitor_proxy_pids(self.metrics_urls[path]) if path in MONITORS else []
         px0 = sum(cpu_jiffies([q]) for q in proxy_pids)
         thr0 = thread_jiffies(procs[path].pid) if path in MONITORS else {}
+        roles0 = role_jiffies(procs[path].pid) if path in MONITORS else {}
         t0 = time.monotonic()
         res = procs["loadgen"].ask(cmd, warmup + duration + args.request_timeout + 60)
         wall = time.monotonic() - t0
@@ -108,6 +126,10 @@ class Bench:
                       "machine_busy_pct": 100 * machine_s / span, "other_pct": 100 * other / span,
                       "proxy_ms_per_req": (1000 * proxy_s / res["sent"]) if proxy_s is not None and res["sent"]
                       else None, "wall_s": round(wall, 2), "drain_s": round(drain, 1)}
+        if roles0 and res["sent"]:  # each process of `monitor up`, its deferred work included
+            roles1 = role_jiffies(procs[path].pid)
+            res["cpu"]["by_process_ms_per_req"] = {
+                role: 1000 * (j - roles0.get(role, 0)) / CLK_TCK / res["sent"] for role, j in roles1.items()}
         if proxy_pids and res["sent"]:  # the capture proxy's own process(es), apart from the rest of the monitor
             res["cpu"]["proxy_process_ms_per_req"] = 1000 * (px1 - px0) / CLK_TCK / res["sent"]
             res["proxy_rss_mib"] = sum(rss_kib(x) for q in proxy_pids for x in [q, *descendants(q)]) / 1024

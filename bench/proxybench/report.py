@@ -50,6 +50,9 @@ def summarize(cells: list[dict[str, Any]], levels: list[int], paths: list[str]) 
             row["proxy_cpu_ms_per_req"] = statistics.median(cpu) if cpu else None
             own = [x["cpu"]["proxy_process_ms_per_req"] for x in rs if x["cpu"].get("proxy_process_ms_per_req")]
             row["proxy_process_cpu_ms_per_req"] = statistics.median(own) if own else None
+            split = [x["cpu"]["by_process_ms_per_req"] for x in rs if x["cpu"].get("by_process_ms_per_req")]
+            row["by_process_ms_per_req"] = {k: statistics.median(d.get(k, 0.0) for d in split)
+                                            for k in sorted({k for d in split for k in d})} if split else None
             rss = [x["proxy_rss_mib"] for x in rs if x.get("proxy_rss_mib")]
             row["proxy_rss_mib"] = max(rss) if rss else None
             row["machine_busy_pct"] = statistics.median(x["cpu"]["machine_busy_pct"] for x in rs)
@@ -90,6 +93,9 @@ def render(summary: dict[str, Any], args: argparse.Namespace) -> str:
                              f"CPU per request (RSS {m['proxy_rss_mib']:.0f} MiB); the whole monitor "
                              f"{m['proxy_cpu_ms_per_req']:.3f} ms (proxy, pipeline: spans, join, redaction, spool; "
                              "store: ingest, quality signals, chdb)")
+            if m.get("by_process_ms_per_req"):
+                lines.append("  by process, ms CPU per request: " + ", ".join(
+                    f"{k} {v:.3f}" for k, v in m["by_process_ms_per_req"].items()))
     lines.append("\ncpu/req: CPU ms per request of the path's processes (monitor: every process of `monitor up`: "
                  "proxy, pipeline, store, supervisor, counted until it is idle again after the cell, so its deferred "
                  "analysis is included and never runs during the next cell; nginx: master+workers; direct: -). "
