@@ -8,7 +8,7 @@ One timing scheme, exponential backoff with jitter, for retry number ``n`` (1, 2
 
 :func:`retry_delay` computes it. Its two uses differ only in ``floor``:
 
-- ``floor = 0`` (full jitter, :func:`full_jitter`): retries whose attempt count is stored (the alert
+- ``floor = 0`` (full jitter): retries whose attempt count is stored (the alert
   outbox), where many notifications that failed together must not come back together;
 - ``floor = 1/2`` (:class:`Backoff`): the consecutive failures of one live loop (Kafka forwarder and
   ingest, the local emitter, the proxy's record socket, the supervisor's child restarts), so that a
@@ -41,7 +41,7 @@ from typing import TypeVar
 
 from monitor.errors import Cancelled, PermanentError, RetryableError
 
-__all__ = ["Backoff", "Retrier", "full_jitter", "retry_call", "retry_delay"]
+__all__ = ["Backoff", "Retrier", "retry_call", "retry_delay"]
 
 T = TypeVar("T")
 log = logging.getLogger("monitor")
@@ -57,11 +57,6 @@ def retry_delay(attempt: int, initial: float, maximum: float, retry_after: float
     d = random.uniform(ceiling * floor, ceiling)
     hint = retry_after if isinstance(retry_after, (int, float)) and retry_after == retry_after else 0.0
     return max(d, min(max(hint, 0.0), maximum))
-
-
-def full_jitter(attempt: int, initial: float, maximum: float) -> float:
-    """:func:`retry_delay` with full jitter and no hint: uniform in [0, min(maximum, initial * 2**(attempt-1))]."""
-    return retry_delay(attempt, initial, maximum)
 
 
 class Backoff:
