@@ -173,7 +173,10 @@ class NativeUnderTest:
 
     def __init__(self, env: "Env", settings: ProxySettings, client_headers: tuple[str, ...] = ()) -> None:
         self.env = env
-        self.runner = NativeProxy(settings, env.socket_path(), binary=NATIVE, client_headers=client_headers)
+        # digest "both": the records keep the stream beside the binary's reassembly of it, so these tests
+        # check the bytes as before (test_the_native_digest_reads_every_stream_as_the_replay_does: the two agree)
+        self.runner = NativeProxy(settings, env.socket_path(), binary=NATIVE, client_headers=client_headers,
+                                  digest="both")
 
     def start(self) -> int:
         self.port = self.runner.start()
@@ -1332,7 +1335,7 @@ def test_native_record_frames_match_the_python_proxys(tmp_path):
                 path = str(tmp_path / "raw.sock")
                 frames = _raw_frames(env, path)
                 settings = ProxySettings(upstream=up.url, host="127.0.0.1", port=0, **kw)
-                p = NativeProxy(settings, path, binary=NATIVE, client_headers=wanted)
+                p = NativeProxy(settings, path, binary=NATIVE, client_headers=wanted, digest="off")
                 port = p.start()
             else:
                 port = env.proxy(up, client_headers=wanted, **kw).port
@@ -1518,3 +1521,119 @@ def test_concurrent_streams_with_clients_leaving_leave_nothing_behind(env):
     stats = env.call(proxy.stats)
     assert stats["in_flight"] == 0 and stats["upstream_connections"] == stats["upstream_idle"]
     assert errors == []
+
+
+# ============================================================================ the native digest
+
+def _ev(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _chunk(i: int = 0, **delta) -> dict:
+    return {"id": "c9", "model": "m-1", "object": "chat.completion.chunk", "choices": [{"index": i, "delta": delta}]}
+
+
+DIGEST_STREAMS: dict[str, tuple[bytes, bool]] = {
+    # name: (the stream, whether the binary reassembles it; False: left to the Python replay)
+    "openai": (b"".join(EVENTS) + USAGE_EVENT + DONE, True),
+    "crlf": (b"".join(e.replace(b"\n", b"\r\n") for e in EVENTS + [USAGE_EVENT, DONE]), True),
+    "unterminated": (b"".join(EVENTS) + b'data: {"choices":[{"index":0,"delta":{"content":"!"}}]}', True),
+    "two_choices": (b"".join(_ev(_chunk(i % 2, content=f"w{i} ", **({"role": "assistant"} if i < 2 else {})))
+                             for i in range(8))
+                    + _ev({"choices": [{"index": 1, "delta": {}, "finish_reason": "length"},
+                                       {"index": 0, "delta": {}, "finish_reason": "stop"}]}) + DONE, True),
+    "completions": (b"".join(_ev({"id": "cmpl-1", "model": "m-2", "choices": [{"index": 0, "text": t}]})
+                             for t in ["Once", " upon", " a", " time"])
+                    + _ev({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}) + DONE, True),
+    # llama-server: the last chunk carries usage and its own timings (prefill / decode)
+    "llamacpp": (_ev(_chunk(content="Bonjour")) + _ev(_chunk(content=" à tous 🙂"))
+                 + _ev({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "model": "smollm2",
+                        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15,
+                                  "prompt_tokens_details": {"cached_tokens": 4}},
+                        "timings": {"prompt_n": 12, "prompt_ms": 31.337, "predicted_n": 3,
+                                    "predicted_ms": 0.1 + 0.2, "predicted_per_second": 1e-7}}) + DONE, True),
+    "multiline_data": (b'data: {"choices":[{"index":0,\ndata: "delta":{"content":"split"}}]}\n\n' + DONE, True),
+    "odd_values": (_ev({"id": "", "model": None, "choices": [{"index": None, "delta": {"role": "", "content": 5}}]})
+                   + _ev({"choices": None, "usage": [1]}) + _ev([1, 2]) + _ev("text")
+                   + _ev({"choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": None}]}) + DONE, True),
+    "not_a_stream_request": (b"".join(EVENTS) + DONE, True),
+    "error_event": (_ev({"error": {"message": "overloaded", "code": 503}}) + DONE, False),
+    "content_parts": (_ev(_chunk(content=[{"type": "text", "text": "parts"}])) + DONE, False),
+    "invalid_json": (b"".join(EVENTS) + b"data: {not json\n\n" + DONE, False),
+    "index_x": (b"".join(EVENTS) + b'data: {"choices":[{"index":"x","delta":{"content":1}}]}\n\n' + DONE, False),
+    "cr_only": (b"".join(e.replace(b"\n", b"\r") for e in EVENTS + [DONE]), False),
+}
+
+
+def test_the_native_digest_reads_every_stream_as_the_replay_does():
+    """The binary reassembles OpenAI SSE streams after the response, off its event loop
+    (native/proxy/src/digest.rs), and the pipeline reads that instead of replaying the stream. Run with
+    ``digest: both`` (the stream and its digest in one record), every record's span from the digest equals
+    its span from the replay, attribute for attribute (output, roles, finish reasons, usage, llama.cpp
+    timings, client-seen TTFT and inter-token latency from the same chunk times); what it does not model
+    (error events, content parts, JSON it cannot read) carries no digest. With ``digest: on`` the stream
+    stays out of the record."""
+    if NATIVE is None:
+        pytest.skip(NATIVE_MISSING)
+    from dataclasses import replace
+
+    from monitor.sidecar.proxy.spans import record_to_span
+
+    names = list(DIGEST_STREAMS)
+    rng = random.Random(7)
+
+    def stream(req):
+        return DIGEST_STREAMS[req.json["messages"][0]["content"]][0]
+
+    def pieces(s):  # random splits (some inside a UTF-8 character), one pause each: the chunk times differ
+        cuts = sorted(rng.sample(range(1, len(s)), min(9, len(s) - 1)))
+        return [s[a:b] for a, b in zip([0] + cuts, cuts + [len(s)])]
+
+    def body(name: str) -> bytes:  # "openai": the proxy asks for the usage event on the client's behalf
+        return chat_body(stream=name != "not_a_stream_request", usage=None if name == "openai" else True,
+                         messages=[{"role": "user", "content": name}])
+
+    def seen(name: str) -> bytes:  # what the client gets
+        return DIGEST_STREAMS[name][0].replace(USAGE_EVENT, b"") if name == "openai" else DIGEST_STREAMS[name][0]
+
+    settings = ProxySettings()
+    by_mode = {}
+    for mode in ("both", "on"):
+        env = Env("uvloop", "native")
+        try:
+            up = env.upstream(sse_upstream(pieces, pause=0.002, stream=stream))
+            p = NativeProxy(ProxySettings(upstream=up.url, host="127.0.0.1", port=0), env.socket_path(),
+                            binary=NATIVE, digest=mode)
+            env.proxies.append(NativeUnderTest.__new__(NativeUnderTest))
+            env.proxies[-1].runner = p
+            port = p.start()
+            for name in names:
+                assert req_http(port, "POST", CHAT, body(name))[2] == seen(name), name
+            by_mode[mode] = {r.request_body: r for r in env.wait_records(len(names))}
+        finally:
+            env.close()
+
+    for name in names:
+        rec = by_mode["both"][body(name)]
+        modelled = DIGEST_STREAMS[name][1]
+        assert (rec.digest is not None) == modelled, name
+        assert rec.response_body == DIGEST_STREAMS[name][0] and rec.usage_requested == (name == "openai")
+        replayed = record_to_span(replace(rec, digest=None), settings)
+        assert record_to_span(rec, settings) == replayed, name
+        slim = by_mode["on"][body(name)]
+        assert (slim.digest is not None) == modelled and not slim.truncated, name
+        assert slim.response_body == (b"" if modelled else DIGEST_STREAMS[name][0])
+        if modelled:  # the same answer (its times and upstream port are another run's)
+            attrs = {kv.key: kv.value for kv in record_to_span(slim, settings).attributes}
+            for kv in replayed.attributes:
+                if not kv.key.startswith("monitor.client.") and kv.key != "server.port":
+                    assert attrs[kv.key] == kv.value, (name, kv.key)
+    rec = by_mode["both"][body("llamacpp")]
+    attrs = {kv.key: kv.value for kv in record_to_span(rec, settings).attributes}
+    assert attrs["gen_ai.output.messages"].string_value == (
+        '[{"role":"assistant","parts":[{"type":"text","content":"Bonjour à tous 🙂"}],"finish_reason":"stop"}]')
+    assert attrs["gen_ai.latency.time_in_model_decode"].double_value == (0.1 + 0.2) / 1e3
+    assert attrs["gen_ai.usage.cache_read.input_tokens"].int_value == 4
+    assert attrs["monitor.client.time_to_first_token"].double_value > 0
+    two = {kv.key: kv.value for kv in record_to_span(by_mode["both"][body("two_choices")], settings).attributes}
+    assert json.loads(two["gen_ai.output.messages"].string_value)[1]["parts"][0]["content"] == "w1 w3 w5 w7 "

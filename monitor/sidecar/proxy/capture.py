@@ -62,6 +62,20 @@ def _text_of(content: Any) -> str:
     return ""
 
 
+MAX_CHOICE_INDEX = 1024
+"""Choices beyond this index are not read (the native digest leaves such a stream to the replay, too)."""
+
+
+def _count(v: Any) -> int | None:
+    """A token count or index as a server sent it (``int()`` of it), None when it is not one."""
+    if v is None:
+        return None
+    try:
+        return int(v)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _ms(v: Any) -> float | None:
     """A duration in ms as a server reported it: a finite number >= 0, else None (not reported)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1e12:
@@ -235,17 +249,13 @@ class Capture:
         self.response_id = str(data.get("id") or self.response_id)
         usage = data.get("usage")
         if isinstance(usage, dict):
-            if usage.get("prompt_tokens") is not None:
-                self.input_tokens = int(usage["prompt_tokens"])
-            if usage.get("completion_tokens") is not None:
-                self.output_tokens = int(usage["completion_tokens"])
-            details = usage.get("prompt_tokens_details")
-            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
-                self.cached_tokens = int(details["cached_tokens"])
+            self._usage(usage)
         for choice in data.get("choices") or []:
             if not isinstance(choice, dict):
                 continue
-            idx = int(choice.get("index") or 0)
+            idx = _count(choice.get("index") or 0)
+            if idx is None or not 0 <= idx <= MAX_CHOICE_INDEX:
+                continue  # not a choice index (a hostile one must not grow the list without bound)
             while len(self.output) <= idx:
                 self.output.append("")
                 self.roles.append("assistant")
@@ -259,6 +269,8 @@ class Capture:
                 self.roles[idx] = choice["message"].get("role") or "assistant"
             else:  # completions
                 text = choice.get("text") or ""
+                if not isinstance(text, str):
+                    text = ""
             if text:
                 self.output[idx] += text
                 if self.stream:
@@ -270,6 +282,36 @@ class Capture:
         timings = data.get("timings")
         if isinstance(timings, dict):
             self._llamacpp_timings(timings)
+
+    def _usage(self, usage: dict[str, Any]) -> None:
+        if (n := _count(usage.get("prompt_tokens"))) is not None:
+            self.input_tokens = n
+        if (n := _count(usage.get("completion_tokens"))) is not None:
+            self.output_tokens = n
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+            self.cached_tokens = int(details["cached_tokens"])
+
+    def apply_digest(self, d: dict[str, Any]) -> list[int]:
+        """What a replay of an OpenAI SSE stream would have left, from the native proxy's reassembly of it
+        (:attr:`monitor.sidecar.proxy.record.CaptureRecord.digest`); returns the chunk times (ns) that
+        brought content, as the replay would have timed them (none when the request was not a stream)."""
+        if d.get("model"):
+            self.model = str(d["model"])
+        if d.get("id"):
+            self.response_id = str(d["id"])
+        self.output, self.roles = [str(t) for t in d["output"]], [str(r) for r in d["roles"]]
+        self.finish_reasons += [str(f) for f in d["finish"]]
+        for usage in d["usage"]:
+            if isinstance(usage, dict):
+                self._usage(usage)
+        for timings in d["timings"]:
+            if isinstance(timings, dict):
+                self._llamacpp_timings(timings)
+        if not self.stream:
+            return []
+        self.chunks += int(d["pieces"])
+        return [int(t) for t in d["content_t"]]
 
     def _llamacpp_timings(self, t: dict[str, Any]) -> None:
         """llama-server's ``timings`` (milliseconds): ``prompt_ms`` is the prompt's evaluation (prefill,

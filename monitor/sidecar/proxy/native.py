@@ -90,12 +90,16 @@ def choose_implementation(settings: ProxySettings) -> Literal["native", "python"
 
 
 def native_config(settings: ProxySettings, capture_socket: str | None, *, metrics_port: int = 0,
-                  reuse_port: bool | None = None, client_headers: Iterable[str] = ()) -> dict[str, Any]:
+                  reuse_port: bool | None = None, client_headers: Iterable[str] = (),
+                  digest: Literal["on", "off", "both"] | None = None) -> dict[str, Any]:
     """The binary's config: the fields of ``settings`` its request path uses, the capture socket
     (None: records are built and dropped), its metrics port, :data:`capture.ROUTES`, and the request
     headers it copies into each record for the client's identity (as ``FastProxy``'s
     ``client_headers``: :func:`monitor.otlp.identity.wanted_headers`; never ``authorization`` when
-    ``proxy.auth_token`` is set, which then carries the proxy's own token, not a client's key)."""
+    ``proxy.auth_token`` is set, which then carries the proxy's own token, not a client's key), and
+    ``digest``: whether records of OpenAI SSE streams carry the answer the binary reassembled after
+    the response (``on``, what the pipeline reads instead of replaying the stream), the stream (``off``)
+    or both (``both``: the parity test); None: ``proxy.digest_streams``."""
     s = settings
     token = secret_value(s.auth_token)
     wanted = [h for h in dict.fromkeys(h.strip().lower() for h in client_headers)
@@ -109,6 +113,7 @@ def native_config(settings: ProxySettings, capture_socket: str | None, *, metric
         "request_usage": s.request_usage, "drain_s": s.drain_s, "capture_socket": capture_socket,
         "metrics_port": metrics_port, "routes": {path: list(route) for path, route in ROUTES.items()},
         "client_headers": wanted, "model_routes": _model_routes(s),
+        "digest": digest or ("on" if s.digest_streams else "off"),
     }
 
 
@@ -129,12 +134,12 @@ class NativeProxy:
 
     def __init__(self, settings: ProxySettings, capture_socket: str | None, *, metrics_port: int = 0,
                  reuse_port: bool | None = None, binary: Path | None = None,
-                 client_headers: Iterable[str] = ()) -> None:
+                 client_headers: Iterable[str] = (), digest: Literal["on", "off", "both"] | None = None) -> None:
         if not settings.upstream:
             raise ValueError("the native proxy needs proxy.upstream")
         self.settings = settings
         self.config = native_config(settings, capture_socket, metrics_port=metrics_port, reuse_port=reuse_port,
-                                    client_headers=client_headers)
+                                    client_headers=client_headers, digest=digest)
         self.binary = binary or native_binary()
         self.proc: subprocess.Popen | None = None
         self.port = 0

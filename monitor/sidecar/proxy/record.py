@@ -94,10 +94,19 @@ class CaptureRecord:
     client_address: str = field(default="", repr=False)
     """The peer address of the client's connection (for ``clients.address_fallback``: hashed, never
     stored as is)."""
+    digest: dict | None = field(default=None, repr=False)
+    """An OpenAI SSE stream as the native proxy reassembled it after the response, off its event loop
+    (``native/proxy/src/digest.rs``): then :attr:`response_body` is empty (or, for the parity test, the
+    stream too) and :func:`monitor.sidecar.proxy.spans.record_to_span` reads this instead of replaying
+    the stream (:meth:`monitor.sidecar.proxy.capture.Capture.apply_digest`). Keys: ``body_len`` (bytes
+    of the stream it read), ``model`` / ``id`` (the last non-empty), ``output`` / ``roles`` (per choice
+    index), ``finish``, ``pieces`` (content pieces), ``content_t`` (the chunk times, as in
+    :attr:`chunks`, that brought content), ``usage`` / ``timings`` (every such object, as sent)."""
 
     @property
     def truncated(self) -> bool:
-        return self.request_size > len(self.request_body) or self.response_size > len(self.response_body)
+        kept = self.digest["body_len"] if self.digest is not None else len(self.response_body)
+        return self.request_size > len(self.request_body) or self.response_size > kept
 
 
 _FIELDS = ("api", "operation", "path", "trace_state", "start_ns", "end_ns", "request_size", "status",
@@ -106,6 +115,8 @@ _FIELDS = ("api", "operation", "path", "trace_state", "start_ns", "end_ns", "req
 _IDENTITY_FIELDS = ("client_headers", "client_address")
 """Written only when set (the native proxy writes them the same way); a frame without them decodes with the
 defaults."""
+_DIGEST_KEYS = {"body_len": int, "output": list, "roles": list, "finish": list, "pieces": int, "content_t": list,
+                "usage": list, "timings": list}
 
 
 def encode(r: CaptureRecord) -> bytes:
@@ -116,6 +127,8 @@ def encode(r: CaptureRecord) -> bytes:
         if v:
             meta[k] = v
     meta["ids"] = (r.trace_id + r.span_id + r.parent_span_id).hex()
+    if r.digest is not None:  # the native proxy writes it last, too
+        meta["digest"] = r.digest
     head = orjson.dumps(meta)
     return b"".join((_HEAD.pack(FORMAT_VERSION, len(head), len(r.request_body), len(r.response_body)), head,
                      r.request_body, r.response_body))
@@ -151,5 +164,9 @@ def decode(frame: bytes | memoryview) -> CaptureRecord | CaptureStart:
         raise ValueError("capture frame: client_headers is not an object of strings")
     if not isinstance(meta.get("client_address", ""), str):
         raise ValueError("capture frame: client_address is not a string")
+    digest = meta.get("digest")
+    if digest is not None and not (isinstance(digest, dict) and all(
+            isinstance(digest.get(k), t) for k, t in _DIGEST_KEYS.items())):
+        raise ValueError("capture frame: digest is not the native proxy's digest object")
     return CaptureRecord(trace_id=ids[:16], span_id=ids[16:24], parent_span_id=ids[24:], request_body=req,
                          response_body=resp, **meta)

@@ -125,7 +125,11 @@ def record_to_span(rec: CaptureRecord, settings: ProxySettings, clients: Clients
     ttft: float | None = None
     gaps: list[float] = []
     streamed = any(s in rec.content_type for s in _STREAMED)
-    if rec.response_body:
+    if rec.digest is not None:  # the native proxy reassembled the stream already
+        times = [t / 1e9 for t in cap.apply_digest(rec.digest)]
+        if times:
+            ttft, gaps = times[0], [b - a for a, b in zip(times, times[1:])]
+    elif rec.response_body:
         if streamed:
             ttft, gaps = _replay(cap, rec)
         else:

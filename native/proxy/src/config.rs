@@ -65,6 +65,9 @@ pub struct Config {
     pub client_headers: Vec<Vec<u8>>,
     /// `proxy.routes`: upstreams chosen by the requested model, in order (first match wins).
     pub model_routes: Vec<ModelRoute>,
+    /// What records of OpenAI SSE streams carry (`crate::digest`): `on` (default) the reassembled
+    /// answer instead of the stream, `off` the stream, `both` (the parity test).
+    pub digest: crate::digest::Mode,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -72,7 +75,7 @@ const KNOWN: &[&str] = &[
     "upstream", "host", "port", "workers", "reuse_port", "auth_token", "max_request_bytes",
     "max_capture_bytes", "header_timeout_s", "idle_timeout_s", "upstream_timeout_s", "request_usage",
     "drain_s", "capture_socket", "capture_buffer_bytes", "metrics_host", "metrics_port", "routes", "client_headers",
-    "model_routes",
+    "model_routes", "digest",
 ];
 
 /// The default route table: a copy of `capture.ROUTES`, used only when the config has none.
@@ -105,6 +108,12 @@ impl Config {
             Some("no") => false,
             Some(other) => return Err(format!("\"request_usage\" must be auto or no (got {other:?})")),
         };
+        let digest = match opt_str(o, "digest")?.as_deref() {
+            None | Some("on") => crate::digest::Mode::On,
+            Some("off") => crate::digest::Mode::Off,
+            Some("both") => crate::digest::Mode::Both,
+            Some(other) => return Err(format!("\"digest\" must be on, off or both (got {other:?})")),
+        };
         let auth = opt_str(o, "auth_token")?.map(|t| format!("Bearer {t}").into_bytes());
         let mut wanted = client_headers(o.get("client_headers"))?;
         if auth.is_some() {
@@ -130,6 +139,7 @@ impl Config {
             routes: routes(o.get("routes"))?,
             client_headers: wanted,
             model_routes: model_routes(o.get("model_routes"))?,
+            digest,
         })
     }
 

@@ -132,11 +132,24 @@ impl Exchange {
                 client_address: &self.client_address,
             })
         }));
-        let m = &sh.metrics;
-        match built.map(|frame| sh.sender.send(frame)) {
-            Err(_) => sh.capture_failed("building or handing off the capture record"),
-            Ok(true) => m.records.set(m.records.get() + 1),
-            Ok(false) => m.capture_dropped.set(m.capture_dropped.get() + 1),
-        }
+        let Ok(frame) = built else {
+            sh.capture_failed("building or handing off the capture record");
+            return;
+        };
+        // An OpenAI SSE stream is reassembled by the digest thread, off this loop (its frame comes back
+        // to `send_record` through main's relay); the rest goes as it is.
+        let route = &sh.cfg.routes[self.route.expect("captured")];
+        let frame = match &sh.digest {
+            Some(w) if route.api == "openai" && route.operation != "embeddings"
+                && crate::usage::find(&self.content_type, b"event-stream").is_some() =>
+            {
+                match w.submit(frame, self.chunks.clone()) {
+                    Ok(()) => return,
+                    Err(frame) => frame,
+                }
+            }
+            _ => frame,
+        };
+        sh.send_record(frame);
     }
 }

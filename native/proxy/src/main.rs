@@ -14,6 +14,7 @@
 
 mod client;
 mod config;
+mod digest;
 mod ending;
 mod exchange;
 mod io;
@@ -93,7 +94,23 @@ async fn run(cfg: config::Config) -> i32 {
     let metrics_port = metrics_listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let rng = Rc::new(trace::Rng::new());
     let sender = sender::Sender::new(cfg.capture_socket.clone(), cfg.capture_buffer_bytes);
-    let sh = Rc::new(proxy::Shared::new(cfg, sender.clone(), rng.clone()));
+    let (digest, mut digested) = match cfg.digest {
+        digest::Mode::Off => (None, None),
+        mode => {
+            let (w, rx) = digest::Worker::start(mode, 4096);
+            (Some(w), Some(rx))
+        }
+    };
+    let sh = Rc::new(proxy::Shared::new(cfg, sender.clone(), digest, rng.clone()));
+    // the digest thread's frames back into the sender, on this loop (the sender is not thread-safe)
+    let relay = digested.take().map(|mut rx| {
+        let sh = sh.clone();
+        tokio::task::spawn_local(async move {
+            while let Some(frame) = rx.recv().await {
+                sh.send_record(frame);
+            }
+        })
+    });
 
     let writer = tokio::task::spawn_local(sender.clone().run(rng));
     // records of the first requests should not be lost to the connect: wait a little for it
@@ -144,6 +161,10 @@ async fn run(cfg: config::Config) -> i32 {
     }
     proxy::drain(&sh).await;
     expiring.abort();
+    if let (Some(w), Some(relay)) = (&sh.digest, relay) {
+        w.close(); // the thread finishes what is queued, then the relay ends
+        let _ = tokio::time::timeout(Duration::from_secs(2), relay).await;
+    }
     sender.close(Duration::from_secs(2)).await;
     writer.abort();
     0

@@ -26,6 +26,8 @@ pub struct Shared {
     pub router: Router,
     pub metrics: Rc<Metrics>,
     pub sender: Rc<Sender>,
+    /// The thread that reassembles SSE streams off this loop (`crate::digest`); None: `digest: off`.
+    pub digest: Option<crate::digest::Worker>,
     pub rng: Rc<Rng>,
     state: Cell<u8>,
     /// Woken (notify_waiters) at each state change.
@@ -36,7 +38,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(mut cfg: Config, sender: Rc<Sender>, rng: Rc<Rng>) -> Shared {
+    pub fn new(mut cfg: Config, sender: Rc<Sender>, digest: Option<crate::digest::Worker>, rng: Rc<Rng>) -> Shared {
         let mut pools = vec![Pool::new(cfg.upstream.clone())];
         let routes = std::mem::take(&mut cfg.model_routes);
         let mut pool_of = Vec::with_capacity(routes.len());
@@ -56,6 +58,7 @@ impl Shared {
             cfg,
             metrics: Rc::new(Metrics::default()),
             sender,
+            digest,
             rng,
             state: Cell::new(RUNNING),
             stop: Notify::new(),
@@ -76,6 +79,16 @@ impl Shared {
     fn set_state(&self, s: u8) {
         self.state.set(s);
         self.stop.notify_waiters();
+    }
+
+    /// Hand a record frame to the sender and count it (sent, or dropped by a full or absent sink).
+    pub fn send_record(&self, frame: Vec<u8>) {
+        let m = &self.metrics;
+        if self.sender.send(frame) {
+            m.records.set(m.records.get() + 1);
+        } else {
+            m.capture_dropped.set(m.capture_dropped.get() + 1);
+        }
     }
 
     /// Count a failed capture step; log it at most once a minute (the request went on unmonitored).
