@@ -15,7 +15,10 @@
 //!
 //! [`Worker`]: the thread, fed through a bounded queue; a full queue sends the frame undigested.
 
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::Value;
+use std::fmt;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -35,18 +38,6 @@ fn strip(mut s: &[u8]) -> &[u8] {
         if is_space(*last) { s = rest } else { break }
     }
     s
-}
-
-/// Python's truthiness of a JSON value.
-fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-    }
 }
 
 /// The next event end at or after `from`: (event end, separator end), the leftmost of `\n\n` and
@@ -124,81 +115,379 @@ impl Reader {
         if data.is_empty() || &data[..] == b"[DONE]" {
             return Ok(false);
         }
-        let obj: Value = serde_json::from_slice(&data).map_err(|_| Unmodelled)?;
-        let Value::Object(o) = obj else { return Ok(false) };
-        if o.contains_key("error") || o.get("object").and_then(Value::as_str) == Some("list") {
+        let Top(obj) = serde_json::from_slice::<Top>(&data).map_err(|_| Unmodelled)?;
+        let Some(o) = obj else { return Ok(false) }; // not an object: the replay skips it too
+        if o.error || o.object.as_ref().is_some_and(|v| v.is_str("list")) {
             return Err(Unmodelled);
         }
-        for (key, slot) in [("model", &mut self.model), ("id", &mut self.id)] {
-            match o.get(key) {
-                Some(v) if truthy(v) => *slot = Some(v.as_str().ok_or(Unmodelled)?.to_owned()),
+        for (v, slot) in [(o.model, &mut self.model), (o.id, &mut self.id)] {
+            match v {
+                Some(Loose::Str(s)) if !s.is_empty() => *slot = Some(s), // moved, not copied
+                Some(v) if v.truthy() => return Err(Unmodelled),
                 _ => {}
             }
         }
-        if let Some(u) = o.get("usage") {
-            if u.is_object() {
-                self.usage.push(u.clone());
-            }
-        }
-        if let Some(t) = o.get("timings") {
-            if t.is_object() {
-                self.timings.push(t.clone());
-            }
-        }
-        let mut content = false;
-        let choices = match o.get("choices") {
-            Some(Value::Array(a)) => a.as_slice(),
-            Some(v) if truthy(v) => return Err(Unmodelled),
-            _ => &[],
+        self.usage.extend(o.usage.filter(Value::is_object));
+        self.timings.extend(o.timings.filter(Value::is_object));
+        let choices = match o.choices {
+            Some(Choices::List(c)) => c,
+            Some(Choices::Other(truthy)) if truthy => return Err(Unmodelled),
+            _ => Vec::new(),
         };
-        for choice in choices {
-            let Value::Object(c) = choice else { continue };
-            let idx = match c.get("index") {
-                None | Some(Value::Null) | Some(Value::Bool(false)) => 0,
-                Some(Value::Number(n)) if n.as_u64().is_some_and(|i| i <= MAX_INDEX) => n.as_u64().unwrap() as usize,
+        let mut content = false;
+        for c in choices.into_iter().flatten() {
+            let idx = match &c.index {
+                None => 0,
+                Some(v) if !v.truthy() => 0,
+                Some(Loose::Num { index: Some(i), .. }) if *i <= MAX_INDEX => *i as usize,
                 Some(_) => return Err(Unmodelled),
             };
             while self.output.len() <= idx {
                 self.output.push(String::new());
                 self.roles.push("assistant".to_owned());
             }
-            let text_of = |v: Option<&Value>| -> Result<String, Unmodelled> {
+            fn text_of(v: &Option<Loose>) -> Result<&str, Unmodelled> {
                 match v {
-                    Some(Value::String(s)) => Ok(s.clone()),
-                    Some(Value::Array(_)) => Err(Unmodelled), // content parts: the replay joins them
-                    _ => Ok(String::new()),
+                    Some(Loose::Str(s)) => Ok(s),
+                    Some(Loose::Array { .. }) => Err(Unmodelled), // content parts: the replay joins them
+                    _ => Ok(""),
                 }
-            };
-            let text = if let Some(Value::Object(delta)) = c.get("delta") {
-                match delta.get("role") {
-                    Some(r) if truthy(r) => self.roles[idx] = r.as_str().ok_or(Unmodelled)?.to_owned(),
-                    _ => {}
+            }
+            let text = if let Some(Part::Obj { role, content }) = &c.delta {
+                if let Some(r) = role.as_ref().filter(|r| r.truthy()) {
+                    self.roles[idx] = r.string().ok_or(Unmodelled)?;
                 }
-                text_of(delta.get("content"))?
-            } else if let Some(Value::Object(msg)) = c.get("message") {
-                self.roles[idx] = match msg.get("role") {
-                    Some(r) if truthy(r) => r.as_str().ok_or(Unmodelled)?.to_owned(),
-                    _ => "assistant".to_owned(),
+                text_of(content)?
+            } else if let Some(Part::Obj { role, content }) = &c.message {
+                self.roles[idx] = match role.as_ref().filter(|r| r.truthy()) {
+                    Some(r) => r.string().ok_or(Unmodelled)?,
+                    None => "assistant".to_owned(),
                 };
-                text_of(msg.get("content"))?
+                text_of(content)?
             } else {
-                match c.get("text") {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(v) if truthy(v) => return Err(Unmodelled),
-                    _ => String::new(),
+                match &c.text {
+                    Some(Loose::Str(s)) => s.as_str(),
+                    _ => "", // the replay takes a text that is not a string for none
                 }
             };
             if !text.is_empty() {
-                self.output[idx].push_str(&text);
+                self.output[idx].push_str(text);
                 self.pieces += 1;
                 content = true;
             }
-            match c.get("finish_reason") {
-                Some(f) if truthy(f) => self.finish.push(f.as_str().ok_or(Unmodelled)?.to_owned()),
-                _ => {}
+            if let Some(f) = c.finish.as_ref().filter(|f| f.truthy()) {
+                self.finish.push(f.string().ok_or(Unmodelled)?);
             }
         }
         Ok(content)
+    }
+}
+
+// -- reading an event: only what the replay reads, every other value skipped unparsed -----------------------
+//
+// Hand-written serde visitors (the crate has no proc-macro dependencies): a value becomes a `Loose` (what
+// Python's truthiness and the strings need), `usage` / `timings` a `Value` (handed to Python as sent). A key
+// the replay reads that appears twice fails the read (orjson keeps the last; the replay is left to do so).
+
+/// A JSON value as far as the replay looks at it.
+enum Loose {
+    Null,
+    Bool(bool),
+    /// A number: whether it is non-zero, and its value when it is an unsigned integer.
+    Num { truthy: bool, index: Option<u64> },
+    Str(String),
+    Array { empty: bool },
+    Object { empty: bool },
+}
+
+impl Loose {
+    fn truthy(&self) -> bool {
+        match self {
+            Loose::Null => false,
+            Loose::Bool(b) => *b,
+            Loose::Num { truthy, .. } => *truthy,
+            Loose::Str(s) => !s.is_empty(),
+            Loose::Array { empty } | Loose::Object { empty } => !empty,
+        }
+    }
+
+    fn is_str(&self, s: &str) -> bool {
+        matches!(self, Loose::Str(v) if v == s)
+    }
+
+    fn string(&self) -> Option<String> {
+        match self {
+            Loose::Str(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The scalar visits every visitor below shares: `$ret` for anything that is not its own shape.
+macro_rules! others {
+    ($ret:expr) => {
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($ret(Loose::Null))
+        }
+        fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+            Ok($ret(Loose::Bool(b)))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok($ret(Loose::Num { truthy: v != 0, index: Some(v) }))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok($ret(Loose::Num { truthy: v != 0, index: u64::try_from(v).ok() }))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok($ret(Loose::Num { truthy: v != 0.0, index: None }))
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok($ret(Loose::Str(s.to_owned())))
+        }
+        fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+            Ok($ret(Loose::Str(s)))
+        }
+    };
+}
+
+fn skip_seq<'de, A: SeqAccess<'de>>(mut a: A) -> Result<bool, A::Error> {
+    let mut empty = true;
+    while a.next_element::<IgnoredAny>()?.is_some() {
+        empty = false;
+    }
+    Ok(empty)
+}
+
+struct LooseV;
+
+impl<'de> Visitor<'de> for LooseV {
+    type Value = Loose;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    others!(|l| l);
+    fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Loose, A::Error> {
+        Ok(Loose::Array { empty: skip_seq(a)? })
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Loose, A::Error> {
+        let mut empty = true;
+        while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
+            empty = false;
+        }
+        Ok(Loose::Object { empty })
+    }
+}
+
+impl<'de> Deserialize<'de> for Loose {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LooseV)
+    }
+}
+
+/// A key of an object: its position in `names`, None for another key.
+struct Key(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|n| *n == s))
+    }
+}
+
+/// The known keys of an object, each at most once, every value through `take(position, map)`.
+fn read_keys<'de, A: MapAccess<'de>>(mut a: A, names: &'static [&'static str],
+                                    mut take: impl FnMut(usize, &mut A) -> Result<(), A::Error>) -> Result<(), A::Error> {
+    let mut seen = 0u32;
+    while let Some(k) = a.next_key_seed(Key(names))? {
+        match k {
+            Some(i) => {
+                if seen & (1 << i) != 0 {
+                    return Err(de::Error::custom("a key the replay reads, twice"));
+                }
+                seen |= 1 << i;
+                take(i, &mut a)?;
+            }
+            None => {
+                a.next_value::<IgnoredAny>()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `delta` or `message` of a choice.
+enum Part {
+    NotObject,
+    Obj { role: Option<Loose>, content: Option<Loose> },
+}
+
+struct PartV;
+
+impl<'de> Visitor<'de> for PartV {
+    type Value = Part;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a delta or message")
+    }
+    others!(|_| Part::NotObject);
+    fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Part, A::Error> {
+        skip_seq(a)?;
+        Ok(Part::NotObject)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Part, A::Error> {
+        let (mut role, mut content) = (None, None);
+        read_keys(a, &["role", "content"], |i, a| {
+            let v = Some(a.next_value::<Loose>()?);
+            if i == 0 { role = v } else { content = v }
+            Ok(())
+        })?;
+        Ok(Part::Obj { role, content })
+    }
+}
+
+impl<'de> Deserialize<'de> for Part {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(PartV)
+    }
+}
+
+#[derive(Default)]
+struct Choice {
+    index: Option<Loose>,
+    delta: Option<Part>,
+    message: Option<Part>,
+    text: Option<Loose>,
+    finish: Option<Loose>,
+}
+
+/// One element of `choices`: None when it is not an object (the replay skips it).
+struct ChoiceV;
+
+impl<'de> Visitor<'de> for ChoiceV {
+    type Value = Option<Choice>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a choice")
+    }
+    others!(|_| None);
+    fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Option<Choice>, A::Error> {
+        skip_seq(a)?;
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Option<Choice>, A::Error> {
+        let mut c = Choice::default();
+        read_keys(a, &["index", "delta", "message", "text", "finish_reason"], |i, a| {
+            match i {
+                0 => c.index = Some(a.next_value()?),
+                1 => c.delta = Some(a.next_value()?),
+                2 => c.message = Some(a.next_value()?),
+                3 => c.text = Some(a.next_value()?),
+                _ => c.finish = Some(a.next_value()?),
+            }
+            Ok(())
+        })?;
+        Ok(Some(c))
+    }
+}
+
+struct ChoiceD(Option<Choice>);
+
+impl<'de> Deserialize<'de> for ChoiceD {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ChoiceV).map(ChoiceD)
+    }
+}
+
+/// `choices`: a list, or something else (whether it is truthy).
+enum Choices {
+    List(Vec<Option<Choice>>),
+    Other(bool),
+}
+
+struct ChoicesV;
+
+impl<'de> Visitor<'de> for ChoicesV {
+    type Value = Choices;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("choices")
+    }
+    others!(|l: Loose| Choices::Other(l.truthy()));
+    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Choices, A::Error> {
+        let mut out = Vec::new();
+        while let Some(ChoiceD(c)) = a.next_element()? {
+            out.push(c);
+        }
+        Ok(Choices::List(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Choices, A::Error> {
+        Ok(Choices::Other(!matches!(LooseV.visit_map(a)?, Loose::Object { empty: true })))
+    }
+}
+
+impl<'de> Deserialize<'de> for Choices {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ChoicesV)
+    }
+}
+
+#[derive(Default)]
+struct TopObj {
+    model: Option<Loose>,
+    id: Option<Loose>,
+    usage: Option<Value>,
+    timings: Option<Value>,
+    error: bool,
+    object: Option<Loose>,
+    choices: Option<Choices>,
+}
+
+/// An event's JSON: its object, None when it is not one.
+struct Top(Option<TopObj>);
+
+struct TopV;
+
+impl<'de> Visitor<'de> for TopV {
+    type Value = Top;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an event")
+    }
+    others!(|_| Top(None));
+    fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Top, A::Error> {
+        skip_seq(a)?;
+        Ok(Top(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Top, A::Error> {
+        let mut o = TopObj::default();
+        read_keys(a, &["model", "id", "usage", "timings", "error", "object", "choices"], |i, a| {
+            match i {
+                0 => o.model = Some(a.next_value()?),
+                1 => o.id = Some(a.next_value()?),
+                2 => o.usage = Some(a.next_value()?),
+                3 => o.timings = Some(a.next_value()?),
+                4 => {
+                    a.next_value::<IgnoredAny>()?;
+                    o.error = true;
+                }
+                5 => o.object = Some(a.next_value()?),
+                _ => o.choices = Some(a.next_value()?),
+            }
+            Ok(())
+        })?;
+        Ok(Top(Some(o)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Top {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TopV)
     }
 }
 
@@ -400,5 +689,28 @@ mod tests {
         let d: Value = serde_json::from_str(&digest(body, &[(7, 20), (9, body.len() as u64)]).unwrap()).unwrap();
         assert_eq!(d["output"], serde_json::json!(["ab"]));
         assert_eq!(d["content_t"], serde_json::json!([9])); // the first event ends after entry 20; the last has no end
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    /// What a 35-event stream costs the digest thread:
+    /// `cargo test --release -- --ignored --nocapture time_a` (~60-80 us on the 2-core test machine; the
+    /// Python replay it saves, ~180 us).
+    #[test]
+    #[ignore]
+    fn time_a_32_chunk_stream() {
+        let mut body = String::new();
+        let mut chunks = Vec::new();
+        for i in 0..35 {
+            body.push_str(&format!("data: {{\"id\":\"chatcmpl-000000000001\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"bench-model-8b\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" tok{i} caf\\u00e9\"}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null}}\n\n"));
+            chunks.push((i as u64 * 1000, body.len() as u64));
+        }
+        let t = std::time::Instant::now();
+        let n = 20000;
+        for _ in 0..n {
+            std::hint::black_box(super::digest(body.as_bytes(), &chunks));
+        }
+        eprintln!("digest of {} bytes: {:.1} us", body.len(), t.elapsed().as_secs_f64() / n as f64 * 1e6);
     }
 }
