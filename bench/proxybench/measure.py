@@ -215,16 +215,17 @@ class Bench:
                 "capture_errors": m.get("monitor_proxy_capture_errors_total"),
                 "otel_traces_rows_written": rows, "metrics": m}
 
-    def profile(self, result: dict[str, Any]) -> None:
-        """One more monitor cell at ``--profile`` concurrency under py-spy (not timed), summarised: the
-        supervisor and its children (``--subprocesses``: the proxy, pipeline and store processes)."""
+    def profile(self, result: dict[str, Any], path: str) -> None:
+        """One more cell of the monitor ``path`` at ``--profile`` concurrency under py-spy (not timed),
+        summarised: the supervisor and its children (``--subprocesses``: the proxy, pipeline and store
+        processes)."""
         args = self.args
         raw = self.workdir / "monitor-pyspy.txt"
-        spy = Proc("py-spy", [args.py_spy, "record", "-p", str(self.procs["monitor"].pid), "-d",
+        spy = Proc("py-spy", [args.py_spy, "record", "-p", str(self.procs[path].pid), "-d",
                               str(int(args.profile_seconds)), "-r", "200", "-f", "raw", "--threads", "--gil", "--subprocesses", "-o",
                               str(raw)], self.workdir / "logs" / "py-spy.log", cwd=ROOT)
         time.sleep(1.0)
-        r = self.cell("monitor", args.profile, 0.5, args.profile_seconds + 1, not args.no_stream)
+        r = self.cell(path, args.profile, 0.5, args.profile_seconds + 1, not args.no_stream)
         try:
             spy.popen.wait(30)
         except subprocess.TimeoutExpired:
@@ -251,8 +252,9 @@ def run(args: argparse.Namespace, levels: list[int], paths: list[str], workdir: 
         bench.smoke(result)
         bench.rounds(levels, result["cells"])
         bench.check_monitors(result)
-        if args.profile is not None and "monitor" in paths:
-            bench.profile(result)
+        profiled = [p for p in paths if p in MONITORS]
+        if args.profile is not None and profiled:  # the first monitor path asked for
+            bench.profile(result, profiled[0])
     except KeyboardInterrupt:
         log("interrupted; killing everything started")
         rc = 130
