@@ -19,6 +19,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde::Deserialize;
 use serde_json::Value;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -591,43 +593,61 @@ struct Job {
     chunks: Vec<(u64, u64)>,
 }
 
-/// The digest thread: jobs in through a bounded queue, frames (digested or not) back to the event loop.
+/// The digest thread: jobs in through a queue bounded in jobs and in bytes, frames (digested or not) back
+/// to the event loop.
 pub struct Worker {
     jobs: std::cell::RefCell<Option<SyncSender<Job>>>,
-    /// Frames sent back undigested because the queue was full.
+    /// Bytes of the frames queued or being read (the thread takes off what it finished).
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+    /// Frames sent on undigested because the queue was full.
     pub skipped: std::cell::Cell<u64>,
 }
 
 impl Worker {
-    /// The worker and the receiver of finished frames (drained by a task on the event loop).
-    pub fn start(mode: Mode, capacity: usize) -> (Worker, UnboundedReceiver<Vec<u8>>) {
+    /// The worker and the receiver of finished frames (drained by a task on the event loop). At most
+    /// `capacity` frames and `max_bytes` of them wait; past that a frame goes on as it is (the sender's
+    /// own bound then applies to it).
+    pub fn start(mode: Mode, capacity: usize, max_bytes: usize) -> (Worker, UnboundedReceiver<Vec<u8>>) {
         let (tx, rx) = sync_channel::<Job>(capacity);
         let (done_tx, done_rx): (UnboundedSender<Vec<u8>>, _) = unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let in_thread = queued.clone();
         std::thread::Builder::new()
             .name("digest".into())
             .spawn(move || {
                 for job in rx {
+                    let n = job.frame.len();
                     let digested = std::panic::catch_unwind(|| rewrite(&job.frame, &job.chunks, mode == Mode::Both));
                     let frame = match digested {
                         Ok(Some(f)) => f,
                         _ => job.frame,
                     };
+                    in_thread.fetch_sub(n, Ordering::Relaxed);
                     if done_tx.send(frame).is_err() {
                         break;
                     }
                 }
             })
             .expect("a digest thread");
-        (Worker { jobs: std::cell::RefCell::new(Some(tx)), skipped: std::cell::Cell::new(0) }, done_rx)
+        let w = Worker { jobs: std::cell::RefCell::new(Some(tx)), queued, max_bytes, skipped: std::cell::Cell::new(0) };
+        (w, done_rx)
     }
 
     /// Hand `frame` to the thread; Err(frame) when it cannot take it now (send it as it is).
     pub fn submit(&self, frame: Vec<u8>, chunks: Vec<(u64, u64)>) -> Result<(), Vec<u8>> {
         let jobs = self.jobs.borrow();
         let Some(tx) = jobs.as_ref() else { return Err(frame) };
+        let n = frame.len();
+        if self.queued.load(Ordering::Relaxed) + n > self.max_bytes {
+            self.skipped.set(self.skipped.get() + 1);
+            return Err(frame);
+        }
+        self.queued.fetch_add(n, Ordering::Relaxed);
         match tx.try_send(Job { frame, chunks }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(j)) | Err(TrySendError::Disconnected(j)) => {
+                self.queued.fetch_sub(n, Ordering::Relaxed);
                 self.skipped.set(self.skipped.get() + 1);
                 Err(j.frame)
             }
@@ -681,6 +701,15 @@ mod tests {
                   r#"{"choices":[{"delta":{"content":[{"type":"text","text":"a"}]}}]}"#, "{not json"] {
             assert!(digest(ev(s).as_bytes(), &[]).is_none(), "{s}");
         }
+    }
+
+    #[test]
+    fn a_full_queue_hands_the_frame_back_undigested() {
+        let (w, _rx) = Worker::start(Mode::On, 4, 100);
+        assert!(w.submit(vec![0; 101], vec![]).is_err()); // over the byte bound
+        assert_eq!(w.skipped.get(), 1);
+        w.close();
+        assert_eq!(w.submit(vec![0; 10], vec![]).unwrap_err().len(), 10); // closed: goes on as it is
     }
 
     #[test]

@@ -97,7 +97,8 @@ async fn run(cfg: config::Config) -> i32 {
     let (digest, mut digested) = match cfg.digest {
         digest::Mode::Off => (None, None),
         mode => {
-            let (w, rx) = digest::Worker::start(mode, 4096);
+            // frames waiting for the digest: at most a quarter of what the sender may buffer
+            let (w, rx) = digest::Worker::start(mode, 4096, cfg.capture_buffer_bytes / 4);
             (Some(w), Some(rx))
         }
     };
