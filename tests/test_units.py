@@ -332,3 +332,22 @@ def test_a_burst_of_sigterms_stops_a_child_every_time():
                 p.kill()
             p.wait()
     assert hung == 0
+
+
+def test_cached_span_attributes_keep_their_type_and_never_change():
+    """record_to_span builds repeated short attributes from a cache: the cached message is copied into
+    the span (a later change to the span, such as redaction, leaves it alone), and ``True``, ``1`` and
+    ``"1"`` stay three attributes of three types although Python hashes the first two alike."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    from monitor.sidecar.proxy.spans import cached_kv, kv
+
+    for v in (True, 1, "1", False, 0, 1.0, "x" * 65):
+        assert cached_kv("k", v) == kv("k", v)
+    assert cached_kv("k", True).value.WhichOneof("value") == "bool_value"
+    assert cached_kv("k", 1).value.WhichOneof("value") == "int_value"
+    assert cached_kv("k", 1.0).value.WhichOneof("value") == "double_value"
+    span = Span()
+    span.attributes.extend([cached_kv("gen_ai.request.model", "llama")])
+    span.attributes[0].value.string_value = "[REDACTED]"
+    assert cached_kv("gen_ai.request.model", "llama").value.string_value == "llama"

@@ -49,6 +49,28 @@ def kv(key: str, value: Any) -> KeyValue:
     return KeyValue(key=key, value=AnyValue(string_value=str(value)))
 
 
+_KV_CACHE: dict[tuple[str, type, Any], KeyValue] = {}
+_KV_CACHE_MAX = 4096
+_KV_CACHED_CHARS = 64
+
+
+def cached_kv(key: str, value: Any) -> KeyValue:
+    """:func:`kv`, from a bounded cache for the short values most requests repeat (the operation, the
+    model, the path, the server, parameters, counts): building a KeyValue costs ~3x copying one, and the
+    span's ``attributes.extend`` copies it (the cached message itself is never part of a span). Keyed by
+    the value's type too (``True == 1 == 1.0`` in Python); long strings are never kept."""
+    t = type(value)
+    if t is float or (t is str and len(value) > _KV_CACHED_CHARS) or t not in (str, int, bool):
+        return kv(key, value)
+    ck = (key, t, value)
+    m = _KV_CACHE.get(ck)
+    if m is None:
+        if len(_KV_CACHE) >= _KV_CACHE_MAX:
+            _KV_CACHE.clear()
+        m = _KV_CACHE[ck] = kv(key, value)
+    return m
+
+
 def keep_content(settings: ProxySettings, path: str, trace_id: bytes) -> bool:
     """Per-route capture switch and the deterministic sampling of content by trace id."""
     if not settings.capture_content.get(path, True):
@@ -174,5 +196,5 @@ def record_to_span(rec: CaptureRecord, settings: ProxySettings, clients: Clients
         attrs["error.type"] = error_type
         detail = cap.error_body[:500] if cap.error_body else error_type
         span.status.CopyFrom(Status(code=Status.STATUS_CODE_ERROR, message=detail))
-    span.attributes.extend(kv(k, v) for k, v in attrs.items() if v is not None)
+    span.attributes.extend([cached_kv(k, v) for k, v in attrs.items() if v is not None])
     return span
