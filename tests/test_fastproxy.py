@@ -1450,6 +1450,7 @@ def test_native_counts_requests_and_dropped_records(tmp_path):
         assert samples[("monitor_proxy_requests_total", (("route", "-"), ("status", "400")))] == 1
         assert samples[("monitor_proxy_capture_dropped_total", ())] == 2
         assert samples[("monitor_proxy_capture_errors_total", ())] == 0
+        assert samples[("monitor_proxy_records_undigested_total", ())] == 0  # the two streams were digested
         stats = p.stats()
         assert (stats["records"], stats["records_dropped"], stats["requests"]) == (0, 2, 4)
         assert stats["sender"]["connected"] is False
@@ -1565,12 +1566,38 @@ DIGEST_STREAMS: dict[str, tuple[bytes, bool]] = {
 }
 
 
+def _nd(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
+
+
+_OLLAMA_DONE = {"done": True, "done_reason": "stop", "total_duration": 5_000_000, "load_duration": 1000,
+                "prompt_eval_count": 9, "prompt_eval_duration": 1_200_000, "eval_count": 3,
+                "eval_duration": 3_300_000, "context": list(range(300))}
+OLLAMA_STREAMS: dict[str, tuple[str, bytes, bool]] = {
+    # name: (path, the NDJSON stream, whether the binary reassembles it)
+    "ollama_chat": ("/api/chat", b"".join(_nd({"model": "llama3", "message": {"role": "assistant", "content": t},
+                                               "done": False}) for t in ["Guten", " Tag", " 🙂"])
+                    + _nd({"model": "llama3", "message": {"role": "assistant", "content": ""}, **_OLLAMA_DONE}),
+                    True),
+    "ollama_generate": ("/api/generate", b"".join(_nd({"model": "qwen", "response": t, "done": False})
+                                                  for t in ["a", "b", ""])
+                        + _nd({"model": "qwen", "response": "", "done": True, "eval_count": 2}).rstrip(b"\n"),
+                        True),  # the last line without its newline
+    "ollama_crlf": ("/api/chat", _nd({"model": "m", "message": {"content": "x"}}).replace(b"\n", b"\r\n")
+                    + _nd({"done": True, "done_reason": "length", "eval_count": "7"}), True),
+    "ollama_odd": ("/api/chat", _nd({"message": "not a dict", "response": "r"}) + _nd([1]) + b"\n  \n"
+                   + _nd({"message": {"content": 5}}) + _nd({"done": 1, "eval_count": "x"}), True),
+    "ollama_invalid": ("/api/chat", _nd({"message": {"content": "ok"}}) + b"{not json\n", False),
+}
+
+
 def test_the_native_digest_reads_every_stream_as_the_replay_does():
-    """The binary reassembles OpenAI SSE streams after the response, off its event loop
+    """The binary reassembles OpenAI SSE and Ollama NDJSON streams after the response, off its event loop
     (native/proxy/src/digest.rs), and the pipeline reads that instead of replaying the stream. Run with
     ``digest: both`` (the stream and its digest in one record), every record's span from the digest equals
     its span from the replay, attribute for attribute (output, roles, finish reasons, usage, llama.cpp
-    timings, client-seen TTFT and inter-token latency from the same chunk times); what it does not model
+    timings, Ollama's counts and durations, client-seen TTFT and inter-token latency from the same chunk
+    times); what it does not model
     (error events, content parts, JSON it cannot read) carries no digest. With ``digest: on`` the stream
     stays out of the record."""
     if NATIVE is None:
@@ -1596,33 +1623,50 @@ def test_the_native_digest_reads_every_stream_as_the_replay_does():
     def seen(name: str) -> bytes:  # what the client gets
         return DIGEST_STREAMS[name][0].replace(USAGE_EVENT, b"") if name == "openai" else DIGEST_STREAMS[name][0]
 
+    ollama = {name: body for name, body in ((n, json.dumps({"model": "m", "stream": True, "messages": [
+        {"role": "user", "content": n}], "prompt": n}).encode()) for n in OLLAMA_STREAMS)}
+
+    def ollama_upstream():
+        async def script(req, reader, w):
+            _, data, _ = OLLAMA_STREAMS[req.json["prompt"]]
+            w.write(head(200, [("Content-Type", "application/x-ndjson"), ("Transfer-Encoding", "chunked")]))
+            await write_chunked(w, pieces(data), 0.002)
+            return True
+        return script
+
     settings = ProxySettings()
     by_mode = {}
     for mode in ("both", "on"):
         env = Env("uvloop", "native")
         try:
             up = env.upstream(sse_upstream(pieces, pause=0.002, stream=stream))
-            p = NativeProxy(ProxySettings(upstream=up.url, host="127.0.0.1", port=0), env.socket_path(),
-                            binary=NATIVE, digest=mode)
-            env.proxies.append(NativeUnderTest.__new__(NativeUnderTest))
-            env.proxies[-1].runner = p
-            port = p.start()
+            oup = env.upstream(ollama_upstream())
+            port = {}
+            for which, u in (("openai", up), ("ollama", oup)):
+                p = NativeProxy(ProxySettings(upstream=u.url, host="127.0.0.1", port=0), env.socket_path(),
+                                binary=NATIVE, digest=mode)
+                env.proxies.append(NativeUnderTest.__new__(NativeUnderTest))
+                env.proxies[-1].runner = p
+                port[which] = p.start()
             for name in names:
-                assert req_http(port, "POST", CHAT, body(name))[2] == seen(name), name
-            by_mode[mode] = {r.request_body: r for r in env.wait_records(len(names))}
+                assert req_http(port["openai"], "POST", CHAT, body(name))[2] == seen(name), name
+            for name, (path, data, _) in OLLAMA_STREAMS.items():
+                assert req_http(port["ollama"], "POST", path, ollama[name])[2] == data, name
+            by_mode[mode] = {r.request_body: r for r in env.wait_records(len(names) + len(OLLAMA_STREAMS))}
         finally:
             env.close()
 
-    for name in names:
-        rec = by_mode["both"][body(name)]
-        modelled = DIGEST_STREAMS[name][1]
+    cases = [(n, body(n), DIGEST_STREAMS[n][0], DIGEST_STREAMS[n][1]) for n in names]
+    cases += [(n, ollama[n], data, modelled) for n, (_, data, modelled) in OLLAMA_STREAMS.items()]
+    for name, request, stream_bytes, modelled in cases:
+        rec = by_mode["both"][request]
         assert (rec.digest is not None) == modelled, name
-        assert rec.response_body == DIGEST_STREAMS[name][0] and rec.usage_requested == (name == "openai")
+        assert rec.response_body == stream_bytes and rec.usage_requested == (name == "openai")
         replayed = record_to_span(replace(rec, digest=None), settings)
         assert record_to_span(rec, settings) == replayed, name
-        slim = by_mode["on"][body(name)]
+        slim = by_mode["on"][request]
         assert (slim.digest is not None) == modelled and not slim.truncated, name
-        assert slim.response_body == (b"" if modelled else DIGEST_STREAMS[name][0])
+        assert slim.response_body == (b"" if modelled else stream_bytes)
         if modelled:  # the same answer (its times and upstream port are another run's)
             attrs = {kv.key: kv.value for kv in record_to_span(slim, settings).attributes}
             for kv in replayed.attributes:
@@ -1635,5 +1679,10 @@ def test_the_native_digest_reads_every_stream_as_the_replay_does():
     assert attrs["gen_ai.latency.time_in_model_decode"].double_value == (0.1 + 0.2) / 1e3
     assert attrs["gen_ai.usage.cache_read.input_tokens"].int_value == 4
     assert attrs["monitor.client.time_to_first_token"].double_value > 0
+    chat = {kv.key: kv.value for kv in record_to_span(by_mode["on"][ollama["ollama_chat"]], settings).attributes}
+    assert chat["gen_ai.output.messages"].string_value == (
+        '[{"role":"assistant","parts":[{"type":"text","content":"Guten Tag 🙂"}],"finish_reason":"stop"}]')
+    assert (chat["gen_ai.usage.input_tokens"].int_value, chat["gen_ai.usage.output_tokens"].int_value) == (9, 3)
+    assert chat["gen_ai.latency.time_in_model_decode"].double_value == 3.3e-3
     two = {kv.key: kv.value for kv in record_to_span(by_mode["both"][body("two_choices")], settings).attributes}
     assert json.loads(two["gen_ai.output.messages"].string_value)[1]["parts"][0]["content"] == "w1 w3 w5 w7 "

@@ -293,8 +293,8 @@ class Capture:
             self.cached_tokens = int(details["cached_tokens"])
 
     def apply_digest(self, d: dict[str, Any]) -> list[int]:
-        """What a replay of an OpenAI SSE stream would have left, from the native proxy's reassembly of it
-        (:attr:`monitor.sidecar.proxy.record.CaptureRecord.digest`); returns the chunk times (ns) that
+        """What a replay of an OpenAI SSE or Ollama NDJSON stream would have left, from the native
+        proxy's reassembly of it (:attr:`monitor.sidecar.proxy.record.CaptureRecord.digest`); returns the chunk times (ns) that
         brought content, as the replay would have timed them (none when the request was not a stream)."""
         if d.get("model"):
             self.model = str(d["model"])
@@ -308,6 +308,9 @@ class Capture:
         for timings in d["timings"]:
             if isinstance(timings, dict):
                 self._llamacpp_timings(timings)
+        for done in d.get("done", ()):  # Ollama's last object (its fields the replay reads)
+            if isinstance(done, dict):
+                self._ollama_done(done)
         if not self.stream:
             return []
         self.chunks += int(d["pieces"])
@@ -328,7 +331,7 @@ class Capture:
         self.model = str(data.get("model") or self.model)
         msg = data.get("message")
         text = (msg.get("content") if isinstance(msg, dict) else data.get("response")) or ""
-        if text:
+        if text and isinstance(text, str):
             if not self.output:
                 self.output.append("")
                 self.roles.append("assistant")
@@ -336,25 +339,29 @@ class Capture:
             if self.stream:
                 self.chunks += 1
         if data.get("done"):
-            if data.get("done_reason"):
-                self.finish_reasons.append(str(data["done_reason"]))
-            if data.get("prompt_eval_count") is not None:
-                self.input_tokens = int(data["prompt_eval_count"])
-            if data.get("eval_count") is not None:
-                self.output_tokens = int(data["eval_count"])
-            for key in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration"):
-                if data.get(key) is not None:
-                    self.ollama_durations[key] = int(data[key])
-            d = self.ollama_durations
-            if "total_duration" in d:
-                self.engine["gen_ai.latency.e2e"] = d["total_duration"] / 1e9
-            if "prompt_eval_duration" in d:
-                self.engine["gen_ai.latency.time_in_model_prefill"] = d["prompt_eval_duration"] / 1e9
-            if "eval_duration" in d:
-                self.engine["gen_ai.latency.time_in_model_decode"] = d["eval_duration"] / 1e9
-            if "prompt_eval_duration" in d and "eval_duration" in d:
-                self.engine["gen_ai.latency.time_in_model_inference"] = (
-                    d["prompt_eval_duration"] + d["eval_duration"]) / 1e9
+            self._ollama_done(data)
+
+    def _ollama_done(self, data: dict[str, Any]) -> None:
+        """The last object of an Ollama answer: why it ended, token counts, durations (ns)."""
+        if data.get("done_reason"):
+            self.finish_reasons.append(str(data["done_reason"]))
+        if (n := _count(data.get("prompt_eval_count"))) is not None:
+            self.input_tokens = n
+        if (n := _count(data.get("eval_count"))) is not None:
+            self.output_tokens = n
+        for key in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration"):
+            if (n := _count(data.get(key))) is not None:
+                self.ollama_durations[key] = n
+        d = self.ollama_durations
+        if "total_duration" in d:
+            self.engine["gen_ai.latency.e2e"] = d["total_duration"] / 1e9
+        if "prompt_eval_duration" in d:
+            self.engine["gen_ai.latency.time_in_model_prefill"] = d["prompt_eval_duration"] / 1e9
+        if "eval_duration" in d:
+            self.engine["gen_ai.latency.time_in_model_decode"] = d["eval_duration"] / 1e9
+        if "prompt_eval_duration" in d and "eval_duration" in d:
+            self.engine["gen_ai.latency.time_in_model_inference"] = (
+                d["prompt_eval_duration"] + d["eval_duration"]) / 1e9
 
     def output_messages(self) -> list[dict[str, Any]]:
         if self.operation == "embeddings":

@@ -1,13 +1,14 @@
-//! The answer of an OpenAI SSE stream, reassembled after the response in a worker thread (never on the
-//! event loop that forwards chunks), so the pipeline gets a few hundred bytes instead of replaying a
-//! whole stream through `Capture` in Python.
+//! The answer of an OpenAI SSE or Ollama NDJSON stream, reassembled after the response in a worker thread
+//! (never on the event loop that forwards chunks), so the pipeline gets a few hundred bytes instead of
+//! replaying a whole stream through `Capture` in Python.
 //!
 //! [`digest`] reads the stream exactly as `record_to_span` replays it through `capture.Capture`
-//! (events split at the leftmost `\n\n` or `\r\n\r\n`, `data:` lines joined, `[DONE]` and non-object
-//! JSON skipped; a content-bearing event is timed by the first chunk entry that completed it) and
+//! (SSE events split at the leftmost `\n\n` or `\r\n\r\n`, `data:` lines joined, `[DONE]` and non-object
+//! JSON skipped; NDJSON at each `\n`; a content-bearing event is timed by the first chunk entry that
+//! completed it) and
 //! returns what `Capture.apply_digest` needs: the output text and role per choice, finish reasons, the
-//! last model and id, every `usage` and `timings` object as the server sent it (Python applies them
-//! with the same code as on a replay), the number of content pieces and the chunk times that brought
+//! last model and id, every `usage` and `timings` object (OpenAI, llama.cpp) and the fields of Ollama's
+//! `done` object as the server sent them (Python applies them with the same code as on a replay), the number of content pieces and the chunk times that brought
 //! content. Whenever a stream holds something this reader does not model exactly (an `error` object,
 //! content parts, a non-string role, an odd index, JSON it cannot parse...), it returns None and the
 //! record keeps the stream: Python replays it as before. Same answer both ways, by construction; a
@@ -44,7 +45,10 @@ fn strip(mut s: &[u8]) -> &[u8] {
 
 /// The next event end at or after `from`: (event end, separator end), the leftmost of `\n\n` and
 /// `\r\n\r\n` (`Capture.feed`).
-fn next_event(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+fn next_event(buf: &[u8], from: usize, ndjson: bool) -> Option<(usize, usize)> {
+    if ndjson {
+        return memchr::memchr(b'\n', &buf[from..]).map(|p| (from + p, from + p + 1));
+    }
     let mut i = from;
     while let Some(p) = memchr::memchr2(b'\n', b'\r', &buf[i..]) {
         let at = i + p;
@@ -105,12 +109,49 @@ struct Reader {
     pieces: u64,
     usage: Vec<Value>,
     timings: Vec<Value>,
+    /// Ollama's last object: the fields `Capture._ollama_done` reads, as sent.
+    done: Vec<Value>,
 }
 
 /// Why a stream is left to the Python replay.
 struct Unmodelled;
 
 impl Reader {
+    /// One NDJSON line of Ollama (`Capture._ollama_object`); Ok(true) when it brought content.
+    fn ollama_line(&mut self, line: &[u8]) -> Result<bool, Unmodelled> {
+        let line = strip(line);
+        if line.is_empty() {
+            return Ok(false);
+        }
+        let OTop(obj) = serde_json::from_slice::<OTop>(line).map_err(|_| Unmodelled)?;
+        let Some(o) = obj else { return Ok(false) };
+        match o.model {
+            Some(Loose::Str(s)) if !s.is_empty() => self.model = Some(s),
+            Some(v) if v.truthy() => return Err(Unmodelled),
+            _ => {}
+        }
+        let text = match (&o.message, &o.response) {
+            (Some(Part::Obj { content, .. }), _) => content.as_ref(),
+            (_, r) => r.as_ref(),
+        };
+        let mut content = false;
+        if let Some(Loose::Str(t)) = text {
+            if !t.is_empty() {
+                if self.output.is_empty() {
+                    self.output.push(String::new());
+                    self.roles.push("assistant".to_owned());
+                }
+                self.output[0].push_str(t);
+                self.pieces += 1;
+                content = true;
+            }
+        }
+        if o.done.as_ref().is_some_and(Loose::truthy) {
+            self.done.push(Value::Object(o.fields));
+        }
+        Ok(content)
+    }
+
     /// One event; Ok(true) when it brought content.
     fn event(&mut self, event: &[u8]) -> Result<bool, Unmodelled> {
         let data = event_data(event);
@@ -493,9 +534,67 @@ impl<'de> Deserialize<'de> for Top {
     }
 }
 
+/// The fields of Ollama's last object that `Capture._ollama_done` reads (the rest, such as `context`, is
+/// skipped unparsed).
+const DONE_FIELDS: &[&str] = &["done_reason", "prompt_eval_count", "eval_count", "total_duration", "load_duration",
+                               "prompt_eval_duration", "eval_duration"];
+
+#[derive(Default)]
+struct OObj {
+    model: Option<Loose>,
+    message: Option<Part>,
+    response: Option<Loose>,
+    done: Option<Loose>,
+    fields: serde_json::Map<String, Value>,
+}
+
+/// One Ollama line's JSON: its object, None when it is not one.
+struct OTop(Option<OObj>);
+
+struct OTopV;
+
+const OLLAMA_KEYS: &[&str] = &["model", "message", "response", "done", "done_reason", "prompt_eval_count",
+                               "eval_count", "total_duration", "load_duration", "prompt_eval_duration",
+                               "eval_duration"];
+
+impl<'de> Visitor<'de> for OTopV {
+    type Value = OTop;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an Ollama object")
+    }
+    others!(|_| OTop(None));
+    fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<OTop, A::Error> {
+        skip_seq(a)?;
+        Ok(OTop(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<OTop, A::Error> {
+        let mut o = OObj::default();
+        read_keys(a, OLLAMA_KEYS, |i, a| {
+            match i {
+                0 => o.model = Some(a.next_value()?),
+                1 => o.message = Some(a.next_value()?),
+                2 => o.response = Some(a.next_value()?),
+                3 => o.done = Some(a.next_value()?),
+                _ => {
+                    o.fields.insert(OLLAMA_KEYS[i].to_owned(), a.next_value::<Value>()?);
+                }
+            }
+            Ok(())
+        })?;
+        debug_assert!(OLLAMA_KEYS[4..] == *DONE_FIELDS);
+        Ok(OTop(Some(o)))
+    }
+}
+
+impl<'de> Deserialize<'de> for OTop {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(OTopV)
+    }
+}
+
 /// The digest of an SSE stream as JSON text, or None when the Python replay must read it. `chunks`:
 /// the record's `(t_ns, offset)` entries.
-pub fn digest(body: &[u8], chunks: &[(u64, u64)]) -> Option<String> {
+pub fn digest(ndjson: bool, body: &[u8], chunks: &[(u64, u64)]) -> Option<String> {
     let mut r = Reader::default();
     let whole = [(0u64, body.len() as u64)];
     let entries: &[(u64, u64)] = if chunks.is_empty() { &whole } else { chunks };
@@ -504,11 +603,12 @@ pub fn digest(body: &[u8], chunks: &[(u64, u64)]) -> Option<String> {
     let mut pos = 0usize; // how far the replay has fed
     let run = |r: &mut Reader, at: &mut usize, upto: usize| -> Result<bool, Unmodelled> {
         let mut content = false;
-        while let Some((end, next)) = next_event(body, *at) {
+        while let Some((end, next)) = next_event(body, *at, ndjson) {
             if next > upto {
                 break;
             }
-            content |= r.event(&body[*at..end])?;
+            let one = &body[*at..end];
+            content |= if ndjson { r.ollama_line(one)? } else { r.event(one)? };
             *at = next;
         }
         Ok(content)
@@ -529,7 +629,8 @@ pub fn digest(body: &[u8], chunks: &[(u64, u64)]) -> Option<String> {
     run(&mut r, &mut at, body.len()).ok()?;
     let rest = &body[at..];
     if !strip(rest).is_empty() {
-        r.event(rest).ok()?; // the stream ended without a final separator (`Capture.flush`)
+        // the stream ended without a final separator (`Capture.flush`)
+        if ndjson { r.ollama_line(rest).ok()? } else { r.event(rest).ok()? };
     }
     let mut out = serde_json::Map::new();
     out.insert("body_len".into(), body.len().into());
@@ -546,19 +647,20 @@ pub fn digest(body: &[u8], chunks: &[(u64, u64)]) -> Option<String> {
     out.insert("content_t".into(), content_t.into());
     out.insert("usage".into(), r.usage.into());
     out.insert("timings".into(), r.timings.into());
+    out.insert("done".into(), r.done.into());
     serde_json::to_string(&Value::Object(out)).ok()
 }
 
 /// `frame` (a length-prefixed record frame of `record::encode` whose response body is an SSE stream)
 /// with the digest in its header and, unless `keep_body`, without the stream; None when the stream is
 /// left to the replay.
-pub fn rewrite(frame: &[u8], chunks: &[(u64, u64)], keep_body: bool) -> Option<Vec<u8>> {
+pub fn rewrite(frame: &[u8], ndjson: bool, chunks: &[(u64, u64)], keep_body: bool) -> Option<Vec<u8>> {
     let word = |at: usize| u32::from_le_bytes(frame[at..at + 4].try_into().unwrap()) as usize;
     let (n_head, n_req, n_resp) = (word(5), word(9), word(13));
     let head = &frame[17..17 + n_head];
     let req = &frame[17 + n_head..17 + n_head + n_req];
     let resp = &frame[17 + n_head + n_req..17 + n_head + n_req + n_resp];
-    let d = digest(resp, chunks)?;
+    let d = digest(ndjson, resp, chunks)?;
     let kept: &[u8] = if keep_body { resp } else { b"" };
     let new_head_len = n_head + 10 + d.len(); // `,"digest":` + the object
     let payload = 13 + new_head_len + n_req + kept.len();
@@ -590,6 +692,8 @@ pub enum Mode {
 
 struct Job {
     frame: Vec<u8>,
+    /// Ollama's NDJSON (else OpenAI's SSE).
+    ndjson: bool,
     chunks: Vec<(u64, u64)>,
 }
 
@@ -600,8 +704,6 @@ pub struct Worker {
     /// Bytes of the frames queued or being read (the thread takes off what it finished).
     queued: Arc<AtomicUsize>,
     max_bytes: usize,
-    /// Frames sent on undigested because the queue was full.
-    pub skipped: std::cell::Cell<u64>,
 }
 
 impl Worker {
@@ -618,7 +720,7 @@ impl Worker {
             .spawn(move || {
                 for job in rx {
                     let n = job.frame.len();
-                    let digested = std::panic::catch_unwind(|| rewrite(&job.frame, &job.chunks, mode == Mode::Both));
+                    let digested = std::panic::catch_unwind(|| rewrite(&job.frame, job.ndjson, &job.chunks, mode == Mode::Both));
                     let frame = match digested {
                         Ok(Some(f)) => f,
                         _ => job.frame,
@@ -630,25 +732,23 @@ impl Worker {
                 }
             })
             .expect("a digest thread");
-        let w = Worker { jobs: std::cell::RefCell::new(Some(tx)), queued, max_bytes, skipped: std::cell::Cell::new(0) };
+        let w = Worker { jobs: std::cell::RefCell::new(Some(tx)), queued, max_bytes };
         (w, done_rx)
     }
 
     /// Hand `frame` to the thread; Err(frame) when it cannot take it now (send it as it is).
-    pub fn submit(&self, frame: Vec<u8>, chunks: Vec<(u64, u64)>) -> Result<(), Vec<u8>> {
+    pub fn submit(&self, frame: Vec<u8>, ndjson: bool, chunks: Vec<(u64, u64)>) -> Result<(), Vec<u8>> {
         let jobs = self.jobs.borrow();
         let Some(tx) = jobs.as_ref() else { return Err(frame) };
         let n = frame.len();
         if self.queued.load(Ordering::Relaxed) + n > self.max_bytes {
-            self.skipped.set(self.skipped.get() + 1);
             return Err(frame);
         }
         self.queued.fetch_add(n, Ordering::Relaxed);
-        match tx.try_send(Job { frame, chunks }) {
+        match tx.try_send(Job { frame, ndjson, chunks }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(j)) | Err(TrySendError::Disconnected(j)) => {
                 self.queued.fetch_sub(n, Ordering::Relaxed);
-                self.skipped.set(self.skipped.get() + 1);
                 Err(j.frame)
             }
         }
@@ -684,7 +784,7 @@ mod tests {
             off += p.len() as u64;
             chunks.push(((i as u64 + 1) * 10, off));
         }
-        let d: Value = serde_json::from_str(&digest(body.as_bytes(), &chunks).unwrap()).unwrap();
+        let d: Value = serde_json::from_str(&digest(false, body.as_bytes(), &chunks).unwrap()).unwrap();
         assert_eq!(d["output"], serde_json::json!(["Hello"]));
         assert_eq!(d["roles"], serde_json::json!(["assistant"]));
         assert_eq!(d["finish"], serde_json::json!(["stop"]));
@@ -699,23 +799,38 @@ mod tests {
     fn what_it_does_not_model_is_left_to_the_replay() {
         for s in [r#"{"error":{"message":"x"}}"#, r#"{"choices":[{"index":"1","text":"a"}]}"#,
                   r#"{"choices":[{"delta":{"content":[{"type":"text","text":"a"}]}}]}"#, "{not json"] {
-            assert!(digest(ev(s).as_bytes(), &[]).is_none(), "{s}");
+            assert!(digest(false, ev(s).as_bytes(), &[]).is_none(), "{s}");
         }
+    }
+
+    #[test]
+    fn an_ollama_stream_and_its_done_fields() {
+        let body = concat!(
+            "{\"model\":\"llama3\",\"message\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"done\":false}\n",
+            "{\"model\":\"llama3\",\"message\":{\"role\":\"assistant\",\"content\":\" there\"},\"done\":false}\n",
+            "{\"model\":\"llama3\",\"message\":{\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\",",
+            "\"eval_count\":2,\"eval_duration\":2000,\"context\":[1,2,3]}\n");
+        let chunks = [(5, 60), (6, 130), (7, body.len() as u64)];
+        let d: Value = serde_json::from_str(&digest(true, body.as_bytes(), &chunks).unwrap()).unwrap();
+        assert_eq!(d["output"], serde_json::json!(["Hi there"]));
+        assert_eq!(d["model"], "llama3");
+        assert_eq!(d["done"], serde_json::json!([{"done_reason": "stop", "eval_count": 2, "eval_duration": 2000}]));
+        assert_eq!(d["pieces"], 2);
     }
 
     #[test]
     fn a_full_queue_hands_the_frame_back_undigested() {
         let (w, _rx) = Worker::start(Mode::On, 4, 100);
-        assert!(w.submit(vec![0; 101], vec![]).is_err()); // over the byte bound
-        assert_eq!(w.skipped.get(), 1);
+        assert!(w.submit(vec![0; 101], false, vec![]).is_err()); // over the byte bound
+        assert!(w.submit(vec![0; 60], false, vec![]).is_ok());
         w.close();
-        assert_eq!(w.submit(vec![0; 10], vec![]).unwrap_err().len(), 10); // closed: goes on as it is
+        assert_eq!(w.submit(vec![0; 10], false, vec![]).unwrap_err().len(), 10); // closed: goes on as it is
     }
 
     #[test]
     fn crlf_events_and_a_missing_last_separator() {
         let body = b"data: {\"choices\":[{\"text\":\"a\"}]}\r\n\r\ndata: {\"choices\":[{\"text\":\"b\"}]}";
-        let d: Value = serde_json::from_str(&digest(body, &[(7, 20), (9, body.len() as u64)]).unwrap()).unwrap();
+        let d: Value = serde_json::from_str(&digest(false, body, &[(7, 20), (9, body.len() as u64)]).unwrap()).unwrap();
         assert_eq!(d["output"], serde_json::json!(["ab"]));
         assert_eq!(d["content_t"], serde_json::json!([9])); // the first event ends after entry 20; the last has no end
     }
@@ -738,7 +853,7 @@ mod timing {
         let t = std::time::Instant::now();
         let n = 20000;
         for _ in 0..n {
-            std::hint::black_box(super::digest(body.as_bytes(), &chunks));
+            std::hint::black_box(super::digest(false, body.as_bytes(), &chunks));
         }
         eprintln!("digest of {} bytes: {:.1} us", body.len(), t.elapsed().as_secs_f64() / n as f64 * 1e6);
     }

@@ -136,16 +136,25 @@ impl Exchange {
             sh.capture_failed("building or handing off the capture record");
             return;
         };
-        // An OpenAI SSE stream is reassembled by the digest thread, off this loop (its frame comes back
+        // An OpenAI SSE or Ollama NDJSON stream is reassembled by the digest thread, off this loop (its frame comes back
         // to `send_record` through main's relay); the rest goes as it is.
         let route = &sh.cfg.routes[self.route.expect("captured")];
-        let frame = match &sh.digest {
-            Some(w) if route.api == "openai" && route.operation != "embeddings"
-                && crate::usage::find(&self.content_type, b"event-stream").is_some() =>
-            {
-                match w.submit(frame, self.chunks.clone()) {
+        let ct = &self.content_type;
+        let stream = match route.api.as_str() {
+            _ if route.operation == "embeddings" => None,
+            "openai" if crate::usage::find(ct, b"event-stream").is_some() => Some(false),
+            "ollama" if crate::usage::find(ct, b"ndjson").is_some() => Some(true),
+            _ => None,
+        };
+        let frame = match (&sh.digest, stream) {
+            (Some(w), Some(ndjson)) => {
+                match w.submit(frame, ndjson, self.chunks.clone()) {
                     Ok(()) => return,
-                    Err(frame) => frame,
+                    Err(frame) => {
+                        let m = &sh.metrics;
+                        m.undigested.set(m.undigested.get() + 1);
+                        frame
+                    }
                 }
             }
             _ => frame,

@@ -3,7 +3,8 @@
 //!
 //! The names are those `SelfMetrics` gives the Python proxy's counters, so the Python parent
 //! re-exposes them unchanged: `monitor_proxy_requests_total{route,status}`,
-//! `monitor_proxy_capture_errors_total`, `monitor_proxy_capture_dropped_total`.
+//! `monitor_proxy_capture_errors_total`, `monitor_proxy_capture_dropped_total`; and the binary's own
+//! `monitor_proxy_records_undigested_total` (`crate::digest`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -18,6 +19,8 @@ pub struct Metrics {
     pub capture_errors: Cell<u64>,
     pub capture_dropped: Cell<u64>,
     pub records: Cell<u64>,
+    /// OpenAI streams sent whole because the digest thread's queue was full (the pipeline replays them).
+    pub undigested: Cell<u64>,
 }
 
 impl Metrics {
@@ -44,6 +47,8 @@ impl Metrics {
              self.capture_errors.get()),
             ("monitor_proxy_capture_dropped", "Capture records the sink refused (its buffer full or the pipeline \
               away): the request itself went on, its record was lost", self.capture_dropped.get()),
+            ("monitor_proxy_records_undigested", "OpenAI streams sent whole because the digest thread was \
+              behind (the pipeline reassembles them instead: more of its CPU, nothing lost)", self.undigested.get()),
         ] {
             out.push_str(&format!("# HELP {name}_total {help}\n# TYPE {name}_total counter\n{name}_total {v}.0\n"));
         }

@@ -123,7 +123,7 @@ impl Shared {
             "requests": m.n_requests.get(),
             "records": m.records.get(),
             "records_dropped": m.capture_dropped.get(),
-            "records_undigested": self.digest.as_ref().map_or(0, |w| w.skipped.get()),
+            "records_undigested": m.undigested.get(),
             "capture_errors": m.capture_errors.get(),
             "upstream_connections": self.pools.iter().map(Pool::open).sum::<usize>(),
             "upstream_idle": self.pools.iter().map(Pool::idle).sum::<usize>(),
