@@ -466,9 +466,10 @@ class ProxySettings(_Section):
     ``python`` (FastProxy), ``auto``: native when it is built and the upstream is http, else Python.
     ``native`` fails the start when it cannot run. ``--single-process`` always runs the Python path."""
     digest_streams: bool = True
-    """The native proxy reassembles each OpenAI SSE stream after the response, in a thread beside its
-    event loop, and sends the answer (text per choice, finish reasons, usage, llama.cpp timings, the
-    chunk times that brought content) instead of the stream: the pipeline then builds the span without
+    """The native proxy reassembles each OpenAI SSE or Ollama NDJSON stream after the response, in a
+    thread beside its event loop, and sends the answer (text per choice, finish reasons, usage,
+    llama.cpp timings, Ollama's counts and durations, the chunk times that brought content) instead of
+    the stream: the pipeline then builds the span without
     replaying the stream (~2.7x less of its CPU per streamed request, records ~4x smaller). Streams it
     does not model exactly (error events, content parts, JSON it cannot read) keep the stream and are
     replayed as before. ``false``: every record carries the stream."""

@@ -97,7 +97,7 @@ def native_config(settings: ProxySettings, capture_socket: str | None, *, metric
     headers it copies into each record for the client's identity (as ``FastProxy``'s
     ``client_headers``: :func:`monitor.otlp.identity.wanted_headers`; never ``authorization`` when
     ``proxy.auth_token`` is set, which then carries the proxy's own token, not a client's key), and
-    ``digest``: whether records of OpenAI SSE streams carry the answer the binary reassembled after
+    ``digest``: whether records of OpenAI SSE and Ollama NDJSON streams carry the answer the binary reassembled after
     the response (``on``, what the pipeline reads instead of replaying the stream), the stream (``off``)
     or both (``both``: the parity test); None: ``proxy.digest_streams``."""
     s = settings

@@ -95,13 +95,14 @@ class CaptureRecord:
     """The peer address of the client's connection (for ``clients.address_fallback``: hashed, never
     stored as is)."""
     digest: dict | None = field(default=None, repr=False)
-    """An OpenAI SSE stream as the native proxy reassembled it after the response, off its event loop
-    (``native/proxy/src/digest.rs``): then :attr:`response_body` is empty (or, for the parity test, the
-    stream too) and :func:`monitor.sidecar.proxy.spans.record_to_span` reads this instead of replaying
-    the stream (:meth:`monitor.sidecar.proxy.capture.Capture.apply_digest`). Keys: ``body_len`` (bytes
-    of the stream it read), ``model`` / ``id`` (the last non-empty), ``output`` / ``roles`` (per choice
-    index), ``finish``, ``pieces`` (content pieces), ``content_t`` (the chunk times, as in
-    :attr:`chunks`, that brought content), ``usage`` / ``timings`` (every such object, as sent)."""
+    """An OpenAI SSE or Ollama NDJSON stream as the native proxy reassembled it after the response, off
+    its event loop (``native/proxy/src/digest.rs``): then :attr:`response_body` is empty (or, for the
+    parity test, the stream too) and :func:`monitor.sidecar.proxy.spans.record_to_span` reads this
+    instead of replaying the stream (:meth:`monitor.sidecar.proxy.capture.Capture.apply_digest`).
+    Keys: ``body_len`` (bytes of the stream it read), ``model`` / ``id`` (the last non-empty),
+    ``output`` / ``roles`` (per choice index), ``finish``, ``pieces`` (content pieces), ``content_t``
+    (the chunk times, as in :attr:`chunks`, that brought content), ``usage`` / ``timings`` (every such
+    object, as sent), ``done`` (Ollama: the last object's counts and durations, as sent)."""
 
     @property
     def truncated(self) -> bool:
