@@ -469,10 +469,10 @@ class ProxySettings(_Section):
     """The native proxy reassembles each OpenAI SSE or Ollama NDJSON stream after the response, in a
     thread beside its event loop, and sends the answer (text per choice, finish reasons, usage,
     llama.cpp timings, Ollama's counts and durations, the chunk times that brought content) instead of
-    the stream: the pipeline then builds the span without
-    replaying the stream (~2.7x less of its CPU per streamed request, records ~4x smaller). Streams it
-    does not model exactly (error events, content parts, JSON it cannot read) keep the stream and are
-    replayed as before. ``false``: every record carries the stream."""
+    the stream: the pipeline then builds the span without replaying the stream (span building ~2.7x
+    cheaper; at 128 streams the pipeline's CPU per request 0.87 -> 0.53 ms; records ~4x smaller).
+    Streams it does not model exactly (error events, content parts, JSON it cannot read) keep the
+    stream and are replayed as before. ``false``: every record carries the stream."""
     capture_socket: str | None = None
     """Unix socket the proxy process sends its capture records to (default: beside the spool)."""
     auth_token: SecretStr | None = None

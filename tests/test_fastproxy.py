@@ -1443,8 +1443,12 @@ def test_native_counts_requests_and_dropped_records(tmp_path):
             assert req_http(port, "POST", CHAT, chat_body())[2] == b"".join(EVENTS) + DONE
         assert req_http(port, "GET", "/other/x")[0] == 200
         assert raw(port, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400")
-        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                   for fam in text_string_to_metric_families(p.metrics_text()) for s in fam.samples}
+        def samples() -> dict:
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for fam in text_string_to_metric_families(p.metrics_text()) for s in fam.samples}
+        # a streamed record is counted when the digest thread has handed it back to the loop: moments later
+        _wait(lambda: samples()[("monitor_proxy_capture_dropped_total", ())] >= 2)
+        samples = samples()
         assert samples[("monitor_proxy_requests_total", (("route", CHAT), ("status", "200")))] == 2
         assert samples[("monitor_proxy_requests_total", (("route", "other"), ("status", "200")))] == 1
         assert samples[("monitor_proxy_requests_total", (("route", "-"), ("status", "400")))] == 1

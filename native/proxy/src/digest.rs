@@ -293,6 +293,17 @@ macro_rules! others {
     };
 }
 
+/// The visits of a visitor that reads objects only: every other value (skipped unparsed) is `$none`.
+macro_rules! not_an_object {
+    ($none:expr) => {
+        others!(|_| $none);
+        fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+            skip_seq(a)?;
+            Ok($none)
+        }
+    };
+}
+
 fn skip_seq<'de, A: SeqAccess<'de>>(mut a: A) -> Result<bool, A::Error> {
     let mut empty = true;
     while a.next_element::<IgnoredAny>()?.is_some() {
@@ -381,11 +392,7 @@ impl<'de> Visitor<'de> for PartV {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a delta or message")
     }
-    others!(|_| Part::NotObject);
-    fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Part, A::Error> {
-        skip_seq(a)?;
-        Ok(Part::NotObject)
-    }
+    not_an_object!(Part::NotObject);
     fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Part, A::Error> {
         let (mut role, mut content) = (None, None);
         read_keys(a, &["role", "content"], |i, a| {
@@ -420,11 +427,7 @@ impl<'de> Visitor<'de> for ChoiceV {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a choice")
     }
-    others!(|_| None);
-    fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Option<Choice>, A::Error> {
-        skip_seq(a)?;
-        Ok(None)
-    }
+    not_an_object!(None);
     fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Option<Choice>, A::Error> {
         let mut c = Choice::default();
         read_keys(a, &["index", "delta", "message", "text", "finish_reason"], |i, a| {
@@ -502,11 +505,7 @@ impl<'de> Visitor<'de> for TopV {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an event")
     }
-    others!(|_| Top(None));
-    fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Top, A::Error> {
-        skip_seq(a)?;
-        Ok(Top(None))
-    }
+    not_an_object!(Top(None));
     fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Top, A::Error> {
         let mut o = TopObj::default();
         read_keys(a, &["model", "id", "usage", "timings", "error", "object", "choices"], |i, a| {
@@ -534,11 +533,6 @@ impl<'de> Deserialize<'de> for Top {
     }
 }
 
-/// The fields of Ollama's last object that `Capture._ollama_done` reads (the rest, such as `context`, is
-/// skipped unparsed).
-const DONE_FIELDS: &[&str] = &["done_reason", "prompt_eval_count", "eval_count", "total_duration", "load_duration",
-                               "prompt_eval_duration", "eval_duration"];
-
 #[derive(Default)]
 struct OObj {
     model: Option<Loose>,
@@ -553,6 +547,8 @@ struct OTop(Option<OObj>);
 
 struct OTopV;
 
+/// The keys of an Ollama object the replay reads: from the fifth on, those of its last (`done`) object
+/// that `Capture._ollama_done` reads (the rest, such as `context`, is skipped unparsed).
 const OLLAMA_KEYS: &[&str] = &["model", "message", "response", "done", "done_reason", "prompt_eval_count",
                                "eval_count", "total_duration", "load_duration", "prompt_eval_duration",
                                "eval_duration"];
@@ -562,11 +558,7 @@ impl<'de> Visitor<'de> for OTopV {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an Ollama object")
     }
-    others!(|_| OTop(None));
-    fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<OTop, A::Error> {
-        skip_seq(a)?;
-        Ok(OTop(None))
-    }
+    not_an_object!(OTop(None));
     fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<OTop, A::Error> {
         let mut o = OObj::default();
         read_keys(a, OLLAMA_KEYS, |i, a| {
@@ -581,7 +573,6 @@ impl<'de> Visitor<'de> for OTopV {
             }
             Ok(())
         })?;
-        debug_assert!(OLLAMA_KEYS[4..] == *DONE_FIELDS);
         Ok(OTop(Some(o)))
     }
 }
