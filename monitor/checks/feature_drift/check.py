@@ -7,6 +7,7 @@ import importlib.util
 import logging
 import math
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -125,11 +126,22 @@ class FeatureDriftCheck:
         raw = None
         if self.raw_limit and rows_r <= self.raw_limit and rows_c <= self.raw_limit:
             raw = q.raw_values(feats)
+        # every numeric feature's fine histogram in one scan of both windows (not one scan each)
+        plans: dict[str, Result | _Plan] = {}
+        for f in num:
+            ctx.check_cancelled()
+            plans[f.name] = self._plan(q, f, nstats[f.name], min_n)
+        binned = [(f, plan) for f in num if isinstance(plan := plans[f.name], _Plan)]
+        for (f, plan), bins in zip(binned, q.bins_many([(f, plan.edges) for f, plan in binned])):
+            plan.bins = bins
         out = []
         for f in feats:
             ctx.check_cancelled()
-            out.append(self._numeric(q, f, nstats[f.name], min_n, raw) if f.type == "numeric"
-                       else self._categorical(f, ccounts[f.name], min_n, raw))
+            if f.type == "numeric":
+                plan = plans[f.name]
+                out.append(plan if isinstance(plan, Result) else self._numeric(q, f, nstats[f.name], plan, raw))
+            else:
+                out.append(self._categorical(f, ccounts[f.name], min_n, raw))
         return out
 
     # -- per feature
@@ -152,8 +164,8 @@ class FeatureDriftCheck:
                       details={"type": f.type, "reference_n": n_r, "current_n": n_c, "min_samples": min_n,
                                **details})
 
-    def _numeric(self, q: WindowQueries, f: Feature, st: dict, min_n: int,
-                 raw: dict | None) -> Result:
+    def _plan(self, q: WindowQueries, f: Feature, st: dict, min_n: int) -> Result | _Plan:
+        """The test for a numeric feature and the edges of its fine histogram (or: too few rows)."""
         r, c = st["r"], st["c"]
         n_r, n_c = r["n"], c["n"]
         if n_r < min_n or n_c < min_n or n_r == 0 or n_c == 0:
@@ -169,7 +181,6 @@ class FeatureDriftCheck:
         display = np.unique(np.array([r["min"]] + [r["q"][i] for i in DISPLAY_LEVELS] + [r["max"]]))
         parts = [np.array(r["q"]), np.array(c["q"]), np.array([lo, hi, r["min"], r["max"], c["min"], c["max"]]),
                  display, np.array([np.nextafter(r["max"], np.inf)])]
-        extra: dict[str, Any] = {}
         counts_path = method in ("chisquare", "z") or (method in ("jensenshannon", "psi", "kl_div") and ref_small)
         sturges = None
         if method in ("jensenshannon", "psi", "kl_div") and not ref_small:
@@ -188,11 +199,18 @@ class FeatureDriftCheck:
                 ks_edges = None
         edges = np.unique(np.concatenate(parts))
         edges = edges[np.isfinite(edges) & (edges >= lo)]
-        bins = q.bins(f, edges)
+        return _Plan(method, threshold, overridden, edges, display, counts_path, sturges, hell, ks_edges)
 
+    def _numeric(self, q: WindowQueries, f: Feature, st: dict, plan: _Plan, raw: dict | None) -> Result:
+        r, c = st["r"], st["c"]
+        n_r, n_c = r["n"], c["n"]
+        method, threshold, overridden, bins = plan.method, plan.threshold, plan.overridden, plan.bins
+        display, sturges, hell, ks_edges = plan.display, plan.sturges, plan.hell, plan.ks_edges
+        assert bins is not None
+        extra: dict[str, Any] = {}
         statistic: float | None
         p_value: float | None = None
-        if counts_path:
+        if plan.counts_path:
             ref_counts, cur_counts = q.value_counts(f)
             score, statistic, p_value = counts_test(method, ref_counts, cur_counts, n_r, n_c, self.chisquare)
             extra["binning"] = "values"
@@ -366,6 +384,22 @@ class FeatureDriftCheck:
             st = get_stattest(ref, cur, ct, method)
             res = st(ref, cur, ct, threshold)
         return st.name, float(res.drift_score), bool(res.drifted)
+
+
+@dataclass
+class _Plan:
+    """A numeric feature's test, chosen from its stats, and what its histogram query needs."""
+
+    method: str
+    threshold: float
+    overridden: bool
+    edges: np.ndarray  # the fine histogram's (every edge below also is one)
+    display: np.ndarray
+    counts_path: bool  # the test reads exact value counts instead of bins
+    sturges: np.ndarray | None
+    hell: np.ndarray | None
+    ks_edges: np.ndarray | None
+    bins: Bins | None = None
 
 
 def _summary(w: dict) -> dict:
