@@ -184,6 +184,17 @@ class Service:
             time.sleep(0.25)
         raise Failed(f"{self.name}: no /{pattern}/ within {timeout:.0f}s:\n{self.text()[-4000:]}")
 
+    def wait_for_value(self, pred, what: str, timeout: float):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = pred()
+            if value:
+                return value
+            if self.proc.poll() is not None:
+                raise Failed(f"{self.name} exited {self.proc.returncode} before {what}:\n{self.text()[-4000:]}")
+            time.sleep(0.5)
+        raise Failed(f"{self.name}: no {what} within {timeout:.0f}s:\n{self.text()[-4000:]}")
+
     def interrupt(self, within: float = 5.0) -> float:
         """Ctrl-C (SIGINT to the process group, as a terminal sends it); the seconds it took to exit."""
         t0 = time.monotonic()
@@ -224,6 +235,27 @@ def status_json(venv: Path, cwd: Path, env: dict, port: int) -> dict:
     return json.loads(out.stdout)
 
 
+def stored_events(metrics_port: int) -> float:
+    """inference_events rows written, from the process's /metrics (0 while it is not answering yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
+    m = re.search(r'^monitor_store_rows_written_total\{[^}]*table="inference_events"[^}]*\} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def record_demo(dest: Path, data: Path, log: Path, **timings) -> None:
+    """The demo's data directory, its log and what was measured around it, for tests/test_demo.py."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    shutil.copytree(data, dest / "data", symlinks=True)  # ClickHouse links data/<db>/<table> into store/
+    shutil.copy(log, dest / "demo.log")
+    (dest / "run.json").write_text(json.dumps({**timings, "readme_line": True}, indent=1))
+
+
 def wait(pred, what: str, timeout: float):
     deadline = time.monotonic() + timeout
     last = None
@@ -240,6 +272,10 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--phase-seconds", type=float, default=12.0)
     ap.add_argument("--rate", type=float, default=5.0)
+    ap.add_argument("--demo-record", type=Path, metavar="DIR",
+                    help="keep the demo's log, data directory and timings in DIR (replaced): tests/test_demo.py "
+                         "then asserts on this run instead of starting the same demo a second time "
+                         "(tests/run.sh passes it on in $MONITOR_DEMO_RECORD)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="llm-monitor-newcomer-"))
@@ -300,6 +336,9 @@ def main() -> int:
         demo = Service("monitor demo", demo_cmd, checkout, env, work / "demo.log")
         services.append(demo)
         t0 = time.monotonic()
+        demo.wait_for_value(lambda: stored_events(ports["metrics"]) > 0, "the first stored request", timeout=240)
+        first_data_s = time.monotonic() - t0
+        facts["monitor demo: first request stored"] = f"{first_data_s:.0f} s"
         m = demo.wait_for(r"demo: (every injected change was caught.*|MISSED.*|control phase.*FAILED.*)$",
                           timeout=240 + 8 * args.phase_seconds * 3)
         if "every injected change was caught" not in m.group(1):
@@ -309,6 +348,10 @@ def main() -> int:
         took = demo.interrupt()
         facts["monitor demo: Ctrl-C to exit"] = f"{took:.1f} s"
         say(f"monitor demo: {m.group(1)}; Ctrl-C took {took:.1f}s")
+        if args.demo_record:
+            record_demo(args.demo_record, checkout / "demo-data", demo.log, returncode=demo.proc.returncode,
+                        stop_s=took, first_data_s=first_data_s, phase_seconds=args.phase_seconds, rate=args.rate)
+            say(f"the demo's run kept in {args.demo_record} (tests/test_demo.py asserts on it)")
 
         # -- the sidecar alone (core install) ---------------------------------------------------
         core_install = readme_line("The sidecar alone", "pip install")

@@ -35,7 +35,11 @@ if [ "$#" -eq 0 ]; then
   # The suite's venv has every extra and the test tools, which would hide a missing runtime
   # dependency: first install the README's own lines into fresh virtualenvs and run them.
   echo "the newcomer's path: the README's install lines in fresh virtualenvs (tests/newcomer.py)" >&2
-  python3 tests/newcomer.py
+  # Its demo run (the README's `monitor demo --once` line) is kept for tests/test_demo.py, which asserts on
+  # it instead of running the same two-minute demo again inside the suite.
+  DEMO_RECORD="$CACHE/newcomer-demo"
+  python3 tests/newcomer.py --demo-record "$DEMO_RECORD"
+  export MONITOR_DEMO_RECORD="$DEMO_RECORD"
   # The real partners (llama.cpp's llama-server + a 98 MB model, the stock OpenTelemetry Collector) are
   # built once per machine into $CACHE/partners (~9 + ~4 min on 2 cores, then seconds); building them here
   # shows the progress in this log instead of inside a pytest worker. A missing toolchain is reported and

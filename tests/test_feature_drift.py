@@ -69,10 +69,14 @@ def base_columns(g: G) -> dict[str, str]:
 
 
 def insert(store, window: Window, n: int, seed: int, columns: dict[str, str] | None = None, *,
-           model: str = "llama", trials: int = 1) -> None:
-    """``trials`` x ``n`` rows spread over ``window``; with trials > 1 the model is ``<model><trial>``."""
+           model: str = "llama", trials: int = 1, only: bool = False) -> None:
+    """``trials`` x ``n`` rows spread over ``window``; with trials > 1 the model is ``<model><trial>``.
+
+    ``only``: just ``columns`` (the rest take their defaults): the many-trial tables check a few
+    features each, and generating every trial's prompt and completion text (and their search index)
+    was most of their insert time."""
     g = G(seed)
-    cols = base_columns(g)
+    cols = {} if only else base_columns(g)
     cols.update(columns or {})
     start_ns = int(window.start.timestamp()) * 10**9
     step = int(window.seconds * 10**9) // n
@@ -335,8 +339,10 @@ def _fpr_columns(g: G) -> dict[str, str]:
 def test_false_positive_rate_at_or_below_nominal(module_store, n, expected):
     """200 reference/current pairs drawn from one distribution: each test path flags at most its level."""
     prefix = f"fpr{n}_"
-    insert(module_store, REF, n, seed=100 + n, columns=_fpr_columns(G(100 + n)), model=prefix, trials=TRIALS)
-    insert(module_store, CUR, n, seed=200 + n, columns=_fpr_columns(G(200 + n)), model=prefix, trials=TRIALS)
+    insert(module_store, REF, n, seed=100 + n, columns=_fpr_columns(G(100 + n)), model=prefix, trials=TRIALS,
+           only=True)
+    insert(module_store, CUR, n, seed=200 + n, columns=_fpr_columns(G(200 + n)), model=prefix, trials=TRIALS,
+           only=True)
     s = ChecksSettings(features={"input_tokens": FeatureOverride(method="psi")} if n > 1000 else {})
     check = FeatureDriftCheck(s, features=list(expected), raw_limit=0)  # the aggregate path, not evidently's
     fails = {f: 0 for f in expected}
@@ -373,8 +379,8 @@ def test_power_mean_shift_and_category_mix(module_store):
            "finish_reason": f"multiIf({G(7).u(51)} < 0.85, 'stop', {G(7).u(51)} < 0.95, 'length', 'tool_calls')"}
     cur = {"latency_ms": f"2060 + 300 * {G(8).n(50)}",
            "finish_reason": f"multiIf({G(8).u(51)} < 0.70, 'stop', {G(8).u(51)} < 0.95, 'length', 'tool_calls')"}
-    insert(module_store, REF, POWER_N, seed=7, columns=ref, model=prefix, trials=POWER_TRIALS)
-    insert(module_store, CUR, POWER_N, seed=8, columns=cur, model=prefix, trials=POWER_TRIALS)
+    insert(module_store, REF, POWER_N, seed=7, columns=ref, model=prefix, trials=POWER_TRIALS, only=True)
+    insert(module_store, CUR, POWER_N, seed=8, columns=cur, model=prefix, trials=POWER_TRIALS, only=True)
     s = ChecksSettings()
     check = FeatureDriftCheck(s, features=["latency_ms", "finish_reason"], raw_limit=0)
     hits = {"latency_ms": 0, "finish_reason": 0}
