@@ -348,6 +348,9 @@ def run_until_signal(app) -> None:
         app.stop()
         return
     log.info("ready; Ctrl-C to stop")
+    from monitor.runtime.heap import settle_heap
+
+    settle_heap()  # the children of `monitor up` do this themselves (monitor/runtime/child.py)
     while not hits:
         time.sleep(0.2)
     app.stop()

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("monitor")
 
@@ -106,6 +107,15 @@ def _lower_priority(nice: int, idle: bool = False) -> None:
             pass
 
 
+def _warm_up_then_settle(warm: Callable[[], None]) -> None:
+    from monitor.runtime.heap import settle_heap
+
+    try:
+        warm()
+    finally:
+        settle_heap()
+
+
 def main(argv: list[str]) -> int:
     role = argv[0]
     index = int(argv[1]) if len(argv) > 1 else 0
@@ -146,7 +156,11 @@ def main(argv: list[str]) -> int:
         os.close(fd)
     warm = getattr(node, "warm_up", None)
     if warm is not None:  # after ready: nothing here shares the data plane's interpreter
-        threading.Thread(target=warm, name="monitor-warm-up", daemon=True).start()
+        threading.Thread(target=_warm_up_then_settle, args=(warm,), name="monitor-warm-up", daemon=True).start()
+    else:
+        from monitor.runtime.heap import settle_heap
+
+        settle_heap()
     wait_for(stopping)
     t0 = time.monotonic()
     try:
