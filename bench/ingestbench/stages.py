@@ -59,6 +59,9 @@ def profile(spans: int, batch: int, messages: int, repeat: int, seed: int, data_
     migrate(store, 30)
     writer = Writer(store, SelfMetrics())
     warm_up()
+    from monitor.runtime.heap import settle_heap
+
+    settle_heap()  # as the store and ingest processes do once started
     bodies = build_requests(spans, batch, seed)
     groups = [bodies[i:i + messages] for i in range(0, len(bodies), messages)]
     passes = []

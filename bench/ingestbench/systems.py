@@ -149,6 +149,11 @@ class MonitorEmbedded(System):
                    lambda: monitor_rows(self.metrics) is not None
                    and http_get(f"http://127.0.0.1:{self.http}/health")[0] == 200,
                    self.procs, self.args.start_timeout)
+        # the steady state a running monitor is in: the store's warm-up (the checks' libraries and
+        # model, ~12 s of one core here) over, and its heap settled (monitor/runtime/heap.py)
+        log = self.logfile("up")
+        wait_until("the store process's warm-up", lambda: "warmed up" in log.read_text(errors="replace"),
+                   self.procs, self.args.start_timeout)
 
     def cpu_groups(self) -> dict[str, list[int]]:
         """`monitor up` (all of it) and its pipeline and store processes apart (monitor_process_pid)."""
