@@ -126,7 +126,7 @@ class FeatureDriftCheck:
         raw = None
         if self.raw_limit and rows_r <= self.raw_limit and rows_c <= self.raw_limit:
             raw = q.raw_values(feats)
-        # every numeric feature's fine histogram in one scan of both windows (not one scan each)
+        # every numeric feature's fine histogram in one query (not one query per feature)
         plans: dict[str, Result | _Plan] = {}
         for f in num:
             ctx.check_cancelled()
