@@ -173,18 +173,11 @@ class Service:
         return self.log.read_text(errors="replace")
 
     def wait_for(self, pattern: str, timeout: float) -> re.Match:
-        deadline = time.monotonic() + timeout
         rx = re.compile(pattern, re.M)
-        while time.monotonic() < deadline:
-            m = rx.search(self.text())
-            if m:
-                return m
-            if self.proc.poll() is not None:
-                raise Failed(f"{self.name} exited {self.proc.returncode} before /{pattern}/:\n{self.text()[-4000:]}")
-            time.sleep(0.25)
-        raise Failed(f"{self.name}: no /{pattern}/ within {timeout:.0f}s:\n{self.text()[-4000:]}")
+        return self.wait_for_value(lambda: rx.search(self.text()), f"/{pattern}/", timeout, interval=0.25)
 
-    def wait_for_value(self, pred, what: str, timeout: float):
+    def wait_for_value(self, pred, what: str, timeout: float, interval: float = 0.5):
+        """``pred()`` once it is true; Failed if the command exits first or ``timeout`` passes."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             value = pred()
@@ -192,7 +185,7 @@ class Service:
                 return value
             if self.proc.poll() is not None:
                 raise Failed(f"{self.name} exited {self.proc.returncode} before {what}:\n{self.text()[-4000:]}")
-            time.sleep(0.5)
+            time.sleep(interval)
         raise Failed(f"{self.name}: no {what} within {timeout:.0f}s:\n{self.text()[-4000:]}")
 
     def interrupt(self, within: float = 5.0) -> float:

@@ -194,14 +194,8 @@ class WindowQueries:
                 f"FROM (SELECT _r, _c, assumeNotNull(f0) AS v FROM {src} WHERE f0 IS NOT NULL) GROUP BY b")
         rows = self.ctx.store.query_rows(
             "SELECT * FROM (" + " UNION ALL ".join(branches) + ") ORDER BY k, b", params)
-        a = np.array([r[1:] for r in rows], dtype=np.float64).reshape(-1, 11)
-        k = np.array([r[0] for r in rows], dtype=np.int64)
-        out = []
-        for i in range(len(items)):
-            m = a[k == i]
-            out.append(Bins(m[:, 0], m[:, 1], m[:, 2], m[:, 3], m[:, 4], m[:, 5], m[:, 6], m[:, 7], m[:, 8],
-                            m[:, 9], m[:, 10]))
-        return out
+        a = np.array(rows, dtype=np.float64).reshape(-1, 12)  # k, then the bin's 11 columns
+        return [Bins(*(a[a[:, 0] == i, 1:].T)) for i in range(len(items))]
 
     def reference_values(self, f: Feature) -> np.ndarray:
         src, params = self.source([f.sql])
