@@ -106,12 +106,11 @@ def identity_attributes(requested: Any, upstream: str, settings: ProxySettings) 
     return out
 
 
-def _replay(cap: Capture, rec: CaptureRecord) -> tuple[float | None, list[float]]:
-    """Feed the stream chunk by chunk as the client got it; (TTFT s, gaps between content chunks)."""
+def _replay(cap: Capture, rec: CaptureRecord) -> list[float]:
+    """Feed the stream chunk by chunk as the client got it; the time (s) of each content event (the
+    events a read brought share its time)."""
     body = rec.response_body
-    first: float | None = None
-    last: float | None = None
-    gaps: list[float] = []
+    times: list[float] = []
     pos = 0
     chunks = rec.chunks or [(0, len(body))]
     for t_ns, offset in chunks:
@@ -120,17 +119,21 @@ def _replay(cap: Capture, rec: CaptureRecord) -> tuple[float | None, list[float]
         before = cap.chunks
         cap.feed(body[pos:offset])
         pos = offset
-        if cap.chunks > before:
-            t = t_ns / 1e9
-            if first is None:
-                first = t
-            elif last is not None:
-                gaps.append(t - last)
-            last = t
+        times.extend([t_ns / 1e9] * (cap.chunks - before))
     if pos < len(body):
         cap.feed(body[pos:])
     cap.flush()
-    return first, gaps
+    return times
+
+
+def _client_timing(times: list[float]) -> tuple[float | None, float | None]:
+    """(TTFT, time per output token) in seconds from the content events' times. The time per token is
+    the span from the first content to the last over the tokens between them; None where all content
+    came in one read (the proxy cannot tell how it was spaced), not 0."""
+    if not times:
+        return None, None
+    first, last = times[0], times[-1]
+    return first, ((last - first) / (len(times) - 1) if last > first else None)
 
 
 def record_to_span(rec: CaptureRecord, settings: ProxySettings, clients: ClientsSettings | None = None,
@@ -144,18 +147,16 @@ def record_to_span(rec: CaptureRecord, settings: ProxySettings, clients: Clients
     cap = Capture(rec.api, rec.operation)
     cap.read_request(rec.request_body)
     cap.status = rec.status
-    ttft: float | None = None
-    gaps: list[float] = []
+    times: list[float] = []
     streamed = any(s in rec.content_type for s in _STREAMED)
     if rec.digest is not None:  # the native proxy reassembled the stream already
         times = [t / 1e9 for t in cap.apply_digest(rec.digest)]
-        if times:
-            ttft, gaps = times[0], [b - a for a, b in zip(times, times[1:])]
     elif rec.response_body:
         if streamed:
-            ttft, gaps = _replay(cap, rec)
+            times = _replay(cap, rec)
         else:
             cap.read_response(rec.response_body)
+    ttft, per_token = _client_timing(times)
     attrs: dict[str, Any] = {**rec.attributes, **cap.request_attributes(), "monitor.proxy": True,
                              "url.path": rec.path}
     attrs.update(cap.response_attributes())
@@ -169,8 +170,8 @@ def record_to_span(rec: CaptureRecord, settings: ProxySettings, clients: Clients
     attrs["http.response.status_code"] = status
     if ttft is not None:
         attrs["monitor.client.time_to_first_token"] = ttft
-    if gaps:
-        attrs["monitor.client.time_per_output_token"] = sum(gaps) / len(gaps)
+    if per_token is not None:
+        attrs["monitor.client.time_per_output_token"] = per_token
     if rec.truncated:
         attrs["monitor.capture.truncated"] = True
     if keep_content(settings, rec.path, rec.trace_id):
