@@ -76,7 +76,7 @@ from typing import Any
 from procstat import loadavg
 from proxybench.load import load_main
 from proxybench.measure import run
-from proxybench.paths import EXTRA_PATHS, PATHS
+from proxybench.paths import EXTRA_PATHS, PATHS, add_variant
 from proxybench.report import report
 from proxybench.servers import passthrough_main, upstream_main
 
@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--monitor-config", type=Path, default=None,
                     help="YAML config for `monitor up` (--config), e.g. to try other ingest settings "
                          "[none: defaults; $MONITOR_CONFIG is ignored]")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=CONFIG",
+                    help="one more path, native@NAME: `monitor up` (native proxy) with this YAML config; "
+                         "repeatable, run in every round after the other paths (A/B of settings in one run)")
     ap.add_argument("--nginx-workers", default="1", help="nginx worker_processes [1, like the one proxy loop]")
     ap.add_argument("--request-timeout", type=float, default=60.0, help="per request [60]")
     ap.add_argument("--start-timeout", type=float, default=120.0, help="seconds for a process to come up [120]")
@@ -123,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = set(paths) - set(PATHS) - set(EXTRA_PATHS)
     if bad:
         ap.error(f"unknown paths: {', '.join(sorted(bad))}")
+    try:
+        paths += [add_variant(v) for v in args.variant]
+    except ValueError as exc:
+        ap.error(str(exc))
     nginx_bin = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if "nginx" in paths and not nginx_bin:
         ap.error("nginx not found: apt-get install -y nginx (or --paths direct,monitor)")

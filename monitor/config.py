@@ -992,7 +992,8 @@ class ProcessSettings(_Section):
     CPU only; the pipeline, which drains the proxy's bounded buffer into the durable spool, a little
     more. When the analysis side falls behind, the spool absorbs the backlog and, once full, capture
     is shed (counted), never a request's latency. On a machine where the model server itself keeps
-    every core busy (CPU inference) the store then runs slowly: lower store_nice to give it a share."""
+    every core busy (CPU inference) the store then runs slowly: lower store_nice and leave it out of
+    idle_cgroup to give it a share."""
 
     pipeline_nice: int = Field(10, ge=0, le=19)
     """Niceness of the pipeline process (receiver, capture intake, redaction, spool)."""
@@ -1004,6 +1005,14 @@ class ProcessSettings(_Section):
     up the moment the proxy or the model server wakes, instead of at the end of their time slice
     (~3 ms: what a streamed chunk waited at 128 streams). Their share over time stays what the
     autogroup niceness gives. Off: niceness only."""
+    idle_cgroup: list[Literal["pipeline", "store"]] = ["store"]
+    """Linux 5.15+: these processes also run in a cgroup marked ``cpu.idle`` (created under the
+    monitor's own cpu cgroup, removed when it stops; needs write access there: root or a delegated
+    subtree, else the log says so and the rest applies). Each child runs in a session of its own and
+    the scheduler compares sessions (autogroups) before their tasks, so SCHED_IDLE alone does not let
+    a woken proxy, model server or client preempt them at once; an idle cgroup does, and gives them
+    only what the others leave. The store's input waits in the durable spool meanwhile; the pipeline
+    drains the proxy's bounded buffer, so it keeps a share unless named here."""
 
 
 class Settings(BaseSettings):

@@ -36,10 +36,12 @@ os.environ.setdefault("MONITOR_DASHBOARD__ENABLED", "false")
 # The suite runs two CPU-bound pytest workers side by side: at its production niceness (pipeline 10, store 19,
 # on the session's autogroup: spare CPU only) a `monitor up` store process gets ~1.5 % of the machine while the
 # other worker is busy, and the tests that wait on it would measure their neighbour. The processes run at
-# niceness 0 here; tests/test_data_plane.py and the newcomer's path (alone on the machine) run the defaults.
-PRIORITY_ENV = ("MONITOR_PROCESSES__PIPELINE_NICE", "MONITOR_PROCESSES__STORE_NICE")
-for _name in PRIORITY_ENV:
-    os.environ.setdefault(_name, "0")
+# niceness 0 and outside an idle cgroup here; tests/test_data_plane.py and the newcomer's path (alone on the
+# machine) run the defaults.
+PRIORITY_ENV = {"MONITOR_PROCESSES__PIPELINE_NICE": "0", "MONITOR_PROCESSES__STORE_NICE": "0",
+                "MONITOR_PROCESSES__IDLE_CGROUP": "[]"}
+for _name, _value in PRIORITY_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")

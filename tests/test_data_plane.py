@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -131,7 +132,9 @@ def test_proxy_latency_does_not_move_while_a_heavy_check_runs(tmp_path):
         _seed_texts(up.http, 1500, 24.2, "shopping")
         wait_until(lambda: _metrics(up.mport).get("monitor_store_rows_written_total{process=store,table=inference_events}",
                                                    0) >= 3000, timeout=120, message="the texts stored")
-        priorities = {role: _priority(_pid(up.mport, role)) for role in ("proxy", "pipeline", "store")}
+        pids = {role: _pid(up.mport, role) for role in ("proxy", "pipeline", "store")}
+        priorities = {role: _priority(pid) for role, pid in pids.items()}
+        groups = {role: _cpu_cgroup(pid) for role, pid in pids.items()}
         _load(up.proxy, 1.0)  # warm the connection pools
         idle = _load(up.proxy, 4.0)
         check = subprocess.Popen([*MONITOR, "check", "--only", "semantic_drift", "--window", "1h", "--reference",
@@ -154,12 +157,43 @@ def test_proxy_latency_does_not_move_while_a_heavy_check_runs(tmp_path):
     auto = Path("/proc/self/autogroup").exists()
     assert priorities == {"proxy": (0, 0 if auto else None, False), "pipeline": (10, 10 if auto else None, True),
                           "store": (19, 19 if auto else None, True)}, priorities
+    # and the store in a cgroup marked cpu.idle (processes.idle_cgroup), where this machine lets it create one:
+    # preempted at once by any task outside it, whatever session it is in
+    store_group = groups["store"]
+    if os.geteuid() == 0 and store_group is not None and store_group[1] is not None:
+        name = store_group[0].rsplit("/", 1)[-1]
+        assert re.fullmatch(r"llm-monitor-\d+-idle", name) and store_group[1] == 1, groups
+        assert groups["proxy"][0] == groups["pipeline"][0] != store_group[0], groups
+        assert "runs in the idle cgroup" in up.text()
+        assert not Path(store_group[2]).exists(), "the idle cgroup outlived monitor up"
+    else:
+        assert "not in an idle cgroup" in up.text(), (groups, up.text()[-2000:])
     assert still_running, "the check must still be running while the busy load is measured"
     assert len(idle) > 50 and len(busy) > 50
     p50_idle, p50_busy, p90_idle, p90_busy = _q(idle, .5), _q(busy, .5), _q(idle, .9), _q(busy, .9)
     # the store process embeds texts on one core; the proxy is a process of its own: no GIL to wait for
     assert p50_busy <= 1.5 * p50_idle + 5.0, (p50_idle, p50_busy)
     assert p90_busy <= 1.5 * p90_idle + 10.0, (p90_idle, p90_busy)
+
+
+def _cpu_cgroup(pid: int) -> tuple[str, int | None, str] | None:
+    """(the cpu cgroup of a process, its cpu.idle or None, its directory) (cgroup v1's cpu hierarchy or v2)."""
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            d = Path("/sys/fs/cgroup/cpu") / path.lstrip("/")
+            break
+    else:
+        path = next((ln.split(":", 2)[2] for ln in lines if ln.startswith("0::")), None)
+        if path is None:
+            return None
+        d = Path("/sys/fs/cgroup") / path.lstrip("/")
+    try:
+        idle = int((d / "cpu.idle").read_text())
+    except OSError:
+        idle = None
+    return path, idle, str(d)
 
 
 def _priority(pid: int) -> tuple[int, int | None, bool]:

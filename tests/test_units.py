@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from conftest import otlp_request
@@ -351,3 +356,101 @@ def test_cached_span_attributes_keep_their_type_and_never_change():
     span.attributes.extend([cached_kv("gen_ai.request.model", "llama")])
     span.attributes[0].value.string_value = "[REDACTED]"
     assert cached_kv("gen_ai.request.model", "llama").value.string_value == "llama"
+
+
+def test_client_time_per_token_is_the_span_over_the_tokens_and_none_when_it_came_in_one_read():
+    """A replayed stream's content events take the time of the read that brought them. Time per
+    output token: (last - first) / (events - 1), whatever the reads' grouping; where every event came
+    in one read the proxy cannot tell their spacing, and says nothing (never 0)."""
+    from monitor.config import ProxySettings
+    from monitor.sidecar.proxy.record import CaptureRecord
+    from monitor.sidecar.proxy.spans import record_to_span
+
+    def event(text: str) -> bytes:
+        return b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": text}}]}).encode() + b"\n\n"
+
+    body = b"".join(event(t) for t in ("a", "b", "c", "d", "e")) + b"data: [DONE]\n\n"
+    ends = [body.index(event(t)) + len(event(t)) for t in ("a", "b", "c", "d", "e")]
+
+    def attrs(chunks):
+        rec = CaptureRecord(api="openai", operation="chat", path="/v1/chat/completions", trace_id=b"t" * 16,
+                            span_id=b"s" * 8, start_ns=0, end_ns=10**9, status=200,
+                            request_body=b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}',
+                            content_type="text/event-stream", response_body=body, chunks=chunks)
+        span = record_to_span(rec, ProxySettings())
+        return {a.key: a.value for a in span.attributes}
+
+    # a, then b+c in one read, then d+e: first at 0.1 s, last at 0.5 s, five tokens
+    spread = attrs([(100_000_000, ends[0]), (300_000_000, ends[2]), (500_000_000, len(body))])
+    assert spread["monitor.client.time_to_first_token"].double_value == pytest.approx(0.1)
+    assert spread["monitor.client.time_per_output_token"].double_value == pytest.approx(0.4 / 4)
+    once = attrs([(200_000_000, len(body))])
+    assert once["monitor.client.time_to_first_token"].double_value == pytest.approx(0.2)
+    assert "monitor.client.time_per_output_token" not in once
+
+
+def test_the_cpu_cgroup_is_found_on_cgroup_v1_and_v2(tmp_path):
+    """monitor/runtime/cpu.py finds the directory of the process's cpu cgroup from /proc/<pid>/cgroup and
+    mountinfo: the v1 cpu hierarchy (alone or co-mounted with cpuacct), or v2 where its cpu controller is
+    available; nothing where neither is."""
+    from monitor.runtime.cpu import cpu_cgroup_dir
+
+    v1 = "4:memory:/x\n3:cpu,cpuacct:/system.slice/app.service\n0::/system.slice/app.service\n"
+    v1_mounts = ("30 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct\n"
+                 "31 25 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n")
+    assert cpu_cgroup_dir(v1, v1_mounts) == Path("/sys/fs/cgroup/cpu,cpuacct/system.slice/app.service")
+    # a container sees its own cgroup as the mount's root
+    assert cpu_cgroup_dir("3:cpu:/kubepods/pod1/c1\n",
+                          "30 25 0:27 /kubepods/pod1/c1 /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"
+                          ) == Path("/sys/fs/cgroup/cpu")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    v2_mounts = f"29 25 0:26 / {tmp_path} rw - cgroup2 cgroup2 rw\n"
+    assert cpu_cgroup_dir("0::/app\n", v2_mounts) == tmp_path / "app"
+    (tmp_path / "app" / "cgroup.controllers").write_text("memory pids\n")
+    assert cpu_cgroup_dir("0::/app\n", v2_mounts) is None
+    assert cpu_cgroup_dir("1:name=systemd:/\n", "") is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/sys/fs/cgroup/cpu/cpu.idle").exists()
+                    and not Path("/sys/fs/cgroup/cpu.idle").exists(),
+                    reason="creating an idle cgroup needs root and cpu.idle here (Linux 5.15+)")
+def test_a_process_joins_its_supervisors_idle_cgroup_which_goes_when_the_supervisor_cleans_up():
+    """join_idle_cgroup moves a process into <own cpu cgroup>/llm-monitor-<supervisor pid>-idle with cpu.idle
+    = 1; remove_idle_cgroup removes it once empty; remove_stale_idle_cgroups removes those of supervisors
+    that are gone and leaves a live one's alone."""
+    from monitor.runtime.cpu import cpu_cgroup_dir, idle_cgroup_path, remove_idle_cgroup, remove_stale_idle_cgroups
+
+    code = ("import os, sys, time; from monitor.runtime.cpu import join_idle_cgroup; "
+            "print(join_idle_cgroup(int(sys.argv[1])), flush=True); time.sleep(60)")
+    me = os.getpid()
+    p = subprocess.Popen([sys.executable, "-c", code, str(me)], stdout=subprocess.PIPE, text=True)
+    try:
+        path = Path(p.stdout.readline().strip())
+        assert path == idle_cgroup_path(me) and path.name == f"llm-monitor-{me}-idle"
+        assert (path / "cpu.idle").read_text().strip() == "1"
+        assert str(p.pid) in (path / "cgroup.procs").read_text().split()
+        assert cpu_cgroup_dir(Path(f"/proc/{p.pid}/cgroup").read_text(),
+                              Path(f"/proc/{p.pid}/mountinfo").read_text()) == path
+        remove_idle_cgroup(me)  # not empty yet: stays
+        assert path.exists()
+    finally:
+        p.kill()
+        p.wait()
+    time.sleep(0.1)
+    remove_idle_cgroup(me)
+    assert not path.exists()
+    # a group left by a supervisor that was killed (a pid that is not running) goes; a live one's stays
+    dead = 2**22 + 17
+    while Path(f"/proc/{dead}").exists():
+        dead += 1
+    stale, live = path.parent / f"llm-monitor-{dead}-idle", path.parent / f"llm-monitor-{os.getppid()}-idle"
+    stale.mkdir()
+    live.mkdir()
+    try:
+        assert remove_stale_idle_cgroups() == 1
+        assert not stale.exists() and live.exists()
+    finally:
+        for d in (stale, live):
+            if d.exists():
+                d.rmdir()

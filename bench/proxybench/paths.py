@@ -33,7 +33,23 @@ PROXY_PY = ROOT / "bench" / "proxy.py"
 PATHS = ("direct", "monitor", "nginx")
 EXTRA_PATHS = ("aiohttp", "monitor-python", "monitor-native")  # opt-in with --paths
 MONITORS = {"monitor": None, "monitor-python": "python", "monitor-native": "native"}
-"""The `monitor up` paths and the proxy.implementation each runs (None: the config's, ``auto``)."""
+"""The `monitor up` paths and the proxy.implementation each runs (None: the config's, ``auto``);
+``--variant NAME=CONFIG`` adds ``native@NAME`` (see :func:`add_variant`)."""
+VARIANT_CONFIGS: dict[str, Path] = {}
+"""``native@NAME`` -> its ``--config`` file (instead of ``--monitor-config``)."""
+
+
+def add_variant(spec: str) -> str:
+    """``NAME=CONFIG``: one more native monitor path, ``native@NAME``, with its own config file, so two
+    settings are compared in one interleaved run (on a machine whose speed drifts, separate runs are
+    not comparable). Returns the path's name."""
+    name, sep, conf = spec.partition("=")
+    if not sep or not name.strip() or not Path(conf).is_file():
+        raise ValueError(f"--variant {spec!r}: expected NAME=CONFIG with an existing YAML file")
+    path = f"native@{name.strip()}"
+    MONITORS[path] = "native"
+    VARIANT_CONFIGS[path] = Path(conf).resolve()
+    return path
 POLL_S = 0.1
 """How often a start-up wait polls."""
 
@@ -103,7 +119,8 @@ def start_paths(args: argparse.Namespace, paths: list[str], workdir: Path, nginx
         env["MONITOR_CHECKS__ADMIN_PORT"] = str(ports["admin"])  # two of them side by side
         if MONITORS[mp]:
             env["MONITOR_PROXY__IMPLEMENTATION"] = MONITORS[mp]
-        conf_args = ["--config", str(args.monitor_config.resolve())] if args.monitor_config else []
+        conf = VARIANT_CONFIGS.get(mp) or (args.monitor_config.resolve() if args.monitor_config else None)
+        conf_args = ["--config", str(conf)] if conf else []
         procs[mp] = Proc(mp, [py, "-m", "monitor", *conf_args, "up", "--upstream", urls["direct"],
                               "--proxy-port", str(ports["proxy"]), "--data-dir", str(data_dir),
                               "--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"]),

@@ -17,6 +17,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+from monitor.runtime.cpu import join_idle_cgroup, lower_priority
 
 log = logging.getLogger("monitor")
 
@@ -80,33 +83,6 @@ def _node(role: str, index: int, settings):
     raise SystemExit(f"unknown role {role!r}")
 
 
-def _lower_priority(nice: int, idle: bool = False) -> None:
-    """Under CPU contention the proxy (niceness 0) and the model server go first.
-
-    Each child runs in a session of its own (the supervisor starts it so), and on Linux with
-    autogroups (``/proc/sys/kernel/sched_autogroup_enabled``, the default on desktop and many server
-    kernels) the scheduler first shares the CPU fairly among sessions and only then applies niceness
-    within one: a plain ``nice()`` would leave this process an equal share beside the model server. So
-    the session's autogroup gets the same niceness (raising niceness needs no privilege)."""
-    try:
-        os.nice(nice)
-    except OSError:
-        pass
-    try:
-        with open("/proc/self/autogroup", "w") as f:
-            f.write(str(nice))
-    except OSError:  # not Linux, autogroups compiled out: plain niceness is what applies
-        pass
-    if idle and hasattr(os, "SCHED_IDLE"):
-        # preempted at once by any normal task that wakes (the proxy with a chunk to forward), while
-        # the autogroup's niceness keeps this session's share of a contended CPU; set before any
-        # thread starts, so every thread of the process inherits it
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except OSError:
-            pass
-
-
 def _warm_up_then_settle(warm: Callable[[], None]) -> None:
     from monitor.runtime.heap import settle_heap
 
@@ -127,12 +103,23 @@ def main(argv: list[str]) -> int:
     nice = {"pipeline": settings.processes.pipeline_nice, "sidecar": settings.processes.pipeline_nice,
             "store": settings.processes.store_nice}.get(role, 0)
     if nice:
-        _lower_priority(nice, idle=settings.processes.sched_idle)
+        lower_priority(nice, idle=settings.processes.sched_idle)
+    idle_group: Path | OSError | None = None
+    if ("pipeline" if role == "sidecar" else role) in settings.processes.idle_cgroup:
+        try:
+            idle_group = join_idle_cgroup(os.getppid())
+        except OSError as exc:
+            idle_group = exc
     logging.basicConfig(level=settings.log_level, stream=sys.stderr, force=True, datefmt="%H:%M:%S",
                         format=f"%(asctime)s %(levelname)-7s [{name}] %(name)s: %(message)s")
     for noisy in ("kafka", "clickhouse_connect", "grpc", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    if isinstance(idle_group, OSError):
+        log.info("not in an idle cgroup (%s): niceness and SCHED_IDLE apply; under CPU contention the "
+                 "data plane may wait up to a time slice for this process", idle_group)
+    elif idle_group is not None:
+        log.info("runs in the idle cgroup %s: any other task preempts it at once", idle_group)
     from monitor.errors import ConfigError, MonitorError
 
     try:

@@ -38,6 +38,7 @@ from typing import Any
 from monitor.backoff import Backoff
 from monitor.config import Settings
 from monitor.errors import MonitorError
+from monitor.runtime.cpu import remove_idle_cgroup, remove_stale_idle_cgroups
 
 __all__ = ["Supervisor", "ChildSpec"]
 
@@ -92,6 +93,8 @@ class Supervisor:
     def start(self) -> None:
         """Start every child in order, each once the previous one is ready; raise ChildFailed if one
         cannot start (the ones already running are stopped)."""
+        if self.settings.processes.idle_cgroup:
+            remove_stale_idle_cgroups()
         for child in self.children:
             self._spawn(child)
             self._await_ready(child)
@@ -117,6 +120,7 @@ class Supervisor:
                 proc.wait(5)
             except ProcessLookupError:
                 pass
+        remove_idle_cgroup(os.getpid())
 
     def info(self, role: str) -> dict[str, Any]:
         """What the first child of ``role`` reported when it became ready (pid, ports)."""
