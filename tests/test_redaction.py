@@ -893,3 +893,31 @@ def test_many_matches_and_escapes_fall_back_to_walking():
         b = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
         assert redact_request(fast, "traces", a) == redact_request(plain, "traces", b) != {}
         assert a == b
+
+
+@needs_hyperscan
+def test_client_hashes_are_ids_and_anything_else_in_their_keys_is_scanned():
+    """``monitor.client.key_hash`` / ``address_hash`` (monitor/otlp/identity.py) hold hex HMACs: ids,
+    which the screen does not walk for (every proxy span carries one, and its hex made the screen
+    walk every span: ~100 µs each) and the walk leaves alone. Skipping them changes no verdict: no
+    detector finds anything in 20,000 random hashes. Any other value in those keys (a raw key a
+    gateway put there) is scanned and redacted as before."""
+    import secrets
+
+    from monitor.otlp.identity import ADDRESS_HASH_ATTR, KEY_HASH_ATTR
+
+    fast = Redactor()
+    assert all(fast.redact_text(h, {}) == h for h in (secrets.token_hex(16) for _ in range(20_000)))
+    hashes = ["076fbd853f72ae55b20dbe7093bdb600", "4111111111111111aaaaaaaaaaaaaaaa"]
+    assert fast._prefilter.any(hashes[0].encode())  # a superset matches the hex: without the rule, a walk
+    raw = "sk-proj-" + "Ab3xYz9Q" * 5
+    spans = [trace_pb2.Span(name="chat", attributes=[_kv(KEY_HASH_ATTR, hashes[0]), _kv(ADDRESS_HASH_ATTR, hashes[1]),
+                                                     _kv("gen_ai.request.model", "m")]),
+             trace_pb2.Span(name="chat", attributes=[_kv(KEY_HASH_ATTR, raw)])]
+    msg = trace_service_pb2.ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
+        scope_spans=[trace_pb2.ScopeSpans(spans=spans)])])
+    assert _screened(fast, "traces", msg) == [(0, 0, 1)]
+    assert redact_request(fast, "traces", msg) == {"API_KEY": 1}
+    after = msg.resource_spans[0].scope_spans[0].spans
+    assert after[0] == spans[0]
+    assert after[1].attributes[0].value.string_value == "[API_KEY]"

@@ -40,11 +40,15 @@ from typing import Any
 
 __all__ = ["client_attributes", "client_identity", "request_features", "identity_from_attributes",
            "key_hash", "credential", "load_or_create_secret", "secret_path", "resolve_secret", "wanted_headers",
-           "KEY_HASH_ATTR", "ADDRESS_HASH_ATTR", "USER_ATTRS", "CONVERSATION_ATTRS", "MAX_ID_CHARS",
+           "KEY_HASH_ATTR", "ADDRESS_HASH_ATTR", "HASH_ATTRS", "HEX_HASH", "USER_ATTRS", "CONVERSATION_ATTRS", "MAX_ID_CHARS",
            "SECRET_FILE"]
 
 KEY_HASH_ATTR = "monitor.client.key_hash"
 ADDRESS_HASH_ATTR = "monitor.client.address_hash"
+HASH_ATTRS = frozenset({KEY_HASH_ATTR, ADDRESS_HASH_ATTR})
+HEX_HASH = re.compile(r"[0-9a-f]{8,64}")
+"""What a value of :data:`HASH_ATTRS` looks like when it is a hash (``fullmatch``): an id, which
+redaction leaves alone (a phone-number-like run of digits inside a digest is not a phone number)."""
 USER_ATTRS = ("enduser.id", "user.id")
 """Span attributes naming the end user, first present wins (OTel semantic conventions)."""
 CONVERSATION_ATTRS = ("gen_ai.conversation.id", "session.id")

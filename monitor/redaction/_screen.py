@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
 
+from monitor.otlp.identity import HASH_ATTRS, HEX_HASH
 from monitor.redaction import _prefilter
 
 if TYPE_CHECKING:
@@ -214,6 +215,8 @@ _EVENT_ATTRIBUTES, _LINK_ATTRIBUTES, _STATUS_MESSAGE = 3, 4, 2
 _LOG_BODY, _LOG_ATTRIBUTES = 5, 6
 _KV_KEY, _KV_VALUE, _ANY_STRING = 1, 2, 1
 _NO_KEYS: frozenset[bytes] = frozenset()
+_HASH_KEYS = frozenset(k.encode() for k in HASH_ATTRS)
+_HEX_HASH = re.compile(HEX_HASH.pattern.encode())
 
 
 def text_ranges(data: bytes, start: int, end: int, logs: bool, safe_keys: frozenset[bytes],
@@ -270,6 +273,8 @@ def _value_range(data: bytes, start: int, end: int, safe_keys: frozenset[bytes],
         n, p = _varint(data, s + 1)
         if p + n == e:
             s = p
+            if key in _HASH_KEYS and _HEX_HASH.fullmatch(data, s, e):
+                return None  # a client hash: an id (request._redact_attributes skips it alike)
     return s, e, key in url_keys
 
 

@@ -30,6 +30,7 @@ from google.protobuf.message import Message
 
 from monitor.otlp.codec import Signal
 from monitor.otlp.genai import JOINED_KEY
+from monitor.otlp.identity import HASH_ATTRS, HEX_HASH
 from monitor.redaction import _screen
 from monitor.redaction.redact import Redactor
 
@@ -147,6 +148,8 @@ def _redact_attributes(redactor: Redactor, attributes: Iterable[Any], counts: di
         key = kv.key
         if key in URL_KEYS:
             _redact_url(redactor, key, kv.value, counts)
+        elif key in HASH_ATTRS and HEX_HASH.fullmatch(kv.value.string_value):
+            continue  # a client hash (monitor.otlp.identity): an id; anything else in that key is scanned
         elif key not in SAFE_KEYS:
             redactor.redact_any_value(kv.value, counts)
 
