@@ -107,8 +107,8 @@ def identity_attributes(requested: Any, upstream: str, settings: ProxySettings) 
 
 
 def _replay(cap: Capture, rec: CaptureRecord) -> list[float]:
-    """Feed the stream chunk by chunk as the client got it; the time (s) of each content event (the
-    events a read brought share its time)."""
+    """Feed the stream chunk by chunk as the client got it; the times (s) of the reads that brought
+    content (``cap.chunks`` counts the content events)."""
     body = rec.response_body
     times: list[float] = []
     pos = 0
@@ -119,21 +119,23 @@ def _replay(cap: Capture, rec: CaptureRecord) -> list[float]:
         before = cap.chunks
         cap.feed(body[pos:offset])
         pos = offset
-        times.extend([t_ns / 1e9] * (cap.chunks - before))
+        if cap.chunks > before:
+            times.append(t_ns / 1e9)
     if pos < len(body):
         cap.feed(body[pos:])
     cap.flush()
     return times
 
 
-def _client_timing(times: list[float]) -> tuple[float | None, float | None]:
-    """(TTFT, time per output token) in seconds from the content events' times. The time per token is
-    the span from the first content to the last over the tokens between them; None where all content
-    came in one read (the proxy cannot tell how it was spaced), not 0."""
+def _client_timing(times: list[float], events: int) -> tuple[float | None, float | None]:
+    """(TTFT, time per output token) in seconds from the times of the reads that brought content and
+    the number of content events: the span from the first content to the last over the tokens
+    between them, whatever the reads' grouping; None where all content came in one read (the proxy
+    cannot tell how it was spaced), not 0."""
     if not times:
         return None, None
     first, last = times[0], times[-1]
-    return first, ((last - first) / (len(times) - 1) if last > first else None)
+    return first, ((last - first) / (events - 1) if last > first and events > 1 else None)
 
 
 def record_to_span(rec: CaptureRecord, settings: ProxySettings, clients: ClientsSettings | None = None,
@@ -156,7 +158,7 @@ def record_to_span(rec: CaptureRecord, settings: ProxySettings, clients: Clients
             times = _replay(cap, rec)
         else:
             cap.read_response(rec.response_body)
-    ttft, per_token = _client_timing(times)
+    ttft, per_token = _client_timing(times, cap.chunks)
     attrs: dict[str, Any] = {**rec.attributes, **cap.request_attributes(), "monitor.proxy": True,
                              "url.path": rec.path}
     attrs.update(cap.response_attributes())
