@@ -921,3 +921,37 @@ def test_client_hashes_are_ids_and_anything_else_in_their_keys_is_scanned():
     after = msg.resource_spans[0].scope_spans[0].spans
     assert after[0] == spans[0]
     assert after[1].attributes[0].value.string_value == "[API_KEY]"
+
+
+def test_the_parts_read_through_protobuf_are_the_bytes_text_ranges_lists():
+    """The screen's decoded look reads an item's parts through the protobuf runtime (_screen._parts)
+    instead of field by field: for spans and log records of every shape redaction looks at, the parts
+    are exactly the byte ranges _screen.text_ranges lists (a string's UTF-8 bytes, any other value's
+    whole encoding), URL flags included; safe keys and hex client hashes are in neither."""
+    from monitor.otlp.identity import KEY_HASH_ATTR
+    from monitor.redaction import request
+
+    attrs = [_kv("gen_ai.request.model", "m"), _kv("gen_ai.prompt", 'say "hi"\\n\u00e9 \U0001f642'), _kv("empty", ""),
+             _kv("n", 7), _kv("flag", True), _kv("list", ["a\\u0040b", 3, ["x"]]), _kv("map", {"k": "v\\t", "n": 1}),
+             _kv("url.full", "https://h.example/p?q=a%40b"), _kv("http.target", "/x?y=1"),
+             _kv(KEY_HASH_ATTR, "076fbd853f72ae55b20dbe7093bdb600"), _kv(KEY_HASH_ATTR, "not a hash"),
+             common_pb2.KeyValue(key="unset")]
+    spans = [trace_pb2.Span(name="chat m", attributes=attrs, status=trace_pb2.Status(message="bad \\ news"),
+                            events=[trace_pb2.Span.Event(name="e", attributes=attrs[:4])],
+                            links=[trace_pb2.Span.Link(trace_id=b"\x01" * 16, attributes=attrs[5:8])]),
+             trace_pb2.Span(), trace_pb2.Span(name="", attributes=[_kv("a", "b")])]
+    traces = trace_service_pb2.ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
+        scope_spans=[trace_pb2.ScopeSpans(spans=spans)])])
+    logs = logs_service_pb2.ExportLogsServiceRequest(resource_logs=[logs_pb2.ResourceLogs(scope_logs=[
+        logs_pb2.ScopeLogs(log_records=[logs_pb2.LogRecord(body=_any("body \\n text"), attributes=attrs),
+                                        logs_pb2.LogRecord(body=_any({"k": ["v"]})), logs_pb2.LogRecord()])])])
+    checked = 0
+    for msg, is_logs in ((traces, False), (logs, True)):
+        data = msg.SerializeToString()
+        for start, end, _ in _screen.item_ranges(data):
+            expected = [(data[s:e], url) for s, e, url in _screen.text_ranges(
+                data, start, end, is_logs, request._SAFE_BYTES, request._URL_BYTES)]
+            got = list(_screen._parts(data, start, end, is_logs, request._SAFE_BYTES, request._URL_BYTES))
+            assert sorted(got) == sorted(expected)
+            checked += len(got)
+    assert checked == 29  # every part above (hash and safe keys, unset values: none)
