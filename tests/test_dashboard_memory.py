@@ -140,8 +140,11 @@ def test_monitor_up_store_process_memory_stays_flat_under_page_views_and_ingest(
 
         # warm-up: every page's imports and first queries, and chdb's caches filling towards their caps
         # (store.embedded_cache_mb); 600 views here rose the floor 545 -> 564 MB over the first 240 and
-        # 564 -> 573 over the next 360, while the store kept ingesting
-        views(180)
+        # 564 -> 573 over the next 360, while the store kept ingesting. Since the store settles its heap
+        # after its warm-up (gc.collect + gc.freeze, monitor/runtime/heap.py) it starts lower and takes
+        # one step back up around the 200th view: floors per 60 views after 180 of them, 520, 546, 548,
+        # 550, 548, 550, 552, 555, 554, 561 MB (a 180-view warm-up measured that step: +30 MB)
+        views(300)
         seen = views(240)
         # the floor of the first and of the last 30 views: a background merge of the ingested parts
         # lifts RSS for a moment (tens of MB) and gives it back; growth is the floor rising
