@@ -169,9 +169,8 @@ def _attribute_parts(attributes, safe_keys: frozenset[bytes], url_keys: frozense
         value = kv.value
         if value.WhichOneof("value") == "string_value":
             text = value.string_value.encode()
-            if key in _HASH_KEYS and _HEX_HASH.fullmatch(text):
-                continue
-            yield text, key in url_keys
+            if not _client_hash(key, text, 0, len(text)):
+                yield text, key in url_keys
         else:
             yield value.SerializeToString(), key in url_keys
 
@@ -268,6 +267,12 @@ _HASH_KEYS = frozenset(k.encode() for k in HASH_ATTRS)
 _HEX_HASH = re.compile(HEX_HASH.pattern.encode())
 
 
+def _client_hash(key: bytes, data: bytes, start: int, end: int) -> bool:
+    """Whether ``data[start:end]``, the string value of attribute ``key``, is a client hash: an id
+    redaction leaves alone (request._redact_attributes skips it alike)."""
+    return key in _HASH_KEYS and _HEX_HASH.fullmatch(data, start, end) is not None
+
+
 def text_ranges(data: bytes, start: int, end: int, logs: bool, safe_keys: frozenset[bytes],
                 url_keys: frozenset[bytes]) -> list[tuple[int, int, bool]]:
     """``(start, end, url)`` of every part of the span (or log record) ``data[start:end]`` that
@@ -322,8 +327,8 @@ def _value_range(data: bytes, start: int, end: int, safe_keys: frozenset[bytes],
         n, p = _varint(data, s + 1)
         if p + n == e:
             s = p
-            if key in _HASH_KEYS and _HEX_HASH.fullmatch(data, s, e):
-                return None  # a client hash: an id (request._redact_attributes skips it alike)
+            if _client_hash(key, data, s, e):
+                return None
     return s, e, key in url_keys
 
 

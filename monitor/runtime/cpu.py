@@ -21,11 +21,8 @@ by the next (:func:`remove_stale_idle_cgroups`).
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
-
-log = logging.getLogger("monitor")
 
 _PREFIX = "llm-monitor-"
 _SUFFIX = "-idle"

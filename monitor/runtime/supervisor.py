@@ -120,7 +120,8 @@ class Supervisor:
                 proc.wait(5)
             except ProcessLookupError:
                 pass
-        remove_idle_cgroup(os.getpid())
+        if self.settings.processes.idle_cgroup:
+            remove_idle_cgroup(os.getpid())
 
     def info(self, role: str) -> dict[str, Any]:
         """What the first child of ``role`` reported when it became ready (pid, ports)."""
