@@ -15,6 +15,9 @@ Playwright (never a downloaded browser) and reports, per page and range (last 24
 *Complete* means: Streamlit reports its run finished (``stApp[data-test-script-state=notRunning]``),
 no status widget, spinner, skeleton or stale element is left, every plotly chart has drawn its SVG,
 and the DOM has not changed for ``--quiet`` seconds; the time taken is that of the last DOM change.
+Changes inside a ``<canvas>`` element's fallback content do not count: the browser never draws it (the
+data grid of ``st.dataframe`` fills an accessibility copy of its cells there 0.1-0.4 s after it has
+drawn them); the canvas's own size and style do.
 
 Each load is split with the server's own timing of the page's script runs (the hook
 :mod:`monitor.webui.timing`; for a checkout without it the launcher times Streamlit's script
@@ -58,11 +61,21 @@ PAGES = {"overview": ("", "Overview"), "latency_gpu": ("latency_gpu", "Latency &
 RANGES = {"24h": "Last 24 hours", "7d": "Last 7 days"}
 DATABASE = "bench"
 
-# Runs before any page script: the time of the latest DOM change and of the latest click.
+# Runs before any page script: the time of the latest DOM change and of the latest click. A change
+# inside a <canvas> (its fallback content, which the browser never draws: the data grid keeps an
+# accessibility copy of its cells there and fills it after drawing) is not a change people see; the
+# canvas element's own attributes (its size) are.
 INIT_JS = """
 window.__mon = {last: 0, changes: 0, click: 0};
-new MutationObserver(() => { window.__mon.last = performance.now(); window.__mon.changes++; })
-    .observe(document, {subtree: true, childList: true, attributes: true, characterData: true});
+const __unseen = (m) => {
+    const t = m.target.nodeType === 1 ? m.target : m.target.parentElement;
+    const c = t && t.closest('canvas');
+    return !!c && (c !== t || m.type !== 'attributes');
+};
+new MutationObserver((ms) => {
+    if (ms.every(__unseen)) return;
+    window.__mon.last = performance.now(); window.__mon.changes++;
+}).observe(document, {subtree: true, childList: true, attributes: true, characterData: true});
 document.addEventListener('click', () => { window.__mon.click = performance.now(); }, true);
 """
 

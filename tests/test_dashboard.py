@@ -245,6 +245,18 @@ def test_requests_page_filters_and_shows_one_request_literally(seeded):
     assert list(spans["name"]) == ["chat beta", "llm_request"]
     m = _metrics(at)
     assert m["Latency"] == "5,000 ms" and m["Finish reason"] == "length"
+    assert len(at.code) == 0  # the raw JSON only when asked (a code block costs the browser's highlighter)
+    at.toggle(key="req_json").set_value(True).run()
+    at.toggle(key="req_span_json").set_value(True).run()
+    blocks = [c.value for c in at.code]
+    attributes = json.loads(blocks[-3])  # the request's attributes, then each span's
+    assert attributes and all(isinstance(k, str) for k in attributes)
+    assert len(blocks) >= 3 and all(json.loads(b) is not None for b in blocks[-2:])
+    assert [c.value for c in at.caption if "· attributes" in c.value] == \
+        ["chat beta · 5000\\.0 ms · attributes", "llm\\_request · 4800\\.0 ms · attributes"]
+    assert all("<script>" not in t and "](http://evil)" not in t for t in _all_text(at))
+    at.toggle(key="req_json").set_value(False).run()
+    at.toggle(key="req_span_json").set_value(False).run()
 
     at.radio(key="f_status").set_value("error").run()
     rows = at.dataframe[0].value

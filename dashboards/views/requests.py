@@ -72,9 +72,11 @@ def request_detail() -> None:
     flags = {k: d.get(k) for k in ("prompt_language", "completion_language", "refusal", "empty_output", "truncated",
                                     "json_valid", "pii_in_output", "repetition", "degenerate", "language_mismatch")}
     with st.expander("Engine timings, cost and quality flags"):
-        ui.plain("timings", json.dumps(timing, indent=2, default=str), mono=True)
-        ui.plain("quality", json.dumps(flags, indent=2, default=str), mono=True)
-    with st.expander("Messages and attributes"):
+        ui.plain("timings", json.dumps(timing, indent=2, default=str))
+        ui.plain("quality", json.dumps(flags, indent=2, default=str))
+    # The raw JSON (messages, attributes) only when asked: code blocks cost the browser's syntax
+    # highlighter on every load even inside a closed expander (see ui.plain).
+    if st.toggle("Messages and attributes (JSON)", key="req_json"):
         for key in ("input_messages", "output_messages"):
             if d.get(key):
                 ui.plain(key.replace("_", " "), d[key], mono=True)
@@ -90,9 +92,10 @@ def request_detail() -> None:
                      120 + 32 * len(spans), layout={"yaxis_autorange": "reversed"}, x="duration_ms", y="name",
                      base="offset_ms", orientation="h", color="service", hover_data=["kind", "status", "span_id"])
         ui.table(spans.drop(columns=["attributes"]))
-        for _, s in spans.iterrows():
-            with st.expander(f"{ui.md_escape(s['name'])} · {s['duration_ms']:.1f} ms · attributes"):
-                ui.plain("attributes", s["attributes"], mono=True)
+        if st.toggle("Each span's attributes (JSON)", key="req_span_json"):
+            for _, s in spans.iterrows():
+                ui.plain(ui.md_escape(f"{s['name']} · {s['duration_ms']:.1f} ms · attributes"), s["attributes"],
+                         mono=True)
 
 
 ui.fragment(request_detail, "Requests")
