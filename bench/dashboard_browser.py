@@ -45,6 +45,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -91,6 +92,74 @@ COMPLETE_JS = """() => {
         if (!c.querySelector('.js-plotly-plot .main-svg')) return 'chart';
     return '';
 }"""
+
+
+# Bytes over the network for this document and everything it loaded (0 for what came from the cache).
+TRANSFER_JS = """() => performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))
+    .reduce((n, e) => n + (e.transferSize || 0), 0)"""
+
+NGINX_CONF = """\
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    include {d}/dashboard.conf;
+}}
+"""
+
+
+class Nginx:
+    """nginx in front of the dashboards with the shipped deploy/nginx/dashboard.conf (its ports
+    replaced), as a remote browser would reach them."""
+
+    def __init__(self, root: Path, upstream_port: int, workdir: Path):
+        snippet = (root / "deploy" / "nginx" / "dashboard.conf").read_text()
+        self.port = _free_port()
+        snippet = snippet.replace("listen 8080;", f"listen 127.0.0.1:{self.port};")
+        snippet = snippet.replace("127.0.0.1:8501", f"127.0.0.1:{upstream_port}")
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "dashboard.conf").write_text(snippet)
+        (workdir / "nginx.conf").write_text(NGINX_CONF.format(d=workdir))
+        self.proc = subprocess.Popen(["nginx", "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-e",
+                                      str(workdir / "error.log"), "-g", "daemon off;"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"nginx did not start: {self.proc.stderr.read() if self.proc.stderr else ''}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def emulate_network(context, page, spec: str | None) -> None:
+    """``MBIT,RTT_MS``: Chromium's network emulation on ``page`` (a browser on another machine)."""
+    if not spec:
+        return
+    mbit, rtt = (float(x) for x in spec.split(","))
+    cdp = context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": rtt,
+                                                  "downloadThroughput": mbit * 1e6 / 8,
+                                                  "uploadThroughput": mbit * 1e6 / 8})
 
 
 # --- the server (a child process, run from the checkout under test) -----------------------------------
@@ -298,7 +367,8 @@ class Measure:
         last = self.complete(page, 0.0)
         origin = page.evaluate("performance.timeOrigin") / 1000
         out = {"total_s": last / 1000, **self.split(origin, origin + last / 1000),
-               "server_cpu_s": self.server.cpu_s() - cpu0, "browser_cpu_s": browser_cpu_s() - bcpu0}
+               "server_cpu_s": self.server.cpu_s() - cpu0, "browser_cpu_s": browser_cpu_s() - bcpu0,
+               "transfer_mb": page.evaluate(TRANSFER_JS) / 1e6}
         return out
 
     def change_range(self, page, label: str) -> dict:
@@ -336,6 +406,11 @@ def run(args) -> dict:
     if args.pin:
         os.sched_setaffinity(0, {1})  # Playwright's driver and Chromium inherit it
     print(f"serving {root} on {server.url} (timings: {server.hook}; rss {server.rss_mb():.0f} MB)", file=sys.stderr)
+    front = None
+    if args.via_nginx:  # the browser goes through nginx from here on (pages, assets, websocket)
+        front = Nginx(ROOT, server.port, Path(tempfile.mkdtemp(prefix="dash-nginx-")))
+        server.url = front.url
+        print(f"through nginx on {front.url} (deploy/nginx/dashboard.conf)", file=sys.stderr)
     m = Measure(server, args.quiet, args.timeout)
     results = []
     try:
@@ -346,6 +421,7 @@ def run(args) -> dict:
             ctx.add_init_script(INIT_JS)
             m.watch(ctx)
             p = ctx.new_page()
+            emulate_network(ctx, p, args.network)
             m.load(p, f"{server.url}/?range=24h")
             ctx.close()
             for rng in args.ranges.split(","):
@@ -357,6 +433,7 @@ def run(args) -> dict:
                     ctx.add_init_script(INIT_JS)
                     m.watch(ctx)
                     p = ctx.new_page()
+                    emulate_network(ctx, p, args.network)
                     first = m.load(p, url)
                     shown = shown_range(p)
                     reloads = [m.load(p, None) for _ in range(args.repeat)]
@@ -368,13 +445,17 @@ def run(args) -> dict:
                     r = {"page": name, "range": rng, "shown": shown, "first": first, "reloads": reloads,
                          "changes": changes}
                     results.append(r)
-                    print(f"{rng:>3} {name:<12} first {first['total_s']:5.2f} s  reload {_med(reloads, 'total_s'):5.2f} s"
-                          f"  range change {_med(changes, 'total_s'):5.2f} s   (shown: {shown})", file=sys.stderr)
+                    print(f"{rng:>3} {name:<12} first {first['total_s']:5.2f} s ({first['transfer_mb']:.1f} MB)  reload "
+                          f"{_med(reloads, 'total_s'):5.2f} s ({_med(reloads, 'transfer_mb'):.2f} MB)  range change "
+                          f"{_med(changes, 'total_s'):5.2f} s   (shown: {shown})", file=sys.stderr)
             browser.close()
     finally:
         rss = server.rss_mb()
         server.stop()
-    return {"root": str(root), "hook": server.hook, "pin": args.pin, "cache": not args.no_cache, "results": results,
+        if front is not None:
+            front.stop()
+    return {"root": str(root), "hook": server.hook, "pin": args.pin, "cache": not args.no_cache,
+            "via_nginx": args.via_nginx, "network": args.network, "results": results,
             "server_rss_mb_end": rss, "requests": len(m.requests), "foreign_requests": sorted(set(m.foreign))}
 
 
@@ -413,6 +494,10 @@ def main() -> None:
                          "land inside a measured load]")
     ap.add_argument("--no-cache", action="store_true", help="turn the dashboards' result cache off")
     ap.add_argument("--pin", action="store_true", help="server on CPU 0, browser on CPU 1")
+    ap.add_argument("--via-nginx", action="store_true",
+                    help="the browser reaches the dashboards through nginx with deploy/nginx/dashboard.conf (gzip)")
+    ap.add_argument("--network", metavar="MBIT,RTT_MS", default=None,
+                    help="emulate a browser on another machine: Chromium's network throttling, e.g. 50,20")
     ap.add_argument("--out", default="/tmp/bench-dashboard-browser.json")
     ap.add_argument("--serve", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -28,6 +28,12 @@ if ! command -v chromium >/dev/null 2>&1; then  # the dashboard browser test dri
   $SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null 2>&1 &&
     $SUDO apt-get install -y -q chromium >/dev/null 2>&1; } || echo "could not install chromium; the browser test will fail" >&2
 fi
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then  # deploy/nginx/dashboard.conf is tried in front of the dashboards
+  echo "installing nginx (apt)" >&2
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get install -y -q nginx >/dev/null 2>&1 ||
+    echo "could not install nginx; the test of deploy/nginx/dashboard.conf will be SKIPPED (loudly)" >&2
+fi
 echo "resolving the Kafka broker jars (Maven Central, cached)" >&2
 python3 deploy/kafka/broker.py resolve >&2
 export HF_HUB_OFFLINE=1
