@@ -642,7 +642,7 @@ def test_chart_labels_from_stored_text_are_escaped_for_plotly(evil):
                                        "Power", "KV-cache usage", "Requests waiting / running"])
     parts = by_title["Mean time per request (ms)"]["data"]
     assert len(parts) == 4 and {y for t in parts for y in t["y"]} == {SHOWN}  # model names on the y axis
-    assert all(t["hovertemplate"].startswith("part=") and f"model=%{{y}}" in t["hovertemplate"] for t in parts)
+    assert all(t["hovertemplate"].startswith("part=") and "model=%{y}" in t["hovertemplate"] for t in parts)
     assert [t["name"] for t in by_title["KV-cache usage"]["data"]] == [SHOWN]
     assert [t["name"] for t in by_title["Utilisation"]["data"]] == [f"GPU {SHOWN}"]
 

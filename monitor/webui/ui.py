@@ -206,7 +206,7 @@ def plain(label: str, text: Any, empty: str = "(empty)", mono: bool = False) -> 
     """``text`` exactly as stored, no markdown, no HTML: ``st.text`` (wrapped plain text, whitespace
     kept), or with ``mono`` a code block. Lists of stored texts use ``st.text``: a code block goes
     through the browser's syntax highlighter, which took 0.4 s of a Quality page reload for its
-    40 example texts (and 0.16 s of a Requests reload for its eight JSON blocks), so pages show
+    40 example texts (and 0.16 s of a Requests reload for its JSON blocks), so pages show
     code blocks only where someone asked for them. ``label``: a caption above (none when empty)."""
     if label:
         st.caption(label)
