@@ -40,6 +40,11 @@ log = logging.getLogger("monitor.demo")
 
 DEMO_ALPHA = 0.001
 DEMO_TIMING_MIN_CHANGE = 0.5
+DEMO_ITL_MIN_CHANGE = 2.0
+"""Client-seen time per output token of the demo's tiny CPU model (~1.4 ms a token) is below what
+the proxy can time: about half of its streams reach the proxy in one read (no value) and the rest
+in a few, so the median moves with how reads coalesce under the machine's load (by 84 % in a
+control phase once). Only a tripling counts in the demo; its latency phase is caught on TTFT."""
 TIMING_FEATURES = ("ttft_ms", "latency_ms", "itl_ms", "queue_ms", "prefill_ms", "decode_ms", "tokens_per_second")
 V2 = "monitor-demo-tiny-v2"
 """The demo's candidate version: the served name of the second server."""
@@ -233,7 +238,7 @@ def _demo_checks(settings: Settings, webhook) -> None:
     for fname in TIMING_FEATURES:
         ov = c.features.setdefault(fname, FeatureOverride())
         if ov.min_change is None:
-            ov.min_change = DEMO_TIMING_MIN_CHANGE
+            ov.min_change = DEMO_ITL_MIN_CHANGE if fname == "itl_ms" else DEMO_TIMING_MIN_CHANGE
     # The demo's traffic is one client sending prompts made from templates: the abuse check rightly takes
     # it for a harvester in every phase, the control phase included. Its phases are about drift; the
     # clients and abuse signals are shown by bench/abuse.py (many clients, an injected harvester).
