@@ -114,6 +114,43 @@ http {{
 """
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float, what: str) -> None:
+    """Until ``url`` answers 200; exits the benchmark when ``proc`` ends first or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
+            raise SystemExit(f"{what} did not start (exit {proc.poll()}) {err}".rstrip())
+        time.sleep(0.1)
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout_s``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def wait_complete(page, since_ms: float, quiet_s: float, timeout_s: float) -> float:
+    """Wait until the page is complete (:data:`COMPLETE_JS`, then no change people see for
+    ``quiet_s``); its time (ms, page clock) of the last such change, or ``since_ms`` if later."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        why, last, now = page.evaluate(f"() => [({COMPLETE_JS})(), window.__mon.last, performance.now()]")
+        if not why and now - max(last, since_ms) >= quiet_s * 1000:
+            return max(last, since_ms)
+        page.wait_for_timeout(50)
+    raise TimeoutError(f"page not complete after {timeout_s:.0f} s: {why}")
+
+
 class Nginx:
     """nginx in front of the dashboards with the shipped deploy/nginx/dashboard.conf (its ports
     replaced), as a remote browser would reach them."""
@@ -130,24 +167,10 @@ class Nginx:
                                       str(workdir / "error.log"), "-g", "daemon off;"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(self.url + "/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"nginx did not start: {self.proc.stderr.read() if self.proc.stderr else ''}")
-            time.sleep(0.1)
+        wait_healthy(self.url + "/_stcore/health", self.proc, 20, "nginx")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, 10)
 
 
 def emulate_network(context, page, spec: str | None) -> None:
@@ -286,11 +309,7 @@ class Server:
         return 0.0
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, 60)
 
 
 def _cpu_s(pid: int) -> float:
@@ -339,14 +358,7 @@ class Measure:
         context.on("request", on_request)
 
     def complete(self, page, since_ms: float) -> float:
-        """Wait until the page is complete; its time (ms, page clock) of the last DOM change."""
-        deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
-            why, last, now = page.evaluate(f"() => [({COMPLETE_JS})(), window.__mon.last, performance.now()]")
-            if not why and now - max(last, since_ms) >= self.quiet_s * 1000:
-                return max(last, since_ms)
-            page.wait_for_timeout(50)
-        raise TimeoutError(f"page not complete after {self.timeout_s:.0f} s: {why}")
+        return wait_complete(page, since_ms, self.quiet_s, self.timeout_s)
 
     def split(self, t0_wall: float, t1_wall: float) -> dict:
         """The server's script runs within [t0, t1] (wall clock, seconds)."""

@@ -28,11 +28,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-from dashboard_browser import CHROMIUM, CHROMIUM_ARGS, COMPLETE_JS, INIT_JS, _free_port
+from dashboard_browser import CHROMIUM, CHROMIUM_ARGS, INIT_JS, _free_port, stop_process, wait_complete, wait_healthy
 
 _ROWS = 'pd.DataFrame({"a": range(20), "b": [f"text {j}" for j in range(20)], "c": [j * 1.5 for j in range(20)]})'
 _XS = '[f"2026-12-06T{h:02d}:{m:02d}:00" for h in range(24) for m in (0, 30)]'
@@ -75,32 +73,15 @@ class App:
              "--server.headless", "true", "--browser.gatherUsageStats", "false"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}/"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "_stcore/health", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise SystemExit(f"streamlit did not start for {name}")
-                time.sleep(0.2)
+        wait_healthy(self.url + "_stcore/health", self.proc, 60, f"streamlit for {name}")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, 20)
 
 
-def complete(page, quiet_s: float, timeout_s: float = 60.0) -> float:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        why, last, now = page.evaluate(f"() => [({COMPLETE_JS})(), window.__mon.last, performance.now()]")
-        if not why and now - last >= quiet_s * 1000:
-            return last / 1000
-        page.wait_for_timeout(50)
-    raise TimeoutError(f"page not complete after {timeout_s:.0f} s: {why}")
+def complete(page, quiet_s: float) -> float:
+    """Seconds from navigation until the page is complete (bench/dashboard_browser.py's rule)."""
+    return wait_complete(page, 0.0, quiet_s, 60.0) / 1000
 
 
 def main() -> None:
