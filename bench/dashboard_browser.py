@@ -13,7 +13,7 @@ Playwright (never a downloaded browser) and reports, per page and range (last 24
   from the click on the option until the page is complete, median of ``--repeat``.
 
 *Complete* means: Streamlit reports its run finished (``stApp[data-test-script-state=notRunning]``),
-no status widget, spinner, skeleton or stale element is left, every plotly chart has drawn its SVG,
+no status widget, spinner, skeleton or stale element is left, every chart is drawn (uPlot's canvas; plotly's SVG in older checkouts),
 and the DOM has not changed for ``--quiet`` seconds; the time taken is that of the last DOM change.
 Changes inside a ``<canvas>`` element's fallback content do not count: the browser never draws it (the
 data grid of ``st.dataframe`` fills an accessibility copy of its cells there 0.1-0.4 s after it has
@@ -90,6 +90,8 @@ COMPLETE_JS = """() => {
     if (document.querySelector('[data-stale="true"]')) return 'stale';
     for (const c of document.querySelectorAll('[data-testid="stPlotlyChart"]'))
         if (!c.querySelector('.js-plotly-plot .main-svg')) return 'chart';
+    for (const c of document.querySelectorAll('.mon-chart'))
+        if (!c.getAttribute('data-drawn')) return 'chart';
     return '';
 }"""
 

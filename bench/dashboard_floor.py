@@ -10,8 +10,11 @@ seconds). Each app is one variable added to an empty page:
 - ``sidebar``: + three sidebar widgets (a selectbox, a multiselect, a radio), as every dashboard page has;
 - ``grid-1`` / ``grid-5``: + one / five ``st.dataframe`` of 20 rows x 3 columns;
 - ``table-5``: + five ``st.table`` of the same rows;
+- ``plotly-1``: + one plotly line chart (three series of 48 points, a time axis) as a figure dict;
+- ``plotly-1-big``: + one plotly line chart of seven series of 180 points (Quality's chart at 24 h);
 - ``plotly-7``: + seven plotly line charts (three series of 48 points, a time axis) as figure dicts;
 - ``plotly-subplots-7``: the same 21 series as one figure with seven subplots;
+- ``uplot-7``: the same seven charts as the dashboards draw them (``monitor/webui/charts.py``: uPlot);
 - ``vega-7``: the same seven charts as ``st.line_chart`` (Vega-Lite).
 
 Prints the median warm reload per app (``--reloads`` reloads after one unmeasured load) and what
@@ -24,6 +27,8 @@ speed drifts between minutes.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,6 +37,7 @@ from pathlib import Path
 
 from dashboard_browser import CHROMIUM, CHROMIUM_ARGS, INIT_JS, _free_port, stop_process, wait_complete, wait_healthy
 
+ROOT = Path(__file__).resolve().parents[1]
 _ROWS = 'pd.DataFrame({"a": range(20), "b": [f"text {j}" for j in range(20)], "c": [j * 1.5 for j in range(20)]})'
 _XS = '[f"2026-12-06T{h:02d}:{m:02d}:00" for h in range(24) for m in (0, 30)]'
 _TRACE = '{"type": "scatter", "mode": "lines", "x": XS, "y": [(j * (k + 1)) % 7 for j in range(len(XS))], "name": f"s{k}"'
@@ -42,6 +48,14 @@ APPS = {
     "grid-1": f"st.dataframe({_ROWS}, hide_index=True)",
     "grid-5": f"for i in range(5):\n    st.dataframe({_ROWS}, hide_index=True)",
     "table-5": f"for i in range(5):\n    st.table({_ROWS})",
+    "plotly-1": "st.plotly_chart({\"data\": [" + _TRACE + "} for k in range(3)], \"layout\": {\"height\": 300}}, key=\"c\")",
+    "plotly-1-big": "XS = [f\"2026-12-06T{h:02d}:{m:02d}:00\" for h in range(24) for m in range(0, 60, 8)]\n"
+                    "st.plotly_chart({\"data\": [" + _TRACE + "} for k in range(7)], \"layout\": {\"height\": 300}}, key=\"c\")",
+    "uplot-7": "from monitor.webui import charts\n"
+               "df = pd.DataFrame({'t': pd.to_datetime(XS * 3), 'y': [(j * (k + 1)) % 7 for k in range(3) for j in range(len(XS))], "
+               "'s': [f's{k}' for k in range(3) for _ in XS]})\n"
+               "for i in range(7):\n    charts.mount(charts.line_spec(df, 'y', 's', f'chart {i}', '', False, "
+               "df.t.min().timestamp(), df.t.max().timestamp()), f'c{i}')",
     "plotly-7": "for i in range(7):\n    st.plotly_chart({\"data\": [" + _TRACE + "} for k in range(3)], "
                 "\"layout\": {\"height\": 300, \"title\": {\"text\": f\"chart {i}\"}}}, key=f\"c{i}\")",
     "plotly-subplots-7": "data = [" + _TRACE + ", \"xaxis\": f\"x{i + 1}\", \"yaxis\": f\"y{i + 1}\"} "
@@ -70,8 +84,8 @@ class App:
         self.port = _free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(path), "--server.port", str(self.port),
-             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.enableStaticServing", "true"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         self.url = f"http://127.0.0.1:{self.port}/"
         wait_healthy(self.url + "_stcore/health", self.proc, 60, f"streamlit for {name}")
 
@@ -96,6 +110,7 @@ def main() -> None:
     names = args.apps.split(",")
     times: dict[str, list[float]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
+        shutil.copytree(ROOT / "dashboards" / "static", Path(tmp) / "static")  # uPlot, served as the dashboards serve it
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for rnd in range(args.rounds):
             for name in names:

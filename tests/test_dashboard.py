@@ -601,70 +601,47 @@ def evil(store):
 
 
 def _figures(at) -> list[dict]:
-    """The figure JSON of every plotly chart on the page, as plotly.js receives it."""
-    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    """The spec of every chart on the page, as the chart component (dashboards/static/chart.js) receives it."""
+    from monitor.webui.charts import COMPONENT
+
+    return [json.loads(el.proto.json) for el in at.get("bidi_component") if el.proto.component_name == COMPONENT]
 
 
-def _strings(obj) -> list[str]:
-    if isinstance(obj, str):
-        return [obj]
-    if isinstance(obj, dict):
-        return [s for v in obj.values() for s in _strings(v)]
-    if isinstance(obj, list):
-        return [s for v in obj for s in _strings(v)]
-    return []
-
-
-def _no_markup_from_data(figs: list[dict]) -> None:
-    """No text in any figure holds a tag from the data (plotly's own ``<br>`` / ``<extra>`` in hover
-    templates are fine); the raw strings appear nowhere."""
-    texts = [s for f in figs for s in _strings(f)]
-    assert [s for s in texts if "<a" in s or "<b>" in s or "</" in s and "</extra>" not in s] == []
-    assert [s for s in texts if EVIL in s or ENTITY in s and ENTITY_SHOWN not in s] == []
-
-
-def test_chart_labels_from_stored_text_are_escaped_for_plotly(evil):
+def test_chart_labels_from_stored_text_reach_the_charts_as_stored(evil):
+    """uPlot writes legends and titles as textContent and draws ticks on its canvas, so stored text
+    goes into the spec unchanged (no escaping to undo, nothing shown twice-decoded); the browser test
+    checks that Chromium shows it literally and makes no element of it."""
     at = _app()
     figs = _figures(at)
     assert len(figs) == 5  # requests/s, error rate, tokens/s, latency, TTFT
-    _no_markup_from_data(figs)
     for f in figs:
-        assert sorted(t["name"] for t in f["data"]) == sorted([SHOWN, ENTITY_SHOWN])
-        hover = {t["name"]: t["hovertemplate"] for t in f["data"]}
-        assert hover[SHOWN].startswith(f"model={SHOWN}<br>t=%{{x}}<br>")
-        assert hover[ENTITY_SHOWN].startswith(f"model={ENTITY_SHOWN}<br>")
+        assert f["kind"] == "line" and f["lib"] == "/app/static/uplot/uPlot.esm.js"
+        assert sorted(s["name"] for s in f["series"]) == sorted([EVIL, ENTITY])
+        assert all(len(s["y"]) == len(f["x"]) for s in f["series"])
 
     at = _page(at, "views/latency_gpu.py")
     figs = _figures(at)
-    _no_markup_from_data(figs)
-    by_title = {f["layout"]["title"]["text"]: f for f in figs}
+    by_title = {f["title"]: f for f in figs}
     assert sorted(by_title) == sorted(["Mean time per request (ms)", "Median per bucket (ms)", "Utilisation", "Memory",
                                        "Power", "KV-cache usage", "Requests waiting / running"])
-    parts = by_title["Mean time per request (ms)"]["data"]
-    assert len(parts) == 4 and {y for t in parts for y in t["y"]} == {SHOWN}  # model names on the y axis
-    assert all(t["hovertemplate"].startswith("part=") and "model=%{y}" in t["hovertemplate"] for t in parts)
-    assert [t["name"] for t in by_title["KV-cache usage"]["data"]] == [SHOWN]
-    assert [t["name"] for t in by_title["Utilisation"]["data"]] == [f"GPU {SHOWN}"]
+    parts = by_title["Mean time per request (ms)"]
+    assert parts["kind"] == "bar" and parts["orientation"] == "h" and parts["labels"] == [EVIL]  # model per row
+    assert [s["name"] for s in parts["series"]] == ["queue", "prefill", "decode", "outside the engine (network, proxy)"]
+    ends = [s["y1"][0] for s in parts["series"]]
+    assert ends == sorted(ends) and [s["y0"][0] for s in parts["series"][1:]] == ends[:-1]  # stacked end to end
+    assert [s["name"] for s in by_title["KV-cache usage"]["series"]] == [EVIL]
+    assert [s["name"] for s in by_title["Utilisation"]["series"]] == [f"GPU {EVIL}"]
 
     at = _page(at, "views/drift.py")
-    figs = _figures(at)
-    assert len(figs) == 2
-    _no_markup_from_data(figs)
-    scores, dist = figs
-    assert [t["name"] for t in scores["data"]] == [SHOWN]                      # the metric, in the legend
-    assert dist["layout"]["title"]["text"] == f"{SHOWN}: share per bucket (latest run)"
-    assert [(t["name"], t["x"], t["y"]) for t in dist["data"]] == [
-        ("reference", [f"{SHOWN}0", f"{SHOWN}1"], [0.5, 0.5]), ("current", [f"{SHOWN}0", f"{SHOWN}1"], [0.2, 0.8])]
+    scores, dist = _figures(at)
+    assert [s["name"] for s in scores["series"]] == [EVIL]                      # the metric, in the legend
+    assert dist["title"] == f"{EVIL}: share per bucket (latest run)" and dist["percent"]
+    assert dist["labels"] == [f"{EVIL}0", f"{EVIL}1"] and dist["mode"] == "group"
+    assert [(s["name"], s["y"]) for s in dist["series"]] == [("reference", [0.5, 0.5]), ("current", [0.2, 0.8])]
 
     at = _page(at, "views/requests.py")
-    figs = _figures(at)
-    assert len(figs) == 1
-    _no_markup_from_data(figs)
-    (trace,) = figs[0]["data"]
-    assert trace["name"] == SHOWN and trace["y"] == [SHOWN]                       # service; span name tick
-    assert trace["customdata"] == [[SHOWN, SHOWN, f"e{0:015x}"]]                   # kind, status in the hover
-    assert trace["hovertemplate"].startswith(f"service={SHOWN}<br>")
-
-    from monitor.webui.ui import chart_text
-
-    assert chart_text(EVIL) == SHOWN and chart_text(ENTITY) == ENTITY_SHOWN and chart_text(None) == ""
+    (trace,) = _figures(at)
+    (service,) = trace["series"]
+    assert service["name"] == EVIL and trace["labels"] == [EVIL]                  # service; span name per row
+    assert service["y0"] == [0.0] and service["y1"] == [400.0]                    # from the trace's start, 400 ms
+    assert trace["hover"] == {"columns": ["kind", "status", "span_id"], "rows": [[EVIL, EVIL, f"e{0:015x}"]]}

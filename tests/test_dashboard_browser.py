@@ -168,7 +168,7 @@ def test_every_page_loads_in_chromium_and_shows_injected_text_literally(dashboar
             page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=60_000)
             if path == "requests":
                 page.wait_for_function("t => document.body.innerText.includes(t)", arg=INJECTION, timeout=60_000)
-            if path == "":  # a chart's title is drawn by plotly.js, a chunk loaded after the page's script ran
+            if path == "":  # a chart's title is written by the chart component, once it has loaded uPlot
                 page.wait_for_function("t => document.body.innerText.includes(t)", arg="Requests/s", timeout=60_000)
             _settle(page)
             page.screenshot(path=str(ARTIFACTS / f"{i + 1}_{path or 'overview'}.png"), full_page=True)
@@ -196,8 +196,7 @@ def test_no_page_makes_a_request_elsewhere_and_the_icon_is_served_locally(dashbo
             page.goto(f"{dashboard['url']}/{path}?range=1h", wait_until="domcontentloaded")
             page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=60_000)
             _settle(page)
-            page.wait_for_function("() => [...document.querySelectorAll('[data-testid=stPlotlyChart]')]"
-                                   ".every(c => c.querySelector('.main-svg'))", timeout=30_000)
+            page.wait_for_function(_CHARTS_DRAWN, timeout=30_000)
         icon = page.evaluate("() => document.querySelector(\"link[rel='shortcut icon']\").href")
         assert urlsplit(icon).netloc == urlsplit(dashboard["url"]).netloc, icon
         body = page.request.get(icon)
@@ -210,86 +209,75 @@ def test_no_page_makes_a_request_elsewhere_and_the_icon_is_served_locally(dashbo
         # (the selectbox is a combobox: its choice is the input's value, not text)
         assert page.get_by_test_id("stSidebar").get_by_role("combobox", name="Time range").input_value() == "Last hour"
     assert any("/_stcore/stream" in u for u in seen) and len(seen) > 20, seen
+    assert any(urlsplit(u).path == "/app/static/uplot/uPlot.esm.js" for u in seen), seen  # the charts' library
 
 
-# elements (any namespace) linking to the evil URL (href, xlink:href): an <a> made from the data would. Plotly's
-# data-unformatted attribute keeps the label's source text, which is the escaped text and links nowhere.
+_CHARTS_DRAWN = "() => [...document.querySelectorAll('.mon-chart')].every(c => c.getAttribute('data-drawn') === '1')"
+
+# elements (any namespace) linking to the evil URL (href, xlink:href): an <a> made from the data would
 _LINKS_FROM_DATA = """() => [...document.querySelectorAll('*')].filter(
     e => [...e.attributes].some(a => /href$/i.test(a.name) && a.value.includes('evil.example'))).length"""
 
 
-# viewport coordinates of the last point of the trace whose name contains the argument
-_LAST_POINT = """(gd, [name, back]) => {
-    const i = gd._fullData.findIndex(t => String(t.name).includes(name));
-    const cd = gd.calcdata[i], pt = cd[Math.max(0, cd.length - 1 - back)];
-    const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
-    const box = gd.querySelector('.main-svg').getBoundingClientRect();
-    return [box.left + xa._offset + xa.c2p(pt.x), box.top + ya._offset + ya.c2p(pt.y)];
-}"""
-
-
-def _hover_last_point(page, chart, name: str) -> None:
-    """Moves the mouse onto the newest point of the trace named ``name`` until plotly shows its hover
-    label. The point is found again on every try: a rerun of the page (the auto refresh) may redraw the
-    chart or move it between finding the point and moving there, which a single move would miss."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    # plotly's mode bar and Streamlit's element toolbar appear over the chart's top right corner on
-    # hover, where the newest point often is: hide them, and after two misses try the points before it
-    page.add_style_tag(content=".modebar-container, [data-testid=stElementToolbar] {display: none !important}")
-    for attempt in range(8):
-        chart.scroll_into_view_if_needed()
-        x, y = chart.evaluate(_LAST_POINT, [name, attempt // 2])
-        page.mouse.move(x - 12, y)  # plotly hovers on mouse movement: come from beside the point
-        page.mouse.move(x, y, steps=3)
-        try:
-            page.wait_for_function("() => document.querySelector('.hoverlayer .hovertext') !== null",
-                                   timeout=4_000)
-            return
-        except PlaywrightTimeout:
-            page.mouse.move(0, 0)
-    raise AssertionError(f"no hover label appeared over the newest point of {name!r} in 8 tries")
-
-
 def _no_markup_from_data(page) -> None:
     assert page.evaluate(_LINKS_FROM_DATA) == 0
-    assert page.locator(".js-plotly-plot svg a").count() == 0                 # plotly's <a> is an svg:a
-    for text in ("BOLD", "CLICK-ME"):  # a <b> becomes a bold tspan (Streamlit's theme bolds the titles itself)
-        assert page.locator(".js-plotly-plot tspan[style*='bold']", has_text=text).count() == 0
+    for tag in ("a", "b", "br", "script"):
+        assert page.locator(f".mon-chart {tag}").count() == 0
+
+
+def _legend(chart) -> dict[str, str]:
+    """A chart's legend, label -> the value shown for the point under the cursor ("--": none)."""
+    rows = chart.locator(".u-legend .u-series").all()
+    return {r.locator(".u-label").text_content(): r.locator(".u-value").text_content() for r in rows}
+
+
+def _hover(page, chart, fx: float, fy: float) -> None:
+    """Moves the mouse over the chart's plot area at the fractions ``fx``, ``fy`` of its size."""
+    chart.scroll_into_view_if_needed()
+    box = chart.locator(".u-over").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * fx - 10, box["y"] + box["height"] * fy)
+    page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy, steps=3)
 
 
 def test_chart_labels_show_stored_html_literally_in_chromium(dashboard):
-    """A model / service name with <a>, <b> and <br> is text in every chart: the legend entries,
-    the category ticks and the hover label read exactly as stored, and no element comes of it."""
+    """A model / service name with <a>, <b> and <br> is text in every chart: the legend entries and
+    the category shown for the bar under the cursor read exactly as stored, and no element comes of it."""
     with _browser(dashboard["chromium"], dashboard["url"]) as page:
         page.goto(dashboard["url"] + "/", wait_until="domcontentloaded")
         page.get_by_role("heading", name="Overview", exact=True).first.wait_for(timeout=60_000)
-        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .legendtext').length >= 10",
+        page.wait_for_function("() => document.querySelectorAll('.mon-chart .u-legend .u-series').length >= 15",
                                timeout=60_000)
         _settle(page)
+        page.wait_for_function(_CHARTS_DRAWN, timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "chart_labels_overview.png"), full_page=True)
-        legend = page.locator(".js-plotly-plot .legendtext").all_text_contents()
-        assert sorted(legend) == sorted([EVIL, "shop-llm"] * 5), legend  # five charts, two models each
-        assert page.locator(".js-plotly-plot .legendtext tspan.line").count() == 0  # no <br> line break
+        charts = page.locator(".mon-chart")
+        assert charts.count() == 5
+        labels = [label for i in range(5) for label in _legend(charts.nth(i)) if label != "time (UTC)"]
+        assert sorted(labels) == sorted([EVIL, "shop-llm"] * 5), labels  # five charts, two models each
         _no_markup_from_data(page)
-        # the hover label of the EVIL line's newest point (found through plotly's own calcdata and axes)
-        chart = page.locator(".js-plotly-plot").first
-        chart.scroll_into_view_if_needed()
-        _hover_last_point(page, chart, "CLICK-ME")
-        # both lines may have a point there (equal values): find the EVIL one among the hover labels
-        labels = page.locator(".hoverlayer .hovertext")
-        texts = labels.all_text_contents()
-        mine = [i for i, t in enumerate(texts) if t.startswith(f"model={EVIL}t=")]
-        assert mine, texts  # <br> is plotly's own
-        assert labels.nth(mine[0]).locator("tspan.line").count() == 3  # model, t, rate: no line from the data's <br>
+        # under the cursor the legend shows each line's value there: the newest points are at the right
+        chart = charts.first
+        for fx in (0.99, 0.97, 0.95, 0.9, 0.8, 0.6):
+            _hover(page, chart, fx, 0.5)
+            shown = _legend(chart)
+            if shown["time (UTC)"] != "--" and any(v != "--" for k, v in shown.items() if k != "time (UTC)"):
+                break
+        else:
+            raise AssertionError(f"no values under the cursor: {shown}")
+        assert shown["time (UTC)"].startswith(str(time.gmtime().tm_year)), shown
         _no_markup_from_data(page)
 
         page.goto(dashboard["url"] + "/latency_gpu", wait_until="domcontentloaded")
         page.get_by_role("heading", name="Latency & GPU", exact=True).first.wait_for(timeout=60_000)
         page.get_by_text("Mean time per request (ms)").first.wait_for(timeout=60_000)
         _settle(page)
-        ticks = page.locator(".js-plotly-plot").first.locator(".ytick text").all_text_contents()
-        assert ticks == [EVIL]  # the model with engine timings, on the bar chart's y axis
+        page.wait_for_function(_CHARTS_DRAWN, timeout=30_000)
+        bars = page.locator(".mon-chart").first
+        assert bars.locator(".u-title").text_content() == "Mean time per request (ms)"
+        _hover(page, bars, 0.3, 0.5)  # one row: the model with engine timings
+        shown = _legend(bars)
+        assert shown["model"] == EVIL, shown  # its name, as stored
+        assert float(shown["decode"].replace(",", "")) > 0, shown
         _no_markup_from_data(page)
 
 

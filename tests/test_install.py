@@ -25,6 +25,7 @@ TESTS = ROOT / "tests"
 BEHIND_AN_EXTRA = {
     "monitor.webui.queries": "dashboards",
     "monitor.webui.ui": "dashboards",
+    "monitor.webui.charts": "dashboards",
     "monitor.demo": "demo",
 }
 """Packages and modules that need an extra at import time (their submodules too)."""

@@ -59,7 +59,7 @@ def one_model() -> None:
                                value_name="share")
             shares["window"] = shares["window"].str.removesuffix("_share")
             ui.bar_chart(shares, f"{metric}: share per bucket (latest run)", "drift_dist", 320, x="bucket", y="share",
-                         color="window", barmode="group", layout={"yaxis_tickformat": ".0%", "xaxis_title": None})
+                         color="window", barmode="group", percent=True, x_title="")
 
     st.subheader("Semantic drift")
     sem = [s for s in q.semantic(store, f) if s["model"] == model and s["group"] == group]

@@ -89,7 +89,7 @@ def request_detail() -> None:
         st.caption("no spans stored for this trace")
     else:
         ui.bar_chart(spans.drop(columns=["attributes"]), "Spans (ms from the trace's start)", "trace",
-                     120 + 32 * len(spans), layout={"yaxis_autorange": "reversed"}, x="duration_ms", y="name",
+                     120 + 32 * len(spans), x="duration_ms", y="name",
                      base="offset_ms", orientation="h", color="service", hover_data=["kind", "status", "span_id"])
         ui.table(spans.drop(columns=["attributes"]))
         if st.toggle("Each span's attributes (JSON)", key="req_span_json"):

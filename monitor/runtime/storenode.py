@@ -102,7 +102,7 @@ class StoreNode:
             self.check_runner.warm_up()
             what.append("checks")
         if self.dashboard is not None:
-            for module in ("pandas", "plotly.express"):
+            for module in ("pandas", "monitor.webui.charts"):
                 importlib.import_module(module)
             what.append("dashboard")
         if what:

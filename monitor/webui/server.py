@@ -76,6 +76,8 @@ class DashboardServer:
             "browser.gatherUsageStats": False, "server.fileWatcherType": "none", "server.runOnSave": False,
             "global.developmentMode": False, "client.toolbarMode": "viewer", "client.showErrorDetails": "type",
             "browser.serverAddress": self.host, "browser.serverPort": self.port,
+            # dashboards/static: the chart library (monitor/webui/charts.py), served by this server
+            "server.enableStaticServing": True,
         }.items():
             st_config.set_option(key, value)
         self._thread = threading.Thread(target=self._run, name="monitor-dashboard", daemon=True)

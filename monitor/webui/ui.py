@@ -1,13 +1,12 @@
 """Rendering helpers shared by the pages in ``dashboards/``: the sidebar filters, empty states,
-plain-text display of user content, number formats, plotly charts.
+plain-text display of user content, number formats, charts (:mod:`monitor.webui.charts`).
 
 User content (prompts, completions, attributes, error texts) is only ever shown with
 :func:`plain` (``st.text``, or ``st.code`` for JSON: literal text, no markdown, no HTML) or inside ``st.dataframe`` (a
 canvas grid of plain strings). ``st.markdown`` here only renders this module's own constant text.
 
-Charts are only built by :func:`line_chart` and :func:`bar_chart`: plotly.js renders a subset of
-HTML (``<a href>``, ``<b>``, ``<br>``, ``<span style>``...) in legends, titles, ticks and hover
-labels, so every text column of a chart's data and its titles go through :func:`chart_text` first.
+Charts are only built by :func:`line_chart` and :func:`bar_chart` (uPlot: canvas and
+``textContent``, so stored text in a series name or category shows as stored).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ require("dashboards", "the dashboard app")
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from monitor.webui import timing
+from monitor.webui import charts, timing
 from monitor.webui.filters import (
     AUTO,
     RANGE_KEYS,
@@ -37,8 +36,8 @@ from monitor.webui.filters import (
 from monitor.webui.store import get_store, options
 
 __all__ = ["store", "sidebar", "filters", "require_events", "fragment", "plain", "table", "line_chart", "bar_chart",
-           "chart_text", "chart_frame", "fmt_ms", "fmt_rate", "fmt_pct", "fmt_num", "md_escape", "CUSTOM",
-           "NO_DATA_HELP", "FAVICON", "PLOTLY_CONFIG"]
+           "fmt_ms", "fmt_rate", "fmt_pct", "fmt_num", "md_escape", "CUSTOM",
+           "NO_DATA_HELP", "FAVICON"]
 
 CUSTOM = "Custom"
 _STATE = "monitor_filters"
@@ -51,7 +50,6 @@ FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
 """The browser tab's icon, served by the dashboard itself (a ``:material/...:`` icon would make every
 page load fetch it from a public font CDN)."""
 
-PLOTLY_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 
 NO_DATA_HELP = """
 **No requests recorded yet.** Point a model server or its clients at the monitor:
@@ -230,120 +228,21 @@ def table(df: pd.DataFrame, **kw: Any) -> None:
     st.dataframe(df, hide_index=True, width="stretch", **kw)
 
 
-def chart_text(text: Any) -> str:
-    """``text`` for a plotly label (legend, title, axis tick, hover, annotation): ``&``, ``<`` and
-    ``>`` as entities. plotly.js splits text on ``<...>`` tags before it decodes entities into
-    plain text nodes, so the escaped text can never become a tag and still reads exactly as stored
-    (``&amp;lt;`` shows as ``&lt;``)."""
-    return ("" if text is None else str(text)).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def chart_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """A copy of ``df`` with every text value through :func:`chart_text` (its values become trace
-    names, category ticks and hover labels; numbers, times and missing values stay as they are)."""
-    out = df.copy()
-    for col in out.columns:
-        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]) or \
-                isinstance(out[col].dtype, pd.CategoricalDtype):
-            out[col] = out[col].map(lambda v: chart_text(v) if isinstance(v, str) else v)
-    return out
-
-
-# Charts are plotly figure specs written as plain dicts, the shape plotly express would make
-# (one trace per colour group in order of appearance, "column=value" hover labels): plotly
-# express spent ~85 ms of the server's CPU per figure on its machinery (templates, subplots,
-# property validation), two thirds of a Latency & GPU run; a dict costs Streamlit's one
-# validation pass, ~17 ms.
-
-def _column(s: pd.Series) -> list[Any]:
-    """A column as JSON-able values: times as ISO text in UTC wall time (plotly.js has no zones)."""
-    if pd.api.types.is_datetime64_any_dtype(s):
-        if getattr(s.dt, "tz", None) is not None:
-            s = s.dt.tz_convert("UTC").dt.tz_localize(None)
-        return [None if v != v else v for v in s.dt.strftime("%Y-%m-%dT%H:%M:%S.%f").tolist()]
-    return s.tolist()
-
-
-def _groups(df: pd.DataFrame, color: str | None) -> list[tuple[str | None, pd.DataFrame]]:
-    if color is None:
-        return [(None, df)]
-    return [(str(name), g) for name, g in df.groupby(color, sort=False, observed=True)]
-
-
-def _hover(color: str | None, name: str | None, parts: list[str]) -> str:
-    """``column=value`` lines, as plotly express writes them (``name`` is already :func:`chart_text`)."""
-    head = [f"{chart_text(color)}={name}"] if color else []
-    return "<br>".join(head + parts) + "<extra></extra>"
-
-
-def _layout(title: str, height: int, extra: dict[str, Any]) -> dict[str, Any]:
-    layout: dict[str, Any] = {"title": {"text": chart_text(title)}, "height": height,
-                              "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
-                              "legend": {"title": {"text": ""}, "tracegroupgap": 0}}
-    for k, v in extra.items():  # "yaxis_tickformat" -> layout["yaxis"]["tickformat"], as update_layout reads it
-        axis, _, prop = k.partition("_")
-        if axis in ("xaxis", "yaxis") and prop:
-            if prop == "title":
-                layout.setdefault(axis, {})["title"] = {"text": v}
-            else:
-                layout.setdefault(axis, {})[prop] = v
-        else:
-            layout[k] = v
-    return layout
-
-
 def line_chart(df: pd.DataFrame, y: str, color: str | None, title: str, y_title: str, percent: bool = False,
                key: str | None = None) -> None:
     """One line per ``color`` group of ``y`` over the time column ``t``, across the whole selected range."""
-    frame = chart_frame(df)
-    mode = "lines+markers" if len(df) < 40 else "lines"
-    parts = ["t=%{x}", f"{chart_text(y)}=%{{y}}"]
-    data = [{"type": "scatter", "mode": mode, "name": name or "", "legendgroup": name or "", "showlegend": bool(color),
-             "x": _column(g["t"]), "y": _column(g[y]), "hovertemplate": _hover(color, name, parts)}
-            for name, g in _groups(frame, color)]
-    if not data:  # an empty chart still shows its axes and range (Streamlit refuses a figure without traces)
-        data = [{"type": "scatter", "mode": mode, "x": [], "y": [], "showlegend": False}]
-    f = filters()  # the whole selected range on the time axis, however few buckets have data
-    yaxis: dict[str, Any] = {"title": {"text": chart_text(y_title)}}
-    if percent:
-        yaxis["tickformat"] = ".1%"
-    layout = _layout(title, 300, {})
-    layout.update(xaxis={"range": [_naive_utc(f.start).isoformat(), _naive_utc(f.end).isoformat()]}, yaxis=yaxis)
-    st.plotly_chart({"data": data, "layout": layout}, width="stretch", key=key, config=PLOTLY_CONFIG)
+    f = filters()
+    charts.mount(charts.line_spec(df, y, color, title, y_title, percent, f.start.timestamp(), f.end.timestamp()), key)
 
 
-def bar_chart(df: pd.DataFrame, title: str, key: str, height: int, layout: dict[str, Any] | None = None, *,
-              x: str, y: str, color: str | None = None, base: str | None = None, hover_data: list[str] | None = None,
-              orientation: str = "v", barmode: str = "relative") -> None:
-    """Bars of ``y`` over ``x`` (``orientation="h"``: ``x`` is the length), one trace per ``color``
-    group, starting at ``base`` where given; ``hover_data``: more columns in the hover label;
-    ``layout``: constant layout settings (no text from the store), in update_layout's spelling."""
-    frame = chart_frame(df)
-    extra = list(hover_data or [])
-    parts = [f"{chart_text(x)}=%{{x}}", f"{chart_text(y)}=%{{y}}"]
-    if base:
-        parts.append(f"{chart_text(base)}=%{{base}}")
-    parts += [f"{chart_text(c)}=%{{customdata[{i}]}}" for i, c in enumerate(extra)]
-    data = []
-    for name, g in _groups(frame, color):
-        trace: dict[str, Any] = {"type": "bar", "name": name or "", "legendgroup": name or "",
-                                 "showlegend": bool(color), "orientation": orientation, "x": _column(g[x]), "y": _column(g[y]),
-                                 "hovertemplate": _hover(color, name, parts)}
-        if base:
-            trace["base"] = _column(g[base])
-        if extra:
-            trace["customdata"] = [list(row) for row in zip(*(_column(g[c]) for c in extra))]
-        data.append(trace)
-    if not data:
-        data = [{"type": "bar", "orientation": orientation, "x": [], "y": [], "showlegend": False}]
-    spec_layout = _layout(title, height, {"xaxis_title": chart_text(x), "yaxis_title": chart_text(y), **(layout or {})})
-    spec_layout["barmode"] = barmode
-    st.plotly_chart({"data": data, "layout": spec_layout}, width="stretch", key=key, config=PLOTLY_CONFIG)
-
-
-def _naive_utc(t: datetime) -> datetime:
-    """plotly.js has no time zones: UTC wall time, as the queries return it."""
-    return t.astimezone(timezone.utc).replace(tzinfo=None)
+def bar_chart(df: pd.DataFrame, title: str, key: str, height: int, *, x: str, y: str, color: str | None = None,
+              base: str | None = None, hover_data: list[str] | None = None, orientation: str = "v",
+              barmode: str = "relative", percent: bool = False, x_title: str | None = None) -> None:
+    """Bars of ``y`` over ``x`` (``orientation="h"``: ``x`` is the length), one series per ``color``
+    group, stacked (``relative``) or side by side (``group``); from ``base`` where given (one bar per
+    row: a waterfall, with ``hover_data`` columns shown for the bar under the cursor)."""
+    charts.mount(charts.bar_spec(df, title, height, x=x, y=y, color=color, base=base, hover_data=hover_data,
+                                 orientation=orientation, barmode=barmode, percent=percent, x_title=x_title), key)
 
 
 def fmt_ms(v: Any) -> str:
