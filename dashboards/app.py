@@ -1,8 +1,9 @@
 """llm-monitor dashboards: a Streamlit multipage app.
 
 Served in-process by ``monitor up`` (sharing its chdb handle) and by ``monitor dashboard
---clickhouse URL``; ``streamlit run dashboards/app.py`` also works (the store then comes from the
-``MONITOR_*`` settings). Pages only render: queries live in :mod:`monitor.webui.queries`, the
+--clickhouse URL``; ``streamlit run dashboards/app.py --server.enableStaticServing true`` also works
+(the store then comes from the ``MONITOR_*`` settings; the charts' library is served from
+``dashboards/static``). Pages only render: queries live in :mod:`monitor.webui.queries`, the
 shared sidebar filters in :mod:`monitor.webui.ui`. Every run is timed
 (:mod:`monitor.webui.timing`).
 """

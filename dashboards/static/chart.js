@@ -114,31 +114,39 @@ export default function (component) {
     el.className = "mon-chart";
     parentElement.appendChild(el);
   }
-  let chart = null;
-  let observer = null;
-  let gone = false;
+  // a rerun (the Overview's refresh every few seconds) may call this again on the same element:
+  // the chart drawn before goes first, with its resize observer
+  if (el._mon) el._mon.dispose();
+  const state = { chart: null, observer: null, gone: false };
+  state.dispose = () => {
+    state.gone = true;
+    if (state.observer) state.observer.disconnect();
+    if (state.chart) state.chart.destroy();
+    state.chart = state.observer = null;
+  };
+  el._mon = state;
   el.removeAttribute("data-drawn");
   load(new URL(spec.lib, document.baseURI).href).then((uPlot) => {
-    if (gone) return;
+    if (state.gone) return;
     el.replaceChildren();
     const width = () => Math.max(240, el.clientWidth || parentElement.clientWidth || 600);
     const opts = options(uPlot, spec, width());
     opts.hooks = { setCursor: hoverLine(spec, el) };
-    chart = new uPlot(opts, data(spec), el);
+    const chart = (state.chart = new uPlot(opts, data(spec), el));
     if (spec.hover) el.appendChild(el.querySelector(".mon-chart-hover"));
-    observer = new ResizeObserver(() => {
-      if (chart && Math.abs(chart.width - width()) > 2) chart.setSize({ width: width(), height: spec.height });
+    state.observer = new ResizeObserver(() => {
+      if (Math.abs(chart.width - width()) > 2) chart.setSize({ width: width(), height: spec.height });
     });
-    observer.observe(el);
+    state.observer.observe(el);
     el.setAttribute("data-drawn", "1");
   }).catch((err) => {
+    if (state.gone) return;
     el.textContent = `chart unavailable: ${err}. The dashboards serve their chart library from app/static: ` +
       "start them with `monitor dashboard` or `monitor up`, or set server.enableStaticServing = true.";
     el.setAttribute("data-drawn", "error");
   });
   return () => {
-    gone = true;
-    if (observer) observer.disconnect();
-    if (chart) chart.destroy();
+    state.dispose();
+    if (el._mon === state) el._mon = null;
   };
 }
