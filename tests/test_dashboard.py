@@ -645,3 +645,67 @@ def test_chart_labels_from_stored_text_reach_the_charts_as_stored(evil):
     assert service["name"] == EVIL and trace["labels"] == [EVIL]                  # service; span name per row
     assert service["y0"] == [0.0] and service["y1"] == [400.0]                    # from the trace's start, 400 ms
     assert trace["hover"] == {"columns": ["kind", "status", "span_id"], "rows": [[EVIL, EVIL, f"e{0:015x}"]]}
+
+
+# -- chart specs (monitor/webui/charts.py: what dashboards/static/chart.js draws) ---------------------------
+
+
+def test_line_spec_aligns_series_on_shared_times_and_keeps_gaps_and_the_range():
+    import pandas as pd
+
+    from monitor.webui.charts import line_spec
+
+    t0 = pd.Timestamp("2026-12-06 10:00:00")  # naive: UTC wall time, as the queries return it
+    df = pd.DataFrame({"t": [t0, t0 + pd.Timedelta(minutes=1), t0 + pd.Timedelta(minutes=2), t0],
+                       "v": [1.0, float("nan"), 3.0, 10.0], "model": ["a", "a", "a", "b"]})
+    spec = line_spec(df, "v", "model", "T", "ms", False, t0.timestamp() - 3600, t0.timestamp() + 3600)
+    base = pd.Timestamp("2026-12-06 10:00:00", tz="UTC").timestamp()
+    assert spec["x"] == [base, base + 60, base + 120]
+    assert [(s["name"], s["y"]) for s in spec["series"]] == [("a", [1.0, None, 3.0]), ("b", [10.0, None, None])]
+    assert spec["x_min"] == t0.timestamp() - 3600 and spec["y_min"] == 0.0 and spec["y_max"] == pytest.approx(10.5)
+    assert spec["markers"] is True                                              # few points: marked
+    empty = line_spec(df.iloc[0:0], "v", "model", "T", "ms", True, 0.0, 60.0)
+    assert empty["x"] == [] and empty["series"] == [] and (empty["y_min"], empty["y_max"]) == (0.0, 1.05)
+
+
+def test_bar_spec_stacks_groups_and_lays_a_waterfall():
+    import pandas as pd
+
+    from monitor.webui.charts import bar_spec
+
+    parts = pd.DataFrame({"model": ["m1", "m1", "m2", "m2", "m1"], "part": ["queue", "decode", "queue", "decode", "net"],
+                          "ms": [5.0, 100.0, 7.0, 50.0, -2.0]})
+    s = bar_spec(parts, "T", 200, x="ms", y="model", color="part", orientation="h")
+    assert s["labels"] == ["m1", "m2"] and s["mode"] == "stack" and s["orientation"] == "h"
+    by = {x["name"]: x for x in s["series"]}
+    assert by["queue"]["y0"] == [0.0, 0.0] and by["queue"]["y1"] == [5.0, 7.0]
+    assert by["decode"]["y0"] == [5.0, 7.0] and by["decode"]["y1"] == [105.0, 57.0]    # on top of the queue
+    assert by["net"]["y0"] == [0.0, None] and by["net"]["y1"] == [-2.0, None]         # negatives stack below 0
+    assert by["decode"]["y"] == [100.0, 50.0]                                           # the legend: own length
+    assert s["y_min"] < -2.0 and s["y_max"] > 105.0
+
+    shares = pd.DataFrame({"bucket": ["b0", "b1", "b0", "b1"], "share": [0.5, 0.5, 0.2, 0.8],
+                           "window": ["reference", "reference", "current", "current"]})
+    g = bar_spec(shares, "T", 300, x="bucket", y="share", color="window", barmode="group", percent=True)
+    assert g["mode"] == "group" and g["percent"] and g["labels"] == ["b0", "b1"]
+    assert [x["y1"] for x in g["series"]] == [[0.5, 0.5], [0.2, 0.8]] and all(v == 0.0 for x in g["series"] for v in x["y0"])
+
+    spans = pd.DataFrame({"name": ["chat", "llm_request", "chat"], "offset_ms": [0.0, 3.0, 90.0],
+                          "duration_ms": [100.0, 80.0, 5.0], "service": ["proxy", "vllm", "proxy"],
+                          "kind": ["CLIENT", "SERVER", "INTERNAL"]})
+    w = bar_spec(spans, "T", 200, x="duration_ms", y="name", base="offset_ms", orientation="h", color="service",
+                 hover_data=["kind"])
+    assert w["labels"] == ["chat", "llm_request", "chat"]                   # one row per span, names may repeat
+    proxy, vllm = w["series"]
+    assert proxy["y0"] == [0.0, None, 90.0] and proxy["y1"] == [100.0, None, 95.0]
+    assert vllm["y0"] == [None, 3.0, None] and vllm["y1"] == [None, 83.0, None]
+    assert w["hover"] == {"columns": ["kind"], "rows": [["CLIENT"], ["SERVER"], ["INTERNAL"]]}
+
+    t0 = pd.Timestamp("2026-12-06 10:00:00")
+    audit = pd.DataFrame({"t": [t0, t0 + pd.Timedelta(minutes=10), t0], "entries": [3, 4, 1],
+                          "action": ["read", "read", "erase"]})
+    a = bar_spec(audit, "T", 260, x="t", y="entries", color="action")
+    assert a["labels"] is None and a["band"] == 600.0 and len(a["x"]) == 2      # time buckets, 10 min apart
+    read, erase = a["series"]
+    assert read["y1"] == [3.0, 4.0] and erase["y0"] == [3.0, None] and erase["y1"] == [4.0, None]
+    assert a["x_min"] == a["x"][0] - 600.0 and a["x_max"] == a["x"][-1] + 600.0

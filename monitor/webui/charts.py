@@ -93,7 +93,8 @@ def _y_range(lows: list[float], highs: list[float]) -> tuple[float, float]:
     hi = max([0.0, *highs])
     if hi <= lo:
         hi = lo + 1.0
-    return lo, hi + (hi - lo) * 0.05
+    pad = (hi - lo) * 0.05  # room above the highest point, and below the lowest when under zero
+    return (lo - pad if lo < 0 else lo), hi + pad
 
 
 def line_spec(df: pd.DataFrame, y: str, color: str | None, title: str, y_title: str, percent: bool,
