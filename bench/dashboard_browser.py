@@ -10,7 +10,9 @@ Playwright (never a downloaded browser) and reports, per page and range (last 24
   ``/<page>?range=<range>`` until the page is complete;
 - **warm reload**: the same tab reloads (scripts from the browser's cache), median of ``--repeat``;
 - **range change**: on the loaded page, the sidebar's range switched to this one from the other,
-  from the click on the option until the page is complete, median of ``--repeat``.
+  from the click on the option until the page is complete, median of ``--repeat``;
+- **new tab**: the page opened again in a new tab of the same browser (its HTTP cache warm, a new
+  Streamlit session), as a returning visitor opens it.
 
 *Complete* means: Streamlit reports its run finished (``stApp[data-test-script-state=notRunning]``),
 no status widget, spinner, skeleton or stale element is left, every chart is drawn (uPlot's canvas; plotly's SVG in older checkouts),
@@ -455,13 +457,18 @@ def run(args) -> dict:
                     for _ in range(args.repeat):
                         m.change_range(p, RANGES[other])
                         changes.append(m.change_range(p, RANGES[rng]))
+                    p.close()
+                    tab = ctx.new_page()  # a returning visitor: the browser's cache, a new Streamlit session
+                    emulate_network(ctx, tab, args.network)
+                    new_tab = m.load(tab, url)
                     ctx.close()
                     r = {"page": name, "range": rng, "shown": shown, "first": first, "reloads": reloads,
-                         "changes": changes}
+                         "changes": changes, "new_tab": new_tab}
                     results.append(r)
                     print(f"{rng:>3} {name:<12} first {first['total_s']:5.2f} s ({first['transfer_mb']:.1f} MB)  reload "
                           f"{_med(reloads, 'total_s'):5.2f} s ({_med(reloads, 'transfer_mb'):.2f} MB)  range change "
-                          f"{_med(changes, 'total_s'):5.2f} s   (shown: {shown})", file=sys.stderr)
+                          f"{_med(changes, 'total_s'):5.2f} s  new tab {new_tab['total_s']:5.2f} s   (shown: {shown})",
+                          file=sys.stderr)
             browser.close()
     finally:
         rss = server.rss_mb()
@@ -477,10 +484,16 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _new_tab(t: dict | None) -> str:
+    if not t:
+        return "-"
+    return f"**{_fmt(t['total_s'])}** ({_fmt(t.get('js_s'))} / {_fmt(t.get('script_s'))} / {_fmt(t.get('render_s'))})"
+
+
 def table(out: dict) -> str:
     lines = ["| page | range | first load s (JS / script / render) | warm reload s (JS / script [queries] / render) "
-             "| range change s (script [queries] / render) | range shown on load |",
-             "| --- | --- | ---: | ---: | ---: | --- |"]
+             "| range change s (script [queries] / render) | new tab s (JS / script / render) | range shown on load |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for r in out["results"]:
         f, rl, ch = r["first"], r["reloads"], r["changes"]
         lines.append(
@@ -489,7 +502,7 @@ def table(out: dict) -> str:
             f"| **{_fmt(_med(rl, 'total_s'))}** ({_fmt(_med(rl, 'js_s'))} / {_fmt(_med(rl, 'script_s'))} "
             f"[{_fmt(_med(rl, 'query_s'))}] / {_fmt(_med(rl, 'render_s'))}) "
             f"| **{_fmt(_med(ch, 'total_s'))}** ({_fmt(_med(ch, 'script_s'))} [{_fmt(_med(ch, 'query_s'))}] "
-            f"/ {_fmt(_med(ch, 'render_s'))}) | {r['shown']} |")
+            f"/ {_fmt(_med(ch, 'render_s'))}) | {_new_tab(r.get('new_tab'))} | {r['shown']} |")
     return "\n".join(lines)
 
 
