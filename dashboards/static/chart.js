@@ -34,9 +34,11 @@ function timeTicks(u, splits, axisIdx, space, incr) {
 }
 
 // Bars as rectangles from y0 to y1 of the spec (not uPlot's data: that holds each bar's own
-// length, which the legend shows), centred on their category or time bucket.
-function barPaths(spec, horizontal) {
+// length, which the legend shows), centred on their category or time bucket. ``ref.spec`` is
+// read at every draw: a rerun with new figures updates the chart in place.
+function barPaths(ref, horizontal) {
   return (u, si) => {
+    const spec = ref.spec;
     const s = spec.series[si - 1];
     const xs = u.data[0];
     const fill = new Path2D();
@@ -56,30 +58,34 @@ function barPaths(spec, horizontal) {
   };
 }
 
-function options(uPlot, spec, width) {
+// The chart's options from the spec it is created with; what may change with the next rerun's
+// figures (ranges, values, labels' text) is read from ``ref.spec`` when uPlot asks.
+function options(uPlot, ref, width) {
+  const spec = ref.spec;
   const bar = spec.kind === "bar";
   const horizontal = bar && spec.orientation === "h";
   const categories = spec.labels != null;
-  const xValue = categories ? (u, v) => (v == null ? "--" : spec.labels[v] ?? "")
+  const fmt = (u, v) => fmtValue(ref.spec, v);
+  const xValue = categories ? (u, v) => (v == null ? "--" : ref.spec.labels[v] ?? "")
                             : (u, v) => (v == null ? "--" : fmtTime(v, true));
   const series = [{ label: spec.x_title || (categories ? " " : "time (UTC)"), value: xValue }];
   spec.series.forEach((s, i) => {
     const color = PALETTE[i % PALETTE.length];
     series.push(bar
       ? { label: s.name, stroke: color, fill: color, width: 0, points: { show: false },
-          paths: barPaths(spec, horizontal), value: (u, v) => fmtValue(spec, v) }
-      : { label: s.name, stroke: color, width: 1.5, spanGaps: false,
-          points: { show: spec.markers, size: 5 }, value: (u, v) => fmtValue(spec, v) });
+          paths: barPaths(ref, horizontal), value: fmt }
+      : { label: s.name, stroke: color, width: 1.5, spanGaps: true,
+          points: { show: spec.markers, size: 5 }, value: fmt });
   });
-  const x = { time: !categories, range: () => [spec.x_min, spec.x_max] };
+  const x = { time: !categories, range: () => [ref.spec.x_min, ref.spec.x_max] };
   if (horizontal) Object.assign(x, { ori: 1, dir: -1 });
-  const y = { range: () => [spec.y_min, spec.y_max] };
+  const y = { range: () => [ref.spec.y_min, ref.spec.y_max] };
   if (horizontal) y.ori = 0;
   const xAxis = { label: spec.x_title || undefined, values: categories
-      ? (u, splits) => splits.map((v) => (Number.isInteger(v) ? spec.labels[v] ?? "" : ""))
+      ? (u, splits) => splits.map((v) => (Number.isInteger(v) ? ref.spec.labels[v] ?? "" : ""))
       : timeTicks };
-  if (categories) xAxis.splits = () => spec.labels.map((_, i) => i);
-  const yAxis = { label: spec.y_title || undefined, values: (u, splits) => splits.map((v) => fmtValue(spec, v)) };
+  if (categories) xAxis.splits = () => ref.spec.labels.map((_, i) => i);
+  const yAxis = { label: spec.y_title || undefined, values: (u, splits) => splits.map((v) => fmtValue(ref.spec, v)) };
   if (horizontal) { xAxis.side = 3; yAxis.side = 2; yAxis.space = 70; xAxis.size = spec.axis_size; }
   else yAxis.size = 60;
   return {
@@ -89,20 +95,31 @@ function options(uPlot, spec, width) {
   };
 }
 
+// Whether a chart drawn for spec ``a`` can show spec ``b`` by taking its data: the same kind,
+// title, size, series and categories (a refresh of the same page with newer figures).
+function sameShape(a, b) {
+  const keys = ["kind", "title", "height", "percent", "markers", "orientation", "mode", "x_title", "y_title",
+                "axis_size"];
+  return keys.every((k) => a[k] === b[k]) && !!a.hover === !!b.hover &&
+    (a.labels == null) === (b.labels == null) && (a.labels == null || a.labels.length === b.labels.length) &&
+    a.series.length === b.series.length && a.series.every((s, i) => s.name === b.series[i].name);
+}
+
 function data(spec) {
   return [spec.x, ...spec.series.map((s) => s.y)];
 }
 
 // Extra columns of the bar under the cursor ("kind=SERVER · status=OK"), below the legend.
-function hoverLine(spec, el) {
-  if (!spec.hover) return [];
+function hoverLine(ref, el) {
+  if (!ref.spec.hover) return [];
   const line = document.createElement("div");
   line.className = "mon-chart-hover";
   el.appendChild(line);
   return [(u) => {
     const i = u.cursor.idx;
-    const row = i == null ? null : spec.hover.rows[i];
-    line.textContent = row ? spec.hover.columns.map((c, j) => `${c}=${row[j] ?? ""}`).join(" · ") : "";
+    const hover = ref.spec.hover;
+    const row = i == null || !hover ? null : hover.rows[i];
+    line.textContent = row ? hover.columns.map((c, j) => `${c}=${row[j] ?? ""}`).join(" · ") : "";
   }];
 }
 
@@ -114,15 +131,27 @@ export default function (component) {
     el.className = "mon-chart";
     parentElement.appendChild(el);
   }
-  // a rerun (the Overview's refresh every few seconds) may call this again on the same element:
-  // the chart drawn before goes first, with its resize observer
-  if (el._mon) el._mon.dispose();
-  const state = { chart: null, observer: null, gone: false };
+  // a rerun (the Overview's refresh every few seconds) calls this again on the same element: a
+  // chart of the same shape takes the new figures in place (no redraw from scratch, the cursor
+  // stays); any other goes, with its resize observer, and a new one is drawn
+  const prev = el._mon;
+  if (prev && prev.chart && sameShape(prev.ref.spec, spec)) {
+    prev.ref.spec = spec;
+    prev.chart.setData(data(spec));
+    el.setAttribute("data-drawn", "1");
+    return prev.cleanup;
+  }
+  if (prev) prev.dispose();
+  const state = { chart: null, observer: null, gone: false, ref: { spec } };
   state.dispose = () => {
     state.gone = true;
     if (state.observer) state.observer.disconnect();
     if (state.chart) state.chart.destroy();
     state.chart = state.observer = null;
+  };
+  state.cleanup = () => {
+    state.dispose();
+    if (el._mon === state) el._mon = null;
   };
   el._mon = state;
   el.removeAttribute("data-drawn");
@@ -130,12 +159,12 @@ export default function (component) {
     if (state.gone) return;
     el.replaceChildren();
     const width = () => Math.max(240, el.clientWidth || parentElement.clientWidth || 600);
-    const opts = options(uPlot, spec, width());
-    opts.hooks = { setCursor: hoverLine(spec, el) };
+    const opts = options(uPlot, state.ref, width());
+    opts.hooks = { setCursor: hoverLine(state.ref, el) };
     const chart = (state.chart = new uPlot(opts, data(spec), el));
     if (spec.hover) el.appendChild(el.querySelector(".mon-chart-hover"));
     state.observer = new ResizeObserver(() => {
-      if (Math.abs(chart.width - width()) > 2) chart.setSize({ width: width(), height: spec.height });
+      if (Math.abs(chart.width - width()) > 2) chart.setSize({ width: width(), height: chart.height });
     });
     state.observer.observe(el);
     el.setAttribute("data-drawn", "1");
@@ -145,8 +174,5 @@ export default function (component) {
       "start them with `monitor dashboard` or `monitor up`, or set server.enableStaticServing = true.";
     el.setAttribute("data-drawn", "error");
   });
-  return () => {
-    state.dispose();
-    if (el._mon === state) el._mon = null;
-  };
+  return state.cleanup;
 }
