@@ -9,7 +9,10 @@
 const PALETTE = ["#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A", "#19d3f3", "#FF6692", "#B6E880",
                  "#FF97FF", "#FECB52"];
 let loading = null;
-const load = (url) => (loading ||= import(url).then((m) => m.default));
+const load = (url) => (loading ||= import(url).then((m) => m.default, (err) => {
+  loading = null; // the next chart (or rerun) tries again
+  throw err;
+}));
 
 const num = new Intl.NumberFormat("en", { maximumSignificantDigits: 4 });
 const pad = (n) => String(n).padStart(2, "0");
@@ -90,6 +93,8 @@ function options(uPlot, ref, width) {
   else yAxis.size = 60;
   return {
     title: spec.title, width, height: spec.height, series, scales: { x, y }, axes: [xAxis, yAxis],
+    // ticks on whole UTC hours and days, whatever the browser's time zone (the labels say UTC)
+    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
     legend: { show: spec.series.length > 0 || bar },
     cursor: { points: { show: !bar }, drag: { x: false, y: false } },
   };
