@@ -43,7 +43,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,9 @@ import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from procs import nginx_temp_paths
+from procstat import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -108,12 +110,7 @@ error_log {d}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    include {d}/dashboard.conf;
+{temp_paths}    include {d}/dashboard.conf;
 }}
 """
 
@@ -161,12 +158,12 @@ class Nginx:
 
     def __init__(self, root: Path, upstream_port: int, workdir: Path):
         snippet = (root / "deploy" / "nginx" / "dashboard.conf").read_text()
-        self.port = _free_port()
+        self.port = free_port()
         snippet = snippet.replace("listen 8080;", f"listen 127.0.0.1:{self.port};")
         snippet = snippet.replace("127.0.0.1:8501", f"127.0.0.1:{upstream_port}")
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "dashboard.conf").write_text(snippet)
-        (workdir / "nginx.conf").write_text(NGINX_CONF.format(d=workdir))
+        (workdir / "nginx.conf").write_text(NGINX_CONF.format(d=workdir, temp_paths=nginx_temp_paths(workdir)))
         self.proc = subprocess.Popen(["nginx", "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-e",
                                       str(workdir / "error.log"), "-g", "daemon off;"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -190,12 +187,6 @@ def emulate_network(context, page, spec: str | None) -> None:
 
 
 # --- the server (a child process, run from the checkout under test) -----------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _fallback_timing():
     """For a checkout without :mod:`monitor.webui.timing`: time Streamlit's script runs and the
@@ -284,7 +275,7 @@ def serve(directory: str, port: int, timing_port: int, refresh_s: float, cache: 
 
 class Server:
     def __init__(self, root: Path, directory: str, refresh_s: float, cache: bool, pin: bool):
-        self.port, self.timing_port = _free_port(), _free_port()
+        self.port, self.timing_port = free_port(), free_port()
         env = dict(os.environ, PYTHONPATH=str(root))
         env.pop("MONITOR_CONFIG", None)
         self.proc = subprocess.Popen(

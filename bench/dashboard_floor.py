@@ -35,7 +35,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dashboard_browser import CHROMIUM, CHROMIUM_ARGS, INIT_JS, _free_port, stop_process, wait_complete, wait_healthy
+from dashboard_browser import CHROMIUM, CHROMIUM_ARGS, INIT_JS, stop_process, wait_complete, wait_healthy
+from procstat import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 _ROWS = 'pd.DataFrame({"a": range(20), "b": [f"text {j}" for j in range(20)], "c": [j * 1.5 for j in range(20)]})'
@@ -81,7 +82,7 @@ class App:
     def __init__(self, name: str, folder: Path):
         path = folder / f"{name.replace('-', '_')}.py"
         path.write_text(source(name))
-        self.port = _free_port()
+        self.port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(path), "--server.port", str(self.port),
              "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.enableStaticServing", "true"],

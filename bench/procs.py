@@ -20,11 +20,17 @@ from typing import Any, ClassVar
 
 from procstat import descendants, pid_alive
 
-__all__ = ["BenchError", "Proc", "log", "wait_until"]
+__all__ = ["BenchError", "Proc", "log", "nginx_temp_paths", "wait_until"]
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def nginx_temp_paths(d: Path) -> str:
+    """The ``http`` block's lines that keep the temporary files of an nginx a bench starts in its work
+    folder ``d`` (nginx's defaults are under /var/lib/nginx, which another run may hold)."""
+    return "".join(f"    {k}_temp_path {d}/{k};\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
 
 
 class BenchError(RuntimeError):

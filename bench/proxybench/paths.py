@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from procs import Proc, log, wait_until
+from procs import Proc, log, nginx_temp_paths, wait_until
 from procstat import free_port, http_get, parse_metrics
 
 from proxybench.conversation import CHAT
@@ -60,12 +60,7 @@ error_log {d}/error.log warn;
 events {{ worker_connections 8192; }}
 http {{
     access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    keepalive_requests 1000000;
+{temp_paths}    keepalive_requests 1000000;
     keepalive_timeout 120s;
     upstream model {{
         server 127.0.0.1:{upstream_port};
@@ -141,7 +136,8 @@ def start_paths(args: argparse.Namespace, paths: list[str], workdir: Path, nginx
         nd.mkdir(exist_ok=True)
         ng_port = free_port()
         user = "user root root;\n" if os.geteuid() == 0 else ""
-        conf = NGINX_CONF.format(user=user, workers=args.nginx_workers, d=nd, upstream_port=up_port, port=ng_port)
+        conf = NGINX_CONF.format(user=user, workers=args.nginx_workers, d=nd, upstream_port=up_port, port=ng_port,
+                                 temp_paths=nginx_temp_paths(nd))
         (nd / "nginx.conf").write_text(conf)
         procs["nginx"] = Proc("nginx", [nginx_bin or "nginx", "-p", str(nd), "-c", str(nd / "nginx.conf"),
                                         "-e", str(nd / "error.log"), "-g", "daemon off;"], logs / "nginx.log", cwd=ROOT)

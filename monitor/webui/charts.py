@@ -101,14 +101,15 @@ def line_spec(df: pd.DataFrame, y: str, color: str | None, title: str, y_title: 
               start_s: float, end_s: float) -> dict[str, Any]:
     """One series per ``color`` group of ``y`` over the time column ``t`` (aligned on the union of
     the groups' times; a series without a point at a time is skipped there, its line goes on)."""
-    groups = _groups(df, color) if len(df) else []
-    xs = sorted({v for v in epoch_seconds(df["t"]) if v is not None}) if len(df) else []
+    ts = epoch_seconds(df["t"]) if len(df) else []  # converted once, for all groups (None: no time)
+    df = df.assign(_t=[math.nan if v is None else v for v in ts])
+    xs = sorted({v for v in ts if v is not None})
     at = {v: i for i, v in enumerate(xs)}
     series, ys = [], []
-    for name, g in groups:
+    for name, g in _groups(df, color) if len(df) else []:
         col: list[float | None] = [None] * len(xs)
-        for t, v in zip(epoch_seconds(g["t"]), _values(g[y])):
-            if t is not None:
+        for t, v in zip(g["_t"], _values(g[y])):
+            if t == t:
                 col[at[t]] = v
         series.append({"name": name if color else y, "y": col})
         ys += [v for v in col if v is not None]
