@@ -218,7 +218,8 @@ def test_retention_per_table_and_model_changes_at_restart_and_expired_rows_go(se
         store = open_store(settings)
     try:
         changed = {r.getMessage().split()[2] for r in caplog.records if r.getMessage().startswith("retention of ")}
-        assert changed == {"inference_events", "otel_traces", "otel_traces_trace_id_ts"}, changed
+        assert changed == {"inference_events", "inference_events_1m", "inference_events_10m", "otel_traces",
+                           "otel_traces_trace_id_ts"}, changed
         ev = _ttl(store, "inference_events")
         assert "multiIf(model = 'keep-long', 90, model = 'short', 3, 30)" in ev and "ttl_only_drop_parts = 0" in ev
         tr = _ttl(store, "otel_traces")  # spans of a model never outlive spans: only the shorter one
@@ -230,6 +231,10 @@ def test_retention_per_table_and_model_changes_at_restart_and_expired_rows_go(se
                                        "ORDER BY model, d"))
         assert kept == [("keep-long", 1), ("keep-long", 4), ("keep-long", 8), ("keep-long", 20),
                         ("other", 1), ("other", 4), ("other", 8), ("other", 20), ("short", 1)], kept
+        for rollup in ("inference_events_1m", "inference_events_10m"):  # the rollups: the same days
+            store.command(f"OPTIMIZE TABLE {rollup} FINAL")
+            rolled = store.query_rows(f"SELECT model, sum(requests) FROM {rollup} GROUP BY model ORDER BY model")
+            assert rolled == [("keep-long", 4), ("other", 4), ("short", 1)], (rollup, rolled)
         spans = sorted(store.query_rows("SELECT SpanAttributes['gen_ai.request.model'] AS m, "
                                         "dateDiff('day', Timestamp, now()) AS d FROM otel_traces ORDER BY m, d"))
         assert spans == [("other", 1), ("other", 4), ("short", 1)], spans

@@ -50,6 +50,10 @@ SHARDING_KEYS: dict[str, tuple[str, str]] = {
     "inference_events": ("cityHash64(trace_id)", "a request's event and its spans on one shard"),
     "embedding_cache": ("cityHash64(text_hash)", "one text's embedding on one shard"),
     "check_results": ("cityHash64(model)", "a model's results together"),
+    "inference_events_1m": ("cityHash64(model, minute)",
+                           "written per shard by its view from that shard's inference_events_local; "
+                           "readers merge every shard's states"),
+    "inference_events_10m": ("cityHash64(model, minute)", "as inference_events_1m, from it"),
     "model_versions": ("cityHash64(model)", "a model's versions together (min/max merge per shard, the query merges shards)"),
     "check_distributions": ("cityHash64(model)", "beside the model's results"),
     "baselines": ("cityHash64(model)", "every version of a model's baseline on one shard, so FINAL collapses them"),
@@ -152,6 +156,24 @@ def _materialize(stmt: _Statement) -> bool:
     return bool(re.match(r"ALTER TABLE \$database\.\w+\s+MATERIALIZE\s+INDEX\b", stmt.sql.lstrip(), re.I))
 
 
+_FILL = re.compile(r"^(DROP VIEW IF EXISTS|TRUNCATE TABLE|INSERT INTO) \$database\.(\w+)")
+
+
+def _fill(stmt: _Statement) -> str:
+    """A step of filling a table from the rows already stored, commented out: on each shard's local
+    tables (a view keeps its name), to run on one replica of every shard, in the file's order."""
+    kind = _FILL.match(stmt.sql.lstrip())
+    assert kind is not None
+    if kind.group(1) == "DROP VIEW IF EXISTS":
+        sql = f"{stmt.sql.rstrip()} {ON_CLUSTER}"
+    else:
+        sql = re.sub(r"\$database\.(\w+)", r"$database.\1_local", stmt.sql)
+    note = ("-- Filling it from the rows stored before: only where this shard already held rows when the\n"
+            "-- file was applied; uncomment and run on one replica of every shard, in this order.\n"
+            if kind.group(1) == "DROP VIEW IF EXISTS" else "")
+    return _with_comments(stmt.comments, note + "\n".join("-- " + line for line in sql.splitlines()))
+
+
 def _alter(stmt: _Statement, note: bool = True) -> str:
     m = _ALTER.match(stmt.sql)
     assert m is not None
@@ -192,6 +214,8 @@ def generate(name: str, text: str, *, first: bool = False) -> str:
             parts.append(_view(stmt))
         elif _ALTER.match(head):
             parts.append(_alter(stmt))
+        elif _FILL.match(head):
+            parts.append(_fill(stmt))
         else:
             raise ValueError(f"{name}: no cluster form for the statement {head.splitlines()[0]!r}")
     return "\n".join(parts)

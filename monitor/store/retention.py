@@ -41,9 +41,11 @@ log = logging.getLogger("monitor.store")
 
 AUDIT_TABLE = "audit_log"
 FOLLOWS = {"otel_traces_trace_id_ts": "otel_traces", "check_distributions": "check_results",
-           "embedding_cache": "inference_events"}
+           "embedding_cache": "inference_events", "inference_events_1m": "inference_events",
+           "inference_events_10m": "inference_events"}
 """Companion tables keep their table's days unless ``retention.tables`` names them itself."""
-MODEL_COLUMN = {"inference_events": "model", "otel_traces": "SpanAttributes['gen_ai.request.model']"}
+MODEL_COLUMN = {"inference_events": "model", "inference_events_1m": "model", "inference_events_10m": "model",
+                "otel_traces": "SpanAttributes['gen_ai.request.model']"}
 """Where a table's rows name their model, for per-model days."""
 _SHORTER_ONLY = {"otel_traces"}
 """Tables where a model's days only apply when fewer than the table's (raw spans are never kept

@@ -3,7 +3,12 @@
 Every insert carries ``insert_deduplication_token = <batch token>:<table>``.
 Tables are created with ``non_replicated_deduplication_window`` (Replicated
 tables deduplicate by default), so inserting the same batch again with the
-same token is a no-op on chdb and on a server alike. Ingest derives the
+same token is a no-op on chdb and on a server alike, for the table and for what
+its materialized views write (``deduplicate_blocks_in_dependent_materialized_views``:
+without it a redelivered batch is dropped by ``inference_events`` and counted again
+by its per-minute rollup; the rollup tables carry a deduplication window too). A view that fails
+(``materialized_views_ignore_errors``) never refuses the rows themselves: a derived table may miss
+a batch, the requests are never set aside for it. Ingest derives the
 batch token from where the batch came from (Kafka topic, partition and offset
 range; spool position range), which is what makes a redelivered batch land
 once.
@@ -58,7 +63,9 @@ class Writer:
     def _insert(self, table: str, rows: list[list], offset: int, token: str, refused: list[Refused]) -> None:
         t0 = time.perf_counter()
         try:
-            self.store.insert(table, rows, TABLE_COLUMNS[table], settings={"insert_deduplication_token": token})
+            self.store.insert(table, rows, TABLE_COLUMNS[table], settings={
+                "insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1,
+                "materialized_views_ignore_errors": 1})
         except RejectedData as exc:
             self.metrics.store_errors.inc()
             if len(rows) == 1:

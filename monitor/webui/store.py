@@ -75,6 +75,7 @@ class ReadOnlyStore:
         self._may_set = True
         self.cache = _cache.ResultCache()
         self._local = threading.local()
+        self._seen_tables: set[str] = set()
         if not store.embedded:
             self._settings = {"max_execution_time": _QUERY_TIMEOUT_S}
             try:
@@ -127,6 +128,14 @@ class ReadOnlyStore:
         """Tables of the store's database (to tell a missing table from an empty one)."""
         return {r[0] for r in self.query_rows(
             "SELECT name FROM system.tables WHERE database = {db:String}", {"db": self.database})}
+
+
+    def has_table(self, name: str) -> bool:
+        """Whether the store's database has table ``name``. Once seen, remembered: the monitor never
+        drops a table, and a page run does not ask again."""
+        if name not in self._seen_tables and name in self.tables():
+            self._seen_tables.add(name)
+        return name in self._seen_tables
 
 
 def ttl_of(parameters: dict | None) -> float:

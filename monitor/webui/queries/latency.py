@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from monitor.webui.filters import Filters
-from monitor.webui.queries._sql import EVENTS, TS, bucket, events_where, frame
+from monitor.webui.queries._sql import EVENTS, ROLLUP_Q, TS, bucket, events_where, frame, rollup_source
 
 __all__ = ["timings", "breakdown", "breakdown_series", "gauges", "all_gauges", "cost", "GPU_METRICS", "SERVER_METRICS",
            "TIMINGS"]
@@ -24,32 +24,47 @@ SERVER_METRICS = ("monitor.server.kv_cache.usage", "monitor.server.requests.wait
 def timings(store, f: Filters) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The page's request numbers in one pass over the range: ``(breakdown, series, cost)`` as
     :func:`breakdown`, :func:`breakdown_series` and :func:`cost` describe them (one query,
-    ``GROUPING SETS ((model), (t))``: the rows are read once)."""
-    where, p = events_where(f)
-    select = [("grouping(model)", "per_bucket"), ("model", "model"), (bucket(), "t"), ("count()", "requests"),
-              ("countIf(queue_ms IS NOT NULL OR prefill_ms IS NOT NULL OR decode_ms IS NOT NULL)", "with_engine"),
-              ("avgIf(latency_ms - engine_latency_ms, latency_ms IS NOT NULL AND engine_latency_ms IS NOT NULL)",
-               "outside_engine_ms")]
-    for c in TIMINGS:
-        select += [(f"quantiles(0.5, 0.95)({c})", f"{c}_q"), (f"avg({c})", f"{c}_mean")]
-    # the medians' aliases must not be column names: ClickHouse would read the other aggregates'
-    # arguments as these aggregates (ILLEGAL_AGGREGATION)
-    select += [(f"quantile(0.5)({c})", f"median_{c}") for c in _SERIES]
-    select += [("countIf(gpu_cost IS NOT NULL)", "requests_with_cost"), ("sum(gpu_seconds)", "total_gpu_seconds"),
-               ("sum(gpu_cost)", "total_gpu_cost"),
-               ("sumIf(ifNull(input_tokens, 0) + ifNull(output_tokens, 0), gpu_cost IS NOT NULL)", "tokens")]
+    ``GROUPING SETS ((model), (t))``: the rows are read once; from 6 hours on, the rollups' rows, see
+    :func:`~monitor.webui.queries._sql.rollup_source`)."""
+    rolled = rollup_source(store, f)
+    if rolled is None:
+        where, p = events_where(f)
+        source, ts = f"{EVENTS} WHERE {where}", "timestamp"
+        select = [("count()", "requests"),
+                  ("countIf(queue_ms IS NOT NULL OR prefill_ms IS NOT NULL OR decode_ms IS NOT NULL)", "with_engine"),
+                  ("avgIf(latency_ms - engine_latency_ms, latency_ms IS NOT NULL AND engine_latency_ms IS NOT NULL)",
+                   "outside_engine_ms")]
+        for c in TIMINGS:
+            select += [(f"quantiles(0.5, 0.95)({c})", f"{c}_qs"), (f"avg({c})", f"{c}_mean")]
+        # the medians' aliases must not be column names: ClickHouse would read the other aggregates'
+        # arguments as these aggregates (ILLEGAL_AGGREGATION)
+        select += [(f"quantile(0.5)({c})", f"median_{c}") for c in _SERIES]
+        select += [("countIf(gpu_cost IS NOT NULL)", "requests_with_cost"), ("sum(gpu_seconds)", "total_gpu_seconds"),
+                   ("sum(gpu_cost)", "total_gpu_cost"),
+                   ("sumIf(ifNull(input_tokens, 0) + ifNull(output_tokens, 0), gpu_cost IS NOT NULL)", "tokens")]
+    else:
+        (source, p), ts = rolled, "minute"
+        select = [("sum(requests)", "requests"), ("sum(with_engine)", "with_engine"),
+                  ("sum(outside_engine_sum) / sum(outside_engine_n)", "outside_engine_ms")]
+        for c in TIMINGS:
+            select += [(f"{ROLLUP_Q}({c}_q)", f"{c}_qs"),
+                       (f"sum({c}_sum) / sum({c}_n)", f"{c}_mean")]
+        select += [(f"{ROLLUP_Q}({c}_q)[1]", f"median_{c}") for c in _SERIES]
+        select += [("sum(requests_with_cost)", "requests_with_cost"), ("sum(gpu_seconds_sum)", "total_gpu_seconds"),
+                   ("sum(gpu_cost_sum)", "total_gpu_cost"), ("sum(cost_tokens)", "tokens")]
+    select = [("grouping(model)", "per_bucket"), ("model", "model"), (bucket(ts), "t"), *select]
     df = frame(store.query(
         f"SELECT {', '.join(f'{e} AS {a}' for e, a in select)} "
-        f"FROM {EVENTS} WHERE {where} GROUP BY GROUPING SETS ((model), (t)) "
+        f"FROM {source} GROUP BY GROUPING SETS ((model), (t)) "
         f"ORDER BY per_bucket, requests DESC, model, t", {**p, "step": f.step}), [a for _, a in select])
     per_model = df[df["per_bucket"] == 0]
     bd = per_model[["model", "requests", "with_engine", "outside_engine_ms",
-                    *[f"{c}_{k}" for c in TIMINGS for k in ("q", "mean")]]].reset_index(drop=True)
+                    *[f"{c}_{k}" for c in TIMINGS for k in ("qs", "mean")]]].reset_index(drop=True)
     for c in TIMINGS:
-        bd[f"{c}_p50"] = [_nan(v[0]) if len(v) else None for v in bd[f"{c}_q"]]
-        bd[f"{c}_p95"] = [_nan(v[1]) if len(v) else None for v in bd[f"{c}_q"]]
+        bd[f"{c}_p50"] = [_nan(v[0]) if len(v) else None for v in bd[f"{c}_qs"]]
+        bd[f"{c}_p95"] = [_nan(v[1]) if len(v) else None for v in bd[f"{c}_qs"]]
         bd[f"{c}_mean"] = [_nan(v) for v in bd[f"{c}_mean"]]
-        bd = bd.drop(columns=[f"{c}_q"])
+        bd = bd.drop(columns=[f"{c}_qs"])
     bd["outside_engine_ms"] = [_nan(v) for v in bd["outside_engine_ms"]]
     series = df[df["per_bucket"] == 1][["t", *[f"median_{c}" for c in _SERIES]]]
     series = series.rename(columns={f"median_{c}": c for c in _SERIES}).sort_values("t").reset_index(drop=True)

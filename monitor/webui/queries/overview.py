@@ -9,10 +9,12 @@ import pandas as pd
 from monitor.webui.filters import Filters
 from monitor.webui.queries._sql import (
     EVENTS,
+    ROLLUP_Q,
     bucket,
     bucket_seconds_in_range,
     events_where,
     frame,
+    rollup_source,
 )
 
 __all__ = ["has_events", "first_event", "models", "traffic", "summary", "timeseries", "QUANTILES"]
@@ -53,14 +55,22 @@ def traffic(store, f: Filters) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The Overview's numbers in one pass over the range: ``(summary, timeseries)`` as
     :func:`summary` and :func:`timeseries` describe them (one query, ``GROUPING SETS``: the rows are
     read once for the per-bucket, per-model and total aggregates)."""
-    where, p = events_where(f)
     step = f.step
+    rolled = rollup_source(store, f)
+    if rolled is None:
+        where, p = events_where(f)
+        source, ts = f"{EVENTS} WHERE {where}", "timestamp"
+        numbers = (f"count() AS requests, countIf(status_code = 'Error') AS errors, "
+                   f"sum(ifNull(input_tokens, 0)) AS input_tokens, sum(ifNull(output_tokens, 0)) AS output_tokens, "
+                   f"{_Q}(latency_ms) AS latency, {_Q}(ttft_ms) AS ttft")
+    else:  # the rollups (ranges from 6 hours on): the same numbers, quantiles from sketches
+        (source, p), ts = rolled, "minute"
+        numbers = (f"sum(requests) AS requests, sum(errors) AS errors, sum(input_tokens_sum) AS input_tokens, "
+                   f"sum(output_tokens_sum) AS output_tokens, {ROLLUP_Q}(latency_ms_q) AS latency, "
+                   f"{ROLLUP_Q}(ttft_ms_q) AS ttft")
     df = frame(store.query(
-        f"SELECT grouping(t) AS no_t, grouping(model) AS no_model, {bucket()} AS t, model, count() AS requests, "
-        f"countIf(status_code = 'Error') AS errors, "
-        f"sum(ifNull(input_tokens, 0)) AS input_tokens, sum(ifNull(output_tokens, 0)) AS output_tokens, "
-        f"{_Q}(latency_ms) AS latency, {_Q}(ttft_ms) AS ttft "
-        f"FROM {EVENTS} WHERE {where} GROUP BY GROUPING SETS ((t, model), (model), ()) "
+        f"SELECT grouping(t) AS no_t, grouping(model) AS no_model, {bucket(ts)} AS t, model, {numbers} "
+        f"FROM {source} GROUP BY GROUPING SETS ((t, model), (model), ()) "
         f"ORDER BY no_t DESC, no_model DESC, requests DESC, t, model", {**p, "step": step}))
     if df.empty or not int(df.loc[(df["no_t"] == 1) & (df["no_model"] == 1), "requests"].sum()):
         # GROUPING SETS gives an empty total row when nothing matched; keep "no rows" meaning "no data"
@@ -94,7 +104,8 @@ def traffic(store, f: Filters) -> tuple[pd.DataFrame, pd.DataFrame]:
 def summary(store, f: Filters) -> pd.DataFrame:
     """One row per model plus a total row (``model`` None): requests, rates over the range, error
     rate, latency and TTFT p50/p95/p99 in ms (quantiles like the SLO check: ClickHouse's
-    ``quantiles``, exact below 8,192 values, a reservoir sample above)."""
+    ``quantiles``, exact below 8,192 values, a reservoir sample above; from 6 hours on, merged
+    DDSketches of the rollups, within 1 % of the value of that rank)."""
     return traffic(store, f)[0]
 
 
