@@ -182,6 +182,30 @@ def test_overview_shows_rates_errors_and_quantiles(seeded):
     assert per_model.loc["beta", "ttft_p99"] == pytest.approx(500.0)
 
 
+def test_a_long_range_reads_the_rollups_and_shows_the_same_numbers(seeded):
+    """At 24 hours the Overview and Latency & GPU pages read the per-minute rollups (schema 0016):
+    the same counts, rates and costs as the rows give at one hour, quantiles within a percent."""
+    from monitor.webui.filters import preset
+    from monitor.webui.queries._sql import rollup_source
+
+    assert rollup_source(seeded["store"], preset("Last 24 hours")) is not None
+    assert rollup_source(seeded["store"], preset("Last hour")) is None
+    hour, day = _metrics(_app()), _metrics(_app("Last 24 hours"))
+    assert day["Requests"] == hour["Requests"] == "360" and day["Error rate"] == hour["Error rate"]
+    assert float(day["Tokens/s"].removesuffix("/s")) == pytest.approx((300 * 150 + 60 * 20) / 86400, rel=0.01)
+    for p in (50, 95, 99):
+        for name in (f"Latency p{p}", f"TTFT p{p}"):
+            a, b = (float(m[name].split()[0].replace(",", "")) * (1000 if m[name].endswith(" s") else 1)
+                    for m in (hour, day))
+            assert b == pytest.approx(a, rel=0.011), name
+    at = _page(_app("Last 24 hours"), "views/latency_gpu.py")
+    bd = at.dataframe[0].value.set_index("model")
+    assert bd.loc["alpha", "requests"] == 300 and bd.loc["alpha", "with engine timings"] == 300
+    assert bd.loc["alpha", "client latency p50"] == pytest.approx(1505.0, rel=0.011)
+    cost = at.dataframe[1].value.set_index("model")
+    assert cost.loc["alpha", "cost"] == pytest.approx(0.3)
+
+
 def test_model_filter_narrows_every_number(seeded):
     at = _app()
     at.multiselect(key="f_models").set_value(["beta"]).run()
