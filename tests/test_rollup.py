@@ -221,8 +221,20 @@ def test_the_fill_and_the_view_run_the_same_select():
     cols = re.findall(r"^    (\w+) ", text.split("CREATE TABLE", 1)[1].split(") ENGINE", 1)[0], re.M)
     assert ["model", *re.findall(r"AS (\w+)", view.replace("\n", " "))] == sorted(cols, key=lambda c: c != "model")
     assert cols[:2] == ["minute", "model"]
-    tables = re.findall(r"^CREATE TABLE IF NOT EXISTS \S+ \((.*?)\) ENGINE", text, re.S | re.M)
-    assert len(tables) == 2 and tables[0] == tables[1]  # a reader takes both in one UNION ALL
+    assert "CREATE TABLE IF NOT EXISTS $database.inference_events_10m AS $database.inference_events_1m;" in text
+
+
+def test_both_rollups_have_the_same_columns_and_engine(store):
+    """A reader takes both in one UNION ALL: the same columns in the same order, the same keys."""
+    def shape(table):
+        cols = store.query_rows("SELECT name, type FROM system.columns WHERE database = {db:String} AND "
+                                "table = {t:String} ORDER BY position", {"db": store.database, "t": table})
+        full = store.query_rows("SELECT engine_full FROM system.tables WHERE database = {db:String} AND "
+                                "name = {t:String}", {"db": store.database, "t": table})[0][0]
+        return cols, full
+
+    assert shape(ROLLUP) == shape(ROLLUP_10M)
+    assert "index_granularity = 256" in shape(ROLLUP_10M)[1]
 
 
 def test_the_rollup_keeps_the_events_retention(store):

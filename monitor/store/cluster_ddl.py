@@ -16,6 +16,8 @@ Each statement of a schema file becomes:
   same columns, codecs, indexes, keys, TTL and settings less ``non_replicated_deduplication_window``
   (replicated tables deduplicate through Keeper), then ``T`` as a ``Distributed`` table over it,
   sharded by :data:`SHARDING_KEYS`;
+- ``CREATE TABLE T2 AS T`` (T made earlier in the same file): T's form under T2's name (its own
+  replica path, ``T2_local`` and ``T2``);
 - ``CREATE MATERIALIZED VIEW ... TO X AS SELECT ... FROM Y``: on every node, from ``Y_local`` into
   ``X_local``, so it runs on the shard that stores the rows;
 - ``ALTER TABLE T ADD|DROP|MODIFY COLUMN``: on ``T_local`` and on ``T`` (the Distributed table
@@ -82,6 +84,7 @@ CREATE DATABASE IF NOT EXISTS $database ON CLUSTER '{cluster}';
 
 ON_CLUSTER = "ON CLUSTER '{cluster}'"
 _CREATE_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS \$database\.(\w+) \(", re.M)
+_CREATE_AS = re.compile(r"^CREATE TABLE IF NOT EXISTS \$database\.(\w+) AS \$database\.(\w+)$")
 _ENGINE = re.compile(r"ENGINE = (\w*)MergeTree(?:\(([^)]*)\))?")
 _NON_REPLICATED = re.compile(r",\s*non_replicated_deduplication_window\s*=\s*\d+|"
                              r"non_replicated_deduplication_window\s*=\s*\d+\s*,\s*")
@@ -201,14 +204,24 @@ def generate(name: str, text: str, *, first: bool = False) -> str:
     if first:
         parts.append(FIRST)
     previous: _Statement | None = None
+    created: dict[str, _Statement] = {}
     for stmt in _statements(text):
         head = stmt.sql.lstrip()
+        copy = _CREATE_AS.match(head)
+        if copy:  # the same table under another name: its own replica path, local and Distributed table
+            like = created.get(copy.group(2))
+            if like is None:
+                raise ValueError(f"{name}: {copy.group(1)} copies {copy.group(2)}, which this file does not create")
+            stmt = _Statement(stmt.comments, _CREATE_TABLE.sub(
+                f"CREATE TABLE IF NOT EXISTS $database.{copy.group(1)} (", like.sql.lstrip(), count=1))
+            head = stmt.sql
         if previous is not None and _materialize(previous) and _materialize(stmt) and not stmt.comments:
             parts[-1] += _alter(stmt, note=False)  # a run of them under one note
             previous = stmt
             continue
         previous = stmt
         if _CREATE_TABLE.match(head):
+            created[_CREATE_TABLE.match(head).group(1)] = stmt
             parts.append(_table(stmt))
         elif _VIEW.match(head):
             parts.append(_view(stmt))

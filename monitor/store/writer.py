@@ -34,6 +34,10 @@ from monitor.store.tables import INSERT_ORDER, TABLE_COLUMNS
 
 __all__ = ["Writer", "Refused"]
 
+_VIEW_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1, "materialized_views_ignore_errors": 1}
+"""Every insert: what a table's materialized views write is deduplicated with it, and a view that
+fails never refuses the rows (module docstring)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Refused:
@@ -63,9 +67,8 @@ class Writer:
     def _insert(self, table: str, rows: list[list], offset: int, token: str, refused: list[Refused]) -> None:
         t0 = time.perf_counter()
         try:
-            self.store.insert(table, rows, TABLE_COLUMNS[table], settings={
-                "insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1,
-                "materialized_views_ignore_errors": 1})
+            self.store.insert(table, rows, TABLE_COLUMNS[table],
+                              settings={"insert_deduplication_token": token, **_VIEW_SETTINGS})
         except RejectedData as exc:
             self.metrics.store_errors.inc()
             if len(rows) == 1:

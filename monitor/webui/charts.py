@@ -78,7 +78,7 @@ def _values(s: pd.Series) -> list[float | None]:
             f = float(v)
         except (TypeError, ValueError):
             f = math.nan
-        out.append(None if f != f or f in (math.inf, -math.inf) else f)
+        out.append(None if math.isnan(f) or math.isinf(f) else f)
     return out
 
 

@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS $database.inference_events_1m ON CLUSTER '{cluster}'
 AS $database.inference_events_1m_local
 ENGINE = Distributed('{cluster}', $database, inference_events_1m_local, cityHash64(model, minute));
 
--- The same per ten minutes.
+-- The same per ten minutes: the same columns, engine, keys and settings (a reader takes both in one
+-- UNION ALL).
 CREATE TABLE IF NOT EXISTS $database.inference_events_10m_local ON CLUSTER '{cluster}' (
     minute DateTime('UTC') CODEC(Delta(4), ZSTD(1)),
     model LowCardinality(String),
