@@ -340,6 +340,15 @@ class IngestSettings(_Section):
     retry_backoff_max_s: float = Field(30.0, gt=0)
     quality: bool = True
     """Compute the quality signals of every model request (languages, refusal, ...) at ingest."""
+    workers: int | None = Field(None, ge=0, le=64)
+    """Processes that decode, normalise, enrich and encode batches while the ingesting process writes
+    the one before (chdb holds the GIL while it inserts, so one process uses one core). None: one per
+    CPU beyond the first, at most 4 (one on two cores); 0: everything in the ingesting process."""
+
+    def worker_count(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 def _upstream_url(v: str) -> str:

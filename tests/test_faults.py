@@ -75,18 +75,18 @@ def test_broker_killed_while_spans_keep_arriving(own_kafka, settings, store):
 def test_store_failing_for_a_while_delays_but_loses_and_duplicates_nothing(kafka, settings, store):
     settings.kafka.bootstrap_servers = [kafka.bootstrap]
     ingest = Ingest(settings)
-    real_write = ingest.writer.write
+    real_write = ingest.writer.write_native
     failures = []
 
-    def flaky_write(rows, token):
+    def flaky_write(blocks, counts, token):
         if len(failures) < 4:
             # half of the tables get written before the "outage": the retry must not duplicate them
-            real_write({k: v for k, v in rows.items() if k == "otel_traces"}, token)
+            real_write({k: v for k, v in blocks.items() if k == "otel_traces"}, counts, token)
             failures.append(token)
             raise StoreError("simulated: ClickHouse refused the insert (Too many parts)")
-        return real_write(rows, token)
+        return real_write(blocks, counts, token)
 
-    ingest.writer.write = flaky_write
+    ingest.writer.write_native = flaky_write
     ingest.start()
     sidecar = Sidecar(settings)
     sidecar.start()

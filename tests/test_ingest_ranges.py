@@ -147,6 +147,12 @@ class _Picky:
             raise RejectedData("ClickHouse refused the insert: Code: 407. DECIMAL_OVERFLOW (simulated)")
         return self.store.insert(table, rows, columns, settings=settings)
 
+    def insert_native(self, table, block, columns, settings=None):  # a batch's first, whole insert
+        self.inserts += 1
+        if table == "otel_traces" and b"poison" in block:
+            raise RejectedData("ClickHouse refused the insert: Code: 407. DECIMAL_OVERFLOW (simulated)")
+        return self.store.insert_native(table, block, columns, settings=settings)
+
 
 def _request(names: list[str], first: int) -> bytes:
     req = trace_service_pb2.ExportTraceServiceRequest()

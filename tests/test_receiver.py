@@ -115,13 +115,13 @@ def test_saturated_pipeline_answers_503_with_retry_after_and_loses_nothing_it_ac
     settings.spool.max_bytes = 3 * len(body0) + 10
     settings.ingest.flush_interval_ms = 50
     app = Embedded(settings)
-    real_write = app.node.stage.writer.write
+    real_write = app.node.stage.writer.write_native
 
-    def slow_write(rows, token):
+    def slow_write(blocks, counts, token):
         time.sleep(0.3)
-        return real_write(rows, token)
+        return real_write(blocks, counts, token)
 
-    app.node.stage.writer.write = slow_write
+    app.node.stage.writer.write_native = slow_write
     app.start()
     try:
         port = settings.receiver.http_port

@@ -6,7 +6,8 @@ chdb opens its own directory in a process of its own)::
               when redaction changed something: otherwise its screen's encoding is what is spooled)
     ingest:   decode (message -> protobuf) | normalisation (OTLP -> otel_traces rows + InferenceEvents)
               | quality (the signals on each event) | row building (events -> inference_events rows)
-              | insert (both tables into chdb, one insert per table per batch)
+              | encode (rows -> ClickHouse Native blocks, one per chunk of the batch: what ingest's worker
+              processes do beside the store process) | insert (both tables into chdb, one insert per table)
 
 The steps are the ones the processes run (monitor.receiver.ingress, monitor.redaction,
 monitor.ingest.stage), called directly with the default settings (redaction on, quality on), on
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ (procstat
 from ingestbench.load import build_requests
 
 STAGES = ("sidecar decode", "validate", "redaction", "serialize",
-          "ingest decode", "normalisation", "quality", "row building", "insert")
+          "ingest decode", "normalisation", "quality", "row building", "encode", "insert")
 
 
 def profile(spans: int, batch: int, messages: int, repeat: int, seed: int, data_dir: Path) -> dict:
@@ -43,12 +44,15 @@ def profile(spans: int, batch: int, messages: int, repeat: int, seed: int, data_
     from monitor.config import Settings, StoreSettings
     from monitor.ingest.enrich import enrich, warm_up
     from monitor.ingest.normalize import normalize
+    from monitor.ingest.prepare import Message, chunk_ids, encode_batch
     from monitor.otlp.codec import decode_message
     from monitor.otlp.validate import reject_invalid
     from monitor.redaction import Redactor, make_processor
     from monitor.selfmetrics import SelfMetrics
     from monitor.store.client import Store
     from monitor.store.migrate import migrate
+    from monitor.store.native import column_types
+    from monitor.store.tables import TABLE_COLUMNS
     from monitor.store.writer import Writer
 
     settings = Settings()
@@ -58,6 +62,7 @@ def profile(spans: int, batch: int, messages: int, repeat: int, seed: int, data_
     store = Store(StoreSettings(url=f"chdb://{data_dir}"))
     migrate(store, 30)
     writer = Writer(store, SelfMetrics())
+    types = {t: column_types(store, t, c) for t, c in TABLE_COLUMNS.items() if t in ("otel_traces", "inference_events")}
     warm_up()
     from monitor.runtime.heap import settle_heap
 
@@ -94,17 +99,21 @@ def profile(spans: int, batch: int, messages: int, repeat: int, seed: int, data_
             t3 = time.perf_counter()
             b.finish_events()
             t4 = time.perf_counter()
-            refused = writer.write(b.rows, f"stages:{rep}:{g}")
+            b.messages = messages = [Message("traces", w, "") for w in wire]
+            blocks = encode_batch(b, chunk_ids(messages), types)
             t5 = time.perf_counter()
-            if refused:
-                raise SystemExit(f"the store refused rows: {refused[:3]}")
+            refused = writer.write_native(blocks.blocks, blocks.counts, f"stages:{rep}:{g}")
+            t6 = time.perf_counter()
+            if refused or blocks.refused:
+                raise SystemExit(f"the store refused rows: {refused or blocks.refused}")
             if len(b.rows.get("inference_events", ())) != len(b.rows["otel_traces"]):
                 raise SystemExit("not every span became a model request")
             t["ingest decode"] += t1 - t0
             t["normalisation"] += t2 - t1
             t["quality"] += t3 - t2
             t["row building"] += t4 - t3
-            t["insert"] += t5 - t4
+            t["encode"] += t5 - t4
+            t["insert"] += t6 - t5
         if rep:
             passes.append({k: 1e6 * v / n for k, v in t.items()})
     med = {k: round(statistics.median(p[k] for p in passes), 1) for k in STAGES}

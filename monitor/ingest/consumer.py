@@ -36,6 +36,7 @@ from monitor.backoff import Backoff, Retrier
 from monitor.config import IngestSettings, KafkaSettings
 from monitor.errors import Cancelled, PermanentError, TransportError
 from monitor.ingest.normalize import Batch
+from monitor.ingest.prepare import PrepareWorkers
 from monitor.ingest.stage import DeadLetter, IngestStage, Message
 from monitor.selfmetrics import SelfMetrics
 from monitor.store.writer import Writer
@@ -65,14 +66,15 @@ log = logging.getLogger("monitor.ingest")
 
 
 class KafkaIngest:
-    def __init__(self, kafka: KafkaSettings, ingest: IngestSettings, writer: Writer, metrics: SelfMetrics):
+    def __init__(self, kafka: KafkaSettings, ingest: IngestSettings, writer: Writer, metrics: SelfMetrics,
+                 workers: PrepareWorkers | None = None):
         client_kwargs(kafka)  # fail at start on missing bootstrap servers
         self.kafka = kafka
         self.settings = ingest
         self.writer = writer
         self.metrics = metrics
         self.stage = IngestStage(writer, metrics, quality=ingest.quality, retry_max_s=ingest.retry_backoff_max_s,
-                                 on_dead_letter=self._dead_letter)
+                                 on_dead_letter=self._dead_letter, workers=workers)
         self.topics = all_topics(kafka)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -201,6 +203,7 @@ class KafkaIngest:
         except Exception:  # uncommitted data is redelivered on the next start: nothing is lost
             log.exception("final flush failed; the batch will be redelivered")
         self._close_clients()
+        self.stage.close()
 
     def _retrying(self, exc: Exception, attempt: int, delay: float) -> None:
         if isinstance(exc, TransportError):

@@ -20,11 +20,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from monitor.config import IngestSettings
 from monitor.errors import Cancelled
-from monitor.ingest.stage import IngestStage, Message
+from monitor.ingest.stage import Ahead, IngestStage, Message
 from monitor.otlp.codec import Signal
 from monitor.transport.spool import SpooledMessage, Spool
 
@@ -79,10 +80,24 @@ class SpoolIngest:
                     self._write(again, marked["first"], marked["last"])
                 else:
                     self.spool.delete([], mark=_MARK)
+            queued: deque[tuple[list[SpooledMessage], list[Message], Ahead | None]] = deque()
             while not self._stop.is_set() and not self._draining_done():
-                batch = self._gather()
-                if batch:
-                    self._write(batch, batch[0][0], batch[-1][0])
+                if not queued:
+                    batch = self._gather()
+                    if not batch:
+                        continue
+                    messages = self._messages(batch)
+                    queued.append((batch, messages, self.stage.ahead(messages, behind=False)))
+                # with worker processes: the full batch already waiting behind this one is prepared by
+                # them while this one is written
+                while len(queued) <= self.stage.lookahead:
+                    nxt = self._full_batch_after(queued[-1][0][-1][0])
+                    if not nxt:
+                        break
+                    messages = self._messages(nxt)
+                    queued.append((nxt, messages, self.stage.ahead(messages)))
+                batch, messages, ahead = queued.popleft()
+                self._write(batch, batch[0][0], batch[-1][0], messages, ahead)
         except Cancelled:
             log.info("ingest stopped with a batch unwritten; it stays in the spool for the next start")
         except Exception:  # pragma: no cover - a bug: say so loudly, the supervisor restarts the process
@@ -104,10 +119,24 @@ class SpoolIngest:
                 return batch
             time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
 
-    def _write(self, batch: list[SpooledMessage], first: int, last: int) -> None:
+    def _full_batch_after(self, seq: int) -> list[SpooledMessage]:
+        """The messages after ``seq`` when they make a full batch already, else [] (then the next batch
+        is gathered once this one is written, as without workers: a light load keeps its large batches)."""
+        if self._drain_until is not None:
+            return []
+        s = self.settings
+        batch = self.spool.head(s.max_batch_messages, s.max_batch_bytes, after=seq)
+        if len(batch) >= s.max_batch_messages or sum(len(m[3]) for m in batch) >= s.max_batch_bytes * 0.9:
+            return batch
+        return []
+
+    def _messages(self, batch: list[SpooledMessage]) -> list[Message]:
+        return [Message(self.signal_of(m[1]), m[3], f"spool:{self.spool.id}:{m[0]}") for m in batch]
+
+    def _write(self, batch: list[SpooledMessage], first: int, last: int, messages: list[Message] | None = None,
+               ahead: Ahead | None = None) -> None:
         self.spool.mark(_MARK, first, last)
         token = f"spool:{self.spool.id}:{first}-{last}"
-        messages = [Message(self.signal_of(m[1]), m[3], f"spool:{self.spool.id}:{m[0]}") for m in batch]
-        self.stage.run(messages, token, self._stop)
+        self.stage.run(self._messages(batch) if messages is None else messages, token, self._stop, ahead)
         self.spool.delete(batch, mark=_MARK)
         self.batches += 1

@@ -227,11 +227,13 @@ class Ingest(App):
     def __init__(self, settings: Settings):
         super().__init__(settings)
         from monitor.ingest.consumer import KafkaIngest
+        from monitor.runtime.storenode import ingest_workers
         from monitor.store.writer import Writer
 
         self.store = open_store(settings)
         self.writer = Writer(self.store, self.metrics)
-        self.consumer = KafkaIngest(settings.kafka, settings.ingest, self.writer, self.metrics)
+        self.consumer = KafkaIngest(settings.kafka, settings.ingest, self.writer, self.metrics,
+                                    workers=ingest_workers(settings.ingest))
 
     def start(self) -> None:
         self._serve_metrics()

@@ -14,7 +14,8 @@ import logging
 import threading
 
 from monitor.auth import secret_value
-from monitor.config import Settings
+from monitor.config import IngestSettings, Settings
+from monitor.ingest.prepare import PrepareWorkers
 from monitor.ingest.spool_source import SpoolIngest
 from monitor.ingest.stage import IngestStage
 from monitor.selfmetrics import SelfMetrics
@@ -50,7 +51,7 @@ class StoreNode:
         self.spool = Spool(s.embedded_spool_path(), s.spool.max_bytes, SelfMetrics(), s.spool.synchronous,
                            s.receiver.retry_after_s)
         self.stage = IngestStage(Writer(store, metrics), metrics, quality=s.ingest.quality,
-                                 retry_max_s=s.ingest.retry_backoff_max_s)
+                                 retry_max_s=s.ingest.retry_backoff_max_s, workers=ingest_workers(s.ingest))
         self.ingest = SpoolIngest(self.spool, self.stage, s.ingest, s.kafka.signal_of)
         self.check_runner = CheckRunner(store, s.checks)
         checks_on = s.checks.enabled and extra_or_say("checks", "the scheduled checks")
@@ -131,6 +132,7 @@ class StoreNode:
         left = self.ingest.pending()
         if not self.ingest.stop(drain_s=grace):
             log.warning("ingest did not finish its batch; it is redone at the next start")
+        self.stage.close()
         after = self.ingest.pending()
         if after:
             log.info("stopping with %d requests in the spool (of %d when asked to stop); they are stored at the "
@@ -138,6 +140,17 @@ class StoreNode:
         else:
             log.info("stopped; everything accepted was written")
         self.spool.close()
+
+
+def ingest_workers(settings: IngestSettings) -> PrepareWorkers | None:
+    """The processes that prepare ingest's batches beside the one writing them (``ingest.workers``)."""
+    from monitor.runtime.heap import settle_heap
+
+    count = settings.worker_count()
+    if not count:
+        return None
+    log.info("ingest prepares batches in %d worker process%s (ingest.workers)", count, "es" if count > 1 else "")
+    return PrepareWorkers(count, settings.quality, on_start=settle_heap)
 
 
 def alerts_service(store: Store, settings: Settings, metrics: SelfMetrics, scheduler):

@@ -169,6 +169,13 @@ class Store:
             raise RejectedData(f"{table}: a value does not fit its column ({type(exc).__name__}: {exc})") \
                 from exc
 
+    def insert_native(self, table: str, block: bytes, columns: tuple[str, ...] | list[str],
+                      settings: dict | None = None) -> None:
+        """Insert ``block``, rows already in ClickHouse's Native format (:mod:`monitor.store.native`);
+        raises as :meth:`insert` does."""
+        self._call("raw_insert", table, column_names=list(columns), insert_block=block, settings=settings,
+                   fmt="Native")
+
     def healthy(self) -> bool:
         """Whether the store answers a query now (tells a refused batch from an unavailable store)."""
         try:
@@ -184,7 +191,7 @@ class Store:
                 return getattr(client, method)(*args, **kwargs)
         except ClickHouseError as exc:
             text = _first_line(str(exc))
-            if method == "insert" and _error_code(str(exc)) in _DATA_ERROR_CODES:
+            if method in ("insert", "raw_insert") and _error_code(str(exc)) in _DATA_ERROR_CODES:
                 raise RejectedData(f"ClickHouse refused the insert: {text}") from exc
             raise StoreError(f"ClickHouse {method} failed: {text}") from exc
         except OSError as exc:

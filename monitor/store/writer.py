@@ -11,7 +11,10 @@ by its per-minute rollup; the rollup tables carry a deduplication window too). A
 a batch, the requests are never set aside for it. Ingest derives the
 batch token from where the batch came from (Kafka topic, partition and offset
 range; spool position range), which is what makes a redelivered batch land
-once.
+once. ClickHouse's deduplication id for a token also depends on how many blocks
+the insert holds: ingest writes a batch's tables as blocks it encoded, the same
+blocks however it prepared them (:meth:`Writer.write_native`,
+:data:`monitor.ingest.prepare.BLOCKS`).
 
 A table insert the store *refuses* (:class:`~monitor.errors.RejectedData`: a
 value it cannot hold) is split in halves, recursively, each half with a token
@@ -62,6 +65,46 @@ class Writer:
             batch = rows.get(table)
             if batch:
                 self._insert(table, batch, 0, f"{token}:{table}", refused)
+        return refused
+
+    def write_native(self, blocks: dict[str, bytes], counts: dict[str, int], token: str) -> dict[str, str]:
+        """Insert blocks already encoded (:mod:`monitor.store.native`; ``counts``: rows per table) with
+        the tokens :meth:`write` uses; returns the tables the store refused, and why: write their rows
+        with :meth:`write_halves` (never again whole: see :data:`monitor.ingest.prepare.BLOCKS`).
+
+        Raises StoreError when the store is unavailable: retry the whole batch with the same token."""
+        refused: dict[str, str] = {}
+        for table in INSERT_ORDER:
+            block = blocks.get(table)
+            if not block:
+                continue
+            t0 = time.perf_counter()
+            try:
+                self.store.insert_native(table, block, TABLE_COLUMNS[table],
+                                         settings={"insert_deduplication_token": f"{token}:{table}",
+                                                   **_VIEW_SETTINGS})
+            except RejectedData as exc:
+                self.metrics.store_errors.inc()
+                refused[table] = str(exc)
+                continue
+            except Exception:
+                self.metrics.store_errors.inc()
+                raise
+            self.metrics.insert_seconds.labels(table).observe(time.perf_counter() - t0)
+            self.metrics.rows_written.labels(table).inc(counts.get(table, 0))
+        return refused
+
+    def write_halves(self, table: str, rows: list[list], token: str, reason: str) -> list[Refused]:
+        """The rows of a table whose whole insert was refused (for ``reason``), in halves as :meth:`write`
+        splits a refused insert, with the same tokens; returns the rows refused on their own."""
+        refused: list[Refused] = []
+        if len(rows) == 1:
+            refused.append(Refused(table, 0, reason))
+            self.metrics.rows_refused.labels(table).inc()
+            return refused
+        mid = len(rows) // 2
+        self._insert(table, rows[:mid], 0, f"{token}:{table}/0", refused)
+        self._insert(table, rows[mid:], mid, f"{token}:{table}/1", refused)
         return refused
 
     def _insert(self, table: str, rows: list[list], offset: int, token: str, refused: list[Refused]) -> None:
