@@ -229,3 +229,23 @@ def test_workers_go_when_their_process_is_killed(tmp_path):
     while not gone(pids[0]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert gone(pids[0])
+
+
+def test_workers_never_run_the_parents_main_module(tmp_path, monkeypatch):
+    """Spawn runs the parent's ``__main__`` again in each child; under a test runner or beside a dashboard
+    that is whatever script last ran as ``__main__`` (a Streamlit page did, and killed every worker)."""
+    import sys
+    import types
+
+    script = tmp_path / "page.py"
+    script.write_text("raise SystemExit('the parent\'s main module ran in a worker')\n")
+    fake = types.ModuleType("__main__")
+    fake.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", fake)
+    w = PrepareWorkers(1, quality=False)
+    try:
+        assert w.start(timeout=60) > 0
+        assert w.submit([], [], {}).result(60).counts == {}
+        assert w.restarts == 0
+    finally:
+        w.close()

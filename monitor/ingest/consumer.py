@@ -308,13 +308,18 @@ class KafkaIngest:
 
         self._commit({tp: OffsetAndMetadata(start, json.dumps({"pending": [start, end]}), -1)
                       for tp, _, start, end in batches})
-        for tp, chunk, start, end in batches:
+        # with worker processes every partition's batch is handed to them now, in the order they are
+        # written: they prepare the next while this one is written
+        started = []
+        for i, (tp, chunk, start, end) in enumerate(batches):
             messages = [Message(self.kafka.signal_of(m.topic), m.value or b"", f"{m.topic}/{m.partition}@{m.offset}")
                         for m in chunk]
+            started.append((messages, self.stage.ahead(messages, behind=i > 0)))
+        for (tp, chunk, start, end), (messages, ahead) in zip(batches, started):
             self._keys = {msg.source: m.key for msg, m in zip(messages, chunk)}
             token = f"{tp.topic}/{tp.partition}/{start}-{end}"
             try:
-                self.stage.run(messages, token, self._stop)
+                self.stage.run(messages, token, self._stop, ahead)
             except PermanentError as exc:  # retrying cannot help: the batch must not stall its partition
                 self._set_aside_batch(messages, token, exc)
             self.batches_written += 1

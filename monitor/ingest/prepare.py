@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.spawn
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -220,6 +222,7 @@ def _prepare_items(items: list[tuple[Signal, bytes]], chunks: list[int], types: 
 
 
 def _worker_start(quality: bool, on_start: Callable[[], None] | None, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     threading.Thread(target=_exit_with, args=(parent,), name="monitor-ingest-worker-parent", daemon=True).start()
     if quality:
         from monitor.ingest.enrich import warm_up
@@ -227,6 +230,25 @@ def _worker_start(quality: bool, on_start: Callable[[], None] | None, parent: in
         warm_up()
     if on_start is not None:
         on_start()
+
+
+_spawning = threading.local()
+_stdlib_preparation_data = multiprocessing.spawn.get_preparation_data
+
+
+def _preparation_data(name: str) -> dict:
+    """What a spawned process is told to set up first, less the parent's main module when it is one of
+    our workers: spawn runs that module again in the child, and a worker needs nothing from it (under
+    a test runner or a dashboard thread it is whatever script last ran as ``__main__``, and running it
+    again killed the worker; a script without a ``__main__`` guard would run twice)."""
+    data = _stdlib_preparation_data(name)
+    if getattr(_spawning, "workers", False):
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+    return data
+
+
+multiprocessing.spawn.get_preparation_data = _preparation_data
 
 
 def _exit_with(parent: int) -> None:
@@ -257,8 +279,7 @@ class PrepareWorkers:
         """Start the workers now and wait until each has loaded what it needs (seconds taken): their
         start-up (an interpreter, the quality models) then never delays a batch."""
         t0 = time.monotonic()
-        pool = self._pool_now()
-        for f in [pool.submit(time.sleep, 0.2) for _ in range(self.count)]:
+        for f in [self._submit(time.sleep, 0.2) for _ in range(self.count)]:
             f.result(timeout)
         return time.monotonic() - t0
 
@@ -268,11 +289,18 @@ class PrepareWorkers:
         items = [(m.signal, m.value) for m in messages]
         self.submitted += 1
         try:
-            return self._pool_now().submit(_prepare_items, items, chunks, types, self.quality)
+            return self._submit(_prepare_items, items, chunks, types, self.quality)
         except BrokenProcessPool as exc:
             log.warning("an ingest worker process died (%s); starting a new one", exc)
             self.restart()
-            return self._pool_now().submit(_prepare_items, items, chunks, types, self.quality)
+            return self._submit(_prepare_items, items, chunks, types, self.quality)
+
+    def _submit(self, fn: Callable, *args: object) -> Future:
+        _spawning.workers = True  # a pool starts its processes in submit, on this thread
+        try:
+            return self._pool_now().submit(fn, *args)
+        finally:
+            _spawning.workers = False
 
     def _pool_now(self) -> ProcessPoolExecutor:
         with self._lock:
