@@ -84,7 +84,8 @@ class IngestStage:
         """Processes that prepare chunks of batches (:mod:`monitor.ingest.prepare`); None: all is done here."""
         self._types: dict[str, tuple[str, ...]] | None = None
         self._write_ratio = 0.45
-        """Seconds writing a batch per second preparing it (a moving average; 0.45 measured on 2 cores)."""
+        """Seconds writing a batch per second of its preparing steps, all parts together (a moving average;
+        0.45 measured on 2 cores)."""
         self.metrics = metrics
         self.quality = quality
         self.retry_max_s = retry_max_s
@@ -175,7 +176,6 @@ class IngestStage:
         """Prepare (here, or here and in the worker processes; ``ahead``: already started there by
         :meth:`ahead`) then write ``messages``: each table's rows as one Native block per chunk of the
         batch (:data:`~monitor.ingest.prepare.BLOCKS`), a table the store refuses row by row."""
-        t0 = time.perf_counter()
         retry_call(self._load_types, stop=stop, backoff=Backoff(0.2, self.retry_max_s),
                    what="the store's column types", on_retry=self._retrying)
         batch = None
@@ -184,7 +184,7 @@ class IngestStage:
         prepared = self._finish(messages, ahead) if ahead is not None else None
         if prepared is None:  # here alone (no workers, or one died)
             prepared, batch = prepare_here(messages, chunk_ids(messages), self._types, self.quality)
-        result = self._write_prepared(messages, prepared, batch, token, stop, time.perf_counter() - t0)
+        result = self._write_prepared(messages, prepared, batch, token, stop)
         for stage, s in result.seconds.items():
             self.metrics.ingest_stage_seconds.labels(stage).inc(s)
         return result
@@ -213,7 +213,7 @@ class IngestStage:
         return None
 
     def _write_prepared(self, messages: list[Message], p: Prepared, batch: Batch | None, token: str,
-                        stop: threading.Event, preparing: float) -> BatchResult:
+                        stop: threading.Event) -> BatchResult:
         t0 = time.perf_counter()
         refused_tables = retry_call(lambda: self.writer.write_native(p.blocks, p.counts, token), stop=stop,
                                     backoff=Backoff(0.2, self.retry_max_s), what=f"insert of batch {token}",
@@ -242,6 +242,7 @@ class IngestStage:
             self.metrics.values_fixed.inc(p.fixed)
         self.metrics.ingest_batches.inc()
         written = time.perf_counter() - t0
+        preparing = sum(p.seconds.values())  # every part's steps, wherever they ran
         if self.workers is not None and preparing > 0:
             self._write_ratio = 0.7 * self._write_ratio + 0.3 * min(5.0, max(0.05, written / preparing))
         return BatchResult(len(messages), sum(p.counts.values()), dead, {**p.seconds, "write": written})
