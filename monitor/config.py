@@ -348,7 +348,8 @@ class IngestSettings(_Section):
     def worker_count(self) -> int:
         if self.workers is not None:
             return self.workers
-        return max(0, min(4, (os.cpu_count() or 1) - 1))
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(0, min(4, cpus - 1))
 
 
 def _upstream_url(v: str) -> str:
