@@ -83,6 +83,8 @@ class IngestStage:
         self.workers = workers
         """Processes that prepare chunks of batches (:mod:`monitor.ingest.prepare`); None: all is done here."""
         self._types: dict[str, tuple[str, ...]] | None = None
+        self._workers_ready = threading.Event()
+        self._warming = False
         self._write_ratio = 0.45
         """Seconds writing a batch per second of its preparing steps, all parts together (a moving average;
         0.45 measured on 2 cores)."""
@@ -93,17 +95,27 @@ class IngestStage:
         """Told about set-aside messages after they are stored (Kafka ingest also copies them to its DLQ topic)."""
 
     def warm_up(self) -> None:
+        self._warming = True
         if self.quality:
             from monitor.ingest.enrich import warm_up
             warm_up()
-        if self.workers is not None:
-            try:
-                took = self.workers.start()
-            except Exception as exc:  # they are started again with the first batch, and said so then
-                log.warning("ingest worker processes did not start (%s); batches are prepared here until they do", exc)
-            else:
-                log.info("%d ingest worker process%s ready in %.1fs", self.workers.count,
-                         "es" if self.workers.count > 1 else "", took)
+        if self.workers is not None:  # in the background: until they are ready, batches are prepared here
+            threading.Thread(target=self._start_workers, name="monitor-ingest-workers", daemon=True).start()
+
+    def _start_workers(self) -> None:
+        try:
+            took = self.workers.start()
+        except Exception as exc:
+            log.warning("ingest worker processes did not start (%s); batches are prepared here", exc)
+            return
+        self._workers_ready.set()
+        log.info("%d ingest worker process%s ready in %.1fs", self.workers.count,
+                 "es" if self.workers.count > 1 else "", took)
+
+    def _with_workers(self) -> bool:
+        """Whether batches go to the workers now: they are ready (:meth:`warm_up` starts them without
+        holding up the first batches), or were never asked to warm up (a caller using the stage directly)."""
+        return self.workers is not None and (self._workers_ready.is_set() or not self._warming)
 
     # -- the steps ---------------------------------------------------------------------------
 
@@ -152,7 +164,7 @@ class IngestStage:
         This process keeps the first chunks, prepared in :meth:`run`: with ``behind`` (the batch waits
         behind one this process writes first) fewer, from the measured cost of writing against
         preparing, so that it and the workers finish together; else as many as a worker."""
-        if self.workers is None:
+        if not self._with_workers():
             return None
         try:
             self._load_types()
@@ -179,7 +191,7 @@ class IngestStage:
         retry_call(self._load_types, stop=stop, backoff=Backoff(0.2, self.retry_max_s),
                    what="the store's column types", on_retry=self._retrying)
         batch = None
-        if ahead is None and self.workers is not None and len(messages) > 1:
+        if ahead is None and self._with_workers() and len(messages) > 1:
             ahead = self._start(messages, [1.0] * (self.workers.count + 1))
         prepared = self._finish(messages, ahead) if ahead is not None else None
         if prepared is None:  # here alone (no workers, or one died)
