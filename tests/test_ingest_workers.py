@@ -18,6 +18,7 @@ import time
 
 import pytest
 from test_ingest_golden import golden_requests
+from test_ingest_ranges import _request
 
 from monitor.config import StoreSettings
 from monitor.errors import RejectedData
@@ -146,18 +147,6 @@ class _Picky:
         if table == "otel_traces" and b"poison" in block:
             raise RejectedData("ClickHouse refused the insert: Code: 407. DECIMAL_OVERFLOW (simulated)")
         return self.store.insert_native(table, block, columns, settings=settings)
-
-
-def _request(names: list[str], first: int) -> bytes:
-    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-
-    now = time.time_ns()
-    req = trace_service_pb2.ExportTraceServiceRequest()
-    ss = req.resource_spans.add().scope_spans.add()
-    for i, name in enumerate(names):
-        ss.spans.add(trace_id=(first + i).to_bytes(16, "big"), span_id=(first + i).to_bytes(8, "big"), name=name,
-                     start_time_unix_nano=now, end_time_unix_nano=now + 100_000_000)
-    return req.SerializeToString()
 
 
 def test_a_refused_value_and_an_undecodable_message_with_workers(store, workers):
