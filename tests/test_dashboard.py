@@ -545,6 +545,52 @@ def test_text_search_gives_the_same_rows_with_and_without_its_index(store):
     assert granules(skipped["reply"][1])[0] == total - 1  # in every filler part: nothing to skip
 
 
+def test_ingest_leaves_the_search_index_to_merges_and_search_answers_the_same(store):
+    """Ingest's inserts skip the n-gram indexes (monitor.store.writer: a third of an insert's CPU);
+    a part without them is read whole, with the same answers, and the merge that reaches it builds
+    them, after which a search skips granules again."""
+    from monitor.events import InferenceEvent
+    from monitor.selfmetrics import SelfMetrics
+    from monitor.store.native import column_types, encode
+    from monitor.store.tables import TABLE_COLUMNS
+    from monitor.store.writer import Writer
+    from monitor.webui.queries._sql import EVENTS, events_where
+
+    now = datetime.now(timezone.utc)
+    t0 = int((now - timedelta(minutes=5)).timestamp() * 1e9)
+    writer = Writer(store, SelfMetrics())
+    columns = TABLE_COLUMNS["inference_events"]
+    types = column_types(store, "inference_events", columns)
+    for k, word in enumerate(("kiwi", "mango")):  # one batch, one part, of 2 granules each
+        rows = [InferenceEvent(t0 + k * 10**9 + i, f"i{k}{i:030x}", f"{i:016x}", model="alpha",
+                               prompt=f"{word} order {i}", completion=f"{word.upper()} reply {i % 97}").row()
+                for i in range(9000)]
+        blocks = {"inference_events": encode("inference_events", columns, types, rows)}
+        assert writer.write_native(blocks, {"inference_events": len(rows)}, f"search-index:{k}") == {}
+
+    def search(term: str) -> tuple[list, int, int]:
+        f = Filters(start=now - timedelta(hours=1), end=now + timedelta(seconds=1), search=term)
+        where, p = events_where(f, search=True)
+        sql = f"SELECT trace_id FROM {EVENTS} WHERE {where} ORDER BY trace_id"
+        got = store.query_rows(sql, p)
+        assert got == store.query_rows(sql + " SETTINGS use_skip_indexes = 0", p), term
+        plan = "\n".join(r[0] for r in store.query_rows(f"EXPLAIN indexes = 1 {sql}", p))
+        m = re.search(r"Final set of granules after AND/OR processing\n\s*Parts: \d+/\d+\n\s*Granules: (\d+)/(\d+)",
+                      plan)
+        read, total = (int(m.group(1)), int(m.group(2))) if m else (None, None)
+        return got, read, total
+
+    got, read, total = search("mango")
+    assert len(got) == 9000
+    assert read == total or read is None  # no part has the index yet: nothing is skipped
+    assert len(search("no such thing")[0]) == 0
+    store.command("OPTIMIZE TABLE inference_events FINAL")
+    got_after, read, total = search("mango")
+    assert got_after == got
+    assert read is not None and 0 < read < total  # the merged part has it: kiwi's granules are skipped
+    assert search("no such thing")[1] == 0
+
+
 def test_request_detail_near_its_listed_time_is_the_same_row(seeded):
     from monitor.webui.queries import requests as q
 
