@@ -22,6 +22,7 @@ from test_ingest_ranges import _request
 
 from monitor.config import StoreSettings
 from monitor.errors import RejectedData
+from monitor.ingest import prepare
 from monitor.ingest.prepare import Message, PrepareWorkers, chunk_ids, shares, split
 from monitor.ingest.stage import IngestStage
 from monitor.selfmetrics import SelfMetrics
@@ -34,6 +35,12 @@ _TIMES = {"otel_traces": ("Timestamp", "Duration", "Events.Timestamp"),
 _FIXED = {"otel_traces": "mapContains(SpanAttributes, 'monitor.fixed')",
           "inference_events": "mapContains(attributes, 'monitor.fixed')"}
 _ORDER = {"otel_traces": "SpanId", "inference_events": "span_id"}
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """The test batches are small: cut them into chunks of any size, so that workers get some."""
+    monkeypatch.setattr(prepare, "MIN_CHUNK_BYTES", 1)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +134,17 @@ def test_split_keeps_order_and_follows_the_weights():
         ends = [sum(taken[:i + 1]) for i in range(len(taken))]
         assert all(e == len(ms) or chunks[e - 1] != chunks[e] for e in ends if e)  # whole chunks only
     assert shares(chunks, [0.0, 1.0])[0] == 0
+
+
+def test_a_small_batch_is_not_cut_into_tiny_blocks(monkeypatch):
+    monkeypatch.setattr(prepare, "MIN_CHUNK_BYTES", 256 * 1024)
+    proxy_like = [Message("traces", b"x" * 3000, str(i)) for i in range(80)]  # 240 KB: one span each
+    assert set(chunk_ids(proxy_like)) == {0}
+    three = [Message("traces", b"x" * 3000, str(i)) for i in range(280)]  # 840 KB
+    assert chunk_ids(three) == sorted(chunk_ids(three)) and set(chunk_ids(three)) == {0, 1, 2}
+    large = [Message("traces", b"x" * 400_000, str(i)) for i in range(45)]  # bench/ingest.py's requests
+    assert set(chunk_ids(large)) == set(range(prepare.BLOCKS))
+    assert chunk_ids([]) == []
 
 
 class _Picky:
