@@ -237,7 +237,8 @@ class KafkaIngest:
         self._check_assignment()
         buffered = sum(len(v) for v in self._buffers.values())
         if buffered and (buffered >= s.max_batch_messages or
-                         time.monotonic() - (self._first_buffered or 0) >= s.flush_interval_ms / 1000):
+                         time.monotonic() - (self._first_buffered or 0) >= s.flush_interval_ms / 1000 or
+                         sum(len(m.value or b"") for v in self._buffers.values() for m in v) >= s.max_batch_bytes):
             self._flush()
             self._update_lag()
 
