@@ -22,6 +22,7 @@ by the next (:func:`remove_stale_idle_cgroups`).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 _PREFIX = "llm-monitor-"
@@ -115,14 +116,24 @@ def join_idle_cgroup(owner_pid: int) -> Path:
     return path
 
 
-def remove_idle_cgroup(owner_pid: int) -> None:
-    """Remove the supervisor's idle cgroup once its processes have exited (a no-op if it has none)."""
+def remove_idle_cgroup(owner_pid: int, wait_s: float = 3.0) -> None:
+    """Remove the supervisor's idle cgroup once its processes have exited (a no-op if it has none),
+    waiting up to ``wait_s`` for the last of them: a store process's ingest workers leave up to a second
+    after it (they notice their parent is gone), and a cgroup with a process in it cannot be removed."""
     path = idle_cgroup_path(owner_pid)
-    if path is not None:
+    if path is None or not path.exists():
+        return
+    deadline = time.monotonic() + wait_s
+    while True:
         try:
             path.rmdir()
+            return
+        except FileNotFoundError:
+            return
         except OSError:
-            pass
+            if time.monotonic() >= deadline:
+                return  # remove_stale_idle_cgroups() of a later start takes it
+            time.sleep(0.1)
 
 
 def remove_stale_idle_cgroups() -> int:
