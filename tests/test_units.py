@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -432,14 +433,14 @@ def test_a_process_joins_its_supervisors_idle_cgroup_which_goes_when_the_supervi
         assert str(p.pid) in (path / "cgroup.procs").read_text().split()
         assert cpu_cgroup_dir(Path(f"/proc/{p.pid}/cgroup").read_text(),
                               Path(f"/proc/{p.pid}/mountinfo").read_text()) == path
-        remove_idle_cgroup(me)  # not empty yet: stays
+        remove_idle_cgroup(me, wait_s=0.3)  # not empty: stays
         assert path.exists()
+        threading.Timer(0.5, p.kill).start()  # as a store's ingest worker leaves a moment after the store
+        remove_idle_cgroup(me)  # waits for the last process in it (up to 3 s)
+        assert not path.exists()
     finally:
         p.kill()
         p.wait()
-    time.sleep(0.1)
-    remove_idle_cgroup(me)
-    assert not path.exists()
     # a group left by a supervisor that was killed (a pid that is not running) goes; a live one's stays
     dead = 2**22 + 17
     while Path(f"/proc/{dead}").exists():
