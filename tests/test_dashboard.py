@@ -509,9 +509,25 @@ def test_text_search_is_a_literal_case_insensitive_substring(store, term, expect
     assert (set(rows["prompt_preview"]) if len(rows) else set()) == expected and n == len(expected) and exact
 
 
-def test_text_search_gives_the_same_rows_with_and_without_its_index(store):
+def _search(store, f: Filters) -> tuple[list, str]:
+    """A text search's trace ids (the same without skip indexes, checked) and its ``EXPLAIN indexes = 1``."""
     from monitor.webui.queries._sql import EVENTS, events_where
 
+    where, p = events_where(f, search=True)
+    sql = f"SELECT trace_id FROM {EVENTS} WHERE {where} ORDER BY trace_id"
+    rows = store.query_rows(sql, p)
+    assert rows == store.query_rows(sql + " SETTINGS use_skip_indexes = 0", p), f.search
+    return rows, "\n".join(r[0] for r in store.query_rows(f"EXPLAIN indexes = 1 {sql}", p))
+
+
+def _granules(plan: str) -> tuple[int, int]:
+    """(granules read, granules in the parts) after the skip indexes, from :func:`_search`'s plan."""
+    m = re.search(r"Final set of granules after AND/OR processing\n\s*Parts: \d+/\d+\n\s*Granules: (\d+)/(\d+)", plan)
+    assert m, plan
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_text_search_gives_the_same_rows_with_and_without_its_index(store):
     now = datetime.now(timezone.utc)
     _search_store(store, now)
     have = {r[0] for r in store.query_rows(
@@ -521,28 +537,16 @@ def test_text_search_gives_the_same_rows_with_and_without_its_index(store):
     for term in ("mango", "MANGO reply 42", "papaya order 8999", "kiwi", "no such thing", "50%", "äpfel", "order 1",
                  "reply", "e_c", "x"):
         f = Filters(start=now - timedelta(days=1), end=now + timedelta(seconds=1), search=term)
-        where, p = events_where(f, search=True)
-        sql = f"SELECT trace_id FROM {EVENTS} WHERE {where} ORDER BY trace_id"
-        with_index = store.query_rows(sql, p)
-        without = store.query_rows(sql + " SETTINGS use_skip_indexes = 0", p)
-        assert with_index == without, term
-        plan = "\n".join(r[0] for r in store.query_rows(f"EXPLAIN indexes = 1 {sql}", p))
+        with_index, plan = _search(store, f)
         assert "idx_prompt_ngram" in plan and "idx_completion_ngram" in plan, plan
         skipped[term] = (len(with_index), plan)
     # the index is used: a term of one part's text reads that part's granules only, a term nobody
     # wrote reads none
-
-    def granules(plan: str) -> tuple[int, int]:
-        m = re.search(r"Final set of granules after AND/OR processing\n\s*Parts: \d+/\d+\n\s*Granules: (\d+)/(\d+)",
-                      plan)
-        assert m, plan
-        return int(m.group(1)), int(m.group(2))
-
     assert skipped["mango"][0] == 9000
-    read, total = granules(skipped["mango"][1])
+    read, total = _granules(skipped["mango"][1])
     assert 0 < read < total and total >= 4
-    assert skipped["no such thing"][0] == 0 and granules(skipped["no such thing"][1])[0] == 0
-    assert granules(skipped["reply"][1])[0] == total - 1  # in every filler part: nothing to skip
+    assert skipped["no such thing"][0] == 0 and _granules(skipped["no such thing"][1])[0] == 0
+    assert _granules(skipped["reply"][1])[0] == total - 1  # in every filler part: nothing to skip
 
 
 def test_ingest_leaves_the_search_index_to_merges_and_search_answers_the_same(store):
@@ -554,7 +558,6 @@ def test_ingest_leaves_the_search_index_to_merges_and_search_answers_the_same(st
     from monitor.store.native import column_types, encode
     from monitor.store.tables import TABLE_COLUMNS
     from monitor.store.writer import Writer
-    from monitor.webui.queries._sql import EVENTS, events_where
 
     now = datetime.now(timezone.utc)
     t0 = int((now - timedelta(minutes=5)).timestamp() * 1e9)
@@ -568,27 +571,20 @@ def test_ingest_leaves_the_search_index_to_merges_and_search_answers_the_same(st
         blocks = {"inference_events": encode("inference_events", columns, types, rows)}
         assert writer.write_native(blocks, {"inference_events": len(rows)}, f"search-index:{k}") == {}
 
-    def search(term: str) -> tuple[list, int, int]:
-        f = Filters(start=now - timedelta(hours=1), end=now + timedelta(seconds=1), search=term)
-        where, p = events_where(f, search=True)
-        sql = f"SELECT trace_id FROM {EVENTS} WHERE {where} ORDER BY trace_id"
-        got = store.query_rows(sql, p)
-        assert got == store.query_rows(sql + " SETTINGS use_skip_indexes = 0", p), term
-        plan = "\n".join(r[0] for r in store.query_rows(f"EXPLAIN indexes = 1 {sql}", p))
-        m = re.search(r"Final set of granules after AND/OR processing\n\s*Parts: \d+/\d+\n\s*Granules: (\d+)/(\d+)",
-                      plan)
-        read, total = (int(m.group(1)), int(m.group(2))) if m else (None, None)
-        return got, read, total
+    def search(term: str) -> tuple[list, tuple[int, int]]:
+        rows, plan = _search(store, Filters(start=now - timedelta(hours=1), end=now + timedelta(seconds=1),
+                                            search=term))
+        return rows, _granules(plan)
 
-    got, read, total = search("mango")
+    got, (read, total) = search("mango")
     assert len(got) == 9000
-    assert read == total or read is None  # no part has the index yet: nothing is skipped
-    assert len(search("no such thing")[0]) == 0
+    assert read == total  # no part has the index yet: nothing is skipped
+    assert search("no such thing") == ([], (total, total))
     store.command("OPTIMIZE TABLE inference_events FINAL")
-    got_after, read, total = search("mango")
+    got_after, (read, total) = search("mango")
     assert got_after == got
-    assert read is not None and 0 < read < total  # the merged part has it: kiwi's granules are skipped
-    assert search("no such thing")[1] == 0
+    assert 0 < read < total  # the merged part has it: kiwi's granules are skipped
+    assert search("no such thing") == ([], (0, total))
 
 
 def test_request_detail_near_its_listed_time_is_the_same_row(seeded):

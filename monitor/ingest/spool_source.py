@@ -111,10 +111,8 @@ class SpoolIngest:
         deadline = time.monotonic() + s.flush_interval_ms / 1000
         while True:
             batch = self.spool.head(s.max_batch_messages, s.max_batch_bytes)
-            size = sum(len(m[3]) for m in batch)
-            full = len(batch) >= s.max_batch_messages or size >= s.max_batch_bytes * 0.9
             oldest_age = time.time() - batch[0][4] if batch else 0.0
-            if full or not batch or oldest_age * 1000 >= s.flush_interval_ms or time.monotonic() >= deadline \
+            if self._full(batch) or not batch or oldest_age * 1000 >= s.flush_interval_ms or time.monotonic() >= deadline \
                     or self._drain_until is not None:
                 return batch
             time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
@@ -126,9 +124,12 @@ class SpoolIngest:
             return []
         s = self.settings
         batch = self.spool.head(s.max_batch_messages, s.max_batch_bytes, after=seq)
-        if len(batch) >= s.max_batch_messages or sum(len(m[3]) for m in batch) >= s.max_batch_bytes * 0.9:
-            return batch
-        return []
+        return batch if self._full(batch) else []
+
+    def _full(self, batch: list[SpooledMessage]) -> bool:
+        """As many messages, or (nearly) as many bytes, as a batch may hold."""
+        s = self.settings
+        return len(batch) >= s.max_batch_messages or sum(len(m[3]) for m in batch) >= s.max_batch_bytes * 0.9
 
     def _messages(self, batch: list[SpooledMessage]) -> list[Message]:
         return [Message(self.signal_of(m[1]), m[3], f"spool:{self.spool.id}:{m[0]}") for m in batch]

@@ -121,7 +121,7 @@ def remove_idle_cgroup(owner_pid: int, wait_s: float = 3.0) -> None:
     waiting up to ``wait_s`` for the last of them: a store process's ingest workers leave up to a second
     after it (they notice their parent is gone), and a cgroup with a process in it cannot be removed."""
     path = idle_cgroup_path(owner_pid)
-    if path is None or not path.exists():
+    if path is None:
         return
     deadline = time.monotonic() + wait_s
     while True:
