@@ -92,7 +92,7 @@ def test_monitor_demo_catches_every_injected_change_and_stops_within_5s(tmp_path
     assert "demo: phase long_prompts: caught feature_drift/prompt_length" in err, err[-4000:]
     assert "demo: phase language: caught feature_drift/prompt_language" in err, err[-4000:]
     assert "demo: phase refusals: caught quality/refusal_rate" in err, err[-4000:]
-    assert re.search(r"demo: phase latency: caught feature_drift/(latency_ms|ttft_ms|decode_ms)", err), err[-4000:]
+    assert re.search(r"demo: phase latency: caught feature_drift/(latency|ttft|decode|prefill)_ms", err), err[-4000:]
     assert "demo: every injected change was caught (5 of 5) and the control phase stayed clean" in err
 
     # the verdicts are rows of check_results, as `monitor check` and the Drift page show them
@@ -113,3 +113,16 @@ def test_monitor_demo_catches_every_injected_change_and_stops_within_5s(tmp_path
     # engine metrics were scraped from the reference server's /metrics too
     assert chdb_query(data, "SELECT count() FROM otel_metrics_gauge "
                             "WHERE MetricName = 'monitor.server.requests.running'")[0][0] > 0
+
+
+def test_a_missed_phase_says_what_the_expected_checks_showed():
+    """A MISSED line names each expected result's p-value, samples and median move, and a floor it fell below."""
+    from monitor.checks.base import Result
+    from monitor.runtime.demo import _outcome
+
+    below = Result("feature_drift", "decode_ms", "ok", p_value=2e-4, current_n=40, reference_n=43,
+                   details={"median_change": 0.42, "min_change": 0.5, "below_min_change": True})
+    assert _outcome(below) == ("decode_ms ok (p=0.0002, n=40 vs 43, median moved by 42%, "
+                               "below the 50% that counts)")
+    few = Result("feature_drift", "ttft_ms", "insufficient_data", current_n=12, reference_n=24)
+    assert _outcome(few) == "ttft_ms insufficient_data (p=-, n=12 vs 24)"

@@ -104,7 +104,8 @@ PHASES: list[Phase] = [
     Phase("refusals", "more requests the server's policy refuses", _SHOP, _REFUSED, 0.35,
           expect=(("quality", "refusal_rate"),), shows="Quality page: refusal rate"),
     Phase("latency", "the model server slows down 3x", _SHOP, slowdown=3.0,
-          expect=(("feature_drift", "latency_ms"), ("feature_drift", "ttft_ms"), ("feature_drift", "decode_ms")),
+          expect=(("feature_drift", "latency_ms"), ("feature_drift", "ttft_ms"), ("feature_drift", "decode_ms"),
+                  ("feature_drift", "prefill_ms")),
           shows="Latency & GPU page: decode time per request"),
 ]
 

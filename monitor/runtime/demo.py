@@ -143,8 +143,11 @@ class Demo:
                     line += f"; also flagged {_names(others)}"
                 line += f" ({phase.shows})"
             else:
+                expected = [r for s in report.scopes for r in s.results
+                            if any(r.check == c and fnmatch.fnmatchcase(r.metric, m) for c, m in phase.expect)]
                 line = (f"phase {phase.name}: MISSED: expected {' or '.join(f'{c}/{m}' for c, m in phase.expect)}"
-                        f" to fail; flagged {_names(failed) or 'nothing'}")
+                        f" to fail; flagged {_names(failed) or 'nothing'}; what they showed: "
+                        f"{'; '.join(_outcome(r) for r in expected) or 'no results'}")
         self.verdicts[phase.name] = (ok, line)
         (log.info if ok else log.warning)("demo: %s", line)
 
@@ -267,6 +270,17 @@ def _describe(r) -> str:
         example = (grew[0].get("examples") or [""])[0][:80]
         what += f"; the cluster that grew most: '{grew[0].get('label', '')}', e.g. \"{example}\""
     return what
+
+
+def _outcome(r) -> str:
+    """Why a result did not fail: its p-value, its samples, and a median move below the floor."""
+    d = r.details or {}
+    what = f"{r.metric} {r.status} (p={_fmt(r.p_value)}, n={r.current_n} vs {r.reference_n}"
+    if d.get("median_change") is not None:
+        what += f", median moved by {d['median_change'] * 100:.0f}%"
+        if d.get("below_min_change"):
+            what += f", below the {d['min_change'] * 100:.0f}% that counts"
+    return what + ")"
 
 
 def _fmt(v) -> str:
