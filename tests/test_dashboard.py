@@ -775,3 +775,82 @@ def test_bar_spec_stacks_groups_and_lays_a_waterfall():
     read, erase = a["series"]
     assert read["y1"] == [3.0, 4.0] and erase["y0"] == [3.0, None] and erase["y1"] == [4.0, None]
     assert a["x_min"] == a["x"][0] - 600.0 and a["x_max"] == a["x"][-1] + 600.0
+
+
+class _Files:
+    """An ASGI app answering like Streamlit's static files, counting the requests that reach it."""
+
+    def __init__(self, bodies: dict[str, tuple[int, list[bytes], list[tuple[bytes, bytes]]]]):
+        self.bodies = bodies
+        self.calls: list[str] = []
+
+    async def __call__(self, scope, receive, send):
+        self.calls.append(scope["path"])
+        status, parts, headers = self.bodies[scope["path"]]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        for i, part in enumerate(parts):
+            await send({"type": "http.response.body", "body": part, "more_body": i < len(parts) - 1})
+
+
+def _get(app, path: str, method: str = "GET", headers=(), query: bytes = b"") -> list[dict]:
+    import asyncio
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": method, "path": path, "query_string": query, "headers": list(headers)}
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_bundle_files_are_replayed_from_memory_exactly_and_nothing_else_is():
+    from monitor.webui.bundle import BundleCache
+
+    js = [(b"content-type", b"application/javascript"), (b"content-length", b"11"), (b"etag", b'"abc"'),
+          (b"cache-control", b"public, immutable, max-age=31536000")]
+    files = _Files({
+        "/static/js/index.1.js": (200, [b"hello", b" world"], js),  # in two pieces
+        "/static/js/gone.2.js": (404, [b"not found"], [(b"content-length", b"9")]),
+        "/static/js/zipped.3.js": (200, [b"\x1f\x8b"], [(b"content-encoding", b"gzip"), (b"content-length", b"2")]),
+        "/static/js/short.4.js": (200, [b"abc"], [(b"content-length", b"10")]),  # cut short: never kept
+        "/static/js/not-a-file.js": (200, [b"<html>"], [(b"content-length", b"6")]),  # the SPA's fallback
+        "/": (200, [b"<html>"], [(b"content-length", b"6")]),
+    })
+    app = BundleCache(files, files=frozenset({"/static/js/index.1.js", "/static/js/gone.2.js",
+                                              "/static/js/zipped.3.js", "/static/js/short.4.js"}))
+    first, again = _get(app, "/static/js/index.1.js"), _get(app, "/static/js/index.1.js")
+    assert files.calls == ["/static/js/index.1.js"] and app.hits == 1
+    assert again[0] == {"type": "http.response.start", "status": 200, "headers": js}
+    assert [m["body"] for m in first[1:]] == [b"hello", b" world"]  # the first answer as Streamlit sent it
+    assert b"".join(m.get("body", b"") for m in first[1:]) == again[1]["body"] == b"hello world"
+    assert again[1]["more_body"] is False and app.kept_bytes() == 11
+
+    # not kept: an error, an encoded answer, a body shorter than its length, a path that is no bundle file
+    for path in ("/static/js/gone.2.js", "/static/js/zipped.3.js", "/static/js/short.4.js",
+                 "/static/js/not-a-file.js", "/"):
+        files.calls.clear()
+        assert _get(app, path)[0]["status"] == files.bodies[path][0] and _get(app, path)
+        assert files.calls == [path, path], path
+    # a kept file still goes to Streamlit for a range, a revalidation, a HEAD or a query string
+    for kw in ({"headers": [(b"range", b"bytes=0-3")]}, {"headers": [(b"If-None-Match", b'"abc"')]},
+               {"method": "HEAD"}, {"query": b"v=2"}):
+        files.calls.clear()
+        _get(app, "/static/js/index.1.js", **kw)
+        assert files.calls == ["/static/js/index.1.js"], kw
+    assert app.kept_bytes() == 11
+
+
+def test_the_bundle_index_names_streamlits_files_only(tmp_path):
+    from monitor.webui.bundle import bundle_files
+
+    (tmp_path / "static" / "js").mkdir(parents=True)
+    (tmp_path / "static" / "media").mkdir()
+    (tmp_path / "static" / "js" / "a.1.js").write_text("x")
+    (tmp_path / "static" / "media" / "f.woff2").write_bytes(b"x")
+    (tmp_path / "index.html").write_text("<html>")
+    assert bundle_files(tmp_path) == {"/static/js/a.1.js", "/static/media/f.woff2"}

@@ -11,7 +11,8 @@ so inside ``monitor up`` they share the one chdb handle.
 read-only store of its own.
 
 Every request reaches Streamlit through :class:`monitor.webui.gate.Gate` (the token or login,
-the Host check): the server refuses to start when it cannot put the gate in front.
+the Host check): the server refuses to start when it cannot put the gate in front. Behind the gate,
+:class:`monitor.webui.bundle.BundleCache` answers for Streamlit's own bundle files from memory.
 """
 
 from __future__ import annotations
@@ -135,12 +136,13 @@ class DashboardServer:
         except (ImportError, AttributeError):
             raise OSError("this Streamlit version serves its pages in a way the monitor cannot put its "
                           "access check in front of (it needs Streamlit's Starlette server: upgrade streamlit)") from None
+        from monitor.webui.bundle import BundleCache
         from monitor.webui.gate import Gate
 
         made: list[Gate] = []
 
         def gated(runtime):
-            made.append(Gate(original(runtime), self.token, self.host, self.metrics))
+            made.append(Gate(BundleCache(original(runtime)), self.token, self.host, self.metrics))
             return made[-1]
 
         starlette_server.create_starlette_app = gated
