@@ -23,7 +23,7 @@ with timing.page_run() as run:
         st.Page("views/quality.py", title="Quality", icon=":material/fact_check:"),
         st.Page("views/requests.py", title="Requests", icon=":material/list:"),
         st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
-    st.Page("views/clients.py", title="Clients", icon=":material/group:"),
+        st.Page("views/clients.py", title="Clients", icon=":material/group:"),
         st.Page("views/alerts.py", title="Alerts", icon=":material/notifications:"),
         st.Page("views/audit.py", title="Audit", icon=":material/policy:"),
     ]
