@@ -818,11 +818,14 @@ def test_bundle_files_are_replayed_from_memory_exactly_and_nothing_else_is():
         "/static/js/gone.2.js": (404, [b"not found"], [(b"content-length", b"9")]),
         "/static/js/zipped.3.js": (200, [b"\x1f\x8b"], [(b"content-encoding", b"gzip"), (b"content-length", b"2")]),
         "/static/js/short.4.js": (200, [b"abc"], [(b"content-length", b"10")]),  # cut short: never kept
+        "/static/js/cookie.5.js": (200, [b"x"], [(b"content-length", b"1"), (b"Set-Cookie", b"session=s1")]),
+        "/static/js/odd.6.js": (200, [b"x"], [(b"content-length", b"one")]),
         "/static/js/not-a-file.js": (200, [b"<html>"], [(b"content-length", b"6")]),  # the SPA's fallback
         "/": (200, [b"<html>"], [(b"content-length", b"6")]),
     })
     app = BundleCache(files, files=frozenset({"/static/js/index.1.js", "/static/js/gone.2.js",
-                                              "/static/js/zipped.3.js", "/static/js/short.4.js"}))
+                                              "/static/js/zipped.3.js", "/static/js/short.4.js",
+                                              "/static/js/cookie.5.js", "/static/js/odd.6.js"}))
     first, again = _get(app, "/static/js/index.1.js"), _get(app, "/static/js/index.1.js")
     assert files.calls == ["/static/js/index.1.js"] and app.hits == 1
     assert again[0] == {"type": "http.response.start", "status": 200, "headers": js}
@@ -830,9 +833,10 @@ def test_bundle_files_are_replayed_from_memory_exactly_and_nothing_else_is():
     assert b"".join(m.get("body", b"") for m in first[1:]) == again[1]["body"] == b"hello world"
     assert again[1]["more_body"] is False and app.kept_bytes() == 11
 
-    # not kept: an error, an encoded answer, a body shorter than its length, a path that is no bundle file
+    # not kept: an error, an encoded answer, a body shorter than its length, one with a cookie (it would go
+    # to every later client) or a length that is no number, a path that is no bundle file
     for path in ("/static/js/gone.2.js", "/static/js/zipped.3.js", "/static/js/short.4.js",
-                 "/static/js/not-a-file.js", "/"):
+                 "/static/js/cookie.5.js", "/static/js/odd.6.js", "/static/js/not-a-file.js", "/"):
         files.calls.clear()
         assert _get(app, path)[0]["status"] == files.bodies[path][0] and _get(app, path)
         assert files.calls == [path, path], path

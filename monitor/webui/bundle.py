@@ -10,7 +10,7 @@ bytes Streamlit sent, byte for byte.
 
 Only what is certainly a file of the bundle is kept: a plain ``GET`` (no range, no conditional
 header, no query string) of a path that names a file under Streamlit's static directory, answered
-200 in one piece without a content encoding. Anything else goes to Streamlit as before. What is
+200 in one piece without a content encoding or a cookie. Anything else goes to Streamlit as before. What is
 kept is bounded by the bundle's files (~26 MB in all; a first visit to every page holds ~6 MB).
 The gate (:mod:`monitor.webui.gate`) stays in front: nothing is served before it lets a request in.
 """
@@ -26,6 +26,8 @@ __all__ = ["BundleCache", "bundle_files"]
 
 _PREFIX = "/static/"
 _SKIP_HEADERS = (b"range", b"if-none-match", b"if-modified-since", b"if-range")
+_PRIVATE_HEADERS = (b"content-encoding", b"set-cookie")
+"""An answer carrying one of these is never kept: it was encoded for one client, or it holds a cookie."""
 
 
 def bundle_files(static_dir: str | os.PathLike[str]) -> frozenset[str]:
@@ -71,7 +73,7 @@ class BundleCache:
         await self.app(scope, receive, self._recorder(path, send))
 
     def _recorder(self, path: str, send):
-        """``send`` that also keeps a 200 answer in one piece, without a content encoding."""
+        """``send`` that also keeps a 200 answer in one piece, without a content encoding or a cookie."""
         start: dict | None = None
         parts: list[bytes] = []
         ok = True
@@ -81,14 +83,14 @@ class BundleCache:
             kind = message.get("type")
             if kind == "http.response.start":
                 headers = message.get("headers") or []
-                ok = message.get("status") == 200 and not any(k.lower() == b"content-encoding" for k, _ in headers)
+                ok = message.get("status") == 200 and not any(k.lower() in _PRIVATE_HEADERS for k, _ in headers)
                 start = {"type": kind, "status": message.get("status"), "headers": list(headers)}
             elif kind == "http.response.body" and ok and start is not None:
                 parts.append(bytes(message.get("body", b"")))
                 if not message.get("more_body", False):
                     body = b"".join(parts)
                     length = next((v for k, v in start["headers"] if k.lower() == b"content-length"), None)
-                    if length is None or int(length) == len(body):
+                    if length is None or (length.isdigit() and int(length) == len(body)):
                         with self._lock:
                             self._kept.setdefault(path, (start, body))
             else:
