@@ -133,8 +133,9 @@ class Demo:
                     f"phase {phase.name}: FAILED: flagged {'; '.join(_describe(r) for r in failed)} although it "
                     "repeats the baseline")
         else:
-            caught = [r for r in failed if any(r.check == c and fnmatch.fnmatchcase(r.metric, m)
-                                               for c, m in phase.expect)]
+            expected = [r for s in report.scopes for r in s.results
+                        if any(r.check == c and fnmatch.fnmatchcase(r.metric, m) for c, m in phase.expect)]
+            caught = [r for r in expected if r.status == "fail"]  # in report order, as `failed`
             ok = bool(caught)
             if ok:
                 line = f"phase {phase.name}: caught {_describe(caught[0])}"
@@ -143,8 +144,6 @@ class Demo:
                     line += f"; also flagged {_names(others)}"
                 line += f" ({phase.shows})"
             else:
-                expected = [r for s in report.scopes for r in s.results
-                            if any(r.check == c and fnmatch.fnmatchcase(r.metric, m) for c, m in phase.expect)]
                 line = (f"phase {phase.name}: MISSED: expected {' or '.join(f'{c}/{m}' for c, m in phase.expect)}"
                         f" to fail; flagged {_names(failed) or 'nothing'}; what they showed: "
                         f"{'; '.join(_outcome(r) for r in expected) or 'no results'}")

@@ -18,7 +18,6 @@ The gate (:mod:`monitor.webui.gate`) stays in front: nothing is served before it
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +51,8 @@ class BundleCache:
 
             files = bundle_files(file_util.get_static_dir())
         self.files = files
-        self._kept: dict[str, tuple[dict, bytes]] = {}
-        self._lock = threading.Lock()
+        self._kept: dict[str, tuple[int, list, bytes]] = {}
+        """Path -> (status, headers, body) of Streamlit's first answer; written and read on the server's loop."""
         self.hits = 0
 
     async def __call__(self, scope: dict, receive, send) -> None:
@@ -66,38 +65,36 @@ class BundleCache:
         kept = self._kept.get(path)
         if kept is not None:
             self.hits += 1
-            start, body = kept
-            await send({"type": "http.response.start", "status": start["status"], "headers": start["headers"]})
+            status, headers, body = kept
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         await self.app(scope, receive, self._recorder(path, send))
 
     def _recorder(self, path: str, send):
         """``send`` that also keeps a 200 answer in one piece, without a content encoding or a cookie."""
-        start: dict | None = None
+        headers: list | None = None  # the answer's, while it may still be kept
         parts: list[bytes] = []
-        ok = True
 
         async def recording(message: dict) -> None:
-            nonlocal start, ok
+            nonlocal headers
             kind = message.get("type")
             if kind == "http.response.start":
-                headers = message.get("headers") or []
-                ok = message.get("status") == 200 and not any(k.lower() in _PRIVATE_HEADERS for k, _ in headers)
-                start = {"type": kind, "status": message.get("status"), "headers": list(headers)}
-            elif kind == "http.response.body" and ok and start is not None:
+                h = list(message.get("headers") or [])
+                ok = message.get("status") == 200 and not any(k.lower() in _PRIVATE_HEADERS for k, _ in h)
+                headers = h if ok else None
+            elif kind == "http.response.body" and headers is not None:
                 parts.append(bytes(message.get("body", b"")))
                 if not message.get("more_body", False):
                     body = b"".join(parts)
-                    length = next((v for k, v in start["headers"] if k.lower() == b"content-length"), None)
+                    length = next((v for k, v in headers if k.lower() == b"content-length"), None)
                     if length is None or (length.isdigit() and int(length) == len(body)):
-                        with self._lock:
-                            self._kept.setdefault(path, (start, body))
+                        self._kept.setdefault(path, (200, headers, body))
             else:
-                ok = False
+                headers = None
             await send(message)
 
         return recording
 
     def kept_bytes(self) -> int:
-        return sum(len(body) for _, body in self._kept.values())
+        return sum(len(body) for _, _, body in self._kept.values())
