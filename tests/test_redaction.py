@@ -923,35 +923,43 @@ def test_client_hashes_are_ids_and_anything_else_in_their_keys_is_scanned():
     assert after[1].attributes[0].value.string_value == "[API_KEY]"
 
 
-def test_the_parts_read_through_protobuf_are_the_bytes_text_ranges_lists():
-    """The screen's decoded look reads an item's parts through the protobuf runtime (_screen._parts)
-    instead of field by field: for spans and log records of every shape redaction looks at, the parts
-    are exactly the byte ranges _screen.text_ranges lists (a string's UTF-8 bytes, any other value's
-    whole encoding), URL flags included; safe keys and hex client hashes are in neither."""
-    from monitor.otlp.identity import KEY_HASH_ATTR
-    from monitor.redaction import request
+@needs_hyperscan
+def test_json_escapes_cost_a_walk_only_in_the_parts_that_hold_them():
+    """Proxy spans carry their messages as JSON (quotes, newlines, tabs escaped) beside safe values a
+    superset matches (``server.address`` 127.0.0.1, a hex response id). A batch of them, with more
+    escapes than the locate pass lists, is not walked at all; an address that only an escape hides
+    (``\\u0040`` in one span's messages) or URL encoding (another's ``url.full``) flags that span
+    alone, with the same redaction as without the screen."""
+    fast = Redactor()
+    with _NoHyperscan():
+        plain = Redactor()
+    rng = random.Random(4)
 
-    attrs = [_kv("gen_ai.request.model", "m"), _kv("gen_ai.prompt", 'say "hi"\\n\u00e9 \U0001f642'), _kv("empty", ""),
-             _kv("n", 7), _kv("flag", True), _kv("list", ["a\\u0040b", 3, ["x"]]), _kv("map", {"k": "v\\t", "n": 1}),
-             _kv("url.full", "https://h.example/p?q=a%40b"), _kv("http.target", "/x?y=1"),
-             _kv(KEY_HASH_ATTR, "076fbd853f72ae55b20dbe7093bdb600"), _kv(KEY_HASH_ATTR, "not a hash"),
-             common_pb2.KeyValue(key="unset")]
-    spans = [trace_pb2.Span(name="chat m", attributes=attrs, status=trace_pb2.Status(message="bad \\ news"),
-                            events=[trace_pb2.Span.Event(name="e", attributes=attrs[:4])],
-                            links=[trace_pb2.Span.Link(trace_id=b"\x01" * 16, attributes=attrs[5:8])]),
-             trace_pb2.Span(), trace_pb2.Span(name="", attributes=[_kv("a", "b")])]
-    traces = trace_service_pb2.ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
-        scope_spans=[trace_pb2.ScopeSpans(spans=spans)])])
-    logs = logs_service_pb2.ExportLogsServiceRequest(resource_logs=[logs_pb2.ResourceLogs(scope_logs=[
-        logs_pb2.ScopeLogs(log_records=[logs_pb2.LogRecord(body=_any("body \\n text"), attributes=attrs),
-                                        logs_pb2.LogRecord(body=_any({"k": ["v"]})), logs_pb2.LogRecord()])])])
-    checked = 0
-    for msg, is_logs in ((traces, False), (logs, True)):
-        data = msg.SerializeToString()
-        for start, end, _ in _screen.item_ranges(data):
-            expected = [(data[s:e], url) for s, e, url in _screen.text_ranges(
-                data, start, end, is_logs, request._SAFE_BYTES, request._URL_BYTES)]
-            got = list(_screen._parts(data, start, end, is_logs, request._SAFE_BYTES, request._URL_BYTES))
-            assert sorted(got) == sorted(expected)
-            checked += len(got)
-    assert checked == 29  # every part above (hash and safe keys, unset values: none)
+    def span(i: int, content: str, escape_at: bool = False, url: str | None = None) -> trace_pb2.Span:
+        messages = json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": content}]}])
+        attrs = [_kv("server.address", "127.0.0.1"), _kv("gen_ai.response.id", f"chatcmpl-{rng.getrandbits(96):024x}"),
+                 _kv("gen_ai.output.messages", messages.replace("@", "\\u0040") if escape_at else messages)]
+        if url is not None:
+            attrs.append(_kv("url.full", url))
+        return trace_pb2.Span(trace_id=i.to_bytes(16, "big"), span_id=i.to_bytes(8, "big"), name="chat m",
+                              attributes=attrs)
+
+    def request(spans: list) -> trace_service_pb2.ExportTraceServiceRequest:
+        return trace_service_pb2.ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
+            scope_spans=[trace_pb2.ScopeSpans(spans=spans)])])
+
+    clean = 'He said "fine".\nA second line\twith a tab and a back\\slash'
+    spans = [span(i, clean) for i in range(100)]
+    assert _screened(fast, "traces", request(spans)) == []
+    spans[40] = span(40, clean + " write to jane.doe@example.com", escape_at=True)
+    spans[70] = span(70, clean, url="https://x.example/u?to=jane.doe%40example.com")
+    msg = request(spans)
+    data = msg.SerializeToString()
+    found = fast._prefilter.locate(data)
+    assert found is not None and found.escapes is None and found.matches  # past the cap; safe values match
+    assert b"jane.doe@" not in data  # the address is there only once decoded
+    assert _screened(fast, "traces", msg) == [(0, 0, 40), (0, 0, 70)]
+    a, b = type(msg).FromString(data), type(msg).FromString(data)
+    assert redact_request(fast, "traces", a) == redact_request(plain, "traces", b) == {"EMAIL": 2}
+    assert a.SerializeToString() == b.SerializeToString()
+    assert [k for k in range(100) if a.resource_spans[0].scope_spans[0].spans[k] != spans[k]] == [40, 70]

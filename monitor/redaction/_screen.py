@@ -32,12 +32,9 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from google.protobuf.message import DecodeError, Message
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord as _LogRecord
-from opentelemetry.proto.trace.v1.trace_pb2 import Span as _Span
+from google.protobuf.message import Message
 
 from monitor.otlp.identity import HASH_ATTRS, HEX_HASH
 from monitor.redaction import _prefilter
@@ -94,8 +91,10 @@ def _flagged(redactor: Redactor, data: bytes, logs: bool, safe_keys: frozenset[b
         decode = {i for i, (s, e, _) in enumerate(ranges) if _ESCAPE.search(data, s, e)}
     else:
         decode = {item_at(e - 1) for e in found.escapes}
-    urls = {item_at(e - 1) for e in found.urls}
-    for i in (decode | urls) - hit - ends.keys() - {-1}:  # cheap first look: any decoded match at all
+    urls: dict[int, list[int]] = {}
+    for e in found.urls:
+        urls.setdefault(item_at(e - 1), []).append(e)
+    for i in (decode | urls.keys()) - hit - ends.keys() - {-1}:  # cheap first look: any decoded match at all
         s, e, _ = ranges[i]
         extra = _prefilter.views(data[s:e], url=i in urls)[1:]
         if extra and redactor._prefilter.any(*extra):
@@ -105,81 +104,27 @@ def _flagged(redactor: Redactor, data: bytes, logs: bool, safe_keys: frozenset[b
             continue
         s, e, _ = ranges[i]
         try:
-            if _holds_candidate(redactor, data, s, e, sorted(item_ends), i in decode or i in urls, logs,
-                                safe_keys, url_keys):
+            if _holds_candidate(redactor, data, s, e, sorted(item_ends), i in decode, sorted(urls.get(i, ())),
+                                logs, safe_keys, url_keys):
                 hit.add(i)
         except (ValueError, IndexError):
             hit.add(i)
     return [ranges[i][2] for i in sorted(hit)]
 
 
-def _holds_candidate(redactor: Redactor, data: bytes, start: int, end: int, ends: list[int], decoded: bool,
-                     logs: bool, safe_keys: frozenset[bytes], url_keys: frozenset[bytes]) -> bool:
-    """Whether a match ends in a part of the item ``data[start:end]`` that redaction scans, or
-    (``decoded``: the item holds JSON escapes or a URL attribute) such a part matches once decoded.
+def _holds_candidate(redactor: Redactor, data: bytes, start: int, end: int, ends: list[int], escapes: bool,
+                     url_ends: list[int], logs: bool, safe_keys: frozenset[bytes],
+                     url_keys: frozenset[bytes]) -> bool:
+    """Whether a match end (``ends``, sorted) lies in a part of the item ``data[start:end]`` that
+    redaction scans, or such a part matches once decoded: JSON-unescaped where the item holds JSON
+    escapes (``escapes``), URL-decoded where a URL key ends in its field (``url_ends``, sorted).
+
+    One walk over the item's fields: a field with no match end, no URL key and no backslash in it is
+    passed in one step, and only the parts of the others are read.
 
     Raises ``ValueError`` or ``IndexError`` on bytes that are not a well-formed message."""
-    if ends and _match_in_text(data, start, end, ends, logs, safe_keys):
-        return True
-    if decoded:
-        for part, url in _parts(data, start, end, logs, safe_keys, url_keys):
-            if url or b"\\" in part:
-                extra = _prefilter.views(part, url=url)[1:]
-                if extra and redactor._prefilter.any(*extra):
-                    return True
-    return False
-
-
-def _parts(data: bytes, start: int, end: int, logs: bool, safe_keys: frozenset[bytes],
-           url_keys: frozenset[bytes]) -> Iterator[tuple[bytes, bool]]:
-    """The bytes of each range :func:`text_ranges` lists, and whether it is a URL, read through the
-    protobuf runtime (C) instead of field by field in Python: ``data`` is a serialization of a parsed
-    message (:func:`flagged`), so serializing a parsed part again gives the same bytes. Falls back to
-    :func:`text_ranges` where the item does not parse."""
-    try:
-        item = (_LogRecord if logs else _Span).FromString(data[start:end])
-    except DecodeError:
-        for s, e, url in text_ranges(data, start, end, logs, safe_keys, url_keys):
-            yield data[s:e], url
-        return
-    if logs:
-        if item.HasField("body"):
-            yield item.body.SerializeToString(), False
-        yield from _attribute_parts(item.attributes, safe_keys, url_keys)
-        return
-    if item.name:
-        yield item.name.encode(), False
-    yield from _attribute_parts(item.attributes, safe_keys, url_keys)
-    for event in item.events:
-        yield from _attribute_parts(event.attributes, safe_keys, url_keys)
-    for link in item.links:
-        yield from _attribute_parts(link.attributes, safe_keys, url_keys)
-    if item.status.message:
-        yield item.status.message.encode(), False
-
-
-def _attribute_parts(attributes, safe_keys: frozenset[bytes], url_keys: frozenset[bytes]
-                     ) -> Iterator[tuple[bytes, bool]]:
-    """:func:`_value_range`'s parts of parsed ``KeyValue``s: a string value's UTF-8 bytes, any other
-    value's whole encoding; nothing for a safe key, an unset value or a client hash."""
-    for kv in attributes:
-        key = kv.key.encode()
-        if key in safe_keys or not kv.HasField("value"):
-            continue
-        value = kv.value
-        if value.WhichOneof("value") == "string_value":
-            text = value.string_value.encode()
-            if not _client_hash(key, text, 0, len(text)):
-                yield text, key in url_keys
-        else:
-            yield value.SerializeToString(), key in url_keys
-
-
-def _match_in_text(data: bytes, start: int, end: int, ends: list[int], logs: bool,
-                   safe_keys: frozenset[bytes]) -> bool:
-    """Whether one of ``ends`` (sorted match ends) lies in a part :func:`text_ranges` lists; only the
-    fields holding a match end are read further (a span's other fields are skipped in one step each)."""
     k, last = 0, len(ends)
+    backslash = data.find(b"\\", start, end) if escapes else -1  # the next one at or after the field
     pos = start
     while pos < end:
         key = data[pos]
@@ -197,31 +142,24 @@ def _match_in_text(data: bytes, start: int, end: int, ends: list[int], logs: boo
         else:
             n, pos = _varint(data, pos)
         s, pos = pos, pos + n
+        if pos > end:
+            raise ValueError("field runs past its message")
         while k < last and ends[k] <= s:
             k += 1
-        if k == last:
-            return False  # no match end past here
-        if ends[k] > pos:
-            continue  # none in this field
-        field = key >> 3
-        if logs:
-            if field == _LOG_BODY:
+        in_ends = k < last and ends[k] <= pos
+        if 0 <= backslash < s:
+            backslash = data.find(b"\\", s, end)
+        decoded = s <= backslash < pos or (bool(url_ends) and _any_end(url_ends, s, pos))
+        if not (in_ends or decoded):
+            if backslash < 0 and k == last and not url_ends:
+                return False  # nothing left past here
+            continue
+        for vs, ve, url in _field_parts(data, key >> 3, s, pos, logs, safe_keys, url_keys):
+            if in_ends and _any_end(ends, vs, ve):
                 return True
-            if field == _LOG_ATTRIBUTES and _value_holds(data, s, pos, ends, k, safe_keys):
-                return True
-        elif field == _SPAN_ATTRIBUTES:
-            if _value_holds(data, s, pos, ends, k, safe_keys):
-                return True
-        elif field == _SPAN_NAME:
-            return True
-        elif field in (_SPAN_EVENTS, _SPAN_LINKS):
-            wanted = _EVENT_ATTRIBUTES if field == _SPAN_EVENTS else _LINK_ATTRIBUTES
-            for f2, s2, e2 in _length_delimited(data, s, pos):
-                if f2 == wanted and _value_holds(data, s2, e2, ends, bisect_right(ends, s2), safe_keys):
-                    return True
-        elif field == _SPAN_STATUS:
-            for f2, s2, e2 in _length_delimited(data, s, pos):
-                if f2 == _STATUS_MESSAGE and _any_end(ends, s2, e2):
+            if decoded and (url or data.find(b"\\", vs, ve) >= 0):
+                extra = _prefilter.views(data[vs:ve], url=url)[1:]
+                if extra and redactor._prefilter.any(*extra):
                     return True
     if pos != end:
         raise ValueError("field runs past its message")
@@ -231,18 +169,6 @@ def _match_in_text(data: bytes, start: int, end: int, ends: list[int], logs: boo
 def _any_end(ends: list[int], s: int, e: int) -> bool:
     """Whether a match ends in ``data[s:e]`` (its last byte at ``s`` or later, before ``e``)."""
     k = bisect_right(ends, s)
-    return k < len(ends) and ends[k] <= e
-
-
-def _value_holds(data: bytes, start: int, end: int, ends: list[int], k: int, safe_keys: frozenset[bytes]) -> bool:
-    """Whether a match end (``ends[k:]``) lies in the value of the ``KeyValue`` ``data[start:end]``
-    and its key is not safe."""
-    value = _value_range(data, start, end, safe_keys, _NO_KEYS)
-    if value is None:
-        return False
-    s, e, _ = value
-    while k < len(ends) and ends[k] <= s:
-        k += 1
     return k < len(ends) and ends[k] <= e
 
 
@@ -285,22 +211,31 @@ def text_ranges(data: bytes, start: int, end: int, logs: bool, safe_keys: frozen
     """
     out: list[tuple[int, int, bool]] = []
     for field, s, e in _length_delimited(data, start, end):
-        if logs:
-            if field == _LOG_BODY:
-                out.append((s, e, False))
-            elif field == _LOG_ATTRIBUTES:
-                _add(out, _value_range(data, s, e, safe_keys, url_keys))
-        elif field == _SPAN_ATTRIBUTES:
-            _add(out, _value_range(data, s, e, safe_keys, url_keys))
-        elif field == _SPAN_NAME:
+        out.extend(_field_parts(data, field, s, e, logs, safe_keys, url_keys))
+    return out
+
+
+def _field_parts(data: bytes, field: int, s: int, e: int, logs: bool, safe_keys: frozenset[bytes],
+                 url_keys: frozenset[bytes]) -> list[tuple[int, int, bool]]:
+    """:func:`text_ranges` of one length-delimited field (number ``field``, bytes ``data[s:e]``) of a
+    span or log record."""
+    out: list[tuple[int, int, bool]] = []
+    if logs:
+        if field == _LOG_BODY:
             out.append((s, e, False))
-        elif field in (_SPAN_EVENTS, _SPAN_LINKS):
-            wanted = _EVENT_ATTRIBUTES if field == _SPAN_EVENTS else _LINK_ATTRIBUTES
-            for f2, s2, e2 in _length_delimited(data, s, e):
-                if f2 == wanted:
-                    _add(out, _value_range(data, s2, e2, safe_keys, url_keys))
-        elif field == _SPAN_STATUS:
-            out.extend((s2, e2, False) for f2, s2, e2 in _length_delimited(data, s, e) if f2 == _STATUS_MESSAGE)
+        elif field == _LOG_ATTRIBUTES:
+            _add(out, _value_range(data, s, e, safe_keys, url_keys))
+    elif field == _SPAN_ATTRIBUTES:
+        _add(out, _value_range(data, s, e, safe_keys, url_keys))
+    elif field == _SPAN_NAME:
+        out.append((s, e, False))
+    elif field in (_SPAN_EVENTS, _SPAN_LINKS):
+        wanted = _EVENT_ATTRIBUTES if field == _SPAN_EVENTS else _LINK_ATTRIBUTES
+        for f2, s2, e2 in _length_delimited(data, s, e):
+            if f2 == wanted:
+                _add(out, _value_range(data, s2, e2, safe_keys, url_keys))
+    elif field == _SPAN_STATUS:
+        out.extend((s2, e2, False) for f2, s2, e2 in _length_delimited(data, s, e) if f2 == _STATUS_MESSAGE)
     return out
 
 
