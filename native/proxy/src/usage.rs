@@ -14,6 +14,13 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
 }
 
+/// Whether `"usage"` is in `hay`: looked for in every piece of every stream, with a searcher built
+/// once (`find` builds one per call: ~1.5 % of the request path's CPU at 128 streams, perf).
+fn has_usage_key(hay: &[u8]) -> bool {
+    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
+    FINDER.get_or_init(|| memchr::memmem::Finder::new(USAGE_KEY)).find(hay).is_some()
+}
+
 /// `body` asking for the usage event, or None when it needs no change: not a JSON object with
 /// `"stream": true`, or the client asked for usage itself. Without `stream_options` the option is
 /// inserted after the opening brace (every byte the client sent reaches the server as it was);
@@ -166,7 +173,7 @@ impl UsageStripper {
             return Cow::Borrowed(piece);
         }
         if self.held.is_empty() {
-            if find(piece, USAGE_KEY).is_none() || !has_empty_choices(piece) {
+            if !has_usage_key(piece) || !has_empty_choices(piece) {
                 if ends_with_event_end(piece) {
                     return Cow::Borrowed(piece); // whole events, none of them the usage event
                 }
@@ -190,7 +197,7 @@ impl UsageStripper {
         let mut start = 0;
         while let Some((m_start, m_end)) = next_event_end(&buf, start) {
             let ev = &buf[start..m_end];
-            if find(ev, USAGE_KEY).is_some() && has_empty_choices(ev) && is_usage_only(&buf[start..m_start]) {
+            if has_usage_key(ev) && has_empty_choices(ev) && is_usage_only(&buf[start..m_start]) {
                 self.done = true;
                 buf.drain(start..m_end); // nothing more is held once the event is out
                 return buf;
