@@ -50,6 +50,10 @@ if [ "$#" -eq 0 ]; then
   # built once per machine into $CACHE/partners (~9 + ~4 min on 2 cores, then seconds); building them here
   # shows the progress in this log instead of inside a pytest worker. A missing toolchain is reported and
   # the tests that need it are skipped, loudly (tests/partners.py).
+  if command -v cargo >/dev/null 2>&1; then  # the install built monitor-proxy; its own unit tests run here
+    echo "the native request path's unit tests (cargo test in native/proxy)" >&2
+    (cd native/proxy && CARGO_TARGET_DIR="$CACHE/cargo-test-target" cargo test --release --locked -j 2 -q) >&2
+  fi
   echo "real partners: llama-server, SmolLM2, otelcol (tests/partners.py; built once, then cached)" >&2
   "$VENV/bin/python" tests/partners.py build >&2 ||
     echo "some partners could not be built (above): their tests will be SKIPPED (missing toolchain) or fail" >&2
