@@ -927,7 +927,8 @@ def test_client_hashes_are_ids_and_anything_else_in_their_keys_is_scanned():
 def test_json_escapes_cost_a_walk_only_in_the_parts_that_hold_them():
     """Proxy spans carry their messages as JSON (quotes, newlines, tabs escaped) beside safe values a
     superset matches (``server.address`` 127.0.0.1, a hex response id). A batch of them, with more
-    escapes than the locate pass lists, is not walked at all; an address that only an escape hides
+    escapes than the locate pass lists and more matches than its flat cap (the cap grows with the
+    request's bytes), is not walked at all; an address that only an escape hides
     (``\\u0040`` in one span's messages) or URL encoding (another's ``url.full``) flags that span
     alone, with the same redaction as without the screen."""
     fast = Redactor()
@@ -948,18 +949,19 @@ def test_json_escapes_cost_a_walk_only_in_the_parts_that_hold_them():
         return trace_service_pb2.ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
             scope_spans=[trace_pb2.ScopeSpans(spans=spans)])])
 
-    clean = 'He said "fine".\nA second line\twith a tab and a back\\slash'
-    spans = [span(i, clean) for i in range(100)]
+    clean = 'He said "fine".\nA second line\twith a tab and a back\\slash. ' * 6  # ~0.6 KB a span
+    spans = [span(i, clean) for i in range(1000)]
     assert _screened(fast, "traces", request(spans)) == []
     spans[40] = span(40, clean + " write to jane.doe@example.com", escape_at=True)
     spans[70] = span(70, clean, url="https://x.example/u?to=jane.doe%40example.com")
     msg = request(spans)
     data = msg.SerializeToString()
     found = fast._prefilter.locate(data)
-    assert found is not None and found.escapes is None and found.matches  # past the cap; safe values match
+    assert found is not None and found.escapes is None  # past the escape cap
+    assert len(found.matches) > _prefilter.LOCATE_CAP  # safe values match, ~4 a span
     assert b"jane.doe@" not in data  # the address is there only once decoded
     assert _screened(fast, "traces", msg) == [(0, 0, 40), (0, 0, 70)]
     a, b = type(msg).FromString(data), type(msg).FromString(data)
     assert redact_request(fast, "traces", a) == redact_request(plain, "traces", b) == {"EMAIL": 2}
     assert a.SerializeToString() == b.SerializeToString()
-    assert [k for k in range(100) if a.resource_spans[0].scope_spans[0].spans[k] != spans[k]] == [40, 70]
+    assert [k for k in range(1000) if a.resource_spans[0].scope_spans[0].spans[k] != spans[k]] == [40, 70]

@@ -49,7 +49,13 @@ MAX_JSON_LEVELS = 4
 STAND_IN = b"\xc2\x80"
 """What a ``\\u`` escape of a non-ASCII character (or a surrogate pair) decodes to in a view."""
 LOCATE_CAP = 1024
-"""More matches than this in one request: :meth:`Prefilter.locate` gives up (the caller walks it all)."""
+"""More matches than this in one request (or than one per :data:`LOCATE_BYTES` of it, if more):
+:meth:`Prefilter.locate` gives up (the caller walks it all)."""
+LOCATE_BYTES = 256
+"""A large request may hold a match per this many bytes before :meth:`Prefilter.locate` gives up: ids and
+addresses in safe keys match a superset 3-4 times in every capture proxy span (~1.7 KB), so a flat cap
+made every batch of more than ~300 of them walk every span (a quarter of the pipeline's CPU at 128
+streams, py-spy). Each match costs a Python callback, so the cap stays proportional to the bytes."""
 ESCAPE_CAP = 64
 """More JSON escapes than this in one request: :meth:`Prefilter.locate` stops listing them."""
 ESCAPE = rb"\\(?:[\"\\/bfnrt]|u[0-9a-fA-F]{4})"
@@ -81,12 +87,14 @@ class Located:
     """What one :meth:`Prefilter.locate` pass found: end offsets of pattern matches, of JSON escapes
     (``None``: more than :data:`ESCAPE_CAP`) and of URL attribute keys."""
 
-    __slots__ = ("matches", "escapes", "urls")
+    __slots__ = ("matches", "escapes", "urls", "cap")
 
-    def __init__(self) -> None:
+    def __init__(self, cap: int = LOCATE_CAP) -> None:
         self.matches: list[int] = []
         self.escapes: list[int] | None = []
         self.urls: list[int] = []
+        self.cap = cap
+        """Matches past which the pass gives up."""
 
 
 class Prefilter:
@@ -133,16 +141,18 @@ class Prefilter:
 
     def locate(self, data: bytes) -> Located | None:
         """Where matches, JSON escapes and URL keys end in ``data``; ``None`` past :data:`LOCATE_CAP`
-        matches. Past :data:`ESCAPE_CAP` escapes the pass starts again without them (``escapes`` None)."""
+        matches (or one per :data:`LOCATE_BYTES`, if more). Past :data:`ESCAPE_CAP` escapes the pass
+        starts again without them (``escapes`` None)."""
         _, locate, no_escapes = self._scratch()
-        found = Located()
+        cap = max(LOCATE_CAP, len(data) // LOCATE_BYTES)
+        found = Located(cap)
         handler = self._on_match
         try:
             self._locate.scan(data, match_event_handler=handler, context=found, scratch=locate)
         except hyperscan.ScanTerminated:
             if found.escapes is not None:
                 return None  # too many matches
-            found = Located()
+            found = Located(cap)
             found.escapes = None
             try:
                 self._locate_no_escapes.scan(data, match_event_handler=handler, context=found, scratch=no_escapes)
@@ -163,7 +173,7 @@ class Prefilter:
             found.urls.append(end)
         else:
             found.matches.append(end)
-            return len(found.matches) > LOCATE_CAP
+            return len(found.matches) > found.cap
         return False
 
 
