@@ -188,7 +188,6 @@ _SPAN_NAME, _SPAN_ATTRIBUTES, _SPAN_EVENTS, _SPAN_LINKS, _SPAN_STATUS = 5, 9, 11
 _EVENT_ATTRIBUTES, _LINK_ATTRIBUTES, _STATUS_MESSAGE = 3, 4, 2
 _LOG_BODY, _LOG_ATTRIBUTES = 5, 6
 _KV_KEY, _KV_VALUE, _ANY_STRING = 1, 2, 1
-_NO_KEYS: frozenset[bytes] = frozenset()
 _HASH_KEYS = frozenset(k.encode() for k in HASH_ATTRS)
 _HEX_HASH = re.compile(HEX_HASH.pattern.encode())
 
