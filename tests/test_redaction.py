@@ -965,3 +965,42 @@ def test_json_escapes_cost_a_walk_only_in_the_parts_that_hold_them():
     assert redact_request(fast, "traces", a) == redact_request(plain, "traces", b) == {"EMAIL": 2}
     assert a.SerializeToString() == b.SerializeToString()
     assert [k for k in range(1000) if a.resource_spans[0].scope_spans[0].spans[k] != spans[k]] == [40, 70]
+
+
+def test_one_large_request_past_every_cap_redacts_as_without_the_screen():
+    """Random spans with PII in every place redaction looks, among many clean proxy-like spans (JSON
+    escapes in their messages, superset matches in safe values), all in one request: past the locate
+    pass's flat cap and its escape list, so the proportional cap and the walk by backslash decide.
+    The same bytes and counts as the pure-Python path; and the whole random load in one request, past
+    even the proportional cap (walked whole), too."""
+    fast = Redactor()
+    with _NoHyperscan():
+        plain = Redactor()
+    rng = random.Random(8)
+    noisy = []
+    for signal, body in _random_requests(60, seed=21):
+        if signal == "traces":
+            noisy.extend(trace_service_pb2.ExportTraceServiceRequest.FromString(body).resource_spans[0]
+                         .scope_spans[0].spans)
+    clean_text = 'He said "fine".\nA second line\twith a tab. ' * 20
+    clean = [trace_pb2.Span(trace_id=rng.randbytes(16), span_id=rng.randbytes(8), name="chat m", attributes=[
+        _kv("server.address", "127.0.0.1"), _kv("gen_ai.response.id", f"chatcmpl-{rng.getrandbits(96):024x}"),
+        _kv("gen_ai.output.messages", json.dumps([{"role": "assistant", "parts": [{"type": "text",
+                                                                                    "content": clean_text}]}]))])
+        for _ in range(1500)]
+    mixed = clean[:]
+    for span in [sp for sp in noisy if sp.ByteSize() < 4000][:40]:  # the random load is dense with matches
+        mixed.insert(rng.randrange(len(mixed) + 1), span)
+    for spans, walked_whole in ((mixed, False), (noisy, True)):
+        body = trace_service_pb2.ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
+            scope_spans=[trace_pb2.ScopeSpans(spans=spans)])]).SerializeToString()
+        found = fast._prefilter.locate(body)
+        if walked_whole:
+            assert found is None
+        else:
+            assert found is not None and found.escapes is None and len(found.matches) > _prefilter.LOCATE_CAP
+        a = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+        b = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+        counts = redact_request(fast, "traces", a)
+        assert counts == redact_request(plain, "traces", b) and counts
+        assert a.SerializeToString() == b.SerializeToString()
