@@ -339,23 +339,30 @@ def test_a_burst_of_sigterms_stops_a_child_every_time():
     assert hung == 0
 
 
-def test_cached_span_attributes_keep_their_type_and_never_change():
-    """record_to_span builds repeated short attributes from a cache: the cached message is copied into
-    the span (a later change to the span, such as redaction, leaves it alone), and ``True``, ``1`` and
-    ``"1"`` stay three attributes of three types although Python hashes the first two alike."""
+def test_span_attributes_built_in_place_are_the_ones_kv_builds():
+    """record_to_span adds its attributes in place (add_attributes): each the message kv() makes, in
+    order, ``True``, ``1``, ``1.0`` and ``"1"`` four attributes of four types, zero values and empty
+    strings kept with their type, lists and other types as kv() has them, None left out."""
+    from enum import IntEnum
+
     from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-    from monitor.sidecar.proxy.spans import cached_kv, kv
+    from monitor.sidecar.proxy.spans import add_attributes, kv
 
-    for v in (True, 1, "1", False, 0, 1.0, "x" * 65):
-        assert cached_kv("k", v) == kv("k", v)
-    assert cached_kv("k", True).value.WhichOneof("value") == "bool_value"
-    assert cached_kv("k", 1).value.WhichOneof("value") == "int_value"
-    assert cached_kv("k", 1.0).value.WhichOneof("value") == "double_value"
+    class Code(IntEnum):
+        OK = 3
+
+    attrs = {"b": True, "i": 1, "f": 1.0, "s": "1", "b0": False, "i0": 0, "f0": 0.0, "s0": "", "big": 2**62,
+             "neg": -7, "list": ["a", "b"], "tuple": ("x",), "enum": Code.OK, "none": None, "u": "naïve 🙂"}
     span = Span()
-    span.attributes.extend([cached_kv("gen_ai.request.model", "llama")])
-    span.attributes[0].value.string_value = "[REDACTED]"
-    assert cached_kv("gen_ai.request.model", "llama").value.string_value == "llama"
+    add_attributes(span.attributes, attrs)
+    assert list(span.attributes) == [kv(k, v) for k, v in attrs.items() if v is not None]
+    kinds = {a.key: a.value.WhichOneof("value") for a in span.attributes}
+    assert (kinds["b"], kinds["i"], kinds["f"], kinds["s"]) == ("bool_value", "int_value", "double_value",
+                                                                "string_value")
+    assert (kinds["b0"], kinds["i0"], kinds["f0"], kinds["s0"]) == ("bool_value", "int_value", "double_value",
+                                                                    "string_value")
+    assert Span.FromString(span.SerializeToString()) == span
 
 
 def test_client_time_per_token_is_the_span_over_the_tokens_and_none_when_it_came_in_one_read():

@@ -27,7 +27,7 @@ from monitor.otlp.model_identity import (ADAPTER_ATTR, BASE_ATTR, ENDPOINT_ATTR,
 from monitor.sidecar.proxy.capture import Capture, truncate
 from monitor.sidecar.proxy.record import CaptureRecord
 
-__all__ = ["record_to_span", "kv", "keep_content", "identity_attributes"]
+__all__ = ["record_to_span", "kv", "add_attributes", "keep_content", "identity_attributes"]
 
 _CLIENT = Span.SPAN_KIND_CLIENT
 _STREAMED = ("event-stream", "ndjson")
@@ -49,26 +49,23 @@ def kv(key: str, value: Any) -> KeyValue:
     return KeyValue(key=key, value=AnyValue(string_value=str(value)))
 
 
-_KV_CACHE: dict[tuple[str, type, Any], KeyValue] = {}
-_KV_CACHE_MAX = 4096
-_KV_CACHED_CHARS = 64
+def add_attributes(target: Any, attrs: dict[str, Any]) -> None:
+    """Append ``attrs`` (None values left out) to a span's ``attributes``, each as :func:`kv` makes it.
 
-
-def cached_kv(key: str, value: Any) -> KeyValue:
-    """:func:`kv`, from a bounded cache for the short values most requests repeat (the operation, the
-    model, the path, the server, parameters, counts): building a KeyValue costs ~3x copying one, and the
-    span's ``attributes.extend`` copies it (the cached message itself is never part of a span). Keyed by
-    the value's type too (``True == 1 == 1.0`` in Python); long strings are never kept."""
-    t = type(value)
-    if t is float or (t is str and len(value) > _KV_CACHED_CHARS) or t not in (str, int, bool):
-        return kv(key, value)
-    ck = (key, t, value)
-    m = _KV_CACHE.get(ck)
-    if m is None:
-        if len(_KV_CACHE) >= _KV_CACHE_MAX:
-            _KV_CACHE.clear()
-        m = _KV_CACHE[ck] = kv(key, value)
-    return m
+    Built in place (``add`` then one field set): a KeyValue built on its own and then copied into the
+    span by ``extend`` costs about twice as much (a proxy span's ~22 attributes: 20-22 -> 11-12 µs)."""
+    for k, v in attrs.items():
+        t = type(v)
+        if t is str:
+            target.add(key=k).value.string_value = v
+        elif t is int:
+            target.add(key=k).value.int_value = v
+        elif t is bool:
+            target.add(key=k).value.bool_value = v
+        elif t is float:
+            target.add(key=k).value.double_value = v
+        elif v is not None:
+            target.append(kv(k, v))
 
 
 def keep_content(settings: ProxySettings, path: str, trace_id: bytes) -> bool:
@@ -199,5 +196,5 @@ def record_to_span(rec: CaptureRecord, settings: ProxySettings, clients: Clients
         attrs["error.type"] = error_type
         detail = cap.error_body[:500] if cap.error_body else error_type
         span.status.CopyFrom(Status(code=Status.STATUS_CODE_ERROR, message=detail))
-    span.attributes.extend([cached_kv(k, v) for k, v in attrs.items() if v is not None])
+    add_attributes(span.attributes, attrs)
     return span
