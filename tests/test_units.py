@@ -342,7 +342,8 @@ def test_a_burst_of_sigterms_stops_a_child_every_time():
 def test_span_attributes_built_in_place_are_the_ones_kv_builds():
     """record_to_span adds its attributes in place (add_attributes): each the message kv() makes, in
     order, ``True``, ``1``, ``1.0`` and ``"1"`` four attributes of four types, zero values and empty
-    strings kept with their type, lists and other types as kv() has them, None left out."""
+    strings kept with their type, lists and other types as kv() has them, an integer past int64 (a
+    client's ``"seed": 2**70``) as text instead of failing the span, None left out."""
     from enum import IntEnum
 
     from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -352,8 +353,9 @@ def test_span_attributes_built_in_place_are_the_ones_kv_builds():
     class Code(IntEnum):
         OK = 3
 
-    attrs = {"b": True, "i": 1, "f": 1.0, "s": "1", "b0": False, "i0": 0, "f0": 0.0, "s0": "", "big": 2**62,
-             "neg": -7, "list": ["a", "b"], "tuple": ("x",), "enum": Code.OK, "none": None, "u": "naïve 🙂"}
+    attrs = {"b": True, "i": 1, "f": 1.0, "s": "1", "b0": False, "i0": 0, "f0": 0.0, "s0": "", "big": 2**63 - 1,
+             "neg": -2**63, "huge": 2**70, "list": ["a", "b"], "tuple": ("x",), "enum": Code.OK, "none": None,
+             "u": "naïve 🙂"}
     span = Span()
     add_attributes(span.attributes, attrs)
     assert list(span.attributes) == [kv(k, v) for k, v in attrs.items() if v is not None]
@@ -362,7 +364,39 @@ def test_span_attributes_built_in_place_are_the_ones_kv_builds():
                                                                 "string_value")
     assert (kinds["b0"], kinds["i0"], kinds["f0"], kinds["s0"]) == ("bool_value", "int_value", "double_value",
                                                                     "string_value")
+    assert kinds["big"] == kinds["neg"] == "int_value"
+    assert {a.key: a.value.string_value for a in span.attributes}["huge"] == str(2**70)  # past int64: text
     assert Span.FromString(span.SerializeToString()) == span
+
+
+def test_a_number_orjson_refuses_costs_the_request_nothing_but_that_number():
+    """A client's request with an integer past 64 bits, 1e400 or NaN (valid for Python's json, refused by
+    orjson): the span still has the model and the messages; the seed is text, the temperature inf; the
+    event ingest makes of it is the request's, model and prompt included."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from monitor.config import ProxySettings
+    from monitor.ingest.normalize import normalize
+    from monitor.sidecar.proxy.record import CaptureRecord
+    from monitor.sidecar.proxy.spans import record_to_span
+
+    body = (b'{"model":"m","seed":1180591620717411303424,"temperature":1e400,"top_p":NaN,'
+            b'"messages":[{"role":"user","content":"hi"}]}')
+    rec = CaptureRecord(api="openai", operation="chat", path="/v1/chat/completions", trace_id=b"t" * 16,
+                        span_id=b"s" * 8, start_ns=10**18, end_ns=10**18 + 10**9, status=200, request_body=body,
+                        content_type="application/json",
+                        response_body=b'{"model":"m","choices":[{"message":{"role":"assistant","content":"ok"}}]}')
+    span = record_to_span(rec, ProxySettings())
+    attrs = {a.key: a.value for a in span.attributes}
+    assert attrs["gen_ai.request.model"].string_value == "m"
+    assert attrs["gen_ai.request.seed"].string_value == str(2**70)
+    assert attrs["gen_ai.request.temperature"].double_value == float("inf")
+    assert json.loads(attrs["gen_ai.input.messages"].string_value)[0]["parts"][0]["content"] == "hi"
+    req = ExportTraceServiceRequest()
+    req.resource_spans.add().scope_spans.add().spans.append(span)
+    batch = normalize([("traces", req)])
+    (event,) = batch.events
+    assert (event.model, event.prompt, event.completion) == ("m", "hi", "ok")
 
 
 def test_client_time_per_token_is_the_span_over_the_tokens_and_none_when_it_came_in_one_read():

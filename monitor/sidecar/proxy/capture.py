@@ -116,7 +116,12 @@ class Capture:
         try:
             req = orjson.loads(body) if body else {}
         except orjson.JSONDecodeError:
-            req = {}
+            # orjson refuses what the json module reads: an integer past 64 bits (a client's "seed"),
+            # 1e400, NaN. One such number must not cost the request its model and messages.
+            try:
+                req = json.loads(body)
+            except (ValueError, RecursionError):
+                req = {}
         self.request = req if isinstance(req, dict) else {}
         self.stream = bool(self.request.get("stream", self.api == "ollama" and self.operation != "embeddings"))
         self.model = str(self.request.get("model") or "")

@@ -30,6 +30,7 @@ from monitor.sidecar.proxy.record import CaptureRecord
 __all__ = ["record_to_span", "kv", "add_attributes", "keep_content", "identity_attributes"]
 
 _CLIENT = Span.SPAN_KIND_CLIENT
+_INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
 _STREAMED = ("event-stream", "ndjson")
 
 
@@ -40,6 +41,8 @@ def kv(key: str, value: Any) -> KeyValue:
     if isinstance(value, bool):
         return KeyValue(key=key, value=AnyValue(bool_value=value))
     if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:  # a client's "seed": 2**70 is kept, as text
+            return KeyValue(key=key, value=AnyValue(string_value=str(value)))
         return KeyValue(key=key, value=AnyValue(int_value=value))
     if isinstance(value, float):
         return KeyValue(key=key, value=AnyValue(double_value=value))
@@ -58,7 +61,7 @@ def add_attributes(target: Any, attrs: dict[str, Any]) -> None:
         t = type(v)
         if t is str:
             target.add(key=k).value.string_value = v
-        elif t is int:
+        elif t is int and _INT64_MIN <= v <= _INT64_MAX:
             target.add(key=k).value.int_value = v
         elif t is bool:
             target.add(key=k).value.bool_value = v
