@@ -72,7 +72,9 @@ class CaptureRecord:
     for and did not pass on; at most the capture limit."""
     response_size: int = 0
     chunks: list[tuple[int, int]] = field(default_factory=list)
-    """``(t_ns, offset)``: when the body up to ``offset`` had reached the client (see the module doc)."""
+    """``(t_ns, offset)``: when the body up to ``offset`` had reached the client (see the module doc).
+    Empty in a record that carries the :attr:`digest` instead of the stream (the digest holds the times
+    that brought content)."""
     headers_ns: int | None = None
     """Monotonic ns after the first byte when the upstream's response head arrived."""
     usage_requested: bool = False

@@ -653,6 +653,8 @@ pub fn rewrite(frame: &[u8], ndjson: bool, chunks: &[(u64, u64)], keep_body: boo
     let resp = &frame[17 + n_head + n_req..17 + n_head + n_req + n_resp];
     let d = digest(ndjson, resp, chunks)?;
     let kept: &[u8] = if keep_body { resp } else { b"" };
+    let head = if keep_body { std::borrow::Cow::Borrowed(head) } else { without_chunks(head) };
+    let n_head = head.len();
     let new_head_len = n_head + 10 + d.len(); // `,"digest":` + the object
     let payload = 13 + new_head_len + n_req + kept.len();
     let mut out = Vec::with_capacity(4 + payload);
@@ -668,6 +670,29 @@ pub fn rewrite(frame: &[u8], ndjson: bool, chunks: &[(u64, u64)], keep_body: boo
     out.extend_from_slice(req);
     out.extend_from_slice(kept);
     Some(out)
+}
+
+/// `head` (a record's JSON header) with `"chunks":[]`: a record that carries the digest instead of the
+/// stream has no body for the chunk offsets to point into, and the digest holds the times that brought
+/// content (a 32-chunk stream's pairs are ~600 of a ~2,300-byte record, parsed again in Python).
+/// The first `"chunks":[` is the key: every string before it is JSON-escaped, so holds no bare `"`.
+fn without_chunks(head: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const KEY: &[u8] = b"\"chunks\":[";
+    let Some(at) = memchr::memmem::find(head, KEY) else { return std::borrow::Cow::Borrowed(head) };
+    let from = at + KEY.len();
+    let end = if head.get(from) == Some(&b']') {
+        return std::borrow::Cow::Borrowed(head); // already empty
+    } else {
+        // pairs of integers: the array ends at the first "]]" (its last pair's, then its own)
+        match memchr::memmem::find(&head[from..], b"]]") {
+            Some(p) => from + p + 1,
+            None => return std::borrow::Cow::Borrowed(head),
+        }
+    };
+    let mut out = Vec::with_capacity(head.len() - (end - from));
+    out.extend_from_slice(&head[..from]);
+    out.extend_from_slice(&head[end..]);
+    std::borrow::Cow::Owned(out)
 }
 
 /// What the proxy does with SSE streams (`digest` in the config).
@@ -757,6 +782,17 @@ mod tests {
 
     fn ev(s: &str) -> String {
         format!("data: {s}\n\n")
+    }
+
+    #[test]
+    fn a_digested_record_drops_its_chunk_pairs_and_nothing_else() {
+        let head = br#"{"api":"openai","path":"/v1/\"chunks\":[[9,9]]","chunks":[[1,10],[2,20]],"headers_ns":5}"#;
+        assert_eq!(&*super::without_chunks(head),
+                   br#"{"api":"openai","path":"/v1/\"chunks\":[[9,9]]","chunks":[],"headers_ns":5}"#);
+        let empty = br#"{"chunks":[],"x":1}"#;
+        assert_eq!(&*super::without_chunks(empty), &empty[..]);
+        let none = br#"{"x":1}"#;
+        assert_eq!(&*super::without_chunks(none), &none[..]);
     }
 
     #[test]
