@@ -370,9 +370,9 @@ def test_span_attributes_built_in_place_are_the_ones_kv_builds():
 
 
 def test_a_number_orjson_refuses_costs_the_request_nothing_but_that_number():
-    """A client's request with an integer past 64 bits, 1e400 or NaN (valid for Python's json, refused by
-    orjson): the span still has the model and the messages; the seed is text, the temperature inf; the
-    event ingest makes of it is the request's, model and prompt included."""
+    """A client's request with 1e400 and NaN (read by Python's json, refused by orjson) and a seed past
+    64 bits, and an answer with a NaN: the span still has the model, the messages and the answer; the
+    seed is text (past int64), the temperature inf; the event ingest makes of it is the request's."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     from monitor.config import ProxySettings
@@ -385,7 +385,8 @@ def test_a_number_orjson_refuses_costs_the_request_nothing_but_that_number():
     rec = CaptureRecord(api="openai", operation="chat", path="/v1/chat/completions", trace_id=b"t" * 16,
                         span_id=b"s" * 8, start_ns=10**18, end_ns=10**18 + 10**9, status=200, request_body=body,
                         content_type="application/json",
-                        response_body=b'{"model":"m","choices":[{"message":{"role":"assistant","content":"ok"}}]}')
+                        response_body=b'{"model":"m","logprob":NaN,'
+                                      b'"choices":[{"message":{"role":"assistant","content":"ok"}}]}')
     span = record_to_span(rec, ProxySettings())
     attrs = {a.key: a.value for a in span.attributes}
     assert attrs["gen_ai.request.model"].string_value == "m"

@@ -37,6 +37,19 @@ ROUTES = {
 }
 """Captured routes: path -> (API dialect, gen_ai.operation.name). Other paths pass through untouched."""
 
+def _loads(data: bytes) -> Any:
+    """JSON text as orjson reads it, or as the json module does where orjson refuses it: ``1e400``,
+    ``NaN``, ``Infinity`` (Python's own ``json.dumps`` writes the last two). One such number must not
+    cost a request or an answer everything else it holds. ValueError when neither reads it."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(data)
+        except RecursionError as exc:
+            raise ValueError("JSON nested too deep") from exc
+
+
 TRUNCATION_MARKER = "…[truncated {n} bytes]"
 
 
@@ -114,14 +127,9 @@ class Capture:
     # -- request ---------------------------------------------------------------------
     def read_request(self, body: bytes) -> None:
         try:
-            req = orjson.loads(body) if body else {}
-        except orjson.JSONDecodeError:
-            # orjson refuses what the json module reads: an integer past 64 bits (a client's "seed"),
-            # 1e400, NaN. One such number must not cost the request its model and messages.
-            try:
-                req = json.loads(body)
-            except (ValueError, RecursionError):
-                req = {}
+            req = _loads(body) if body else {}
+        except ValueError:
+            req = {}
         self.request = req if isinstance(req, dict) else {}
         self.stream = bool(self.request.get("stream", self.api == "ollama" and self.operation != "embeddings"))
         self.model = str(self.request.get("model") or "")
@@ -170,8 +178,8 @@ class Capture:
     def read_response(self, body: bytes) -> None:
         """A whole (non-streamed) response body."""
         try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
+            data = _loads(body)
+        except ValueError:
             self.error_body = body[:2000].decode("utf-8", errors="replace")
             return
         if not isinstance(data, dict):
@@ -224,8 +232,8 @@ class Capture:
             line = event.strip()
             if line:
                 try:
-                    obj = orjson.loads(line)
-                except orjson.JSONDecodeError:
+                    obj = _loads(line)
+                except ValueError:
                     return True
                 if isinstance(obj, dict):
                     self._ollama_object(obj)
@@ -237,8 +245,8 @@ class Capture:
         if not data or data == b"[DONE]":
             return True
         try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
+            obj = _loads(data)
+        except ValueError:
             return True
         if not isinstance(obj, dict):
             return True

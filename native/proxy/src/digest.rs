@@ -19,6 +19,7 @@
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -66,9 +67,9 @@ fn next_event(buf: &[u8], from: usize, ndjson: bool) -> Option<(usize, usize)> {
 
 /// The data of one SSE event (`Capture._event`): one `data:` line stripped, or every `data:` line
 /// (split as `bytes.splitlines` does) stripped and joined with `\n`.
-fn event_data(event: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
     if event.starts_with(b"data:") && !event.contains(&b'\n') {
-        return std::borrow::Cow::Borrowed(strip(&event[5..]));
+        return Cow::Borrowed(strip(&event[5..]));
     }
     let mut out: Vec<u8> = Vec::new();
     let mut first = true;
@@ -96,7 +97,7 @@ fn event_data(event: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         }
         i += 1;
     }
-    std::borrow::Cow::Owned(out)
+    Cow::Owned(out)
 }
 
 #[derive(Default)]
@@ -653,7 +654,7 @@ pub fn rewrite(frame: &[u8], ndjson: bool, chunks: &[(u64, u64)], keep_body: boo
     let resp = &frame[17 + n_head + n_req..17 + n_head + n_req + n_resp];
     let d = digest(ndjson, resp, chunks)?;
     let kept: &[u8] = if keep_body { resp } else { b"" };
-    let head = if keep_body { std::borrow::Cow::Borrowed(head) } else { without_chunks(head) };
+    let head = if keep_body { Cow::Borrowed(head) } else { without_chunks(head) };
     let n_head = head.len();
     let new_head_len = n_head + 10 + d.len(); // `,"digest":` + the object
     let payload = 13 + new_head_len + n_req + kept.len();
@@ -676,23 +677,19 @@ pub fn rewrite(frame: &[u8], ndjson: bool, chunks: &[(u64, u64)], keep_body: boo
 /// stream has no body for the chunk offsets to point into, and the digest holds the times that brought
 /// content (a 32-chunk stream's pairs are ~600 of a ~2,300-byte record, parsed again in Python).
 /// The first `"chunks":[` is the key: every string before it is JSON-escaped, so holds no bare `"`.
-fn without_chunks(head: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+fn without_chunks(head: &[u8]) -> Cow<'_, [u8]> {
     const KEY: &[u8] = b"\"chunks\":[";
-    let Some(at) = memchr::memmem::find(head, KEY) else { return std::borrow::Cow::Borrowed(head) };
+    let Some(at) = memchr::memmem::find(head, KEY) else { return Cow::Borrowed(head) };
     let from = at + KEY.len();
-    let end = if head.get(from) == Some(&b']') {
-        return std::borrow::Cow::Borrowed(head); // already empty
-    } else {
-        // pairs of integers: the array ends at the first "]]" (its last pair's, then its own)
-        match memchr::memmem::find(&head[from..], b"]]") {
-            Some(p) => from + p + 1,
-            None => return std::borrow::Cow::Borrowed(head),
-        }
+    // pairs of integers: the array ends at the first "]]" (its last pair's, then its own); "[]" is empty
+    let end = match memchr::memmem::find(&head[from..], b"]]") {
+        Some(p) if head[from] != b']' => from + p + 1,
+        _ => return Cow::Borrowed(head),
     };
     let mut out = Vec::with_capacity(head.len() - (end - from));
     out.extend_from_slice(&head[..from]);
     out.extend_from_slice(&head[end..]);
-    std::borrow::Cow::Owned(out)
+    Cow::Owned(out)
 }
 
 /// What the proxy does with SSE streams (`digest` in the config).
