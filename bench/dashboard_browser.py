@@ -12,7 +12,12 @@ Playwright (never a downloaded browser) and reports, per page and range (last 24
 - **range change**: on the loaded page, the sidebar's range switched to this one from the other,
   from the click on the option until the page is complete, median of ``--repeat``;
 - **new tab**: the page opened again in a new tab of the same browser (its HTTP cache warm, a new
-  Streamlit session), as a returning visitor opens it.
+  Streamlit session), as a returning visitor opens it;
+- **after the turn** (``--after-turn``): once every cell is measured, the run waits until the next
+  5-minute boundary (where the time buckets of both ranges turn, so every cached result is of a
+  bucket gone) and ``--turn-settle`` seconds more, then opens each page again in a new tab: the
+  visit a minute or an hour later, with the dashboard's prefetch (``dashboard.prefetch_s``) on or,
+  with ``--no-prefetch``, off.
 
 *Complete* means: Streamlit reports its run finished (``stApp[data-test-script-state=notRunning]``),
 no status widget, spinner, skeleton or stale element is left, every chart is drawn (uPlot's canvas; plotly's SVG in older checkouts),
@@ -225,7 +230,7 @@ def _fallback_timing():
     return lambda: list(runs)
 
 
-def serve(directory: str, port: int, timing_port: int, refresh_s: float, cache: bool) -> None:
+def serve(directory: str, port: int, timing_port: int, refresh_s: float, cache: bool, prefetch: bool = True) -> None:
     """The dashboards over ``directory`` as ``monitor dashboard`` serves them, plus the page timings
     as JSON on ``timing_port`` (GET /timings). Stops on SIGTERM."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -233,9 +238,11 @@ def serve(directory: str, port: int, timing_port: int, refresh_s: float, cache: 
     from monitor.config import load
     from monitor.runtime.apps import DashboardApp
 
+    dashboard = {"host": "127.0.0.1", "port": port, "refresh_s": refresh_s}
+    if not prefetch:  # only then: a checkout from before prefetching refuses the key
+        dashboard["prefetch_s"] = 0
     settings = load(overrides={"store": {"url": f"chdb://{directory}", "database": DATABASE},
-                               "dashboard": {"host": "127.0.0.1", "port": port, "refresh_s": refresh_s},
-                               "telemetry": {"metrics_port": 0}})
+                               "dashboard": dashboard, "telemetry": {"metrics_port": 0}})
     try:
         from monitor.webui import timing
         recent, hook = timing.recent, "monitor.webui.timing"
@@ -274,13 +281,13 @@ def serve(directory: str, port: int, timing_port: int, refresh_s: float, cache: 
 
 
 class Server:
-    def __init__(self, root: Path, directory: str, refresh_s: float, cache: bool, pin: bool):
+    def __init__(self, root: Path, directory: str, refresh_s: float, cache: bool, pin: bool, prefetch: bool = True):
         self.port, self.timing_port = free_port(), free_port()
         env = dict(os.environ, PYTHONPATH=str(root))
         env.pop("MONITOR_CONFIG", None)
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--serve", directory, str(self.port),
-             str(self.timing_port), str(refresh_s), "1" if cache else "0"],
+             str(self.timing_port), str(refresh_s), "1" if cache else "0", "1" if prefetch else "0"],
             cwd=str(root), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if pin else None)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
@@ -409,7 +416,7 @@ def run(args) -> dict:
     from playwright.sync_api import sync_playwright
 
     root = Path(args.root).resolve()
-    server = Server(root, args.dir, args.refresh, cache=not args.no_cache, pin=args.pin)
+    server = Server(root, args.dir, args.refresh, cache=not args.no_cache, pin=args.pin, prefetch=not args.no_prefetch)
     if args.pin:
         os.sched_setaffinity(0, {1})  # Playwright's driver and Chromium inherit it
     print(f"serving {root} on {server.url} (timings: {server.hook}; rss {server.rss_mb():.0f} MB)", file=sys.stderr)
@@ -460,6 +467,23 @@ def run(args) -> dict:
                           f"{_med(reloads, 'total_s'):5.2f} s ({_med(reloads, 'transfer_mb'):.2f} MB)  range change "
                           f"{_med(changes, 'total_s'):5.2f} s  new tab {new_tab['total_s']:5.2f} s   (shown: {shown})",
                           file=sys.stderr)
+            if args.after_turn:
+                turn = (time.time() // 300 + 1) * 300
+                print(f"waiting {turn - time.time():.0f} s for the 5-minute boundary, then {args.turn_settle:.0f} s",
+                      file=sys.stderr)
+                time.sleep(turn - time.time() + args.turn_settle)
+                for r in results:
+                    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+                    ctx.add_init_script(INIT_JS)
+                    m.watch(ctx)
+                    p = ctx.new_page()
+                    emulate_network(ctx, p, args.network)
+                    r["after_turn"] = m.load(p, f"{server.url}/{PAGES[r['page']][0]}?range={r['range']}")
+                    ctx.close()
+                    a = r["after_turn"]
+                    print(f"{r['range']:>3} {r['page']:<12} after the turn {a['total_s']:5.2f} s (script "
+                          f"{_fmt(a.get('script_s'))}, {a.get('cached', 0)} of {a.get('queries', 0)} queries cached)",
+                          file=sys.stderr)
             browser.close()
     finally:
         rss = server.rss_mb()
@@ -467,6 +491,7 @@ def run(args) -> dict:
         if front is not None:
             front.stop()
     return {"root": str(root), "hook": server.hook, "pin": args.pin, "cache": not args.no_cache,
+            "prefetch": not args.no_prefetch, "after_turn": args.after_turn,
             "via_nginx": args.via_nginx, "network": args.network, "results": results,
             "server_rss_mb_end": rss, "requests": len(m.requests), "foreign_requests": sorted(set(m.foreign))}
 
@@ -494,6 +519,16 @@ def table(out: dict) -> str:
             f"[{_fmt(_med(rl, 'query_s'))}] / {_fmt(_med(rl, 'render_s'))}) "
             f"| **{_fmt(_med(ch, 'total_s'))}** ({_fmt(_med(ch, 'script_s'))} [{_fmt(_med(ch, 'query_s'))}] "
             f"/ {_fmt(_med(ch, 'render_s'))}) | {_new_tab(r.get('new_tab'))} | {r['shown']} |")
+    if any("after_turn" in r for r in out["results"]):
+        lines += ["", f"after the turn (prefetch {'on' if out.get('prefetch', True) else 'off'}):", "",
+                  "| page | range | first view after the turn s (JS / script [queries] / render) | queries cached |",
+                  "| --- | --- | ---: | ---: |"]
+        for r in out["results"]:
+            a = r.get("after_turn")
+            if a:
+                lines.append(f"| {PAGES[r['page']][1]} | {r['range']} | **{_fmt(a['total_s'])}** ({_fmt(a.get('js_s'))} / "
+                             f"{_fmt(a.get('script_s'))} [{_fmt(a.get('query_s'))}] / {_fmt(a.get('render_s'))}) "
+                             f"| {a.get('cached', 0)} of {a.get('queries', 0)} |")
     return "\n".join(lines)
 
 
@@ -511,17 +546,21 @@ def main() -> None:
                     help="dashboard.refresh_s, the Overview's auto-refresh [0: off, so that its reruns do not "
                          "land inside a measured load]")
     ap.add_argument("--no-cache", action="store_true", help="turn the dashboards' result cache off")
+    ap.add_argument("--no-prefetch", action="store_true", help="dashboard.prefetch_s: 0 (no queries run ahead of a bucket)")
+    ap.add_argument("--after-turn", action="store_true",
+                    help="after the cells, wait for the next 5-minute boundary and open every page again")
+    ap.add_argument("--turn-settle", type=float, default=15.0, help="seconds after the boundary before --after-turn")
     ap.add_argument("--pin", action="store_true", help="server on CPU 0, browser on CPU 1")
     ap.add_argument("--via-nginx", action="store_true",
                     help="the browser reaches the dashboards through nginx with deploy/nginx/dashboard.conf (gzip)")
     ap.add_argument("--network", metavar="MBIT,RTT_MS", default=None,
                     help="emulate a browser on another machine: Chromium's network throttling, e.g. 50,20")
     ap.add_argument("--out", default="/tmp/bench-dashboard-browser.json")
-    ap.add_argument("--serve", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--serve", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        d, port, tport, refresh, cache = args.serve
-        serve(d, int(port), int(tport), float(refresh), cache == "1")
+        d, port, tport, refresh, cache, prefetch = args.serve
+        serve(d, int(port), int(tport), float(refresh), cache == "1", prefetch == "1")
         return
     if not (Path(args.dir) / "bench-meta.json").is_file():
         raise SystemExit(f"no bench data in {args.dir}: run bench/dashboard.py --dir {args.dir} --keep first")

@@ -917,6 +917,10 @@ class DashboardSettings(_Section):
     """0 picks a free port (the log says which)."""
     refresh_s: float = Field(10.0, ge=0)
     """Auto-refresh interval of the Overview page; 0 turns it off."""
+    prefetch_s: float = Field(900.0, ge=0)
+    """For this long after a page was last viewed, its queries are run again as their time bucket turns
+    (10 s, 1 or 5 minutes, from the range), so the next view is answered from the result cache;
+    0 turns it off (every first view in a new bucket runs its queries)."""
     auth_token: SecretStr | None = None
     """When set, the pages ask for it (a login form; the session is an HttpOnly cookie) or take
     ``Authorization: Bearer <token>`` (what an authenticating reverse proxy in front adds).

@@ -202,3 +202,144 @@ def test_page_range_is_quantised_so_reruns_within_the_bucket_hit_the_cache(store
         overview.summary(ro, preset("Last 24 hours", t0 + timedelta(seconds=70)))
     assert (run.queries, run.cached) == (3, 1)
     assert timing.recent()[-1]["page"] == "test"
+
+
+# -- refresh ahead ------------------------------------------------------------------------------------
+
+
+class _CountingStore:
+    """A store that answers every query with its parameters and counts what it ran."""
+
+    embedded, database = True, "db"
+
+    def __init__(self, seconds: float = 0.0):
+        self.ran: list[tuple[str, dict]] = []
+        self.seconds = seconds
+
+    def query(self, sql, parameters=None, settings=None):
+        self.ran.append((sql, dict(parameters or {})))
+        time.sleep(self.seconds)
+        return _Result([(sorted((k, str(v)) for k, v in (parameters or {}).items()),)])
+
+
+def _page_query():
+    """A page's query function that derives more than the range from it, as the rollup reader does
+    (the ten-minute boundaries inside the range), and calls another prefetchable one."""
+    from monitor.webui.prefetch import prefetchable
+
+    @prefetchable
+    def inner(store, f):
+        return store.query_rows("SELECT 2 WHERE t >= {start:DateTime} AND t < {end:DateTime}",
+                                {"start": f.start, "end": f.end})
+
+    @prefetchable
+    def page(store, f, label="x"):
+        lo = datetime.fromtimestamp(-(-f.start.timestamp() // 600) * 600, timezone.utc)
+        sql = "SELECT 1 WHERE t >= {start:DateTime} AND t < {end:DateTime} AND m >= {lo:DateTime}"
+        if lo == f.start:
+            sql += " AND aligned"
+        return store.query_rows(sql, {"start": f.start, "end": f.end, "lo": lo, "label": label}), inner(store, f)
+
+    return page
+
+
+def _preset_away_from_a_turn(name: str):
+    from monitor.webui.filters import fresh_seconds, preset
+
+    f = preset(name)
+    if f.end.timestamp() - time.time() < min(2.0, fresh_seconds(f.end - f.start) / 4):
+        time.sleep(f.end.timestamp() - time.time() + 0.1)
+        f = preset(name)
+    return f
+
+
+def test_prefetch_makes_a_viewed_pages_calls_for_the_next_bucket_and_nothing_else():
+    from dataclasses import replace
+
+    from monitor.webui.filters import preset
+    from monitor.webui.store import ReadOnlyStore
+
+    store = _CountingStore()
+    ro = ReadOnlyStore(store, prefetch_s=900)
+    ro.prefetcher.autostart = False  # turns driven by hand below, with a clock of the test's own
+    page = _page_query()
+    f = _preset_away_from_a_turn("Last 24 hours")
+    page(ro, f, label="a")
+    page(ro, replace(f, search="secret"))                                     # a search: never
+    page(ro, replace(f, start=f.start - timedelta(days=9), end=f.end - timedelta(days=8)))  # fixed, past
+    assert len(ro.prefetcher) == 1 and len(store.ran) == 5                    # 2 + 1 (inner: cached) + 2
+
+    assert ro.prefetcher.run_due(f.end.timestamp() - 0.5) == 0               # the bucket has not ended yet
+    ran = len(store.ran)
+    assert ro.prefetcher.run_due(f.end.timestamp() + 0.5) == 1
+    assert len(store.ran) == ran + 2
+    # the page's view in the new bucket: every query answered from the cache, as a run would answer
+    nxt = preset("Last 24 hours", f.end + timedelta(seconds=0.5))
+    assert nxt.end == f.end + timedelta(seconds=60)
+    got = page(ro, nxt, label="a")
+    assert len(store.ran) == ran + 2
+    fresh = page(ReadOnlyStore(_CountingStore(), prefetch_s=0), nxt, label="a")
+    assert got == fresh
+    assert len(ro.prefetcher) == 1                                            # the view refreshed the same call
+
+    # a turn that comes late skips to the bucket running now; a page nobody views is let go
+    assert ro.prefetcher.run_due(nxt.end.timestamp() + 125) == 1
+    assert store.ran[-2][1]["end"] == nxt.end + timedelta(seconds=180)
+    ro.prefetcher.idle_s = 0.05
+    time.sleep(0.1)
+    assert ro.prefetcher.run_due(nxt.end.timestamp() + 185) == 0 and len(ro.prefetcher) == 0
+    assert ro.prefetcher.prefetched == 2 and ro.prefetcher.failed == 0
+
+
+def test_prefetch_spends_at_most_its_share_of_the_bucket_most_recently_viewed_first():
+    from monitor.webui.prefetch import prefetchable
+    from monitor.webui.store import ReadOnlyStore
+
+    store = _CountingStore()
+    ro = ReadOnlyStore(store, prefetch_s=900)
+    ro.prefetcher.autostart = False
+
+    @prefetchable
+    def page(store, f, i):
+        return store.query_rows(f"SELECT {i} WHERE t >= {{start:DateTime}} AND t < {{end:DateTime}}",
+                                {"start": f.start, "end": f.end})
+
+    f = _preset_away_from_a_turn("Last hour")                                # a 10 s bucket: 2.5 s a turn
+    for i in range(12):
+        page(ro, f, i)
+        time.sleep(0.002)
+    assert len(ro.prefetcher) == 12
+    store.ran.clear()
+    store.seconds = 0.3
+    assert ro.prefetcher.run_due(f.end.timestamp() + 0.1) == 9               # 9 x 0.3 s: the 9th starts at 2.4 s
+    assert ro.prefetcher.skipped == 3
+    assert [sql.split()[1] for sql, _ in store.ran] == [str(i) for i in range(11, 2, -1)]
+    assert len(ro.prefetcher) == 12                                           # the skipped ones are still followed
+
+
+def test_a_page_viewed_after_its_bucket_turned_is_answered_from_the_cache(store):
+    """The real thread over the real engine: the Overview over the last hour (10 s buckets), viewed
+    again in the next bucket, runs no query."""
+    from monitor.webui import timing
+    from monitor.webui.filters import preset
+    from monitor.webui.queries import overview
+    from monitor.webui.store import ReadOnlyStore
+
+    ro = ReadOnlyStore(store, prefetch_s=900)
+    try:
+        assert ro.has_table("inference_events_10m")
+        f = _preset_away_from_a_turn("Last hour")
+        with timing.page_run("first") as first:
+            overview.traffic(ro, f)
+            overview.models(ro, f)
+        assert first.queries == 2 and first.cached == 0
+        deadline = time.time() + 30
+        while ro.prefetcher.prefetched < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        with timing.page_run("after the turn") as after:
+            nxt = preset("Last hour")
+            overview.traffic(ro, nxt)
+            overview.models(ro, nxt)
+        assert nxt.end > f.end and (after.queries, after.cached) == (2, 2)
+    finally:
+        ro.prefetcher.stop()

@@ -289,7 +289,7 @@ class DashboardApp(App):
         self.store = open_store(settings, readonly=True)
         d = settings.dashboard
         self.server = DashboardServer(d.host, d.port, self.store, d.refresh_s, token=secret_value(d.auth_token),
-                                      metrics=self.metrics)
+                                      metrics=self.metrics, prefetch_s=d.prefetch_s)
         self.audit_store = None
         if d.audit_url:  # a user that may INSERT into audit_log (records governance); no CREATE DATABASE
             from monitor.config import StoreSettings

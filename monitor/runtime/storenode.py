@@ -68,7 +68,8 @@ class StoreNode:
             # Streamlit in a thread of this process, over this store (one chdb handle)
             from monitor.webui.server import DashboardServer
             self.dashboard = DashboardServer(s.dashboard.host, s.dashboard.port, store, s.dashboard.refresh_s,
-                                             token=secret_value(s.dashboard.auth_token), metrics=metrics)
+                                             token=secret_value(s.dashboard.auth_token), metrics=metrics,
+                                             prefetch_s=s.dashboard.prefetch_s)
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="monitor-admin", daemon=True)
 

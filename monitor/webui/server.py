@@ -47,7 +47,7 @@ class DashboardServer:
     """
 
     def __init__(self, host: str, port: int, store: Any, refresh_s: float = 10.0, token: str | None = None,
-                 metrics: Any = None):
+                 metrics: Any = None, prefetch_s: float = 900.0):
         from monitor.extras import require
         require("dashboards", "the dashboard app")
         self.token = token
@@ -55,6 +55,7 @@ class DashboardServer:
         self.host, self.port = host, port
         self.store = store
         self.refresh_s = refresh_s
+        self.prefetch_s = prefetch_s
         self.audit_store: Any = None
         """Where the pages' audit entries go when not to ``store`` (``dashboard.audit_url``)."""
         self.url: str | None = None
@@ -69,7 +70,7 @@ class DashboardServer:
         is taken."""
         from streamlit import config as st_config
 
-        register(self.store, refresh_s=self.refresh_s)
+        register(self.store, refresh_s=self.refresh_s, prefetch_s=self.prefetch_s)
         from monitor.webui import audit
         audit.register(self.audit_store or self.store, token=bool(self.token))
         for key, value in {

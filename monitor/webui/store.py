@@ -18,7 +18,8 @@ What is enforced (see README "Dashboards"):
 
 Every query's result is kept in the process's :class:`~monitor.webui.cache.ResultCache` for as
 long as its time range's bucket (:func:`monitor.webui.filters.fresh_seconds`), and reported to
-the page run's timing (:mod:`monitor.webui.timing`).
+the page run's timing (:mod:`monitor.webui.timing`). The queries of pages in use are run again as
+their bucket turns, before the next view asks (:mod:`monitor.webui.prefetch`, ``dashboard.prefetch_s``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 
 from monitor.webui import cache as _cache
 from monitor.webui import timing
+from monitor.webui.prefetch import Prefetcher
 
 __all__ = ["ReadOnlyStore", "ReadOnlyError", "register", "unregister", "get_store", "options", "ttl_of"]
 
@@ -67,13 +69,15 @@ def _check(sql: str) -> None:
 class ReadOnlyStore:
     """A read-only view of a :class:`monitor.store.client.Store`: ``query`` / ``query_rows`` only."""
 
-    def __init__(self, store: Any):
+    def __init__(self, store: Any, prefetch_s: float = 900.0):
         self._store = store
         self.database = store.database
         self.embedded = store.embedded
         self._settings: dict[str, Any] = {}
         self._may_set = True
         self.cache = _cache.ResultCache()
+        self.prefetcher = Prefetcher(idle_s=prefetch_s)
+        """Runs the queries of pages in use again as their time bucket turns (see :mod:`monitor.webui.prefetch`)."""
         self._local = threading.local()
         self._seen_tables: set[str] = set()
         if not store.embedded:
@@ -154,7 +158,7 @@ def register(store: Any, **opts: Any) -> ReadOnlyStore:
     """Make ``store`` (a Store, shared with the rest of the process) what pages read from;
     ``opts``: page options from the ``dashboard`` settings (``refresh_s``)."""
     global _registered
-    ro = store if isinstance(store, ReadOnlyStore) else ReadOnlyStore(store)
+    ro = store if isinstance(store, ReadOnlyStore) else ReadOnlyStore(store, opts.get("prefetch_s", 900.0))
     with _lock:
         _registered = ro
         _options.clear()
@@ -169,6 +173,8 @@ def options() -> dict[str, Any]:
 def unregister() -> None:
     global _registered
     with _lock:
+        if _registered is not None:
+            _registered.prefetcher.stop()
         _registered = None
 
 
@@ -185,8 +191,8 @@ def get_store() -> ReadOnlyStore:
         settings = load()
         store = Store(settings.store, readonly=True)
         log.info("dashboard store: %s (read-only)", store.describe())
-        _registered = ReadOnlyStore(store)
         dash = getattr(settings, "dashboard", None)
+        _registered = ReadOnlyStore(store, dash.prefetch_s if dash is not None else 900.0)
         if dash is not None:
             _options.update(refresh_s=dash.refresh_s)
         return _registered

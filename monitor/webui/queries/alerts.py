@@ -13,6 +13,7 @@ import pandas as pd
 from monitor.alerts.history import latest_sql, recent_sql
 from monitor.alerts.outbox import SUMMARY_SQL
 from monitor.webui.filters import Filters
+from monitor.webui.prefetch import prefetchable
 from monitor.webui.queries._sql import TS, frame
 
 __all__ = ["TABLES", "HISTORY_ROWS", "available", "firing", "counts", "history", "deliveries", "delivery_summary",
@@ -35,6 +36,7 @@ def _models(f: Filters, p: dict[str, Any]) -> str:
     return " AND model IN {models:Array(String)}"
 
 
+@prefetchable
 def firing(store, f: Filters) -> pd.DataFrame:
     """Alerts whose latest event is ``fire`` (whatever the time range: firing means now)."""
     p: dict[str, Any] = {"models": list(f.models)} if f.models else {}
@@ -44,6 +46,7 @@ def firing(store, f: Filters) -> pd.DataFrame:
                if c in df.columns]]
 
 
+@prefetchable
 def counts(store, f: Filters) -> dict[str, int]:
     """Alert events in the range, counted by ClickHouse: ``events``, ``fired``, ``resolved``."""
     p: dict[str, Any] = {"start": f.start, "end": f.end}
@@ -55,12 +58,14 @@ def counts(store, f: Filters) -> dict[str, int]:
     return {"events": int(events), "fired": int(fired), "resolved": int(resolved)}
 
 
+@prefetchable
 def history(store, f: Filters, limit: int = HISTORY_ROWS) -> pd.DataFrame:
     p: dict[str, Any] = {"start": f.start, "end": f.end, "limit": int(limit)}
     cond = _models(f, p)
     return frame(store.query(recent_sql(f"timestamp >= {{start:{TS}}} AND timestamp < {{end:{TS}}}{cond}"), p))
 
 
+@prefetchable
 def deliveries(store, f: Filters, channel: str | None = None, limit: int = HISTORY_ROWS) -> pd.DataFrame:
     p: dict[str, Any] = {"start": f.start, "end": f.end, "limit": int(limit)}
     cond = ""
@@ -73,6 +78,7 @@ def deliveries(store, f: Filters, channel: str | None = None, limit: int = HISTO
         "ORDER BY timestamp DESC LIMIT {limit:UInt32}", p))
 
 
+@prefetchable
 def delivery_summary(store, f: Filters) -> pd.DataFrame:
     """Per channel in the range: attempts, delivered, retries, dead, median duration, last error."""
     return frame(store.query(

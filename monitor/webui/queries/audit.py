@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from monitor.webui.filters import Filters
+from monitor.webui.prefetch import prefetchable
 from monitor.webui.queries._sql import TS, bucket, frame
 
 __all__ = ["TABLE", "LIST_ROWS", "available", "choices", "summary", "over_time", "entries"]
@@ -35,6 +36,7 @@ def _where(f: Filters, actors: Sequence[str] = (), actions: Sequence[str] = ()) 
     return " AND ".join(sql), p
 
 
+@prefetchable
 def choices(store, f: Filters) -> tuple[list[str], list[str]]:
     """The actors and the actions with entries in the range (for the page's filters)."""
     where, p = _where(f)
@@ -44,6 +46,7 @@ def choices(store, f: Filters) -> tuple[list[str], list[str]]:
     return sorted(actors), sorted(actions)
 
 
+@prefetchable
 def summary(store, f: Filters, actors: Sequence[str] = (), actions: Sequence[str] = ()) -> pd.DataFrame:
     """Entries per actor and action in the range, with the first and last time."""
     where, p = _where(f, actors, actions)
@@ -53,6 +56,7 @@ def summary(store, f: Filters, actors: Sequence[str] = (), actions: Sequence[str
         "action", p))
 
 
+@prefetchable
 def over_time(store, f: Filters, step: int, actors: Sequence[str] = (), actions: Sequence[str] = ()) -> pd.DataFrame:
     """Entries per action and bucket of ``step`` seconds (``t``, ``action``, ``entries``)."""
     where, p = _where(f, actors, actions)
@@ -61,6 +65,7 @@ def over_time(store, f: Filters, step: int, actors: Sequence[str] = (), actions:
         "ORDER BY t, action", {**p, "step": int(step)}))
 
 
+@prefetchable
 def entries(store, f: Filters, actors: Sequence[str] = (), actions: Sequence[str] = (),
             limit: int = LIST_ROWS) -> pd.DataFrame:
     """The latest ``limit`` entries, newest first."""

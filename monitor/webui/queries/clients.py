@@ -11,6 +11,7 @@ import pandas as pd
 
 from monitor.checks.clients import ANONYMOUS, FLAG_CLIENT, FLAG_SUMMARY, FLAGS_WHERE, USAGE_SELECT
 from monitor.webui.filters import Filters
+from monitor.webui.prefetch import prefetchable
 from monitor.webui.queries._sql import EVENTS, bucket, events_where, frame
 
 __all__ = ["usage", "over_time", "verdicts", "ROWS"]
@@ -19,6 +20,7 @@ ROWS = 200
 """The usage table lists the busiest clients, at most this many (the total count comes apart)."""
 
 
+@prefetchable
 def usage(store, f: Filters, limit: int = ROWS) -> tuple[pd.DataFrame, int]:
     """``(per client, busiest first; how many clients in all)`` over the range and models."""
     where, p = events_where(f)
@@ -29,6 +31,7 @@ def usage(store, f: Filters, limit: int = ROWS) -> tuple[pd.DataFrame, int]:
     return df, int(total)
 
 
+@prefetchable
 def over_time(store, f: Filters, clients: list[str]) -> pd.DataFrame:
     """Requests and tokens per bucket of each of ``clients`` (``t``, ``client``, ``requests``, ``tokens``)."""
     if not clients:
@@ -44,6 +47,7 @@ def over_time(store, f: Filters, clients: list[str]) -> pd.DataFrame:
     return df
 
 
+@prefetchable
 def verdicts(store, f: Filters, limit: int = 200) -> pd.DataFrame:
     """The latest failing abuse results in the range: when, model, signal, client, the verdict's line,
     and its details (evidence and example prompts, as JSON text)."""

@@ -13,6 +13,7 @@ import pandas as pd
 from monitor.checks.compare import queries as cq
 from monitor.checks.compare.report import compare
 from monitor.webui.filters import Filters
+from monitor.webui.prefetch import prefetchable
 
 if TYPE_CHECKING:
     from monitor.config import SemanticSettings
@@ -25,6 +26,7 @@ def label_of(model: str, version: str, adapter: str) -> str:
     return model + (f"@{version}" if version else "") + (f"+{adapter}" if adapter else "")
 
 
+@prefetchable
 def sides(store: Any, f: Filters) -> pd.DataFrame:
     """What answered in the range, per (model, version, adapter, endpoint), most requests first,
     with ``label``: what to compare it as."""
@@ -35,6 +37,7 @@ def sides(store: Any, f: Filters) -> pd.DataFrame:
     return df
 
 
+@prefetchable
 def versions(store: Any, f: Filters) -> pd.DataFrame:
     """Every version recorded (``model_versions``), newest first seen first; ``new``: first seen in the range."""
     df = pd.DataFrame(cq.versions(store), columns=["model", "model_version", "adapter", "endpoint", "endpoint_kind",

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from monitor.webui.filters import Filters
+from monitor.webui.prefetch import prefetchable
 from monitor.webui.queries._sql import TS, bucket, frame, nan_to_none
 
 __all__ = ["latest_results", "scores_over_time", "distribution", "semantic"]
@@ -25,6 +26,7 @@ def _where(f: Filters, checks: tuple[str, ...] = ()) -> tuple[str, dict[str, Any
     return " AND ".join(sql), p
 
 
+@prefetchable
 def latest_results(store, f: Filters, checks: tuple[str, ...] = ()) -> pd.DataFrame:
     """The latest result in the range of every (model, group, check, metric)."""
     where, p = _where(f, checks)
@@ -39,6 +41,7 @@ def latest_results(store, f: Filters, checks: tuple[str, ...] = ()) -> pd.DataFr
         p))
 
 
+@prefetchable
 def scores_over_time(store, f: Filters, check: str = "feature_drift", model: str | None = None,
                      group: str | None = None) -> pd.DataFrame:
     """Per bucket, model, group and metric: the last drift score (``value``) and its status;
@@ -61,6 +64,7 @@ def scores_over_time(store, f: Filters, check: str = "feature_drift", model: str
     return df
 
 
+@prefetchable
 def distribution(store, f: Filters, model: str, check: str, metric: str, group: str = "") -> pd.DataFrame:
     """Reference versus current share per bucket of the latest run of one result in the range."""
     p = {"start": f.start, "end": f.end, "model": model, "check": check, "metric": metric, "group": group}
@@ -71,6 +75,7 @@ def distribution(store, f: Filters, model: str, check: str, metric: str, group: 
         f"AND timestamp = (SELECT max(timestamp) FROM check_distributions WHERE {cond}) ORDER BY bucket_order", p))
 
 
+@prefetchable
 def semantic(store, f: Filters) -> list[dict[str, Any]]:
     """The latest semantic-drift result per (model, group, field) with its clusters (label, shares,
     change, example texts) from the result's details."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from monitor.webui.filters import Filters
+from monitor.webui.prefetch import prefetchable
 from monitor.webui.queries._sql import EVENTS, ROLLUP_Q, TS, bucket, events_where, frame, rollup_source
 
 __all__ = ["timings", "breakdown", "breakdown_series", "gauges", "all_gauges", "cost", "GPU_METRICS", "SERVER_METRICS",
@@ -21,6 +22,7 @@ SERVER_METRICS = ("monitor.server.kv_cache.usage", "monitor.server.requests.wait
                   "monitor.server.requests.running")
 
 
+@prefetchable
 def timings(store, f: Filters) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The page's request numbers in one pass over the range: ``(breakdown, series, cost)`` as
     :func:`breakdown`, :func:`breakdown_series` and :func:`cost` describe them (one query,
@@ -78,17 +80,20 @@ def timings(store, f: Filters) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
     return bd, series, cost
 
 
+@prefetchable
 def breakdown(store, f: Filters) -> pd.DataFrame:
     """Per model: requests, how many have engine timings, p50/p95/mean of every timing (ms)."""
     return timings(store, f)[0]
 
 
+@prefetchable
 def breakdown_series(store, f: Filters) -> pd.DataFrame:
     """Per bucket: median queue, prefill and decode time and client latency over the selected models
     (the four lines of the page's chart)."""
     return timings(store, f)[1]
 
 
+@prefetchable
 def all_gauges(store, f: Filters) -> pd.DataFrame:
     """:func:`gauges` of :data:`GPU_METRICS` (series: ``hw.gpu.index``) and :data:`SERVER_METRICS`
     (series: ``gen_ai.request.model``; the model filter applies to these) in one query."""
@@ -109,6 +114,7 @@ def all_gauges(store, f: Filters) -> pd.DataFrame:
     return df
 
 
+@prefetchable
 def gauges(store, f: Filters, metrics: tuple[str, ...], series_attr: str) -> pd.DataFrame:
     """Average of gauge ``metrics`` (some of :data:`GPU_METRICS` or :data:`SERVER_METRICS`) per
     bucket, metric and series (``hw.gpu.index`` for GPUs, ``gen_ai.request.model`` for the scraped
@@ -119,6 +125,7 @@ def gauges(store, f: Filters, metrics: tuple[str, ...], series_attr: str) -> pd.
     return df[df["metric"].isin(metrics)].reset_index(drop=True)
 
 
+@prefetchable
 def cost(store, f: Filters) -> pd.DataFrame:
     """Per model: GPU-seconds, cost and cost per 1,000 tokens (input + output) over the requests
     that have a cost (``gpu.price_per_gpu_hour`` set where they were recorded)."""

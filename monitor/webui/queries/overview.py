@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 
 from monitor.webui.filters import Filters
+from monitor.webui.prefetch import prefetchable
 from monitor.webui.queries._sql import (
     EVENTS,
     ROLLUP_Q,
@@ -43,6 +44,7 @@ def first_event(store, within_days: int = 30) -> datetime | None:
     return max(t, datetime.now(timezone.utc) - timedelta(days=within_days))
 
 
+@prefetchable
 def models(store, f: Filters) -> list[str]:
     """Models with events in the range (for the sidebar's model filter)."""
     rows = store.query_rows(f"SELECT DISTINCT model FROM {EVENTS} WHERE timestamp >= {{start:DateTime64(9, 'UTC')}} "
@@ -51,6 +53,7 @@ def models(store, f: Filters) -> list[str]:
     return [r[0] for r in rows]
 
 
+@prefetchable
 def traffic(store, f: Filters) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The Overview's numbers in one pass over the range: ``(summary, timeseries)`` as
     :func:`summary` and :func:`timeseries` describe them (one query, ``GROUPING SETS``: the rows are
@@ -101,6 +104,7 @@ def traffic(store, f: Filters) -> tuple[pd.DataFrame, pd.DataFrame]:
     return summary, ts
 
 
+@prefetchable
 def summary(store, f: Filters) -> pd.DataFrame:
     """One row per model plus a total row (``model`` None): requests, rates over the range, error
     rate, latency and TTFT p50/p95/p99 in ms (quantiles like the SLO check: ClickHouse's
@@ -109,6 +113,7 @@ def summary(store, f: Filters) -> pd.DataFrame:
     return traffic(store, f)[0]
 
 
+@prefetchable
 def timeseries(store, f: Filters) -> pd.DataFrame:
     """Per bucket and model: requests/s, tokens/s, error rate, latency and TTFT p50/p95/p99."""
     return traffic(store, f)[1]

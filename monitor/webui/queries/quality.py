@@ -6,6 +6,7 @@ import pandas as pd
 
 from monitor.webui import audit as _audit
 from monitor.webui.filters import Filters
+from monitor.webui.prefetch import prefetchable
 from monitor.webui.queries._sql import EVENTS, bucket, events_where, frame
 
 __all__ = ["SIGNALS", "all_rates", "rates", "rates_over_time", "examples"]
@@ -36,6 +37,7 @@ def _rates(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+@prefetchable
 def all_rates(store, f: Filters) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(rates, rates_over_time)`` in one pass over the range (``GROUPING SETS ((model), (t))``)."""
     where, p = events_where(f)
@@ -49,17 +51,20 @@ def all_rates(store, f: Filters) -> tuple[pd.DataFrame, pd.DataFrame]:
     return _rates(per_model), _rates(series)
 
 
+@prefetchable
 def rates(store, f: Filters) -> pd.DataFrame:
     """Per model over the range: requests, and per signal the count (``<signal>_n``), the
     denominator (``<signal>_d``) and the rate (``<signal>``)."""
     return all_rates(store, f)[0]
 
 
+@prefetchable
 def rates_over_time(store, f: Filters) -> pd.DataFrame:
     """Per bucket over the selected models: each signal's rate."""
     return all_rates(store, f)[1]
 
 
+@prefetchable
 def examples(store, f: Filters, signal: str, limit: int = 20) -> pd.DataFrame:
     """The latest requests flagged with ``signal`` (one of :data:`SIGNALS`), prompts and
     completions cut at 2,000 characters; the sidebar's text search applies."""

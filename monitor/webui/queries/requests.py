@@ -12,6 +12,7 @@ import pandas as pd
 
 from monitor.webui import audit as _audit
 from monitor.webui.filters import Filters
+from monitor.webui.prefetch import prefetchable
 from monitor.webui.queries._sql import EVENTS, TS, events_where, frame, utc
 
 __all__ = ["Listing", "requests", "count", "listing", "detail", "spans"]
@@ -22,6 +23,7 @@ COUNT_CAP = 10_000
 _SEARCH_STEPS = (timedelta(hours=1), timedelta(hours=6), timedelta(days=1), timedelta(days=7))
 
 
+@prefetchable
 def requests(store, f: Filters, limit: int = 200) -> pd.DataFrame:
     """The latest ``limit`` requests matching every filter (model, status, time, text in the prompt
     or completion, case-insensitive), newest first, prompt and completion cut for the list."""
@@ -33,6 +35,7 @@ def requests(store, f: Filters, limit: int = 200) -> pd.DataFrame:
         f"FROM {EVENTS} WHERE {where} ORDER BY timestamp DESC LIMIT {{limit:UInt32}}", {**p, "limit": int(limit)}))
 
 
+@prefetchable
 def count(store, f: Filters, cap: int | None = None) -> int:
     """Requests matching every filter; with ``cap``, counting stops there (no full scan for a
     common search term)."""
@@ -55,6 +58,7 @@ class Listing(NamedTuple):
     """Set when a text search stopped at its time budget: only ``[searched_from, end)`` was read."""
 
 
+@prefetchable
 def listing(store, f: Filters, limit: int = 200, budget_s: float | None = None) -> Listing:
     """The Requests page's list.
 
