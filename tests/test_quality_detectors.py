@@ -1297,11 +1297,40 @@ def test_pii_in_output_with_redactor():
 # =================================================================================== analyse
 
 
+def test_the_flags_are_the_events_quality_columns_under_the_same_names(store):
+    """One shape: every stored flag is an InferenceEvent field and an inference_events column of the
+    same name, and ingest's enrichment copies each one onto the event as it is."""
+    from monitor.events import INFERENCE_EVENT_COLUMNS, InferenceEvent
+    from monitor.ingest.enrich import enrich
+    from monitor.quality import EVENT_COLUMNS
+
+    assert set(EVENT_COLUMNS) == set(QUALITY_COLUMNS) - {"json_requested"}
+    assert set(EVENT_COLUMNS) <= set(INFERENCE_EVENT_COLUMNS)
+    stored = {r[0] for r in store.query_rows(
+        "SELECT name FROM system.columns WHERE database = {db:String} AND table = 'inference_events'",
+        {"db": store.database})}
+    assert set(EVENT_COLUMNS) <= stored
+    cases = [("Wo ist meine Bestellung 48213? Sie sollte am Montag ankommen.", PROSE_EN_SUPPORT, "stop", {}),
+             ("Hello?", "   ", "stop", {}),
+             ("Return the order as JSON.", "```json\n" + ORDER + "\n```", "length", A_SCHEMA),
+             ("Who should I contact?", "Write to [EMAIL] or call [PHONE].", "stop", {})]
+    from datetime import datetime, timezone
+    now = datetime.now(timezone.utc)
+    events = [InferenceEvent(timestamp=now, trace_id="t", span_id=str(i), prompt=p, completion=c, finish_reason=f,
+                             attributes=a)
+              for i, (p, c, f, a) in enumerate(cases)]
+    assert enrich(events) == len(cases)
+    for ev, (p, c, f, a) in zip(events, cases):
+        flags = analyse(p, c, f, a)
+        assert {n: getattr(ev, n) for n in EVENT_COLUMNS} == {n: getattr(flags, n) for n in EVENT_COLUMNS}
+    assert [ev.empty_output for ev in events] == [0, 1, 0, 0]
+
+
 def test_analyse_fills_every_field():
     flags = analyse("Wo ist meine Bestellung 48213? Sie sollte am Montag ankommen.", PROSE_EN_SUPPORT, "stop",
                     {"gen_ai.output.type": "text"})
     assert isinstance(flags, QualityFlags)
-    assert QUALITY_COLUMNS == ("prompt_language", "completion_language", "language_mismatch", "refusal", "empty",
+    assert QUALITY_COLUMNS == ("prompt_language", "completion_language", "language_mismatch", "refusal", "empty_output",
                                "truncated", "json_requested", "json_valid", "pii_in_output", "repetition",
                                "degenerate")
     assert flags.row() == ("de", "en", True, False, False, False, False, None, 0, 0.0, False)
@@ -1309,7 +1338,7 @@ def test_analyse_fills_every_field():
     flags = analyse("Give me a keylogger I can install on my partner's laptop.",
                     "I'm sorry, but I can't help with that.", "stop", {})
     assert flags.refusal and flags.prompt_language == "en" and flags.completion_language == "en"
-    assert not flags.language_mismatch and not flags.empty
+    assert not flags.language_mismatch and not flags.empty_output
 
     flags = analyse("Return the order as JSON.", "```json\n" + ORDER + "\n```", "length", A_SCHEMA)
     assert (flags.json_requested, flags.json_valid, flags.truncated) == (True, True, True)
@@ -1321,7 +1350,7 @@ def test_analyse_fills_every_field():
     assert flags.pii_in_output == 2
 
     flags = analyse("Hello?", "   ", "stop", {})
-    assert flags.empty and not flags.refusal and not flags.degenerate and flags.completion_language == ""
+    assert flags.empty_output and not flags.refusal and not flags.degenerate and flags.completion_language == ""
     assert flags.repetition == 0.0
 
     # bounded: a megabyte of text costs little more than a kilobyte (prefixes and suffixes are read)

@@ -4,7 +4,8 @@ The quality columns of ``inference_events`` (languages and their mismatch,
 refusal, empty, truncated, JSON validity, PII placeholders, repetition) are
 filled here for the events :func:`~monitor.otlp.genai.wants_quality` selects
 (captured output of a request that did not fail); :mod:`monitor.quality`
-holds the detectors. One shape for the flags: the event's own columns. The ``injection`` flag
+holds the detectors. One shape for the flags: :class:`~monitor.quality.QualityFlags` has the
+event's quality columns under their own names (``EVENT_COLUMNS``), copied here. The ``injection`` flag
 (:mod:`monitor.quality.injection`) is set for every event with a prompt, failed requests included.
 """
 
@@ -41,7 +42,7 @@ def enrich(events: list[InferenceEvent]) -> int:
                                  system_prompt=ev.system_prompt) for ev in todo]
     for ev, q in zip(todo, flags):
         ev.prompt_language, ev.completion_language = q.prompt_language, q.completion_language
-        ev.refusal, ev.empty_output, ev.truncated = int(q.refusal), int(q.empty), int(q.truncated)
+        ev.refusal, ev.empty_output, ev.truncated = int(q.refusal), int(q.empty_output), int(q.truncated)
         ev.json_valid = None if q.json_valid is None else int(q.json_valid)
         ev.pii_in_output = min(int(q.pii_in_output), 65535)
         ev.repetition = q.repetition

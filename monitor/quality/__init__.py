@@ -1,7 +1,7 @@
 """Quality signals of model responses, computed at ingest for every event.
 
 :func:`analyse` is the single entry point: ``analyse(prompt, completion, finish_reason,
-attributes)`` returns :class:`QualityFlags` (languages and their mismatch, refusal, empty,
+attributes)`` returns :class:`QualityFlags` (languages and their mismatch, refusal, empty output,
 truncated, JSON requested/valid, PII in the output, repetition and degeneration);
 :func:`analyse_batch` gives the same flags for a batch of events (each language once per distinct
 text in the batch). Every detector is pure, needs nothing downloaded, and is bounded in cost per
@@ -14,7 +14,7 @@ One module per signal: :mod:`~monitor.quality.language` (and its model in
 :mod:`~monitor.quality.repetition`; :mod:`~monitor.quality.analyse` runs them together.
 """
 
-from monitor.quality.analyse import QUALITY_COLUMNS, QualityFlags, analyse, analyse_batch
+from monitor.quality.analyse import EVENT_COLUMNS, QUALITY_COLUMNS, QualityFlags, analyse, analyse_batch
 from monitor.quality.emptiness import is_empty
 from monitor.quality.json_output import json_requested, json_valid
 from monitor.quality.language import language, language_mismatch, warm_up
@@ -26,6 +26,7 @@ from monitor.quality.truncation import TRUNCATION_REASONS, is_truncated
 __all__ = [
     "QualityFlags",
     "QUALITY_COLUMNS",
+    "EVENT_COLUMNS",
     "PLACEHOLDER_KINDS",
     "TRUNCATION_REASONS",
     "analyse",

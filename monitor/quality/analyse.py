@@ -41,13 +41,17 @@ from monitor.quality.truncation import TRUNCATION_REASONS, is_truncated
 if TYPE_CHECKING:
     from monitor.redaction import Redactor
 
-__all__ = ["QualityFlags", "QUALITY_COLUMNS", "analyse", "analyse_batch"]
+__all__ = ["QualityFlags", "QUALITY_COLUMNS", "EVENT_COLUMNS", "analyse", "analyse_batch"]
 
 
 @dataclass(frozen=True, slots=True)
 class QualityFlags:
     """The quality columns of one inference event, as :func:`analyse` fills them (immutable: equal
-    flags from :func:`analyse` may be one shared instance)."""
+    flags from :func:`analyse` may be one shared instance).
+
+    One shape with the event: every field but ``json_requested`` is a field of
+    :class:`~monitor.events.InferenceEvent` and a column of ``inference_events`` of the same name
+    (:data:`EVENT_COLUMNS`; booleans are stored as 0/1), which ingest copies onto the event."""
 
     prompt_language: str
     """ISO 639-1 of the prompt, ``""`` when unsure."""
@@ -55,9 +59,11 @@ class QualityFlags:
     """ISO 639-1 of the completion, ``""`` when unsure."""
     language_mismatch: bool
     refusal: bool
-    empty: bool
+    empty_output: bool
+    """The completion holds no content (nothing, whitespace, only markup or punctuation)."""
     truncated: bool
     json_requested: bool
+    """Whether the request asked for JSON output (decides ``json_valid``; not stored)."""
     json_valid: bool | None
     """None when JSON was not requested."""
     pii_in_output: int
@@ -71,6 +77,9 @@ class QualityFlags:
 
 QUALITY_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(QualityFlags))
 """Field names of :class:`QualityFlags`, in order."""
+EVENT_COLUMNS: tuple[str, ...] = tuple(name for name in QUALITY_COLUMNS if name != "json_requested")
+"""The fields that are also :class:`~monitor.events.InferenceEvent` fields and ``inference_events``
+columns, under the same names."""
 
 
 _new = object.__new__
