@@ -45,7 +45,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def prefetchable(fn: F) -> F:
     """Mark a query function ``fn(store, f: Filters, *args, **kw)`` as safe to call again ahead of
-    time: it only reads (no audit entry, no write) and what it asks depends only on its arguments.
+    time: it only reads (it writes nothing; its audit entry, if any, is for a text search, which is
+    never run ahead) and what it asks depends only on its arguments and ``f``'s range (a function
+    whose answer is "now" whatever the range, such as the alerts firing, gains nothing from it).
     Calls made inside another prefetchable call, or by the prefetcher itself, are not tracked."""
 
     @functools.wraps(fn)

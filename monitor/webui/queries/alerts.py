@@ -36,7 +36,6 @@ def _models(f: Filters, p: dict[str, Any]) -> str:
     return " AND model IN {models:Array(String)}"
 
 
-@prefetchable
 def firing(store, f: Filters) -> pd.DataFrame:
     """Alerts whose latest event is ``fire`` (whatever the time range: firing means now)."""
     p: dict[str, Any] = {"models": list(f.models)} if f.models else {}
