@@ -122,6 +122,11 @@ class SelfMetrics:
             "monitor_auth_refused", "Requests refused before they were served, by endpoint and why "
             "(unauthenticated, credential_in_query, bad_host, browser_origin, content_type)",
             ["endpoint", "reason"], registry=r)
+        self.dashboard_prefetch = Counter(
+            "monitor_dashboard_prefetch_calls", "Page query calls run ahead of their time bucket for pages in view, "
+            "by outcome (made, skipped: no time left in the turn, failed)", ["outcome"], registry=r)
+        self.dashboard_prefetch_seconds = Counter(
+            "monitor_dashboard_prefetch_seconds", "Time the page query calls run ahead took", registry=r)
         self._server: WSGIServer | None = None
 
     def serve(self, host: str, port: int, token: str | None = None) -> int:

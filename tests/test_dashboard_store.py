@@ -295,9 +295,12 @@ def test_prefetch_spends_at_most_its_share_of_the_bucket_most_recently_viewed_fi
     from monitor.webui.prefetch import prefetchable
     from monitor.webui.store import ReadOnlyStore
 
+    from monitor.selfmetrics import SelfMetrics
+
     store = _CountingStore()
     ro = ReadOnlyStore(store, prefetch_s=900)
     ro.prefetcher.autostart = False
+    ro.prefetcher.metrics = metrics = SelfMetrics()
 
     @prefetchable
     def page(store, f, i):
@@ -315,6 +318,10 @@ def test_prefetch_spends_at_most_its_share_of_the_bucket_most_recently_viewed_fi
     assert ro.prefetcher.skipped == 3
     assert [sql.split()[1] for sql, _ in store.ran] == [str(i) for i in range(11, 2, -1)]
     assert len(ro.prefetcher) == 12                                           # the skipped ones are still followed
+    calls = {o: metrics.registry.get_sample_value("monitor_dashboard_prefetch_calls_total", {"outcome": o})
+             for o in ("made", "skipped", "failed")}
+    assert calls == {"made": 9, "skipped": 3, "failed": 0}
+    assert 2.5 < metrics.registry.get_sample_value("monitor_dashboard_prefetch_seconds_total") < 3.5
 
 
 def test_a_page_viewed_after_its_bucket_turned_is_answered_from_the_cache(store):

@@ -88,8 +88,10 @@ class Prefetcher:
     """Follows prefetchable calls over ranges that follow the clock and makes them again for the
     next bucket when theirs ends (a daemon thread, started by the first one followed)."""
 
-    def __init__(self, *, idle_s: float = 900.0, share: float = 0.25, autostart: bool = True):
+    def __init__(self, *, idle_s: float = 900.0, share: float = 0.25, autostart: bool = True, metrics: Any = None):
         self.idle_s, self.share, self.autostart = idle_s, share, autostart
+        self.metrics = metrics
+        """:class:`~monitor.selfmetrics.SelfMetrics` for the counters on /metrics (None: none)."""
         self._tracked: dict[tuple, _Tracked] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -147,6 +149,7 @@ class Prefetcher:
                 self._tracked.pop(_key(t.call, t.f, t.args, t.kw), None)
         due.sort(key=lambda t: -t.last_read)
         spent, ran = 0.0, 0
+        failed_before, skipped_before = self.failed, self.skipped
         _local.prefetching = True
         try:
             for t in due:
@@ -177,6 +180,13 @@ class Prefetcher:
         finally:
             _local.prefetching = False
         self.prefetched += ran
+        m = self.metrics
+        if m is not None and due:
+            failed = self.failed - failed_before
+            m.dashboard_prefetch.labels("made").inc(ran)
+            m.dashboard_prefetch.labels("failed").inc(failed)
+            m.dashboard_prefetch.labels("skipped").inc(self.skipped - skipped_before)
+            m.dashboard_prefetch_seconds.inc(spent)
         if ran:
             log.debug("dashboard prefetch: %d page queries for the next bucket in %.2f s", ran, spent)
         return ran

@@ -70,7 +70,8 @@ class DashboardServer:
         is taken."""
         from streamlit import config as st_config
 
-        register(self.store, refresh_s=self.refresh_s, prefetch_s=self.prefetch_s)
+        pages = register(self.store, refresh_s=self.refresh_s, prefetch_s=self.prefetch_s)
+        pages.prefetcher.metrics = self.metrics  # its counters on /metrics
         from monitor.webui import audit
         audit.register(self.audit_store or self.store, token=bool(self.token))
         for key, value in {
