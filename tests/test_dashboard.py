@@ -258,6 +258,37 @@ def test_quality_page_rates_and_examples(seeded):
     assert INJECTION in list(ex["prompt_preview"]) and COMPLETION_INJECTION in list(ex["completion_preview"])
 
 
+def test_quality_page_over_a_long_range_reads_the_rollups_and_gives_the_rows_numbers(seeded):
+    """From 6 hours on the Quality page reads the rollups' quality counts (schema 0018): every count,
+    denominator and rate per model and per bucket equals what the rows give over the same range."""
+    import pandas.testing as pdt
+
+    from monitor.webui.filters import preset
+    from monitor.webui.queries import quality
+    from monitor.webui.queries._sql import rollup_source
+    from monitor.webui.store import ReadOnlyStore
+
+    ro = seeded["store"]
+    f = preset("Last 24 hours")
+    assert rollup_source(ro, f, needs="language_mismatch_n") is not None
+    assert rollup_source(ro, f, needs="no_such_column") is None
+
+    class Rows(ReadOnlyStore):
+        def has_column(self, table, column):  # as a store without schema 0018
+            return False
+
+    rows = Rows(ro._store, prefetch_s=0)
+    for got, want in zip(quality.all_rates(ro, f), quality.all_rates(rows, f)):
+        pdt.assert_frame_equal(got, want, check_dtype=False)
+    per_model = quality.all_rates(ro, f)[0].set_index("model")
+    assert per_model["requests"].sum() == 360 and per_model["refusal_n"].sum() == 30
+    assert per_model.loc["beta", "invalid_json_d"] == 60 and per_model.loc["beta", "invalid_json"] == 0.5
+    at = _page(_app("Last 24 hours"), "views/quality.py")
+    m = _metrics(at)
+    assert m["Refusals"] == f"{30 / 360 * 100:.2f}%" and m["Invalid JSON (where JSON was requested)"] == "50.00%"
+    assert m["Language mismatch"] == f"{6 / 360 * 100:.2f}%" and m["Empty outputs"] == f"{1 / 360 * 100:.2f}%"
+
+
 def test_requests_page_filters_and_shows_one_request_literally(seeded):
     at = _page(_app(), "views/requests.py")
     rows = at.dataframe[0].value

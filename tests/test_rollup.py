@@ -50,7 +50,10 @@ def _events(n: int, seed: int = 7) -> list[InferenceEvent]:
             decode_ms=latency * 0.8 if engine else None, engine_latency_ms=latency * 0.9 if engine else None,
             engine_ttft_ms=latency / 12 if engine else None,
             gpu_seconds=latency / 1000 if cost else None, gpu_cost=latency / 1e6 if cost else None,
-            status_code="Error" if i % 13 == 0 else "Ok"))
+            status_code="Error" if i % 13 == 0 else "Ok",
+            refusal=int(i % 9 == 0), empty_output=int(i % 17 == 0), truncated=int(i % 6 == 1),
+            json_valid=(None, 1, 0)[i % 3] if i % 4 else None, pii_in_output=i % 8 // 6,
+            degenerate=int(i % 19 == 0), language_mismatch=int(i % 23 == 0)))
     return out
 
 
@@ -67,6 +70,23 @@ def _rollup_totals(store) -> tuple[int, int, int]:
     return totals[0]
 
 
+_QUALITY = {"refusal_n": "sum(refusal)", "empty_n": "sum(empty_output)", "truncated_n": "sum(truncated)",
+            "invalid_json_n": "countIf(json_valid = 0)", "invalid_json_d": "countIf(json_valid IS NOT NULL)",
+            "pii_n": "countIf(pii_in_output > 0)", "repetition_n": "sum(degenerate)",
+            "language_mismatch_n": "sum(language_mismatch)"}
+"""The quality counts of the rollups (schema 0018) and what each is over the rows."""
+
+
+def _quality_totals(store) -> dict[str, int]:
+    """The rollups' quality counts, checked against the rows (and the ten-minute rollup against the minute one)."""
+    got = [dict(zip(_QUALITY, map(int, store.query_rows(
+        f"SELECT {', '.join(f'sum({c})' for c in _QUALITY)} FROM {table}")[0]))) for table in (ROLLUP, ROLLUP_10M)]
+    rows = dict(zip(_QUALITY, map(int, store.query_rows(
+        f"SELECT {', '.join(_QUALITY.values())} FROM inference_events")[0])))
+    assert got[0] == got[1] == rows
+    return rows
+
+
 def test_a_redelivered_batch_is_counted_once(store):
     events = _events(900)
     _write(store, events[:500], "spool:1-500")
@@ -77,6 +97,9 @@ def test_a_redelivered_batch_is_counted_once(store):
     assert n == 900
     assert errors == sum(e.status_code == "Error" for e in events)
     assert inp == sum(e.input_tokens for e in events)
+    q = _quality_totals(store)
+    assert q["refusal_n"] == sum(e.refusal for e in events) > 0
+    assert q["invalid_json_d"] == sum(e.json_valid is not None for e in events) > q["invalid_json_n"] > 0
 
 
 def test_a_failing_view_never_sets_requests_aside(store):
@@ -190,10 +213,11 @@ def _within_a_percent_of_its_rank(got: float, values: list, level: float, what) 
 
 
 def _fill_again(store) -> None:
-    """Apply schema 0016 again, as a start killed after some of its statements would."""
-    store.command(f"ALTER TABLE `{store.database}`.schema_migrations DELETE WHERE version = 16",
+    """Apply the rollups' latest fill (schema 0018: 0016's with the quality counts) again, as a start
+    killed after some of its statements would."""
+    store.command(f"ALTER TABLE `{store.database}`.schema_migrations DELETE WHERE version = 18",
                   settings={"mutations_sync": 2})
-    assert migrate(store, 30) == [16]
+    assert migrate(store, 30) == [18]
 
 
 def test_rows_stored_before_the_rollup_are_filled_in_once(store):
@@ -205,23 +229,34 @@ def test_rows_stored_before_the_rollup_are_filled_in_once(store):
     _fill_again(store)
     assert _rollup_totals(store) == (800, sum(e.status_code == "Error" for e in events[:800]),
                                      sum(e.input_tokens for e in events[:800]))
+    assert _quality_totals(store)["truncated_n"] == sum(e.truncated for e in events[:800])
     _write(store, events[800:], "new")                # the view takes what comes after
     assert _rollup_totals(store)[0] == 1200
     _fill_again(store)                                # applied again: nothing counted twice
     assert _rollup_totals(store)[0] == 1200
+    assert _quality_totals(store)["language_mismatch_n"] == sum(e.language_mismatch for e in events) > 0
 
 
-def test_the_fill_and_the_view_run_the_same_select():
-    text = (schema_dir() / "0016_inference_events_rollup.sql").read_text()
+@pytest.mark.parametrize("name", ["0016_inference_events_rollup.sql", "0018_inference_events_rollup_quality.sql"])
+def test_the_fill_and_the_view_run_the_same_select(name):
+    first = (schema_dir() / "0016_inference_events_rollup.sql").read_text()
+    text = (schema_dir() / name).read_text()
     fill = re.search(r"^INSERT INTO \$database\.inference_events_1m\n(SELECT .*?);", text, re.S | re.M).group(1)
     view = re.search(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS \S+ TO \$database\.inference_events_1m AS\n(SELECT .*?);", text,
                      re.S | re.M).group(1)
+    ten = re.search(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS \S+ TO \$database\.inference_events_10m AS\n(SELECT .*?);", text,
+                    re.S | re.M).group(1)
     assert fill == view
-    # every column of the table is written by the view, in the table's order
-    cols = re.findall(r"^    (\w+) ", text.split("CREATE TABLE", 1)[1].split(") ENGINE", 1)[0], re.M)
-    assert ["model", *re.findall(r"AS (\w+)", view.replace("\n", " "))] == sorted(cols, key=lambda c: c != "model")
+    # every column of the table (0016's, then those 0018 adds to both tables) is written by both views, in order
+    cols = re.findall(r"^    (\w+) ", first.split("CREATE TABLE", 1)[1].split(") ENGINE", 1)[0], re.M)
+    if name.startswith("0018"):
+        added = [re.findall(r"ADD COLUMN IF NOT EXISTS (\w+) ", part) for part in text.split("ALTER TABLE")[1:3]]
+        assert added[0] == added[1] == list(_QUALITY)
+        cols += added[0]
+    for select in (view, ten):
+        assert ["model", *re.findall(r"AS (\w+)", select.replace("\n", " "))] == sorted(cols, key=lambda c: c != "model")
     assert cols[:2] == ["minute", "model"]
-    assert "CREATE TABLE IF NOT EXISTS $database.inference_events_10m AS $database.inference_events_1m;" in text
+    assert "CREATE TABLE IF NOT EXISTS $database.inference_events_10m AS $database.inference_events_1m;" in first
 
 
 def test_both_rollups_have_the_same_columns_and_engine(store):

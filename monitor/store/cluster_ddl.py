@@ -23,7 +23,11 @@ Each statement of a schema file becomes:
 - ``ALTER TABLE T ADD|DROP|MODIFY COLUMN``: on ``T_local`` and on ``T`` (the Distributed table
   must know the columns too); other ``ALTER``\\ s (indexes, TTL, settings) on ``T_local`` only;
   ``MATERIALIZE INDEX`` (a mutation over every stored row) is written commented out, for the
-  operator to run when it suits.
+  operator to run when it suits;
+- the steps that fill a table from the rows already stored (``DROP VIEW``, ``TRUNCATE``,
+  ``INSERT INTO``) are written commented out, for the operator to run on one replica of every shard,
+  except a ``DROP VIEW`` of a view the file makes again into a table it does not create (the view
+  is redefined, say with new columns): that one runs, on the cluster, so the new view replaces it.
 
 Comments before a statement are kept. A new table without a sharding key stops the generator with
 the line to add.
@@ -162,11 +166,16 @@ def _materialize(stmt: _Statement) -> bool:
 _FILL = re.compile(r"^(DROP VIEW IF EXISTS|TRUNCATE TABLE|INSERT INTO) \$database\.(\w+)")
 
 
-def _fill(stmt: _Statement) -> str:
+def _fill(stmt: _Statement, redefined: frozenset[str] = frozenset()) -> str:
     """A step of filling a table from the rows already stored, commented out: on each shard's local
-    tables (a view keeps its name), to run on one replica of every shard, in the file's order."""
+    tables (a view keeps its name), to run on one replica of every shard, in the file's order. The
+    drop of a view in ``redefined`` (made again by the file) runs, on the cluster."""
     kind = _FILL.match(stmt.sql.lstrip())
     assert kind is not None
+    if kind.group(1) == "DROP VIEW IF EXISTS" and kind.group(2) in redefined:
+        note = ("-- Made again below with the file's definition: requests stored between the drop and the\n"
+                "-- new view are in no rollup until the fill below is run.\n")
+        return _with_comments(stmt.comments, note + f"{stmt.sql.rstrip()} {ON_CLUSTER}")
     if kind.group(1) == "DROP VIEW IF EXISTS":
         sql = f"{stmt.sql.rstrip()} {ON_CLUSTER}"
     else:
@@ -205,7 +214,13 @@ def generate(name: str, text: str, *, first: bool = False) -> str:
         parts.append(FIRST)
     previous: _Statement | None = None
     created: dict[str, _Statement] = {}
-    for stmt in _statements(text):
+    statements = _statements(text)
+    made_here = {m.group(1) for s in statements if (m := _CREATE_TABLE.match(s.sql.lstrip()) or
+                                                    _CREATE_AS.match(s.sql.lstrip()))}
+    redefined = frozenset(m.group(1) for s in statements
+                          if (m := re.match(r"CREATE MATERIALIZED VIEW IF NOT EXISTS \$database\.(\w+) TO \$database\.(\w+)",
+                                            s.sql.lstrip())) and m.group(2) not in made_here)
+    for stmt in statements:
         head = stmt.sql.lstrip()
         copy = _CREATE_AS.match(head)
         if copy:  # the same table under another name: its own replica path, local and Distributed table
@@ -228,7 +243,7 @@ def generate(name: str, text: str, *, first: bool = False) -> str:
         elif _ALTER.match(head):
             parts.append(_alter(stmt))
         elif _FILL.match(head):
-            parts.append(_fill(stmt))
+            parts.append(_fill(stmt, redefined))
         else:
             raise ValueError(f"{name}: no cluster form for the statement {head.splitlines()[0]!r}")
     return "\n".join(parts)

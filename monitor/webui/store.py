@@ -134,6 +134,16 @@ class ReadOnlyStore:
             "SELECT name FROM system.tables WHERE database = {db:String}", {"db": self.database})}
 
 
+    def has_column(self, table: str, column: str) -> bool:
+        """Whether ``table`` of the store's database has ``column``. Once seen, remembered (the
+        monitor never drops a column)."""
+        key = f"{table}.{column}"
+        if key not in self._seen_tables and self.query_rows(
+                "SELECT count() FROM system.columns WHERE database = {db:String} AND table = {t:String} "
+                "AND name = {c:String}", {"db": self.database, "t": table, "c": column})[0][0]:
+            self._seen_tables.add(key)
+        return key in self._seen_tables
+
     def has_table(self, name: str) -> bool:
         """Whether the store's database has table ``name``. Once seen, remembered: the monitor never
         drops a table, and a page run does not ask again."""

@@ -18,7 +18,8 @@ TS = "DateTime64(9, 'UTC')"
 ROLLUP = "inference_events_1m"
 ROLLUP_10M = "inference_events_10m"
 """Per (minute, model) and per (ten minutes, model): counts, sums and DDSketches of inference_events
-(schema 0016, the same columns in both), written by materialized views as rows are inserted."""
+(schema 0016, the same columns in both; the quality counts from schema 0018), written by materialized
+views as rows are inserted."""
 ROLLUP_Q = "quantilesDDMerge(0.01, 0.5, 0.95, 0.99)"
 """Merges the rollups' sketches (the function must name the accuracy and levels they were built with)
 into p50, p95 and p99."""
@@ -43,14 +44,15 @@ def events_where(f: Filters, *, status: bool = False, search: bool = False,
     return " AND ".join(sql), params
 
 
-def rollup_source(store: Any, f: Filters) -> tuple[str, dict[str, Any]] | None:
+def rollup_source(store: Any, f: Filters, needs: str | None = None) -> tuple[str, dict[str, Any]] | None:
     """A subquery over the rollups holding exactly ``f``'s range and models, and its parameters, or
     None where the range must read the requests themselves.
 
     The rollups answer when the range starts and ends on whole minutes and its chart buckets are
     whole minutes (the presets from 6 hours on; custom ranges are whole days), so that every row
     they add up lies inside the range and inside one bucket, and the store has them (a cluster
-    without schema 0016 keeps working from the rows). Where the buckets are whole multiples of ten
+    without schema 0016 keeps working from the rows; ``needs``: a column the caller reads, such as
+    the quality counts of schema 0018, without which it reads the rows as well). Where the buckets are whole multiples of ten
     minutes (24 hours and longer), the ten-minute rows cover the middle of the range and the minute
     rows its ends: a 7-day range reads ~1,000 rows per model.
 
@@ -59,7 +61,7 @@ def rollup_source(store: Any, f: Filters) -> tuple[str, dict[str, Any]] | None:
     to 8,192 values, a reservoir sample above)."""
     if f.start.timestamp() % 60 or f.end.timestamp() % 60 or f.step % 60:
         return None
-    if not store.has_table(ROLLUP_10M):
+    if not store.has_table(ROLLUP_10M) or (needs is not None and not store.has_column(ROLLUP_10M, needs)):
         return None
     params: dict[str, Any] = {"start": f.start, "end": f.end}
     models = ""

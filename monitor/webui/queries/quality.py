@@ -7,7 +7,7 @@ import pandas as pd
 from monitor.webui import audit as _audit
 from monitor.webui.filters import Filters
 from monitor.webui.prefetch import prefetchable
-from monitor.webui.queries._sql import EVENTS, bucket, events_where, frame
+from monitor.webui.queries._sql import EVENTS, bucket, events_where, frame, rollup_source
 
 __all__ = ["SIGNALS", "all_rates", "rates", "rates_over_time", "examples"]
 
@@ -29,6 +29,11 @@ _CONDITION = {
     "language_mismatch": "language_mismatch = 1",
 }
 _AGG = ", ".join(f"{num} AS {k}_n, {den} AS {k}_d" for k, (_, num, den) in SIGNALS.items())
+_OWN_DENOMINATOR = ("invalid_json",)
+"""Signals whose denominator is not every request (the rollups keep ``<signal>_d`` for them)."""
+_ROLLED_AGG = ", ".join(f"sum({k}_n) AS {k}_n" + (f", sum({k}_d) AS {k}_d" if k in _OWN_DENOMINATOR else "")
+                        for k in SIGNALS)
+"""The same counts from the rollups' columns (schema 0018); ``<signal>_d`` of the others is ``requests``."""
 
 
 def _rates(df: pd.DataFrame) -> pd.DataFrame:
@@ -39,12 +44,23 @@ def _rates(df: pd.DataFrame) -> pd.DataFrame:
 
 @prefetchable
 def all_rates(store, f: Filters) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(rates, rates_over_time)`` in one pass over the range (``GROUPING SETS ((model), (t))``)."""
-    where, p = events_where(f)
+    """``(rates, rates_over_time)`` in one pass over the range (``GROUPING SETS ((model), (t))``;
+    from 6 hours on, over the rollups' counts: see :func:`~monitor.webui.queries._sql.rollup_source`)."""
+    rolled = rollup_source(store, f, needs="language_mismatch_n")
+    if rolled is None:
+        where, p = events_where(f)
+        source, ts, numbers = f"{EVENTS} WHERE {where}", "timestamp", f"count() AS requests, {_AGG}"
+    else:
+        (source, p), ts, numbers = rolled, "minute", f"sum(requests) AS requests, {_ROLLED_AGG}"
     df = frame(store.query(
-        f"SELECT grouping(model) AS per_bucket, model, {bucket()} AS t, count() AS requests, {_AGG} "
-        f"FROM {EVENTS} WHERE {where} GROUP BY GROUPING SETS ((model), (t)) "
+        f"SELECT grouping(model) AS per_bucket, model, {bucket(ts)} AS t, {numbers} "
+        f"FROM {source} GROUP BY GROUPING SETS ((model), (t)) "
         "ORDER BY per_bucket, requests DESC, model, t", {**p, "step": f.step}))
+    if rolled is not None:  # every request is the denominator of these (count() on the rows)
+        for k in SIGNALS:
+            if k not in _OWN_DENOMINATOR:
+                df[f"{k}_d"] = df["requests"]
+        df = df[["per_bucket", "model", "t", "requests", *(c for k in SIGNALS for c in (f"{k}_n", f"{k}_d"))]]
     per_model = df[df["per_bucket"] == 0].drop(columns=["per_bucket", "t"]).reset_index(drop=True)
     series = df[df["per_bucket"] == 1].drop(columns=["per_bucket", "model"]).sort_values("t").reset_index(drop=True)
     series["t"] = pd.to_datetime(series["t"], utc=True)
