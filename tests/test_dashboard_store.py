@@ -269,6 +269,15 @@ def test_prefetch_makes_a_viewed_pages_calls_for_the_next_bucket_and_nothing_els
     page(ro, replace(f, start=f.start - timedelta(days=9), end=f.end - timedelta(days=8)))  # fixed, past
     assert len(ro.prefetcher) == 1 and len(store.ran) == 5                    # 2 + 1 (inner: cached) + 2
 
+    from monitor.webui.prefetch import prefetchable
+
+    @prefetchable
+    def odd(store, f, opts):
+        return store.query_rows("SELECT 3 WHERE t >= {start:DateTime}", {"start": f.start})
+
+    assert odd(ro, f, bytearray(b"unhashable")) and len(ro.prefetcher) == 1  # works, not followed
+    store.ran.pop()
+
     assert ro.prefetcher.run_due(f.end.timestamp() - 0.5) == 0               # the bucket has not ended yet
     ran = len(store.ran)
     assert ro.prefetcher.run_due(f.end.timestamp() + 0.5) == 1

@@ -116,7 +116,11 @@ class Prefetcher:
         end = f.end.timestamp()
         if not time.time() < end <= time.time() + step + 1.0:
             return False  # a fixed range (a custom one, in the past): nothing to refresh ahead
-        key = _key(call, f, args, kw)
+        try:
+            key = _key(call, f, args, kw)
+            hash(key)
+        except TypeError:  # an argument that cannot be a cache key: the page works, it is not followed
+            return False
         now = time.monotonic()
         with self._lock:
             t = self._tracked.get(key)
