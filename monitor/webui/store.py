@@ -79,7 +79,7 @@ class ReadOnlyStore:
         self.prefetcher = Prefetcher(idle_s=prefetch_s)
         """Runs the queries of pages in use again as their time bucket turns (see :mod:`monitor.webui.prefetch`)."""
         self._local = threading.local()
-        self._seen_tables: set[str] = set()
+        self._seen: set[str] = set()
         if not store.embedded:
             self._settings = {"max_execution_time": _QUERY_TIMEOUT_S}
             try:
@@ -138,18 +138,18 @@ class ReadOnlyStore:
         """Whether ``table`` of the store's database has ``column``. Once seen, remembered (the
         monitor never drops a column)."""
         key = f"{table}.{column}"
-        if key not in self._seen_tables and self.query_rows(
+        if key not in self._seen and self.query_rows(
                 "SELECT count() FROM system.columns WHERE database = {db:String} AND table = {t:String} "
                 "AND name = {c:String}", {"db": self.database, "t": table, "c": column})[0][0]:
-            self._seen_tables.add(key)
-        return key in self._seen_tables
+            self._seen.add(key)
+        return key in self._seen
 
     def has_table(self, name: str) -> bool:
         """Whether the store's database has table ``name``. Once seen, remembered: the monitor never
         drops a table, and a page run does not ask again."""
-        if name not in self._seen_tables and name in self.tables():
-            self._seen_tables.add(name)
-        return name in self._seen_tables
+        if name not in self._seen and name in self.tables():
+            self._seen.add(name)
+        return name in self._seen
 
 
 def ttl_of(parameters: dict | None) -> float:

@@ -52,9 +52,9 @@ def rollup_source(store: Any, f: Filters, needs: str | None = None) -> tuple[str
     whole minutes (the presets from 6 hours on; custom ranges are whole days), so that every row
     they add up lies inside the range and inside one bucket, and the store has them (a cluster
     without schema 0016 keeps working from the rows; ``needs``: a column the caller reads, such as
-    the quality counts of schema 0018, without which it reads the rows as well). Where the buckets are whole multiples of ten
-    minutes (24 hours and longer), the ten-minute rows cover the middle of the range and the minute
-    rows its ends: a 7-day range reads ~1,000 rows per model.
+    the quality counts of schema 0018, without which it reads the rows as well). Where the buckets
+    are whole multiples of ten minutes (24 hours and longer), the ten-minute rows cover the middle
+    of the range and the minute rows its ends: a 7-day range reads ~1,000 rows per model.
 
     Counts and sums are those of the rows; quantiles come from merged DDSketches (:data:`ROLLUP_Q`:
     within 1 % of the value of that rank), where the rows give ClickHouse's ``quantiles`` (exact up
