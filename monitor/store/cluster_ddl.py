@@ -93,6 +93,7 @@ _ENGINE = re.compile(r"ENGINE = (\w*)MergeTree(?:\(([^)]*)\))?")
 _NON_REPLICATED = re.compile(r",\s*non_replicated_deduplication_window\s*=\s*\d+|"
                              r"non_replicated_deduplication_window\s*=\s*\d+\s*,\s*")
 _VIEW = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS \$database\.(\w+)", re.M)
+_VIEW_TO = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS \$database\.(\w+) TO \$database\.(\w+)")
 _ALTER = re.compile(r"^ALTER TABLE \$database\.(\w+)", re.M)
 _BOTH_KINDS = re.compile(r"^\s*(ADD|DROP|MODIFY|RENAME|COMMENT)\s+COLUMN\b", re.M | re.I)
 
@@ -218,8 +219,7 @@ def generate(name: str, text: str, *, first: bool = False) -> str:
     made_here = {m.group(1) for s in statements if (m := _CREATE_TABLE.match(s.sql.lstrip()) or
                                                     _CREATE_AS.match(s.sql.lstrip()))}
     redefined = frozenset(m.group(1) for s in statements
-                          if (m := re.match(r"CREATE MATERIALIZED VIEW IF NOT EXISTS \$database\.(\w+) TO \$database\.(\w+)",
-                                            s.sql.lstrip())) and m.group(2) not in made_here)
+                          if (m := _VIEW_TO.match(s.sql.lstrip())) and m.group(2) not in made_here)
     for stmt in statements:
         head = stmt.sql.lstrip()
         copy = _CREATE_AS.match(head)

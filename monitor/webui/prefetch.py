@@ -81,7 +81,9 @@ class _Tracked:
 
 
 def _key(call: Callable[..., Any], f: Any, args: tuple, kw: dict) -> tuple:
-    return (call, f.start, f.end, f.models, f.status, f.search, freeze(f.extra), freeze(args), freeze(kw))
+    """The call's identity: Filters hash by their range, models, status and search; ``extra`` is left out
+    of their hash, so it is added here."""
+    return (call, f, freeze(f.extra), freeze(args), freeze(kw))
 
 
 class Prefetcher:
@@ -113,8 +115,8 @@ class Prefetcher:
         from monitor.webui.filters import fresh_seconds
 
         step = float(fresh_seconds(f.end - f.start))
-        end = f.end.timestamp()
-        if not time.time() < end <= time.time() + step + 1.0:
+        end, wall = f.end.timestamp(), time.time()
+        if not wall < end <= wall + step + 1.0:
             return False  # a fixed range (a custom one, in the past): nothing to refresh ahead
         try:
             key = _key(call, f, args, kw)
@@ -149,8 +151,7 @@ class Prefetcher:
         mono = time.monotonic()
         with self._lock:
             due = [t for t in self._tracked.values() if t.end <= now]
-            for t in due:
-                self._tracked.pop(_key(t.call, t.f, t.args, t.kw), None)
+            self._tracked = {k: t for k, t in self._tracked.items() if t.end > now}
         due.sort(key=lambda t: -t.last_read)
         spent, ran = 0.0, 0
         failed_before, skipped_before = self.failed, self.skipped

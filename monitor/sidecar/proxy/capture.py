@@ -37,6 +37,7 @@ ROUTES = {
 }
 """Captured routes: path -> (API dialect, gen_ai.operation.name). Other paths pass through untouched."""
 
+
 def _loads(data: bytes) -> Any:
     """JSON text as orjson reads it, or as the json module does where orjson refuses it: ``1e400``,
     ``NaN``, ``Infinity`` (Python's own ``json.dumps`` writes the last two). One such number must not
